@@ -1,0 +1,47 @@
+//! The file's shape as serde sees it. Values that need semantic checks stay `Spanned` so a
+//! rejection can name the line they are on.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub type Span = std::ops::Range<usize>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub gateway: RawGateway,
+    pub vxlan: Option<RawVxlan>,
+    pub datapath: Option<RawDatapath>,
+    pub kubernetes: Option<RawKubernetes>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGateway {
+    pub node_ip: Option<Spanned<String>>,
+    pub vpc_cidrs: Spanned<Vec<Spanned<String>>>,
+    pub hybrid_pod_cidrs: Spanned<Vec<Spanned<String>>>,
+}
+
+/// Integers are read as i64 so that a negative or oversized value gets our message,
+/// not serde's "invalid value: integer".
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVxlan {
+    pub interface: Option<Spanned<String>>,
+    pub vni: Option<Spanned<i64>>,
+    pub port: Option<Spanned<i64>>,
+    pub mtu: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDatapath {
+    pub resync_interval: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKubernetes {
+    pub kubeconfig: Option<Spanned<String>>,
+}

@@ -1,0 +1,449 @@
+//! The only place that speaks rtnetlink. Everything above it deals in typed intent
+//! (a [`VxlanSpec`], a [`Plan`]) and typed state ([`LinkState`], [`Actual`]).
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use futures::stream::{self, StreamExt, TryStreamExt};
+use ipnet::Ipv4Net;
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType};
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
+use tokio::task::JoinHandle;
+
+use super::error::{DatapathError, Result};
+use super::mac::Mac;
+use super::vtep::{Actual, KernelFdb, KernelNeighbour, KernelRoute, KernelRouteKind, Op, Plan, ROUTE_PROTOCOL, UNREACHABLE_METRIC};
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+const DUMP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Requests in flight at once while applying a plan. The kernel handles each message
+/// synchronously; keeping the socket busy saves a round trip per entry.
+const IN_FLIGHT: usize = 128;
+/// Large dumps and bursts of acks must not overflow the socket (ENOBUFS loses replies).
+const RECV_BUFFER: usize = 8 << 20;
+
+/// The attributes of the VXLAN device the daemon cares about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanSpec {
+    pub name: String,
+    pub vni: u32,
+    pub port: u16,
+    pub local: Ipv4Addr,
+    pub mac: Mac,
+    pub mtu: u32,
+}
+
+/// A link as the kernel reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkState {
+    pub index: u32,
+    pub name: String,
+    pub mac: Option<Mac>,
+    pub mtu: u32,
+    pub up: bool,
+    /// `None` when the link is not a VXLAN device at all.
+    pub vxlan: Option<VxlanAttrs>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VxlanAttrs {
+    pub vni: Option<u32>,
+    pub port: Option<u16>,
+    pub local: Option<Ipv4Addr>,
+    pub learning: Option<bool>,
+}
+
+/// How a plan went: what changed, and what failed (the rest was still applied).
+#[derive(Debug, Default)]
+pub struct ApplyReport {
+    pub routes_set: usize,
+    pub routes_deleted: usize,
+    pub neighbours_set: usize,
+    pub neighbours_deleted: usize,
+    pub fdb_set: usize,
+    pub fdb_deleted: usize,
+    pub errors: Vec<DatapathError>,
+}
+
+impl ApplyReport {
+    pub fn changes(&self) -> usize {
+        self.routes_set + self.routes_deleted + self.neighbours_set + self.neighbours_deleted + self.fdb_set + self.fdb_deleted
+    }
+}
+
+/// One rtnetlink socket in the network namespace of the thread that opened it.
+pub struct Netlink {
+    handle: Handle,
+    connection: JoinHandle<()>,
+}
+
+impl Drop for Netlink {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
+impl Netlink {
+    /// Opens the socket; must be called inside a tokio runtime.
+    pub fn open() -> Result<Self> {
+        let (mut connection, handle, _) = rtnetlink::new_connection().map_err(|source| DatapathError::Io {
+            context: "opening an rtnetlink socket".into(),
+            source,
+        })?;
+        use rtnetlink::sys::AsyncSocket;
+        // Best effort: without it, only very large plans risk ENOBUFS, and those are retried.
+        let _ = connection.socket_mut().socket_mut().set_rx_buf_sz(RECV_BUFFER);
+        Ok(Netlink {
+            handle,
+            connection: tokio::spawn(connection),
+        })
+    }
+
+    /// The link called `name`, or `None` if there is none.
+    pub async fn link(&self, name: &str) -> Result<Option<LinkState>> {
+        let ctx = || format!("looking up link {name}");
+        let req = self.handle.link().get().match_name(name).execute().try_collect::<Vec<_>>();
+        match timed(REQUEST_TIMEOUT, ctx, req).await {
+            Ok(msgs) => Ok(msgs.into_iter().next().map(parse_link)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<LinkState>> {
+        let ctx = || format!("looking up link #{index}");
+        let req = self.handle.link().get().match_index(index).execute().try_collect::<Vec<_>>();
+        match timed(REQUEST_TIMEOUT, ctx, req).await {
+            Ok(msgs) => Ok(msgs.into_iter().next().map(parse_link)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The link that carries `ip` as one of its addresses.
+    pub async fn link_with_address(&self, ip: Ipv4Addr) -> Result<Option<LinkState>> {
+        let dump = self.handle.address().get().execute().try_collect::<Vec<_>>();
+        let addrs = timed(DUMP_TIMEOUT, || "dumping interface addresses".into(), dump).await?;
+        let index = addrs.iter().find_map(|a| {
+            a.attributes
+                .iter()
+                .any(|attr| matches!(attr, AddressAttribute::Local(IpAddr::V4(x)) | AddressAttribute::Address(IpAddr::V4(x)) if *x == ip))
+                .then_some(a.header.index)
+        });
+        match index {
+            Some(i) => self.link_by_index(i).await,
+            None => Ok(None),
+        }
+    }
+
+    pub async fn create_vxlan(&self, spec: &VxlanSpec) -> Result<()> {
+        let msg = LinkVxlan::new(&spec.name, spec.vni)
+            .port(spec.port)
+            .local(spec.local)
+            .learning(false)
+            .mtu(spec.mtu)
+            .address(spec.mac.0.to_vec())
+            .build();
+        let ctx = || format!("creating VXLAN device {} (vni {}, port {}, local {})", spec.name, spec.vni, spec.port, spec.local);
+        timed(REQUEST_TIMEOUT, ctx, self.handle.link().add(msg).execute()).await
+    }
+
+    /// Changes the VXLAN attributes the kernel allows to change on a live device.
+    pub async fn change_vxlan(&self, index: u32, spec: &VxlanSpec) -> Result<()> {
+        let msg = LinkVxlan::new(&spec.name, spec.vni).local(spec.local).learning(false).index(index).build();
+        let ctx = || format!("changing local address / learning of {}", spec.name);
+        timed(REQUEST_TIMEOUT, ctx, self.handle.link().change(msg).execute()).await
+    }
+
+    /// Sets any of MAC, MTU and the up flag in one request.
+    pub async fn set_link(&self, index: u32, mac: Option<Mac>, mtu: Option<u32>, up: bool) -> Result<()> {
+        let mut b = LinkUnspec::new_with_index(index);
+        if let Some(mac) = mac {
+            b = b.address(mac.0.to_vec());
+        }
+        if let Some(mtu) = mtu {
+            b = b.mtu(mtu);
+        }
+        if up {
+            b = b.up();
+        }
+        let ctx = || format!("setting link #{index} (mac {mac:?}, mtu {mtu:?}, up {up})");
+        timed(REQUEST_TIMEOUT, ctx, self.handle.link().change(b.build()).execute()).await
+    }
+
+    pub async fn delete_link(&self, index: u32) -> Result<()> {
+        timed(REQUEST_TIMEOUT, || format!("deleting link #{index}"), self.handle.link().del(index).execute()).await
+    }
+
+    /// Everything the daemon owns on device `index`: routes, ARP entries and FDB entries.
+    pub async fn read_vtep(&self, index: u32) -> Result<Actual> {
+        let routes = async {
+            let req = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build());
+            let dump = req.execute().try_collect::<Vec<_>>();
+            let msgs = timed(DUMP_TIMEOUT, || "dumping IPv4 routes".into(), dump).await?;
+            Ok::<_, DatapathError>(msgs.iter().filter_map(|m| owned_route(m, index)).collect())
+        };
+        let neighbours = async {
+            let dump = self.handle.neighbours().get().set_address_family(AddressFamily::Inet).execute().try_collect::<Vec<_>>();
+            let msgs = timed(DUMP_TIMEOUT, || "dumping ARP entries".into(), dump).await?;
+            Ok(msgs.iter().filter(|m| m.header.ifindex == index).filter_map(parse_neighbour).collect())
+        };
+        let fdb = async {
+            let dump = self.handle.neighbours().get().set_address_family(AddressFamily::Bridge).execute().try_collect::<Vec<_>>();
+            let msgs = timed(DUMP_TIMEOUT, || "dumping FDB entries".into(), dump).await?;
+            Ok(msgs.iter().filter(|m| m.header.ifindex == index).filter_map(parse_fdb).collect())
+        };
+        let (routes, neighbours, fdb) = tokio::try_join!(routes, neighbours, fdb)?;
+        Ok(Actual { routes, neighbours, fdb })
+    }
+
+    /// Applies `plan` on device `index`, phase by phase. A failed op is reported and does not
+    /// stop the others; the next reconcile retries it.
+    pub async fn apply(&self, index: u32, plan: &Plan) -> ApplyReport {
+        let mut report = ApplyReport::default();
+        for phase in &plan.phases {
+            let results: Vec<(&Op, Result<()>)> = stream::iter(phase)
+                .map(|op| async move { (op, self.apply_op(index, op).await) })
+                .buffer_unordered(IN_FLIGHT)
+                .collect()
+                .await;
+            for (op, result) in results {
+                let deleting = matches!(op, Op::DelRoute(_) | Op::DelNeighbour { .. } | Op::DelFdb { .. });
+                match result {
+                    Err(e) if !(deleting && e.is_not_found()) => report.errors.push(e),
+                    _ => match op {
+                        Op::SetRoute { .. } | Op::SetUnreachable { .. } => report.routes_set += 1,
+                        Op::DelRoute(_) => report.routes_deleted += 1,
+                        Op::SetNeighbour { .. } => report.neighbours_set += 1,
+                        Op::DelNeighbour { .. } => report.neighbours_deleted += 1,
+                        Op::SetFdb { .. } => report.fdb_set += 1,
+                        Op::DelFdb { .. } => report.fdb_deleted += 1,
+                    },
+                }
+            }
+        }
+        report
+    }
+
+    async fn apply_op(&self, index: u32, op: &Op) -> Result<()> {
+        let ctx = || describe(op);
+        match op {
+            Op::SetRoute { dst, via } => {
+                let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+                    .destination_prefix(dst.network(), dst.prefix_len())
+                    .gateway(*via)
+                    .output_interface(index)
+                    .onlink()
+                    .protocol(RouteProtocol::from(ROUTE_PROTOCOL))
+                    .build();
+                timed(REQUEST_TIMEOUT, ctx, self.handle.route().add(msg).replace().execute()).await
+            }
+            Op::SetUnreachable { dst } => {
+                let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+                    .destination_prefix(dst.network(), dst.prefix_len())
+                    .kind(RouteType::Unreachable)
+                    .priority(UNREACHABLE_METRIC)
+                    .protocol(RouteProtocol::from(ROUTE_PROTOCOL))
+                    .build();
+                timed(REQUEST_TIMEOUT, ctx, self.handle.route().add(msg).replace().execute()).await
+            }
+            Op::DelRoute(route) => {
+                let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+                    .destination_prefix(route.dst.network(), route.dst.prefix_len())
+                    .priority(route.metric)
+                    .protocol(RouteProtocol::from(route.protocol))
+                    // NOWHERE: match the route whatever scope it was written with.
+                    .scope(RouteScope::NoWhere);
+                b = match route.kind {
+                    KernelRouteKind::Device { gateway, .. } => {
+                        let b = b.output_interface(index);
+                        match gateway {
+                            Some(g) => b.gateway(g),
+                            None => b,
+                        }
+                    }
+                    KernelRouteKind::Unreachable => b.kind(RouteType::Unreachable),
+                };
+                timed(REQUEST_TIMEOUT, ctx, self.handle.route().del(b.build()).execute()).await
+            }
+            Op::SetNeighbour { ip, mac } => {
+                let req = self.handle.neighbours().add(index, IpAddr::V4(*ip)).link_layer_address(&mac.0).state(NeighbourState::Permanent).replace();
+                timed(REQUEST_TIMEOUT, ctx, req.execute()).await
+            }
+            Op::DelNeighbour { ip } => {
+                let mut msg = NeighbourMessage::default();
+                msg.header.family = AddressFamily::Inet;
+                msg.header.ifindex = index;
+                msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(*ip)));
+                timed(REQUEST_TIMEOUT, ctx, self.handle.neighbours().del(msg).execute()).await
+            }
+            Op::SetFdb { mac, dst } => {
+                let req = self
+                    .handle
+                    .neighbours()
+                    .add_bridge(index, &mac.0)
+                    .flags(NeighbourFlags::Own)
+                    .state(NeighbourState::Permanent)
+                    .destination(IpAddr::V4(*dst))
+                    .replace();
+                timed(REQUEST_TIMEOUT, ctx, req.execute()).await
+            }
+            Op::DelFdb { mac, dst } => {
+                let mut msg = NeighbourMessage::default();
+                msg.header.family = AddressFamily::Bridge;
+                msg.header.ifindex = index;
+                msg.header.flags = NeighbourFlags::Own;
+                msg.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
+                if let Some(dst) = dst {
+                    msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(*dst)));
+                }
+                timed(REQUEST_TIMEOUT, ctx, self.handle.neighbours().del(msg).execute()).await
+            }
+        }
+    }
+}
+
+/// Runs a netlink request under a deadline, naming what it was doing if it fails.
+async fn timed<T>(limit: Duration, context: impl FnOnce() -> String, fut: impl Future<Output = Result<T, rtnetlink::Error>>) -> Result<T> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(source)) => Err(DatapathError::Netlink { context: context(), source }),
+        Err(_) => Err(DatapathError::Timeout {
+            context: context(),
+            seconds: limit.as_secs(),
+        }),
+    }
+}
+
+/// The operator-facing name of an op, e.g. for "adding route 192.168.32.0/25 via 10.0.0.7: File exists".
+pub fn describe(op: &Op) -> String {
+    match op {
+        Op::SetRoute { dst, via } => format!("setting route {dst} via {via} onlink"),
+        Op::SetUnreachable { dst } => format!("setting unreachable route {dst}"),
+        Op::DelRoute(r) => format!("deleting route {} ({:?}, metric {})", r.dst, r.kind, r.metric),
+        Op::SetNeighbour { ip, mac } => format!("setting permanent ARP entry {ip} lladdr {mac}"),
+        Op::DelNeighbour { ip } => format!("deleting ARP entry {ip}"),
+        Op::SetFdb { mac, dst } => format!("setting FDB entry {mac} dst {dst}"),
+        Op::DelFdb { mac, dst } => format!("deleting FDB entry {mac} dst {dst:?}"),
+    }
+}
+
+fn parse_link(msg: LinkMessage) -> LinkState {
+    let mut state = LinkState {
+        index: msg.header.index,
+        name: String::new(),
+        mac: None,
+        mtu: 0,
+        up: msg.header.flags.contains(LinkFlags::Up),
+        vxlan: None,
+    };
+    for attr in msg.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => state.name = n,
+            LinkAttribute::Address(a) => state.mac = Mac::from_slice(&a),
+            LinkAttribute::Mtu(m) => state.mtu = m,
+            LinkAttribute::LinkInfo(infos) => {
+                let is_vxlan = infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Vxlan)));
+                if is_vxlan {
+                    let mut attrs = VxlanAttrs::default();
+                    for info in infos {
+                        if let LinkInfo::Data(InfoData::Vxlan(data)) = info {
+                            for d in data {
+                                match d {
+                                    InfoVxlan::Id(v) => attrs.vni = Some(v),
+                                    InfoVxlan::Port(p) => attrs.port = Some(p),
+                                    InfoVxlan::Local(l) => attrs.local = Some(l),
+                                    InfoVxlan::Learning(l) => attrs.learning = Some(l),
+                                    _ => {}
+                                }
+                            }
+                        }
+                    }
+                    state.vxlan = Some(attrs);
+                }
+            }
+            _ => {}
+        }
+    }
+    state
+}
+
+fn owned_route(msg: &RouteMessage, index: u32) -> Option<KernelRoute> {
+    if msg.header.address_family != AddressFamily::Inet {
+        return None;
+    }
+    let mut table = u32::from(msg.header.table);
+    let (mut dst, mut gateway, mut oif, mut metric) = (None, None, None, 0);
+    for attr in &msg.attributes {
+        match attr {
+            RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = Some(*a),
+            RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(*g),
+            RouteAttribute::Oif(o) => oif = Some(*o),
+            RouteAttribute::Priority(p) => metric = *p,
+            _ => {}
+        }
+    }
+    if table != u32::from(RouteHeader::RT_TABLE_MAIN) {
+        return None;
+    }
+    let protocol = u8::from(msg.header.protocol);
+    let kind = match msg.header.kind {
+        RouteType::Unicast if oif == Some(index) => KernelRouteKind::Device {
+            gateway,
+            onlink: msg.header.flags.contains(RouteFlags::Onlink),
+            universe: msg.header.scope == RouteScope::Universe,
+        },
+        RouteType::Unreachable if protocol == ROUTE_PROTOCOL => KernelRouteKind::Unreachable,
+        _ => return None,
+    };
+    let dst = Ipv4Net::new(dst.unwrap_or(Ipv4Addr::UNSPECIFIED), msg.header.destination_prefix_length).ok()?;
+    Some(KernelRoute { dst, metric, protocol, kind })
+}
+
+fn parse_neighbour(msg: &NeighbourMessage) -> Option<KernelNeighbour> {
+    // NOARP entries are the kernel's own bookkeeping (multicast, broadcast), not ours.
+    if msg.header.state == NeighbourState::Noarp {
+        return None;
+    }
+    let mut ip = None;
+    let mut mac = None;
+    for attr in &msg.attributes {
+        match attr {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => ip = Some(*a),
+            NeighbourAttribute::LinkLayerAddress(l) => mac = Mac::from_slice(l),
+            _ => {}
+        }
+    }
+    Some(KernelNeighbour {
+        ip: ip?,
+        mac,
+        permanent: msg.header.state == NeighbourState::Permanent,
+    })
+}
+
+fn parse_fdb(msg: &NeighbourMessage) -> Option<KernelFdb> {
+    let mut mac = None;
+    let mut dst = None;
+    for attr in &msg.attributes {
+        match attr {
+            NeighbourAttribute::LinkLayerAddress(l) => mac = Mac::from_slice(l),
+            // In an AF_BRIDGE dump the kernel's address comes back untyped.
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => dst = Some(*a),
+            NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+                dst = <[u8; 4]>::try_from(b.as_slice()).ok().map(Ipv4Addr::from);
+            }
+            _ => {}
+        }
+    }
+    Some(KernelFdb {
+        mac: mac?,
+        dst,
+        permanent: msg.header.state == NeighbourState::Permanent,
+    })
+}

@@ -1,0 +1,8 @@
+//! hybrid-gateway: connects an Amazon EKS cluster's VPC to pods on EKS Hybrid Nodes.
+//!
+//! Data flows one way: [`config`] → [`datapath`] (sysctls, the VXLAN device, the VTEP
+//! reconciler) → the kernel.
+
+pub mod config;
+pub mod datapath;
+pub mod daemon;

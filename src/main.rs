@@ -1,0 +1,56 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use hybrid_gateway::config::{Config, DEFAULT_PATH};
+use hybrid_gateway::daemon;
+
+/// Connects an Amazon EKS cluster's VPC to pods on EKS Hybrid Nodes over VXLAN.
+#[derive(Parser)]
+#[command(name = "hybrid-gateway", version, disable_version_flag = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway daemon (normally started by systemd).
+    Run {
+        /// Configuration file.
+        #[arg(long, default_value = DEFAULT_PATH)]
+        config: PathBuf,
+        /// Program hybrid nodes from this TOML file instead of watching Kubernetes
+        /// (labs, and emergencies when the API server is gone). Re-read on SIGHUP.
+        #[arg(long, value_name = "FILE")]
+        static_nodes: Option<PathBuf>,
+    },
+    /// Validate a configuration file: exit 0 and print a summary, or print the error.
+    CheckConfig {
+        #[arg(default_value = DEFAULT_PATH)]
+        path: PathBuf,
+    },
+    /// Print the version.
+    Version,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Version => {
+            println!("hybrid-gateway {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::CheckConfig { path } => match Config::load(&path) {
+            Ok(config) => {
+                println!("{}", config.summary());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(daemon::EXIT_CONFIG)
+            }
+        },
+        Command::Run { config, static_nodes } => daemon::main(&config, static_nodes.as_deref()),
+    }
+}
