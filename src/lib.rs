@@ -4,5 +4,5 @@
 //! reconciler) → the kernel.
 
 pub mod config;
-pub mod datapath;
 pub mod daemon;
+pub mod datapath;

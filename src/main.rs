@@ -51,6 +51,9 @@ fn main() -> ExitCode {
                 ExitCode::from(daemon::EXIT_CONFIG)
             }
         },
-        Command::Run { config, static_nodes } => daemon::main(&config, static_nodes.as_deref()),
+        Command::Run {
+            config,
+            static_nodes,
+        } => daemon::main(&config, static_nodes.as_deref()),
     }
 }

@@ -11,7 +11,11 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     #[error("{}:{line}: {message}", path.display())]
-    Syntax { path: PathBuf, line: usize, message: String },
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
     #[error("{}:{line}: {key} = {value}: {why}", path.display())]
     Invalid {
         path: PathBuf,

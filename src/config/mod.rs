@@ -80,23 +80,33 @@ impl Config {
 
     /// Parses and validates `text`; `path` is only used in messages.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::syntax(path, text, &e))?;
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::syntax(path, text, &e))?;
         Validator { path, text }.validate(raw)
     }
 
     /// One line for `check-config` and the start-up log.
     pub fn summary(&self) -> String {
-        let join = |v: &[Ipv4Net]| v.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",");
+        let join = |v: &[Ipv4Net]| {
+            v.iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         format!(
             "{}: ok: node_ip={} vpc_cidrs={} hybrid_pod_cidrs={} vxlan={} vni={} port={} mtu={}",
             self.path.display(),
-            self.gateway.node_ip.map_or_else(|| "imds".to_string(), |ip| ip.to_string()),
+            self.gateway
+                .node_ip
+                .map_or_else(|| "imds".to_string(), |ip| ip.to_string()),
             join(&self.gateway.vpc_cidrs),
             join(&self.gateway.hybrid_pod_cidrs),
             self.vxlan.interface,
             self.vxlan.vni,
             self.vxlan.port,
-            self.vxlan.mtu.map_or_else(|| "auto".to_string(), |m| m.to_string()),
+            self.vxlan
+                .mtu
+                .map_or_else(|| "auto".to_string(), |m| m.to_string()),
         )
     }
 }
@@ -107,7 +117,13 @@ struct Validator<'a> {
 }
 
 impl Validator<'_> {
-    fn invalid(&self, key: &str, span: &Span, value: impl ToString, why: impl ToString) -> ConfigError {
+    fn invalid(
+        &self,
+        key: &str,
+        span: &Span,
+        value: impl ToString,
+        why: impl ToString,
+    ) -> ConfigError {
         ConfigError::Invalid {
             path: self.path.to_path_buf(),
             line: line_of(self.text, span.start),
@@ -140,9 +156,24 @@ impl Validator<'_> {
             ));
         }
         let pod_cidrs = self.cidr_list("gateway.hybrid_pod_cidrs", gateway.hybrid_pod_cidrs)?;
-        self.no_overlap("gateway.vpc_cidrs", &vpc_cidrs, "gateway.vpc_cidrs", &vpc_cidrs)?;
-        self.no_overlap("gateway.hybrid_pod_cidrs", &pod_cidrs, "gateway.hybrid_pod_cidrs", &pod_cidrs)?;
-        self.no_overlap("gateway.hybrid_pod_cidrs", &pod_cidrs, "gateway.vpc_cidrs", &vpc_cidrs)?;
+        self.no_overlap(
+            "gateway.vpc_cidrs",
+            &vpc_cidrs,
+            "gateway.vpc_cidrs",
+            &vpc_cidrs,
+        )?;
+        self.no_overlap(
+            "gateway.hybrid_pod_cidrs",
+            &pod_cidrs,
+            "gateway.hybrid_pod_cidrs",
+            &pod_cidrs,
+        )?;
+        self.no_overlap(
+            "gateway.hybrid_pod_cidrs",
+            &pod_cidrs,
+            "gateway.vpc_cidrs",
+            &vpc_cidrs,
+        )?;
 
         let vxlan = raw.vxlan.unwrap_or_default();
         let interface = match vxlan.interface {
@@ -162,7 +193,14 @@ impl Validator<'_> {
                 let span = v.span();
                 let v = v.into_inner();
                 if !(1..=i64::from(MAX_VNI)).contains(&v) {
-                    return Err(self.invalid("vxlan.vni", &span, v, format!("a VNI is 1..={MAX_VNI}; Cilium's VTEP integration uses {DEFAULT_VNI}")));
+                    return Err(self.invalid(
+                        "vxlan.vni",
+                        &span,
+                        v,
+                        format!(
+                            "a VNI is 1..={MAX_VNI}; Cilium's VTEP integration uses {DEFAULT_VNI}"
+                        ),
+                    ));
                 }
                 v as u32
             }
@@ -173,7 +211,14 @@ impl Validator<'_> {
                 let span = p.span();
                 let p = p.into_inner();
                 if !(1..=65_535).contains(&p) {
-                    return Err(self.invalid("vxlan.port", &span, p, format!("a UDP port is 1..=65535; Cilium's VXLAN tunnel uses {DEFAULT_PORT}")));
+                    return Err(self.invalid(
+                        "vxlan.port",
+                        &span,
+                        p,
+                        format!(
+                            "a UDP port is 1..=65535; Cilium's VXLAN tunnel uses {DEFAULT_PORT}"
+                        ),
+                    ));
                 }
                 p as u16
             }
@@ -186,7 +231,12 @@ impl Validator<'_> {
                 if m == 0 {
                     None
                 } else if !(i64::from(MIN_MTU)..=i64::from(MAX_MTU)).contains(&m) {
-                    return Err(self.invalid("vxlan.mtu", &span, m, format!("use 0 for underlay MTU - 50, or a value in {MIN_MTU}..={MAX_MTU}")));
+                    return Err(self.invalid(
+                        "vxlan.mtu",
+                        &span,
+                        m,
+                        format!("use 0 for underlay MTU - 50, or a value in {MIN_MTU}..={MAX_MTU}"),
+                    ));
                 } else {
                     Some(m as u32)
                 }
@@ -206,7 +256,12 @@ impl Validator<'_> {
                 let span = p.span();
                 let p = p.into_inner();
                 if p.is_empty() {
-                    return Err(self.invalid("kubernetes.kubeconfig", &span, "\"\"", "give a path to a kubeconfig file, or remove the key"));
+                    return Err(self.invalid(
+                        "kubernetes.kubeconfig",
+                        &span,
+                        "\"\"",
+                        "give a path to a kubeconfig file, or remove the key",
+                    ));
                 }
                 Some(PathBuf::from(p))
             }
@@ -219,17 +274,31 @@ impl Validator<'_> {
                 vpc_cidrs: vpc_cidrs.into_iter().map(|(n, _)| n).collect(),
                 hybrid_pod_cidrs: pod_cidrs.into_iter().map(|(n, _)| n).collect(),
             },
-            vxlan: VxlanConfig { interface, vni, port, mtu },
+            vxlan: VxlanConfig {
+                interface,
+                vni,
+                port,
+                mtu,
+            },
             datapath: DatapathConfig { resync_interval },
             kubernetes: KubernetesConfig { kubeconfig },
         })
     }
 
-    fn cidr_list(&self, key: &str, list: toml::Spanned<Vec<toml::Spanned<String>>>) -> Result<Vec<(Ipv4Net, Span)>, ConfigError> {
+    fn cidr_list(
+        &self,
+        key: &str,
+        list: toml::Spanned<Vec<toml::Spanned<String>>>,
+    ) -> Result<Vec<(Ipv4Net, Span)>, ConfigError> {
         let list_span = list.span();
         let list = list.into_inner();
         if list.is_empty() {
-            return Err(self.invalid(key, &list_span, "[]", "at least one CIDR is required, e.g. [\"10.250.0.0/16\"]"));
+            return Err(self.invalid(
+                key,
+                &list_span,
+                "[]",
+                "at least one CIDR is required, e.g. [\"10.250.0.0/16\"]",
+            ));
         }
         list.into_iter()
             .enumerate()
@@ -245,7 +314,13 @@ impl Validator<'_> {
     }
 
     /// Rejects any pair from `a` × `b` that overlaps; with `a == b` it checks within one list.
-    fn no_overlap(&self, a_key: &str, a: &[(Ipv4Net, Span)], b_key: &str, b: &[(Ipv4Net, Span)]) -> Result<(), ConfigError> {
+    fn no_overlap(
+        &self,
+        a_key: &str,
+        a: &[(Ipv4Net, Span)],
+        b_key: &str,
+        b: &[(Ipv4Net, Span)],
+    ) -> Result<(), ConfigError> {
         let same = std::ptr::eq(a, b);
         for (i, (na, span)) in a.iter().enumerate() {
             for (j, (nb, _)) in b.iter().enumerate() {
@@ -254,23 +329,47 @@ impl Validator<'_> {
                 }
                 if na.contains(&nb.network()) || nb.contains(&na.network()) {
                     let why = if same {
-                        format!("overlaps {b_key}[{j}] = {nb}; list each range once, without overlaps")
+                        format!(
+                            "overlaps {b_key}[{j}] = {nb}; list each range once, without overlaps"
+                        )
                     } else {
                         format!("overlaps {b_key}[{j}] = {nb}; hybrid pod CIDRs must lie outside the VPC, or VPC traffic would be sent into the tunnel")
                     };
-                    return Err(self.invalid(&format!("{a_key}[{i}]"), span, format!("\"{na}\""), why));
+                    return Err(self.invalid(
+                        &format!("{a_key}[{i}]"),
+                        span,
+                        format!("\"{na}\""),
+                        why,
+                    ));
                 }
             }
         }
         Ok(())
     }
 
-    fn duration(&self, key: &str, value: toml::Spanned<String>, min: Duration) -> Result<Duration, ConfigError> {
+    fn duration(
+        &self,
+        key: &str,
+        value: toml::Spanned<String>,
+        min: Duration,
+    ) -> Result<Duration, ConfigError> {
         let span = value.span();
         let text = value.into_inner();
-        let d = humantime::parse_duration(&text).map_err(|e| self.invalid(key, &span, format!("{text:?}"), format!("not a duration ({e}); write it like \"30s\", \"1m\" or \"500ms\"")))?;
+        let d = humantime::parse_duration(&text).map_err(|e| {
+            self.invalid(
+                key,
+                &span,
+                format!("{text:?}"),
+                format!("not a duration ({e}); write it like \"30s\", \"1m\" or \"500ms\""),
+            )
+        })?;
         if d < min {
-            return Err(self.invalid(key, &span, format!("{text:?}"), format!("must be at least {}", humantime::format_duration(min))));
+            return Err(self.invalid(
+                key,
+                &span,
+                format!("{text:?}"),
+                format!("must be at least {}", humantime::format_duration(min)),
+            ));
         }
         Ok(d)
     }
@@ -278,11 +377,19 @@ impl Validator<'_> {
 
 fn parse_cidr(text: &str) -> Result<Ipv4Net, String> {
     if text.parse::<ipnet::Ipv6Net>().is_ok() {
-        return Err("IPv6 CIDRs are not supported: the VXLAN gateway is IPv4-only; list IPv4 ranges only".into());
+        return Err(
+            "IPv6 CIDRs are not supported: the VXLAN gateway is IPv4-only; list IPv4 ranges only"
+                .into(),
+        );
     }
-    let net: Ipv4Net = text.parse().map_err(|_| "not an IPv4 CIDR; write it like \"10.250.0.0/16\"".to_string())?;
+    let net: Ipv4Net = text
+        .parse()
+        .map_err(|_| "not an IPv4 CIDR; write it like \"10.250.0.0/16\"".to_string())?;
     if net.trunc() != net {
-        return Err(format!("has host bits set; did you mean \"{}\"?", net.trunc()));
+        return Err(format!(
+            "has host bits set; did you mean \"{}\"?",
+            net.trunc()
+        ));
     }
     if net.prefix_len() == 0 {
         return Err("0.0.0.0/0 would capture all traffic; list the actual ranges".into());
@@ -295,16 +402,29 @@ fn check_ifname(name: &str) -> Result<(), String> {
         return Err("an interface name cannot be empty; the default is \"hybrid_vxlan0\"".into());
     }
     if name.len() > MAX_IFNAME_BYTES {
-        return Err(format!("is {} bytes; Linux interface names are at most {MAX_IFNAME_BYTES} bytes", name.len()));
+        return Err(format!(
+            "is {} bytes; Linux interface names are at most {MAX_IFNAME_BYTES} bytes",
+            name.len()
+        ));
     }
-    if name == "." || name == ".." || name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
-        return Err("Linux interface names cannot be \".\", \"..\" or contain '/', ':' or whitespace".into());
+    if name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
+        return Err(
+            "Linux interface names cannot be \".\", \"..\" or contain '/', ':' or whitespace"
+                .into(),
+        );
     }
     Ok(())
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text.get(..offset).map_or(0, |prefix| prefix.matches('\n').count()) + 1
+    text.get(..offset)
+        .map_or(0, |prefix| prefix.matches('\n').count())
+        + 1
 }
 
 #[cfg(test)]

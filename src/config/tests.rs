@@ -17,7 +17,10 @@ fn rejects(text: &str, line: usize, words: &[&str]) {
     let err = parse(text).expect_err("config should be rejected");
     let msg = err.to_string();
     assert_eq!(err.line(), Some(line), "wrong line in: {msg}");
-    assert!(msg.starts_with(&format!("test.toml:{line}: ")), "no file:line prefix in: {msg}");
+    assert!(
+        msg.starts_with(&format!("test.toml:{line}: ")),
+        "no file:line prefix in: {msg}"
+    );
     for w in words {
         assert!(msg.contains(w), "{msg:?} does not mention {w:?}");
     }
@@ -51,7 +54,11 @@ fn node_ip_is_optional() {
 
 #[test]
 fn unknown_keys_are_rejected_with_their_line() {
-    rejects(&format!("{GOOD}\n[vxlan]\nvin = 2\n"), 8, &["unknown field `vin`", "vni"]);
+    rejects(
+        &format!("{GOOD}\n[vxlan]\nvin = 2\n"),
+        8,
+        &["unknown field `vin`", "vni"],
+    );
     rejects(&format!("{GOOD}\n[vxaln]\n"), 7, &["unknown field `vxaln`"]);
 }
 
@@ -70,29 +77,81 @@ fn missing_required_keys() {
 
 #[test]
 fn bad_node_ip() {
-    rejects(&GOOD.replace("10.250.3.111", "10.250.3"), 3, &["gateway.node_ip", "\"10.250.3\"", "IPv4"]);
+    rejects(
+        &GOOD.replace("10.250.3.111", "10.250.3"),
+        3,
+        &["gateway.node_ip", "\"10.250.3\"", "IPv4"],
+    );
 }
 
 #[test]
 fn bad_cidrs() {
-    rejects(&GOOD.replace("10.250.0.0/16", "10.250.0.0/33"), 4, &["gateway.vpc_cidrs[0]", "not an IPv4 CIDR"]);
-    rejects(&GOOD.replace("192.168.32.0/23", "fd00::/64"), 5, &["gateway.hybrid_pod_cidrs[0]", "IPv6"]);
-    rejects(&GOOD.replace("192.168.32.0/23", "192.168.32.1/23"), 5, &["host bits", "192.168.32.0/23"]);
-    rejects(&GOOD.replace("[\"10.250.0.0/16\"]", "[]"), 4, &["gateway.vpc_cidrs", "at least one"]);
-    rejects(&GOOD.replace("192.168.32.0/23", "0.0.0.0/0"), 5, &["0.0.0.0/0"]);
+    rejects(
+        &GOOD.replace("10.250.0.0/16", "10.250.0.0/33"),
+        4,
+        &["gateway.vpc_cidrs[0]", "not an IPv4 CIDR"],
+    );
+    rejects(
+        &GOOD.replace("192.168.32.0/23", "fd00::/64"),
+        5,
+        &["gateway.hybrid_pod_cidrs[0]", "IPv6"],
+    );
+    rejects(
+        &GOOD.replace("192.168.32.0/23", "192.168.32.1/23"),
+        5,
+        &["host bits", "192.168.32.0/23"],
+    );
+    rejects(
+        &GOOD.replace("[\"10.250.0.0/16\"]", "[]"),
+        4,
+        &["gateway.vpc_cidrs", "at least one"],
+    );
+    rejects(
+        &GOOD.replace("192.168.32.0/23", "0.0.0.0/0"),
+        5,
+        &["0.0.0.0/0"],
+    );
 }
 
 #[test]
 fn overlapping_cidrs() {
-    rejects(&GOOD.replace("\"192.168.32.0/23\"", "\"192.168.32.0/23\", \"10.250.4.0/24\""), 5, &["gateway.hybrid_pod_cidrs[1]", "overlaps gateway.vpc_cidrs[0]"]);
-    rejects(&GOOD.replace("\"192.168.32.0/23\"", "\"192.168.32.0/23\", \"192.168.33.0/24\""), 5, &["gateway.hybrid_pod_cidrs[0]", "overlaps gateway.hybrid_pod_cidrs[1]"]);
-    rejects(&GOOD.replace("[\"10.250.0.0/16\"]", "[\"10.250.0.0/16\", \"10.0.0.0/8\"]"), 4, &["gateway.vpc_cidrs[0]", "overlaps gateway.vpc_cidrs[1]"]);
+    rejects(
+        &GOOD.replace(
+            "\"192.168.32.0/23\"",
+            "\"192.168.32.0/23\", \"10.250.4.0/24\"",
+        ),
+        5,
+        &[
+            "gateway.hybrid_pod_cidrs[1]",
+            "overlaps gateway.vpc_cidrs[0]",
+        ],
+    );
+    rejects(
+        &GOOD.replace(
+            "\"192.168.32.0/23\"",
+            "\"192.168.32.0/23\", \"192.168.33.0/24\"",
+        ),
+        5,
+        &[
+            "gateway.hybrid_pod_cidrs[0]",
+            "overlaps gateway.hybrid_pod_cidrs[1]",
+        ],
+    );
+    rejects(
+        &GOOD.replace("[\"10.250.0.0/16\"]", "[\"10.250.0.0/16\", \"10.0.0.0/8\"]"),
+        4,
+        &["gateway.vpc_cidrs[0]", "overlaps gateway.vpc_cidrs[1]"],
+    );
 }
 
 #[test]
 fn too_many_vpc_cidrs() {
     let many: Vec<String> = (1..=9).map(|i| format!("\"10.{i}.0.0/16\"")).collect();
-    rejects(&GOOD.replace("[\"10.250.0.0/16\"]", &format!("[{}]", many.join(", "))), 4, &["gateway.vpc_cidrs", "at most 8"]);
+    rejects(
+        &GOOD.replace("[\"10.250.0.0/16\"]", &format!("[{}]", many.join(", "))),
+        4,
+        &["gateway.vpc_cidrs", "at most 8"],
+    );
 }
 
 #[test]
@@ -104,30 +163,64 @@ fn vxlan_values() {
     rejects(&with("port = 0"), 7, &["vxlan.port = 0"]);
     rejects(&with("port = 70000"), 7, &["vxlan.port"]);
     rejects(&with("mtu = 20"), 7, &["vxlan.mtu = 20", "0 for underlay"]);
-    rejects(&with("interface = \"a_very_long_name0\""), 7, &["vxlan.interface", "17 bytes", "15"]);
+    rejects(
+        &with("interface = \"a_very_long_name0\""),
+        7,
+        &["vxlan.interface", "17 bytes", "15"],
+    );
     rejects(&with("interface = \"\""), 7, &["vxlan.interface", "empty"]);
-    rejects(&with("interface = \"vx lan\""), 7, &["vxlan.interface", "whitespace"]);
+    rejects(
+        &with("interface = \"vx lan\""),
+        7,
+        &["vxlan.interface", "whitespace"],
+    );
     rejects(&with("vni = \"2\""), 7, &["invalid type"]);
-    let c = parse(&with("interface = \"hgw0\"\nvni = 42\nport = 4789\nmtu = 1400")).unwrap();
-    assert_eq!((c.vxlan.interface.as_str(), c.vxlan.vni, c.vxlan.port, c.vxlan.mtu), ("hgw0", 42, 4789, Some(1400)));
+    let c = parse(&with(
+        "interface = \"hgw0\"\nvni = 42\nport = 4789\nmtu = 1400",
+    ))
+    .unwrap();
+    assert_eq!(
+        (
+            c.vxlan.interface.as_str(),
+            c.vxlan.vni,
+            c.vxlan.port,
+            c.vxlan.mtu
+        ),
+        ("hgw0", 42, 4789, Some(1400))
+    );
     assert_eq!(parse(&with("mtu = 0")).unwrap().vxlan.mtu, None);
 }
 
 #[test]
 fn durations() {
     let with = |v: &str| format!("{GOOD}[datapath]\nresync_interval = {v}\n");
-    assert_eq!(parse(&with("\"1m\"")).unwrap().datapath.resync_interval, Duration::from_secs(60));
-    rejects(&with("\"soon\""), 7, &["datapath.resync_interval", "not a duration", "30s"]);
+    assert_eq!(
+        parse(&with("\"1m\"")).unwrap().datapath.resync_interval,
+        Duration::from_secs(60)
+    );
+    rejects(
+        &with("\"soon\""),
+        7,
+        &["datapath.resync_interval", "not a duration", "30s"],
+    );
     rejects(&with("\"10ms\""), 7, &["at least 1s"]);
 }
 
 #[test]
 fn kubeconfig_must_not_be_empty() {
-    rejects(&format!("{GOOD}[kubernetes]\nkubeconfig = \"\"\n"), 7, &["kubernetes.kubeconfig"]);
+    rejects(
+        &format!("{GOOD}[kubernetes]\nkubeconfig = \"\"\n"),
+        7,
+        &["kubernetes.kubeconfig"],
+    );
 }
 
 #[test]
 fn unreadable_file() {
     let err = Config::load(Path::new("/nonexistent/config.toml")).unwrap_err();
-    assert!(err.to_string().contains("/nonexistent/config.toml: cannot read"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("/nonexistent/config.toml: cannot read"),
+        "{err}"
+    );
 }

@@ -28,7 +28,11 @@ pub fn main(config_path: &Path, static_nodes: Option<&Path>) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             tracing::error!("cannot start the async runtime: {e}");
@@ -45,8 +49,13 @@ pub fn main(config_path: &Path, static_nodes: Option<&Path>) -> ExitCode {
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }
 
 async fn run(config: Config, static_nodes: Option<PathBuf>) -> anyhow::Result<()> {
@@ -56,7 +65,9 @@ async fn run(config: Config, static_nodes: Option<PathBuf>) -> anyhow::Result<()
         .node_ip
         .context("gateway.node_ip is not set; this build cannot look it up from IMDS yet, so set it to the instance's primary private IPv4")?;
 
-    let (datapath, changes) = Datapath::setup(&config, node_ip).await.context("setting up the datapath")?;
+    let (datapath, changes) = Datapath::setup(&config, node_ip)
+        .await
+        .context("setting up the datapath")?;
     for change in &changes {
         tracing::info!(sysctl = %change.key, "changed {change}");
     }
@@ -113,12 +124,15 @@ async fn run(config: Config, static_nodes: Option<PathBuf>) -> anyhow::Result<()
 }
 
 fn load_nodes(path: &Path) -> anyhow::Result<Vec<HybridNode>> {
-    static_nodes::load(path).with_context(|| format!("reading static nodes from {}", path.display()))
+    static_nodes::load(path)
+        .with_context(|| format!("reading static nodes from {}", path.display()))
 }
 
 /// Exponential backoff with full jitter, capped.
 fn backoff(failures: u32) -> Duration {
-    let ceiling = RETRY_MIN.saturating_mul(2u32.saturating_pow(failures.min(16))).min(RETRY_MAX);
+    let ceiling = RETRY_MIN
+        .saturating_mul(2u32.saturating_pow(failures.min(16)))
+        .min(RETRY_MAX);
     ceiling.mul_f64(0.5 + fastrand::f64() / 2.0)
 }
 

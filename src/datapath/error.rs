@@ -35,7 +35,10 @@ impl DatapathError {
 
     /// The object was already absent: for a delete, the job is done.
     pub fn is_not_found(&self) -> bool {
-        matches!(self.errno(), Some(libc::ENOENT) | Some(libc::ESRCH) | Some(libc::ENODEV))
+        matches!(
+            self.errno(),
+            Some(libc::ENOENT) | Some(libc::ESRCH) | Some(libc::ENODEV)
+        )
     }
 }
 

@@ -37,7 +37,11 @@ impl Mac {
 impl fmt::Display for Mac {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
     }
 }
 
@@ -69,12 +73,18 @@ mod tests {
 
     #[test]
     fn node_mac_embeds_ip() {
-        assert_eq!(Mac::for_node(Ipv4Addr::new(10, 99, 0, 2)).to_string(), "02:00:0a:63:00:02");
+        assert_eq!(
+            Mac::for_node(Ipv4Addr::new(10, 99, 0, 2)).to_string(),
+            "02:00:0a:63:00:02"
+        );
     }
 
     #[test]
     fn from_slice_needs_six_bytes() {
-        assert_eq!(Mac::from_slice(&[1, 2, 3, 4, 5, 6]), Some(Mac([1, 2, 3, 4, 5, 6])));
+        assert_eq!(
+            Mac::from_slice(&[1, 2, 3, 4, 5, 6]),
+            Some(Mac([1, 2, 3, 4, 5, 6]))
+        );
         assert_eq!(Mac::from_slice(&[1, 2, 3]), None);
     }
 }

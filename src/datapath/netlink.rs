@@ -8,16 +8,26 @@ use std::time::Duration;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use ipnet::Ipv4Net;
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
-use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState};
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType};
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+    RouteType,
+};
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 use tokio::task::JoinHandle;
 
 use super::error::{DatapathError, Result};
 use super::mac::Mac;
-use super::vtep::{Actual, KernelFdb, KernelNeighbour, KernelRoute, KernelRouteKind, Op, Plan, ROUTE_PROTOCOL, UNREACHABLE_METRIC};
+use super::vtep::{
+    Actual, KernelFdb, KernelNeighbour, KernelRoute, KernelRouteKind, Op, Plan, ROUTE_PROTOCOL,
+    UNREACHABLE_METRIC,
+};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const DUMP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -72,7 +82,12 @@ pub struct ApplyReport {
 
 impl ApplyReport {
     pub fn changes(&self) -> usize {
-        self.routes_set + self.routes_deleted + self.neighbours_set + self.neighbours_deleted + self.fdb_set + self.fdb_deleted
+        self.routes_set
+            + self.routes_deleted
+            + self.neighbours_set
+            + self.neighbours_deleted
+            + self.fdb_set
+            + self.fdb_deleted
     }
 }
 
@@ -91,13 +106,17 @@ impl Drop for Netlink {
 impl Netlink {
     /// Opens the socket; must be called inside a tokio runtime.
     pub fn open() -> Result<Self> {
-        let (mut connection, handle, _) = rtnetlink::new_connection().map_err(|source| DatapathError::Io {
-            context: "opening an rtnetlink socket".into(),
-            source,
-        })?;
+        let (mut connection, handle, _) =
+            rtnetlink::new_connection().map_err(|source| DatapathError::Io {
+                context: "opening an rtnetlink socket".into(),
+                source,
+            })?;
         use rtnetlink::sys::AsyncSocket;
         // Best effort: without it, only very large plans risk ENOBUFS, and those are retried.
-        let _ = connection.socket_mut().socket_mut().set_rx_buf_sz(RECV_BUFFER);
+        let _ = connection
+            .socket_mut()
+            .socket_mut()
+            .set_rx_buf_sz(RECV_BUFFER);
         Ok(Netlink {
             handle,
             connection: tokio::spawn(connection),
@@ -107,7 +126,13 @@ impl Netlink {
     /// The link called `name`, or `None` if there is none.
     pub async fn link(&self, name: &str) -> Result<Option<LinkState>> {
         let ctx = || format!("looking up link {name}");
-        let req = self.handle.link().get().match_name(name).execute().try_collect::<Vec<_>>();
+        let req = self
+            .handle
+            .link()
+            .get()
+            .match_name(name)
+            .execute()
+            .try_collect::<Vec<_>>();
         match timed(REQUEST_TIMEOUT, ctx, req).await {
             Ok(msgs) => Ok(msgs.into_iter().next().map(parse_link)),
             Err(e) if e.is_not_found() => Ok(None),
@@ -117,7 +142,13 @@ impl Netlink {
 
     pub async fn link_by_index(&self, index: u32) -> Result<Option<LinkState>> {
         let ctx = || format!("looking up link #{index}");
-        let req = self.handle.link().get().match_index(index).execute().try_collect::<Vec<_>>();
+        let req = self
+            .handle
+            .link()
+            .get()
+            .match_index(index)
+            .execute()
+            .try_collect::<Vec<_>>();
         match timed(REQUEST_TIMEOUT, ctx, req).await {
             Ok(msgs) => Ok(msgs.into_iter().next().map(parse_link)),
             Err(e) if e.is_not_found() => Ok(None),
@@ -127,7 +158,12 @@ impl Netlink {
 
     /// The link that carries `ip` as one of its addresses.
     pub async fn link_with_address(&self, ip: Ipv4Addr) -> Result<Option<LinkState>> {
-        let dump = self.handle.address().get().execute().try_collect::<Vec<_>>();
+        let dump = self
+            .handle
+            .address()
+            .get()
+            .execute()
+            .try_collect::<Vec<_>>();
         let addrs = timed(DUMP_TIMEOUT, || "dumping interface addresses".into(), dump).await?;
         let index = addrs.iter().find_map(|a| {
             a.attributes
@@ -149,19 +185,39 @@ impl Netlink {
             .mtu(spec.mtu)
             .address(spec.mac.0.to_vec())
             .build();
-        let ctx = || format!("creating VXLAN device {} (vni {}, port {}, local {})", spec.name, spec.vni, spec.port, spec.local);
+        let ctx = || {
+            format!(
+                "creating VXLAN device {} (vni {}, port {}, local {})",
+                spec.name, spec.vni, spec.port, spec.local
+            )
+        };
         timed(REQUEST_TIMEOUT, ctx, self.handle.link().add(msg).execute()).await
     }
 
     /// Changes the VXLAN attributes the kernel allows to change on a live device.
     pub async fn change_vxlan(&self, index: u32, spec: &VxlanSpec) -> Result<()> {
-        let msg = LinkVxlan::new(&spec.name, spec.vni).local(spec.local).learning(false).index(index).build();
+        let msg = LinkVxlan::new(&spec.name, spec.vni)
+            .local(spec.local)
+            .learning(false)
+            .index(index)
+            .build();
         let ctx = || format!("changing local address / learning of {}", spec.name);
-        timed(REQUEST_TIMEOUT, ctx, self.handle.link().change(msg).execute()).await
+        timed(
+            REQUEST_TIMEOUT,
+            ctx,
+            self.handle.link().change(msg).execute(),
+        )
+        .await
     }
 
     /// Sets any of MAC, MTU and the up flag in one request.
-    pub async fn set_link(&self, index: u32, mac: Option<Mac>, mtu: Option<u32>, up: bool) -> Result<()> {
+    pub async fn set_link(
+        &self,
+        index: u32,
+        mac: Option<Mac>,
+        mtu: Option<u32>,
+        up: bool,
+    ) -> Result<()> {
         let mut b = LinkUnspec::new_with_index(index);
         if let Some(mac) = mac {
             b = b.address(mac.0.to_vec());
@@ -173,33 +229,73 @@ impl Netlink {
             b = b.up();
         }
         let ctx = || format!("setting link #{index} (mac {mac:?}, mtu {mtu:?}, up {up})");
-        timed(REQUEST_TIMEOUT, ctx, self.handle.link().change(b.build()).execute()).await
+        timed(
+            REQUEST_TIMEOUT,
+            ctx,
+            self.handle.link().change(b.build()).execute(),
+        )
+        .await
     }
 
     pub async fn delete_link(&self, index: u32) -> Result<()> {
-        timed(REQUEST_TIMEOUT, || format!("deleting link #{index}"), self.handle.link().del(index).execute()).await
+        timed(
+            REQUEST_TIMEOUT,
+            || format!("deleting link #{index}"),
+            self.handle.link().del(index).execute(),
+        )
+        .await
     }
 
     /// Everything the daemon owns on device `index`: routes, ARP entries and FDB entries.
     pub async fn read_vtep(&self, index: u32) -> Result<Actual> {
         let routes = async {
-            let req = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build());
+            let req = self
+                .handle
+                .route()
+                .get(RouteMessageBuilder::<Ipv4Addr>::new().build());
             let dump = req.execute().try_collect::<Vec<_>>();
             let msgs = timed(DUMP_TIMEOUT, || "dumping IPv4 routes".into(), dump).await?;
             Ok::<_, DatapathError>(msgs.iter().filter_map(|m| owned_route(m, index)).collect())
         };
         let neighbours = async {
-            let dump = self.handle.neighbours().get().set_address_family(AddressFamily::Inet).execute().try_collect::<Vec<_>>();
+            let dump = self
+                .handle
+                .neighbours()
+                .get()
+                .set_address_family(AddressFamily::Inet)
+                .execute()
+                .try_collect::<Vec<_>>();
             let msgs = timed(DUMP_TIMEOUT, || "dumping ARP entries".into(), dump).await?;
-            Ok(msgs.iter().filter(|m| m.header.ifindex == index).filter_map(parse_neighbour).collect())
+            Ok(msgs
+                .iter()
+                .filter(|m| m.header.ifindex == index)
+                .filter_map(parse_neighbour)
+                .collect())
         };
         let fdb = async {
-            let dump = self.handle.neighbours().get().set_address_family(AddressFamily::Bridge).execute().try_collect::<Vec<_>>();
+            let dump = self
+                .handle
+                .neighbours()
+                .get()
+                .set_address_family(AddressFamily::Bridge)
+                .execute()
+                .try_collect::<Vec<_>>();
             let msgs = timed(DUMP_TIMEOUT, || "dumping FDB entries".into(), dump).await?;
-            Ok(msgs.iter().filter(|m| m.header.ifindex == index).filter_map(parse_fdb).collect())
+            Ok(msgs
+                .iter()
+                .filter(|m| m.header.ifindex == index)
+                .filter_map(parse_fdb)
+                .collect())
         };
-        let (routes, neighbours, fdb) = tokio::try_join!(routes, neighbours, fdb)?;
-        Ok(Actual { routes, neighbours, fdb })
+        // One socket runs one dump at a time (a second one gets EBUSY), so they go in turn.
+        let routes = routes.await?;
+        let neighbours = neighbours.await?;
+        let fdb = fdb.await?;
+        Ok(Actual {
+            routes,
+            neighbours,
+            fdb,
+        })
     }
 
     /// Applies `plan` on device `index`, phase by phase. A failed op is reported and does not
@@ -213,7 +309,10 @@ impl Netlink {
                 .collect()
                 .await;
             for (op, result) in results {
-                let deleting = matches!(op, Op::DelRoute(_) | Op::DelNeighbour { .. } | Op::DelFdb { .. });
+                let deleting = matches!(
+                    op,
+                    Op::DelRoute(_) | Op::DelNeighbour { .. } | Op::DelFdb { .. }
+                );
                 match result {
                     Err(e) if !(deleting && e.is_not_found()) => report.errors.push(e),
                     _ => match op {
@@ -241,7 +340,12 @@ impl Netlink {
                     .onlink()
                     .protocol(RouteProtocol::from(ROUTE_PROTOCOL))
                     .build();
-                timed(REQUEST_TIMEOUT, ctx, self.handle.route().add(msg).replace().execute()).await
+                timed(
+                    REQUEST_TIMEOUT,
+                    ctx,
+                    self.handle.route().add(msg).replace().execute(),
+                )
+                .await
             }
             Op::SetUnreachable { dst } => {
                 let msg = RouteMessageBuilder::<Ipv4Addr>::new()
@@ -250,7 +354,12 @@ impl Netlink {
                     .priority(UNREACHABLE_METRIC)
                     .protocol(RouteProtocol::from(ROUTE_PROTOCOL))
                     .build();
-                timed(REQUEST_TIMEOUT, ctx, self.handle.route().add(msg).replace().execute()).await
+                timed(
+                    REQUEST_TIMEOUT,
+                    ctx,
+                    self.handle.route().add(msg).replace().execute(),
+                )
+                .await
             }
             Op::DelRoute(route) => {
                 let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
@@ -269,18 +378,35 @@ impl Netlink {
                     }
                     KernelRouteKind::Unreachable => b.kind(RouteType::Unreachable),
                 };
-                timed(REQUEST_TIMEOUT, ctx, self.handle.route().del(b.build()).execute()).await
+                timed(
+                    REQUEST_TIMEOUT,
+                    ctx,
+                    self.handle.route().del(b.build()).execute(),
+                )
+                .await
             }
             Op::SetNeighbour { ip, mac } => {
-                let req = self.handle.neighbours().add(index, IpAddr::V4(*ip)).link_layer_address(&mac.0).state(NeighbourState::Permanent).replace();
+                let req = self
+                    .handle
+                    .neighbours()
+                    .add(index, IpAddr::V4(*ip))
+                    .link_layer_address(&mac.0)
+                    .state(NeighbourState::Permanent)
+                    .replace();
                 timed(REQUEST_TIMEOUT, ctx, req.execute()).await
             }
             Op::DelNeighbour { ip } => {
                 let mut msg = NeighbourMessage::default();
                 msg.header.family = AddressFamily::Inet;
                 msg.header.ifindex = index;
-                msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(*ip)));
-                timed(REQUEST_TIMEOUT, ctx, self.handle.neighbours().del(msg).execute()).await
+                msg.attributes
+                    .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(*ip)));
+                timed(
+                    REQUEST_TIMEOUT,
+                    ctx,
+                    self.handle.neighbours().del(msg).execute(),
+                )
+                .await
             }
             Op::SetFdb { mac, dst } => {
                 let req = self
@@ -298,21 +424,37 @@ impl Netlink {
                 msg.header.family = AddressFamily::Bridge;
                 msg.header.ifindex = index;
                 msg.header.flags = NeighbourFlags::Own;
-                msg.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
+                msg.attributes
+                    .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
                 if let Some(dst) = dst {
-                    msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(*dst)));
+                    msg.attributes
+                        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                            *dst,
+                        )));
                 }
-                timed(REQUEST_TIMEOUT, ctx, self.handle.neighbours().del(msg).execute()).await
+                timed(
+                    REQUEST_TIMEOUT,
+                    ctx,
+                    self.handle.neighbours().del(msg).execute(),
+                )
+                .await
             }
         }
     }
 }
 
 /// Runs a netlink request under a deadline, naming what it was doing if it fails.
-async fn timed<T>(limit: Duration, context: impl FnOnce() -> String, fut: impl Future<Output = Result<T, rtnetlink::Error>>) -> Result<T> {
+async fn timed<T>(
+    limit: Duration,
+    context: impl FnOnce() -> String,
+    fut: impl Future<Output = Result<T, rtnetlink::Error>>,
+) -> Result<T> {
     match tokio::time::timeout(limit, fut).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(source)) => Err(DatapathError::Netlink { context: context(), source }),
+        Ok(Err(source)) => Err(DatapathError::Netlink {
+            context: context(),
+            source,
+        }),
         Err(_) => Err(DatapathError::Timeout {
             context: context(),
             seconds: limit.as_secs(),
@@ -325,7 +467,10 @@ pub fn describe(op: &Op) -> String {
     match op {
         Op::SetRoute { dst, via } => format!("setting route {dst} via {via} onlink"),
         Op::SetUnreachable { dst } => format!("setting unreachable route {dst}"),
-        Op::DelRoute(r) => format!("deleting route {} ({:?}, metric {})", r.dst, r.kind, r.metric),
+        Op::DelRoute(r) => format!(
+            "deleting route {} ({:?}, metric {})",
+            r.dst, r.kind, r.metric
+        ),
         Op::SetNeighbour { ip, mac } => format!("setting permanent ARP entry {ip} lladdr {mac}"),
         Op::DelNeighbour { ip } => format!("deleting ARP entry {ip}"),
         Op::SetFdb { mac, dst } => format!("setting FDB entry {mac} dst {dst}"),
@@ -348,7 +493,9 @@ fn parse_link(msg: LinkMessage) -> LinkState {
             LinkAttribute::Address(a) => state.mac = Mac::from_slice(&a),
             LinkAttribute::Mtu(m) => state.mtu = m,
             LinkAttribute::LinkInfo(infos) => {
-                let is_vxlan = infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Vxlan)));
+                let is_vxlan = infos
+                    .iter()
+                    .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Vxlan)));
                 if is_vxlan {
                     let mut attrs = VxlanAttrs::default();
                     for info in infos {
@@ -402,8 +549,17 @@ fn owned_route(msg: &RouteMessage, index: u32) -> Option<KernelRoute> {
         RouteType::Unreachable if protocol == ROUTE_PROTOCOL => KernelRouteKind::Unreachable,
         _ => return None,
     };
-    let dst = Ipv4Net::new(dst.unwrap_or(Ipv4Addr::UNSPECIFIED), msg.header.destination_prefix_length).ok()?;
-    Some(KernelRoute { dst, metric, protocol, kind })
+    let dst = Ipv4Net::new(
+        dst.unwrap_or(Ipv4Addr::UNSPECIFIED),
+        msg.header.destination_prefix_length,
+    )
+    .ok()?;
+    Some(KernelRoute {
+        dst,
+        metric,
+        protocol,
+        kind,
+    })
 }
 
 fn parse_neighbour(msg: &NeighbourMessage) -> Option<KernelNeighbour> {

@@ -28,7 +28,9 @@ impl fmt::Display for SysctlChange {
 pub fn ensure_host() -> Result<Vec<SysctlChange>> {
     let mut changes = Vec::new();
     set(&mut changes, "net.ipv4.ip_forward", |_| Some("1"))?;
-    set(&mut changes, "net.ipv4.conf.all.rp_filter", |v| (v == "1").then_some("2"))?;
+    set(&mut changes, "net.ipv4.conf.all.rp_filter", |v| {
+        (v == "1").then_some("2")
+    })?;
     Ok(changes)
 }
 
@@ -37,9 +39,17 @@ pub fn ensure_host() -> Result<Vec<SysctlChange>> {
 /// IPv6, so the device carries no address at all, as Cilium's VTEP peer expects.
 pub fn ensure_interface(dev: &str, tunnel: bool) -> Result<Vec<SysctlChange>> {
     let mut changes = Vec::new();
-    set(&mut changes, &format!("net.ipv4.conf.{dev}.forwarding"), |_| Some("1"))?;
+    set(
+        &mut changes,
+        &format!("net.ipv4.conf.{dev}.forwarding"),
+        |_| Some("1"),
+    )?;
     if tunnel {
-        set(&mut changes, &format!("net.ipv4.conf.{dev}.rp_filter"), |_| Some("0"))?;
+        set(
+            &mut changes,
+            &format!("net.ipv4.conf.{dev}.rp_filter"),
+            |_| Some("0"),
+        )?;
         let ipv6 = format!("net.ipv6.conf.{dev}.disable_ipv6");
         // A kernel booted without IPv6 has no such file, and nothing to disable.
         if path_of(&ipv6).exists() {
@@ -52,14 +62,20 @@ pub fn ensure_interface(dev: &str, tunnel: bool) -> Result<Vec<SysctlChange>> {
 /// Reads a sysctl, e.g. `net.ipv4.ip_forward`.
 pub fn read(key: &str) -> Result<String> {
     let path = path_of(key);
-    std::fs::read_to_string(&path).map(|s| s.trim().to_string()).map_err(|source| DatapathError::Io {
-        context: format!("reading {key} ({})", path.display()),
-        source,
-    })
+    std::fs::read_to_string(&path)
+        .map(|s| s.trim().to_string())
+        .map_err(|source| DatapathError::Io {
+            context: format!("reading {key} ({})", path.display()),
+            source,
+        })
 }
 
 /// Sets `key` to what `want` says given its current value (`None`: leave it).
-fn set(changes: &mut Vec<SysctlChange>, key: &str, want: impl Fn(&str) -> Option<&'static str>) -> Result<()> {
+fn set(
+    changes: &mut Vec<SysctlChange>,
+    key: &str,
+    want: impl Fn(&str) -> Option<&'static str>,
+) -> Result<()> {
     let old = read(key)?;
     let Some(new) = want(&old).filter(|n| *n != old) else {
         return Ok(());
@@ -105,9 +121,21 @@ mod tests {
 
     #[test]
     fn paths_keep_dots_in_interface_names() {
-        assert_eq!(path_of("net.ipv4.ip_forward"), PathBuf::from("/proc/sys/net/ipv4/ip_forward"));
-        assert_eq!(path_of("net.ipv4.conf.all.rp_filter"), PathBuf::from("/proc/sys/net/ipv4/conf/all/rp_filter"));
-        assert_eq!(path_of("net.ipv4.conf.eth0.100.rp_filter"), PathBuf::from("/proc/sys/net/ipv4/conf/eth0.100/rp_filter"));
-        assert_eq!(path_of("net.ipv6.conf.hybrid_vxlan0.disable_ipv6"), PathBuf::from("/proc/sys/net/ipv6/conf/hybrid_vxlan0/disable_ipv6"));
+        assert_eq!(
+            path_of("net.ipv4.ip_forward"),
+            PathBuf::from("/proc/sys/net/ipv4/ip_forward")
+        );
+        assert_eq!(
+            path_of("net.ipv4.conf.all.rp_filter"),
+            PathBuf::from("/proc/sys/net/ipv4/conf/all/rp_filter")
+        );
+        assert_eq!(
+            path_of("net.ipv4.conf.eth0.100.rp_filter"),
+            PathBuf::from("/proc/sys/net/ipv4/conf/eth0.100/rp_filter")
+        );
+        assert_eq!(
+            path_of("net.ipv6.conf.hybrid_vxlan0.disable_ipv6"),
+            PathBuf::from("/proc/sys/net/ipv6/conf/hybrid_vxlan0/disable_ipv6")
+        );
     }
 }

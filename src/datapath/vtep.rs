@@ -27,15 +27,29 @@ pub struct HybridNode {
 /// Why a node was left out of the desired state. The other nodes are unaffected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rejection {
-    DuplicateIp { node: String, ip: Ipv4Addr, owner: String },
-    OverlappingCidr { node: String, cidr: Ipv4Net, owner: String, owner_cidr: Ipv4Net },
-    OutsidePodCidrs { node: String, cidr: Ipv4Net },
+    DuplicateIp {
+        node: String,
+        ip: Ipv4Addr,
+        owner: String,
+    },
+    OverlappingCidr {
+        node: String,
+        cidr: Ipv4Net,
+        owner: String,
+        owner_cidr: Ipv4Net,
+    },
+    OutsidePodCidrs {
+        node: String,
+        cidr: Ipv4Net,
+    },
 }
 
 impl Rejection {
     pub fn node(&self) -> &str {
         match self {
-            Rejection::DuplicateIp { node, .. } | Rejection::OverlappingCidr { node, .. } | Rejection::OutsidePodCidrs { node, .. } => node,
+            Rejection::DuplicateIp { node, .. }
+            | Rejection::OverlappingCidr { node, .. }
+            | Rejection::OutsidePodCidrs { node, .. } => node,
         }
     }
 }
@@ -43,12 +57,25 @@ impl Rejection {
 impl fmt::Display for Rejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Rejection::DuplicateIp { node, ip, owner } => write!(f, "node {node}: IP {ip} is already used by node {owner}"),
-            Rejection::OverlappingCidr { node, cidr, owner, owner_cidr } => {
-                write!(f, "node {node}: pod CIDR {cidr} overlaps {owner_cidr} of node {owner}")
+            Rejection::DuplicateIp { node, ip, owner } => {
+                write!(f, "node {node}: IP {ip} is already used by node {owner}")
+            }
+            Rejection::OverlappingCidr {
+                node,
+                cidr,
+                owner,
+                owner_cidr,
+            } => {
+                write!(
+                    f,
+                    "node {node}: pod CIDR {cidr} overlaps {owner_cidr} of node {owner}"
+                )
             }
             Rejection::OutsidePodCidrs { node, cidr } => {
-                write!(f, "node {node}: pod CIDR {cidr} is outside gateway.hybrid_pod_cidrs")
+                write!(
+                    f,
+                    "node {node}: pod CIDR {cidr} is outside gateway.hybrid_pod_cidrs"
+                )
             }
         }
     }
@@ -94,12 +121,20 @@ impl Desired {
             let mut accepted: Vec<Ipv4Net> = Vec::with_capacity(node.pod_cidrs.len());
             for cidr in &node.pod_cidrs {
                 if !pod_cidrs.iter().any(|allowed| allowed.contains(cidr)) {
-                    rejected.push(Rejection::OutsidePodCidrs { node: node.name.clone(), cidr: *cidr });
+                    rejected.push(Rejection::OutsidePodCidrs {
+                        node: node.name.clone(),
+                        cidr: *cidr,
+                    });
                     continue 'nodes;
                 }
                 let clash = overlapping(&cidr_owner, cidr)
                     .map(|(c, o)| (c, o.to_string()))
-                    .or_else(|| accepted.iter().find(|a| overlaps(a, cidr)).map(|a| (*a, node.name.clone())));
+                    .or_else(|| {
+                        accepted
+                            .iter()
+                            .find(|a| overlaps(a, cidr))
+                            .map(|a| (*a, node.name.clone()))
+                    });
                 if let Some((owner_cidr, owner)) = clash {
                     if owner_cidr == *cidr && owner == node.name {
                         continue; // the same CIDR listed twice on one node
@@ -137,13 +172,19 @@ fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
 
 /// An accepted CIDR that overlaps `cidr`: a supernet of it (one lookup per shorter prefix)
 /// or a subnet of it (a range scan over its addresses).
-fn overlapping<'a>(owned: &BTreeMap<Ipv4Addr, (Ipv4Net, &'a str)>, cidr: &Ipv4Net) -> Option<(Ipv4Net, &'a str)> {
+fn overlapping<'a>(
+    owned: &BTreeMap<Ipv4Addr, (Ipv4Net, &'a str)>,
+    cidr: &Ipv4Net,
+) -> Option<(Ipv4Net, &'a str)> {
     if let Some((_, v)) = owned.range(cidr.network()..=cidr.broadcast()).next() {
         return Some(*v);
     }
     (0..cidr.prefix_len()).find_map(|len| {
         let sup = Ipv4Net::new(cidr.network(), len).ok()?.trunc();
-        owned.get(&sup.network()).filter(|(c, _)| c.contains(cidr)).copied()
+        owned
+            .get(&sup.network())
+            .filter(|(c, _)| c.contains(cidr))
+            .copied()
     })
 }
 
@@ -160,7 +201,11 @@ pub struct KernelRoute {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KernelRouteKind {
     /// A unicast route out of our device.
-    Device { gateway: Option<Ipv4Addr>, onlink: bool, universe: bool },
+    Device {
+        gateway: Option<Ipv4Addr>,
+        onlink: bool,
+        universe: bool,
+    },
     Unreachable,
 }
 
@@ -242,30 +287,47 @@ fn diff_routes(desired: &Desired, actual: &Actual, plan: &mut Plan) {
     let mut seen_routes = BTreeSet::new();
     let mut seen_unreachable = BTreeSet::new();
     for route in &actual.routes {
-        let ours = route.protocol == ROUTE_PROTOCOL;
-        match &route.kind {
-            KernelRouteKind::Device { gateway, onlink, universe } if route.metric == 0 => {
-                if let Some(via) = desired.routes.get(&route.dst) {
-                    if seen_routes.insert(route.dst) {
-                        if !(ours && *gateway == Some(*via) && *onlink && *universe) {
-                            plan.phases[SET_ROUTES].push(Op::SetRoute { dst: route.dst, via: *via });
+        let keep = match &route.kind {
+            KernelRouteKind::Device {
+                gateway,
+                onlink,
+                universe,
+            } if route.metric == 0 => {
+                match desired.routes.get(&route.dst) {
+                    // The first route for a wanted prefix is kept and, if wrong, replaced in
+                    // place; any further one is a duplicate.
+                    Some(via) if seen_routes.insert(route.dst) => {
+                        let correct = route.protocol == ROUTE_PROTOCOL
+                            && *gateway == Some(*via)
+                            && *onlink
+                            && *universe;
+                        if !correct {
+                            plan.phases[SET_ROUTES].push(Op::SetRoute {
+                                dst: route.dst,
+                                via: *via,
+                            });
                         }
-                        continue;
+                        true
                     }
+                    _ => false,
                 }
             }
             KernelRouteKind::Unreachable if route.metric == UNREACHABLE_METRIC => {
-                if desired.unreachable.contains(&route.dst) && seen_unreachable.insert(route.dst) {
-                    continue;
-                }
+                desired.unreachable.contains(&route.dst) && seen_unreachable.insert(route.dst)
             }
-            _ => {}
+            _ => false,
+        };
+        if keep {
+            continue;
         }
         plan.phases[DEL_ROUTES].push(Op::DelRoute(route.clone()));
     }
     for (dst, via) in &desired.routes {
         if !seen_routes.contains(dst) {
-            plan.phases[SET_ROUTES].push(Op::SetRoute { dst: *dst, via: *via });
+            plan.phases[SET_ROUTES].push(Op::SetRoute {
+                dst: *dst,
+                via: *via,
+            });
         }
     }
     for dst in &desired.unreachable {
@@ -282,7 +344,10 @@ fn diff_neighbours(desired: &Desired, actual: &Actual, plan: &mut Plan) {
             Some(mac) => {
                 seen.insert(n.ip);
                 if !(n.permanent && n.mac == Some(*mac)) {
-                    plan.phases[SET_L2].push(Op::SetNeighbour { ip: n.ip, mac: *mac });
+                    plan.phases[SET_L2].push(Op::SetNeighbour {
+                        ip: n.ip,
+                        mac: *mac,
+                    });
                 }
             }
             None => plan.phases[DEL_L2].push(Op::DelNeighbour { ip: n.ip }),
@@ -310,17 +375,26 @@ fn diff_fdb(desired: &Desired, actual: &Actual, plan: &mut Plan) {
             }
             // Replacing rewrites the entry's first destination in place; extra or wrong
             // destinations left over are removed afterwards.
-            plan.phases[SET_L2].push(Op::SetFdb { mac: *mac, dst: *dst });
+            plan.phases[SET_L2].push(Op::SetFdb {
+                mac: *mac,
+                dst: *dst,
+            });
         }
         for e in entries {
             if want.is_none() || e.dst != want.copied() {
-                plan.phases[DEL_L2].push(Op::DelFdb { mac: *mac, dst: e.dst });
+                plan.phases[DEL_L2].push(Op::DelFdb {
+                    mac: *mac,
+                    dst: e.dst,
+                });
             }
         }
     }
     for (mac, dst) in &desired.fdb {
         if !by_mac.contains_key(mac) {
-            plan.phases[SET_L2].push(Op::SetFdb { mac: *mac, dst: *dst });
+            plan.phases[SET_L2].push(Op::SetFdb {
+                mac: *mac,
+                dst: *dst,
+            });
         }
     }
 }

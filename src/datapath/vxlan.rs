@@ -55,9 +55,16 @@ pub async fn ensure(nl: &Netlink, cfg: &VxlanConfig, node_ip: Ipv4Addr) -> Resul
     })?;
     let mtu = match cfg.mtu {
         Some(m) => m,
-        None => underlay.mtu.checked_sub(VXLAN_OVERHEAD).filter(|m| *m >= 68).ok_or_else(|| {
-            DatapathError::Invalid(format!("underlay {} has MTU {}, too small for VXLAN; set vxlan.mtu", underlay.name, underlay.mtu))
-        })?,
+        None => underlay
+            .mtu
+            .checked_sub(VXLAN_OVERHEAD)
+            .filter(|m| *m >= 68)
+            .ok_or_else(|| {
+                DatapathError::Invalid(format!(
+                    "underlay {} has MTU {}, too small for VXLAN; set vxlan.mtu",
+                    underlay.name, underlay.mtu
+                ))
+            })?,
     };
     let spec = VxlanSpec {
         name: cfg.interface.clone(),
@@ -83,10 +90,9 @@ pub async fn ensure(nl: &Netlink, cfg: &VxlanConfig, node_ip: Ipv4Addr) -> Resul
         },
     };
 
-    let link = nl
-        .link(&spec.name)
-        .await?
-        .ok_or_else(|| DatapathError::Invalid(format!("{} vanished right after it was set up", spec.name)))?;
+    let link = nl.link(&spec.name).await?.ok_or_else(|| {
+        DatapathError::Invalid(format!("{} vanished right after it was set up", spec.name))
+    })?;
     if link.mtu != spec.mtu {
         tracing::warn!(device = %spec.name, wanted = spec.mtu, actual = link.mtu, "the kernel did not accept the MTU; set vxlan.mtu to at most the underlay MTU - 50");
     }
@@ -102,10 +108,9 @@ pub async fn ensure(nl: &Netlink, cfg: &VxlanConfig, node_ip: Ipv4Addr) -> Resul
 
 async fn create(nl: &Netlink, spec: &VxlanSpec) -> Result<()> {
     nl.create_vxlan(spec).await?;
-    let link = nl
-        .link(&spec.name)
-        .await?
-        .ok_or_else(|| DatapathError::Invalid(format!("{} was created but cannot be found", spec.name)))?;
+    let link = nl.link(&spec.name).await?.ok_or_else(|| {
+        DatapathError::Invalid(format!("{} was created but cannot be found", spec.name))
+    })?;
     // Per-device sysctls exist only once the device does, and must be right before the
     // first packet crosses it.
     super::sysctl::ensure_interface(&spec.name, true)?;
@@ -118,10 +123,18 @@ fn must_recreate(link: &LinkState, spec: &VxlanSpec) -> Option<String> {
         return Some(format!("{} exists but is not a VXLAN device", spec.name));
     };
     if vx.vni != Some(spec.vni) {
-        return Some(format!("VNI is {}, want {}; the kernel cannot change a VNI in place", opt(vx.vni), spec.vni));
+        return Some(format!(
+            "VNI is {}, want {}; the kernel cannot change a VNI in place",
+            opt(vx.vni),
+            spec.vni
+        ));
     }
     if vx.port != Some(spec.port) {
-        return Some(format!("UDP port is {}, want {}; the kernel cannot change the port in place", opt(vx.port), spec.port));
+        return Some(format!(
+            "UDP port is {}, want {}; the kernel cannot change the port in place",
+            opt(vx.port),
+            spec.port
+        ));
     }
     None
 }
@@ -131,7 +144,11 @@ async fn repair(nl: &Netlink, link: &LinkState, spec: &VxlanSpec) -> Result<Devi
     let vx = link.vxlan.clone().unwrap_or_default();
     if vx.local != Some(spec.local) || vx.learning != Some(false) {
         if vx.local != Some(spec.local) {
-            fixed.push(format!("local address was {}, now {}", opt(vx.local), spec.local));
+            fixed.push(format!(
+                "local address was {}, now {}",
+                opt(vx.local),
+                spec.local
+            ));
         }
         if vx.learning != Some(false) {
             fixed.push("learning was on, now off".to_string());
@@ -153,7 +170,11 @@ async fn repair(nl: &Netlink, link: &LinkState, spec: &VxlanSpec) -> Result<Devi
     if mac.is_some() || mtu.is_some() || !link.up {
         nl.set_link(link.index, mac, mtu, true).await?;
     }
-    Ok(if fixed.is_empty() { DeviceAction::Adopted } else { DeviceAction::Repaired(fixed) })
+    Ok(if fixed.is_empty() {
+        DeviceAction::Adopted
+    } else {
+        DeviceAction::Repaired(fixed)
+    })
 }
 
 fn opt<T: fmt::Display>(v: Option<T>) -> String {

@@ -1,0 +1,63 @@
+//! The binary as Ansible's `validate:` and an operator call it.
+
+use std::process::Command;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_hybrid-gateway"))
+}
+
+fn write(name: &str, text: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("hgw-cli-{}-{name}", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn example_config_passes_check_config() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/config.toml");
+    let out = bin().args(["check-config", path]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().count(), 1, "one-line summary expected: {stdout}");
+    assert!(stdout.contains(": ok: node_ip=10.250.3.111") && stdout.contains("vni=2 port=8472"), "{stdout}");
+}
+
+#[test]
+fn bad_config_fails_with_line_and_key() {
+    let path = write(
+        "bad.toml",
+        "[gateway]\nvpc_cidrs = [\"10.250.0.0/16\"]\nhybrid_pod_cidrs = [\"10.250.32.0/23\"]\n",
+    );
+    let out = bin().arg("check-config").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(":3: gateway.hybrid_pod_cidrs[0] = \"10.250.32.0/23\": overlaps gateway.vpc_cidrs[0]"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
+    std::fs::remove_file(path).ok();
+}
+
+#[test]
+fn missing_config_fails() {
+    let out = bin().args(["check-config", "/nonexistent/hgw.toml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+}
+
+#[test]
+fn run_refuses_bad_config_without_touching_anything() {
+    let path = write("bad-run.toml", "[gateway]\nvpc_cidrs = []\nhybrid_pod_cidrs = [\"192.168.32.0/23\"]\n");
+    let out = bin().args(["run", "--config"]).arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(78), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("gateway.vpc_cidrs"));
+    std::fs::remove_file(path).ok();
+}
+
+#[test]
+fn version_prints_the_package_version() {
+    let out = bin().arg("version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("hybrid-gateway {}", env!("CARGO_PKG_VERSION")));
+}

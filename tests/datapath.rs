@@ -1,0 +1,587 @@
+//! The datapath against the real kernel, in throw-away network namespaces (needs root).
+
+mod support;
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::Duration;
+
+use hybrid_gateway::config::Config;
+use hybrid_gateway::datapath::{vxlan, Datapath, DeviceAction, HybridNode, Mac, Netlink};
+use support::{lines, veth, wait_until, Netns};
+
+const GW_IP: &str = "10.99.0.1";
+const NODE_IP: &str = "10.99.0.2";
+
+fn config(extra: &str) -> Config {
+    let text = format!(
+        "[gateway]\nnode_ip = \"{GW_IP}\"\nvpc_cidrs = [\"10.250.0.0/16\"]\nhybrid_pod_cidrs = [\"192.168.32.0/23\"]\n{extra}"
+    );
+    Config::parse(Path::new("test.toml"), &text).expect("test config")
+}
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+fn node(name: &str, addr: &str, cidrs: &[&str]) -> HybridNode {
+    HybridNode {
+        name: name.into(),
+        ip: ip(addr),
+        pod_cidrs: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
+    }
+}
+
+/// A gateway namespace whose underlay (`u0`, 10.99.0.1/24, MTU 1500) leads to a peer namespace.
+fn gateway() -> (Netns, Netns) {
+    let gw = Netns::new("gw");
+    let peer = Netns::new("peer");
+    veth(&gw, "u0", "10.99.0.1/24", &peer, "u1", "10.99.0.2/24");
+    (gw, peer)
+}
+
+/// Routes, ARP and FDB entries on the device plus every unreachable route, as `ip` prints them.
+fn kernel(ns: &Netns) -> Vec<String> {
+    let mut all = Vec::new();
+    all.extend(
+        lines(&ns.sh("ip route show table main dev hybrid_vxlan0"))
+            .into_iter()
+            .map(|l| format!("route {l}")),
+    );
+    all.extend(
+        lines(&ns.sh("ip route show table main type unreachable"))
+            .into_iter()
+            .map(|l| format!("route {l}")),
+    );
+    all.extend(
+        lines(&ns.sh("ip neigh show dev hybrid_vxlan0"))
+            .into_iter()
+            .map(|l| format!("arp {l}")),
+    );
+    all.extend(
+        lines(&ns.sh("bridge fdb show dev hybrid_vxlan0"))
+            .into_iter()
+            .map(|l| format!("fdb {l}")),
+    );
+    all.sort();
+    all
+}
+
+/// What the kernel must show for `nodes` (name, ip, cidrs) with the default catch-all.
+fn expected(nodes: &[(&str, &[&str])]) -> Vec<String> {
+    let mut v = vec!["route unreachable 192.168.32.0/23 proto 158 metric 4242".to_string()];
+    for (addr, cidrs) in nodes {
+        let mac = Mac::for_node(ip(addr));
+        v.push(format!("arp {addr} lladdr {mac} PERMANENT"));
+        v.push(format!("fdb {mac} dst {addr} self permanent"));
+        for c in *cidrs {
+            v.push(format!("route {c} via {addr} proto 158 onlink"));
+        }
+    }
+    v.sort();
+    v
+}
+
+fn link_json(ns: &Netns) -> String {
+    ns.sh("ip -d -j link show hybrid_vxlan0")
+}
+
+#[test]
+fn device_is_created_adopted_and_repaired() {
+    let (gw, _peer) = gateway();
+    let cfg = config("");
+    let gw_mac = Mac::for_gateway(ip(GW_IP));
+    let ensure = |c: &Config| {
+        gw.run(|| async {
+            vxlan::ensure(&Netlink::open().unwrap(), &c.vxlan, ip(GW_IP))
+                .await
+                .unwrap()
+        })
+    };
+
+    let created = ensure(&cfg);
+    assert_eq!(created.action, DeviceAction::Created);
+    assert_eq!(
+        (created.mac, created.mtu, created.underlay.as_str()),
+        (gw_mac, 1450, "u0")
+    );
+    let j = link_json(&gw);
+    for want in [
+        "\"id\":2,",
+        "\"port\":8472,",
+        "\"local\":\"10.99.0.1\"",
+        "\"learning\":false",
+        &format!("\"address\":\"{gw_mac}\""),
+        "\"mtu\":1450,",
+        "\"operstate\":\"UNKNOWN\"",
+    ] {
+        assert!(j.contains(want), "{want} not in {j}");
+    }
+    assert!(
+        j.contains("\"flags\":[\"BROADCAST\",\"MULTICAST\",\"UP\",\"LOWER_UP\"]"),
+        "not up: {j}"
+    );
+    assert_eq!(
+        gw.sh("ip -o addr show dev hybrid_vxlan0").trim(),
+        "",
+        "the device must carry no address"
+    );
+    assert_eq!(gw.sysctl("net.ipv4.conf.hybrid_vxlan0.rp_filter"), "0");
+
+    // A restart finds it as it left it: nothing is rewritten.
+    let adopted = ensure(&cfg);
+    assert_eq!(adopted.action, DeviceAction::Adopted);
+    assert_eq!((adopted.index, adopted.mac), (created.index, created.mac));
+
+    // Wrong attributes the kernel can change in place are fixed in place.
+    gw.sh("ip link set hybrid_vxlan0 down && ip link set hybrid_vxlan0 mtu 1300 address 02:11:22:33:44:55");
+    gw.sh("ip link set hybrid_vxlan0 type vxlan learning");
+    let repaired = ensure(&cfg);
+    let DeviceAction::Repaired(what) = &repaired.action else {
+        panic!("expected a repair, got {:?}", repaired.action)
+    };
+    assert_eq!(what.len(), 4, "{what:?}");
+    assert_eq!(
+        repaired.index, created.index,
+        "a repair must not recreate the device"
+    );
+    let j = link_json(&gw);
+    assert!(
+        j.contains("\"learning\":false")
+            && j.contains("\"mtu\":1450,")
+            && j.contains(&gw_mac.to_string())
+            && j.contains("\"UP\""),
+        "{j}"
+    );
+
+    // An explicit MTU wins over the underlay's.
+    let explicit = ensure(&config("[vxlan]\nmtu = 1400\n"));
+    assert_eq!((explicit.mtu, explicit.index), (1400, created.index));
+}
+
+#[test]
+fn device_is_recreated_only_when_the_kernel_cannot_change_it() {
+    let (gw, _peer) = gateway();
+    let cfg = config("");
+    let ensure = || {
+        gw.run(|| async {
+            vxlan::ensure(&Netlink::open().unwrap(), &cfg.vxlan, ip(GW_IP))
+                .await
+                .unwrap()
+        })
+    };
+
+    gw.sh("ip link add hybrid_vxlan0 type vxlan id 7 dstport 8472 local 10.99.0.1 nolearning");
+    let d = ensure();
+    assert!(
+        matches!(&d.action, DeviceAction::Recreated(why) if why.contains("VNI is 7")),
+        "{:?}",
+        d.action
+    );
+    assert!(link_json(&gw).contains("\"id\":2,"));
+
+    gw.sh("ip link del hybrid_vxlan0 && ip link add hybrid_vxlan0 type vxlan id 2 dstport 4789 local 10.99.0.1 nolearning");
+    let d = ensure();
+    assert!(
+        matches!(&d.action, DeviceAction::Recreated(why) if why.contains("port is 4789")),
+        "{:?}",
+        d.action
+    );
+
+    gw.sh("ip link del hybrid_vxlan0 && ip link add hybrid_vxlan0 type veth peer name junk0");
+    let d = ensure();
+    assert!(
+        matches!(&d.action, DeviceAction::Recreated(why) if why.contains("not a VXLAN")),
+        "{:?}",
+        d.action
+    );
+    assert!(link_json(&gw).contains("\"port\":8472,"));
+}
+
+#[test]
+fn node_ip_must_be_local() {
+    let (gw, _peer) = gateway();
+    let cfg = config("");
+    let err = gw.run(|| async {
+        vxlan::ensure(&Netlink::open().unwrap(), &cfg.vxlan, ip("10.99.0.77"))
+            .await
+            .unwrap_err()
+    });
+    assert!(
+        err.to_string()
+            .contains("10.99.0.77 is not assigned to any interface"),
+        "{err}"
+    );
+}
+
+#[test]
+fn sysctls_are_set_and_reported() {
+    let (gw, _peer) = gateway();
+    gw.sh("sysctl -qw net.ipv4.ip_forward=0 net.ipv4.conf.all.rp_filter=1");
+    let cfg = config("");
+    let changes = gw.run(|| async { Datapath::setup(&cfg, ip(GW_IP)).await.unwrap().1 });
+    let changed: Vec<String> = changes.iter().map(ToString::to_string).collect();
+    assert!(
+        changed.contains(&"net.ipv4.ip_forward: 0 -> 1".to_string()),
+        "{changed:?}"
+    );
+    assert!(
+        changed.contains(&"net.ipv4.conf.all.rp_filter: 1 -> 2".to_string()),
+        "{changed:?}"
+    );
+    assert_eq!(gw.sysctl("net.ipv4.ip_forward"), "1");
+    assert_eq!(gw.sysctl("net.ipv4.conf.all.rp_filter"), "2");
+    assert_eq!(gw.sysctl("net.ipv4.conf.u0.forwarding"), "1");
+    assert_eq!(gw.sysctl("net.ipv6.conf.hybrid_vxlan0.disable_ipv6"), "1");
+    // Second start: nothing left to change.
+    let again = gw.run(|| async { Datapath::setup(&cfg, ip(GW_IP)).await.unwrap().1 });
+    assert!(again.is_empty(), "{again:?}");
+}
+
+#[test]
+fn reconcile_follows_nodes_through_their_lifecycle() {
+    let (gw, _peer) = gateway();
+    let cfg = config("");
+    gw.run(|| async {
+        let (dp, _) = Datapath::setup(&cfg, ip(GW_IP)).await.unwrap();
+        let step = |nodes: Vec<HybridNode>| {
+            let dp = &dp;
+            async move {
+                let r = dp.reconcile(&nodes).await.unwrap();
+                assert!(r.report.errors.is_empty(), "{:?}", r.report.errors);
+                assert!(r.rejected.is_empty(), "{:?}", r.rejected);
+                // Level-based: a second pass over the same input changes nothing.
+                let again = dp.reconcile(&nodes).await.unwrap();
+                assert_eq!(again.report.changes(), 0, "second pass rewrote something");
+                r.report
+            }
+        };
+
+        // add
+        step(vec![node("n1", "10.99.0.2", &["192.168.32.0/25"])]).await;
+        assert_eq!(
+            kernel(&gw),
+            expected(&[("10.99.0.2", &["192.168.32.0/25"])])
+        );
+        // multi-CIDR node and a second node
+        step(vec![
+            node("n1", "10.99.0.2", &["192.168.32.0/25", "192.168.33.0/26"]),
+            node("n2", "10.99.0.3", &["192.168.32.128/25"]),
+        ])
+        .await;
+        assert_eq!(
+            kernel(&gw),
+            expected(&[
+                ("10.99.0.2", &["192.168.32.0/25", "192.168.33.0/26"]),
+                ("10.99.0.3", &["192.168.32.128/25"])
+            ])
+        );
+        // change IP of n1: the route moves, the old ARP/FDB entries go
+        let r = step(vec![
+            node("n1", "10.99.0.4", &["192.168.32.0/25", "192.168.33.0/26"]),
+            node("n2", "10.99.0.3", &["192.168.32.128/25"]),
+        ])
+        .await;
+        assert_eq!(
+            (r.routes_set, r.neighbours_deleted, r.fdb_deleted),
+            (2, 1, 1)
+        );
+        assert_eq!(
+            kernel(&gw),
+            expected(&[
+                ("10.99.0.4", &["192.168.32.0/25", "192.168.33.0/26"]),
+                ("10.99.0.3", &["192.168.32.128/25"])
+            ])
+        );
+        // change CIDR of n2
+        step(vec![
+            node("n1", "10.99.0.4", &["192.168.32.0/25", "192.168.33.0/26"]),
+            node("n2", "10.99.0.3", &["192.168.33.128/25"]),
+        ])
+        .await;
+        assert_eq!(
+            kernel(&gw),
+            expected(&[
+                ("10.99.0.4", &["192.168.32.0/25", "192.168.33.0/26"]),
+                ("10.99.0.3", &["192.168.33.128/25"])
+            ])
+        );
+        // delete n1
+        step(vec![node("n2", "10.99.0.3", &["192.168.33.128/25"])]).await;
+        assert_eq!(
+            kernel(&gw),
+            expected(&[("10.99.0.3", &["192.168.33.128/25"])])
+        );
+        // delete all
+        step(vec![]).await;
+        assert_eq!(kernel(&gw), expected(&[]));
+    });
+}
+
+#[test]
+fn reconcile_cleans_a_polluted_kernel_and_spares_what_it_does_not_own() {
+    let (gw, _peer) = gateway();
+    let cfg = config("");
+    let foreign = [
+        "ip route add 10.77.0.0/24 via 10.99.0.2 dev u0 table 100",
+        "ip route add 192.168.33.128/25 via 10.99.0.2 dev u0",
+        "ip route add unreachable 10.66.0.0/16",
+        "ip neigh add 10.99.0.20 lladdr 02:aa:bb:cc:dd:ee dev u0 nud permanent",
+    ];
+    gw.run(|| async { Datapath::setup(&cfg, ip(GW_IP)).await.unwrap() });
+    for cmd in foreign {
+        gw.sh(cmd);
+    }
+    let before_foreign = (
+        gw.sh("ip route show table 100"),
+        gw.sh("ip route show dev u0"),
+        gw.sh("ip neigh show dev u0 nud permanent"),
+    );
+    // Stale state as a crashed or older gateway could leave it.
+    for cmd in [
+        "ip route add 192.168.40.0/24 via 10.99.0.9 dev hybrid_vxlan0 onlink",
+        "ip route add 192.168.32.0/25 via 10.99.0.9 dev hybrid_vxlan0 onlink",
+        "ip route add 192.168.32.0/25 via 10.99.0.2 dev hybrid_vxlan0 onlink metric 50",
+        "ip route add unreachable 192.168.50.0/24 proto 158 metric 4242",
+        "ip neigh add 10.99.0.9 lladdr 02:00:0a:63:00:09 dev hybrid_vxlan0 nud permanent",
+        "ip neigh add 10.99.0.2 lladdr 02:de:ad:be:ef:00 dev hybrid_vxlan0 nud permanent",
+        "bridge fdb add 02:00:0a:63:00:09 dst 10.99.0.9 dev hybrid_vxlan0 self permanent",
+        "bridge fdb append 02:00:0a:63:00:02 dst 10.99.0.8 dev hybrid_vxlan0 self permanent",
+        "bridge fdb add 00:00:00:00:00:00 dst 10.99.0.50 dev hybrid_vxlan0 self permanent",
+    ] {
+        gw.sh(cmd);
+    }
+    gw.run(|| async {
+        let (dp, _) = Datapath::setup(&cfg, ip(GW_IP)).await.unwrap();
+        let r = dp
+            .reconcile(&[node("n1", "10.99.0.2", &["192.168.32.0/25"])])
+            .await
+            .unwrap();
+        assert!(r.report.errors.is_empty(), "{:?}", r.report.errors);
+        assert_eq!(
+            dp.reconcile(&[node("n1", "10.99.0.2", &["192.168.32.0/25"])])
+                .await
+                .unwrap()
+                .report
+                .changes(),
+            0
+        );
+    });
+    // The foreign unreachable route is listed too: it is not ours and must survive.
+    let mut want = expected(&[("10.99.0.2", &["192.168.32.0/25"])]);
+    want.push("route unreachable 10.66.0.0/16".into());
+    want.sort();
+    assert_eq!(kernel(&gw), want);
+    let after_foreign = (
+        gw.sh("ip route show table 100"),
+        gw.sh("ip route show dev u0"),
+        gw.sh("ip neigh show dev u0 nud permanent"),
+    );
+    assert_eq!(
+        before_foreign, after_foreign,
+        "entries of other devices or tables were touched"
+    );
+}
+
+#[test]
+fn nodes_that_conflict_are_skipped_without_disturbing_others() {
+    let (gw, _peer) = gateway();
+    let cfg = config("");
+    let rejected = gw.run(|| async {
+        let (dp, _) = Datapath::setup(&cfg, ip(GW_IP)).await.unwrap();
+        let nodes = [
+            node("good", "10.99.0.2", &["192.168.32.0/25"]),
+            node("thief", "10.99.0.3", &["192.168.32.0/26"]),
+            node("outside", "10.99.0.4", &["10.250.9.0/24"]),
+        ];
+        dp.reconcile(&nodes).await.unwrap().rejected
+    });
+    assert_eq!(
+        rejected.iter().map(|r| r.node()).collect::<Vec<_>>(),
+        vec!["thief", "outside"]
+    );
+    assert_eq!(
+        kernel(&gw),
+        expected(&[("10.99.0.2", &["192.168.32.0/25"])])
+    );
+}
+
+/// vpc-host (10.250.0.10) ─ gateway (10.250.0.1 | 10.99.0.1) ─ hybrid node (10.99.0.2),
+/// the node running its own VXLAN VTEP (VNI 2, port 8472) with pod address 192.168.32.10.
+struct Topology {
+    vpc: Netns,
+    gw: Netns,
+    node: Netns,
+}
+
+fn topology() -> Topology {
+    let vpc = Netns::new("vpc");
+    let gw = Netns::new("gw");
+    let node = Netns::new("node");
+    veth(&vpc, "e0", "10.250.0.10/24", &gw, "e1", "10.250.0.1/24");
+    veth(&gw, "u0", "10.99.0.1/24", &node, "u1", "10.99.0.2/24");
+    vpc.sh("ip route add 192.168.32.0/23 via 10.250.0.1");
+    // The node side does what Cilium does with a CiliumVTEPConfig: VPC CIDR → gateway VTEP.
+    let gw_mac = Mac::for_gateway(ip(GW_IP));
+    let node_mac = Mac::for_node(ip(NODE_IP));
+    node.sh(&format!(
+        "ip link add vx type vxlan id 2 dstport 8472 local {NODE_IP} nolearning && \
+         ip link set vx address {node_mac} up && \
+         ip addr add 192.168.32.10/32 dev lo && \
+         ip route add 10.250.0.0/16 via {GW_IP} dev vx onlink src 192.168.32.10 && \
+         ip neigh add {GW_IP} lladdr {gw_mac} dev vx nud permanent && \
+         bridge fdb add {gw_mac} dst {GW_IP} dev vx self permanent"
+    ));
+    Topology { vpc, gw, node }
+}
+
+fn rx_packets(ns: &Netns, dev: &str) -> u64 {
+    ns.sh(&format!("cat /sys/class/net/{dev}/statistics/rx_packets"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn packets_cross_the_tunnel_both_ways_and_stop_when_the_node_goes() {
+    let t = topology();
+    let cfg = config("");
+    t.gw.run(|| async {
+        let (dp, _) = Datapath::setup(&cfg, ip(GW_IP)).await.unwrap();
+        dp.reconcile(&[node("n1", NODE_IP, &["192.168.32.0/25"])])
+            .await
+            .unwrap();
+    });
+    let gw_rx = rx_packets(&t.gw, "hybrid_vxlan0");
+    let node_rx = rx_packets(&t.node, "vx");
+    let ping = t.vpc.try_sh("ping -c 3 -i 0.2 -W 2 192.168.32.10");
+    assert!(
+        ping.status.success(),
+        "ping failed: {}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+    assert!(
+        rx_packets(&t.node, "vx") >= node_rx + 3,
+        "requests did not arrive through the node's VTEP"
+    );
+    assert!(
+        rx_packets(&t.gw, "hybrid_vxlan0") >= gw_rx + 3,
+        "replies did not come back through the tunnel"
+    );
+
+    t.gw.run(|| async {
+        let (dp, _) = Datapath::setup(&cfg, ip(GW_IP)).await.unwrap();
+        dp.reconcile(&[]).await.unwrap();
+    });
+    let ping = t.vpc.try_sh("ping -c 2 -i 0.2 -W 1 192.168.32.10");
+    assert!(
+        !ping.status.success(),
+        "ping still works after the node was removed"
+    );
+    // The gateway answers for the whole range instead of bouncing packets back to the VPC.
+    let out = String::from_utf8_lossy(&ping.stdout);
+    assert!(
+        out.contains("Unreachable"),
+        "expected ICMP unreachable from the gateway: {out}"
+    );
+}
+
+#[test]
+fn daemon_restart_loses_no_packet() {
+    let t = topology();
+    let dir = tempdir();
+    let cfg_path = dir.join("config.toml");
+    let nodes_path = dir.join("nodes.toml");
+    std::fs::write(
+        &cfg_path,
+        format!("[gateway]\nnode_ip = \"{GW_IP}\"\nvpc_cidrs = [\"10.250.0.0/16\"]\nhybrid_pod_cidrs = [\"192.168.32.0/23\"]\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        &nodes_path,
+        format!("[[node]]\nname = \"n1\"\nip = \"{NODE_IP}\"\npod_cidrs = [\"192.168.32.0/25\"]\n"),
+    )
+    .unwrap();
+    let bin = env!("CARGO_BIN_EXE_hybrid-gateway");
+    let args = [
+        "run",
+        "--config",
+        cfg_path.to_str().unwrap(),
+        "--static-nodes",
+        nodes_path.to_str().unwrap(),
+    ];
+
+    let start = || {
+        let p = t.gw.spawn(bin, &args);
+        assert!(
+            wait_until(Duration::from_secs(10), || t
+                .gw
+                .sh("ip route show dev hybrid_vxlan0")
+                .contains("192.168.32.0/25")),
+            "daemon did not program the route"
+        );
+        p
+    };
+    let daemon = start();
+    let index_before = t.gw.sh("cat /sys/class/net/hybrid_vxlan0/ifindex");
+    // 400 pings at 10 ms while the daemon is restarted three times.
+    let ping = t.vpc.spawn(
+        "ping",
+        &["-c", "400", "-i", "0.01", "-W", "1", "192.168.32.10"],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let mut daemon = Some(daemon);
+    for _ in 0..3 {
+        let d = daemon.take().unwrap();
+        d.signal(libc::SIGTERM);
+        let out = d.wait(Duration::from_secs(5));
+        assert!(
+            out.status.success(),
+            "daemon exit: {:?} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        daemon = Some(start());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let out = ping.wait(Duration::from_secs(30));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("400 packets transmitted, 400 received"),
+        "packets were lost across restarts: {text}"
+    );
+    assert_eq!(
+        t.gw.sh("cat /sys/class/net/hybrid_vxlan0/ifindex"),
+        index_before,
+        "the device was recreated"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn unwritable_sysctls_stop_the_daemon_with_a_clear_message() {
+    let (gw, _peer) = gateway();
+    let dir = tempdir();
+    let cfg_path = dir.join("config.toml");
+    std::fs::write(&cfg_path, format!("[gateway]\nnode_ip = \"{GW_IP}\"\nvpc_cidrs = [\"10.250.0.0/16\"]\nhybrid_pod_cidrs = [\"192.168.32.0/23\"]\n")).unwrap();
+    gw.sh("sysctl -qw net.ipv4.ip_forward=0");
+    let bin = env!("CARGO_BIN_EXE_hybrid-gateway");
+    let out = gw.try_sh(&format!(
+        "unshare -m sh -c 'mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && exec {bin} run --config {}'",
+        cfg_path.display()
+    ));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("setting net.ipv4.ip_forward=1") && err.contains("Read-only file system"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("hgwt-{}-{}", std::process::id(), fastrand::u64(..)));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
