@@ -5,13 +5,26 @@
 #
 # Usage:
 #   peers.sh install                     # idempotent, unattended (CI)
-#   peers.sh up DIR [BIND_ADDR]          # start peers, write DIR/env
-#   peers.sh imds DIR NAME SELECTOR [imds_server.py args...]
-#                                        # extra IMDS for gateway NAME; SELECTOR is
-#                                        # an instance id (i-...) or a tag KEY=VALUE
-#   peers.sh seed DIR [seed.py args...]  # seed moto + DynamoDB, JSON on stdout
-#   peers.sh down DIR                    # stop everything, remove DIR
-#   peers.sh py ARGS...                  # run the venv's python (boto3 available)
+#   peers.sh up DIR [BIND_ADDR]          # start peers on free ports, write DIR/env
+#   peers.sh imds DIR NAME SELECTOR [imds_server.py options]
+#                                        # one more IMDS (one per emulated gateway);
+#                                        # SELECTOR: instance id (i-...) or tag KEY=VALUE;
+#                                        # adds IMDS_<NAME>_URL/_PORT/_PID, prints the URL
+#   peers.sh seed DIR [seed.py options]  # seed moto + DynamoDB, JSON summary on stdout
+#   peers.sh down DIR                    # stop everything, remove DIR (idempotent)
+#   peers.sh py ARGS...                  # the venv's python (boto3 available)
+#
+# DIR/env holds KEY=VALUE lines (and # comments); load with `set -a; . DIR/env; set +a`:
+#   AWS_ENDPOINT_URL_EC2           fault proxy in front of moto (count / inject here)
+#   MOTO_URL                       moto itself (seeding, IMDS lookups: not counted)
+#   FAULT_PROXY_URL                same as AWS_ENDPOINT_URL_EC2, for /__fault etc.
+#   AWS_ENDPOINT_URL_DYNAMODB      DynamoDB Local (in-memory, -sharedDb)
+#   AWS_EC2_METADATA_SERVICE_ENDPOINT  IMDS of gw-a (selector $IMDS_SELECTOR, default Name=gw-a)
+#   IMDS_GW_A_URL                  the same; `imds` adds IMDS_<NAME>_URL
+#   AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-west-2
+#   AWS_DEFAULT_REGION, AWS_CONFIG_FILE, AWS_SHARED_CREDENTIALS_FILE (empty files in DIR)
+#   *_PORT, *_PID, AWS_PEERS_DIR, AWS_PEERS_BIND, AWS_PEERS_PYTHON
+# Logs: DIR/<peer>.log.  Cache: ${HYBRID_GW_CACHE:-~/.cache/hybrid-gateway}/aws.
 set -euo pipefail
 shopt -s inherit_errexit  # let failures inside $(...) abort too
 
@@ -78,10 +91,10 @@ need_install() {
 # Every peer is started with HGW_AWS_PEERS=<dir> in its environment, so `down`
 # can tell our process from an unrelated one that reused the pid.
 owned() { # PID DIR
-  [[ -r /proc/$1/environ ]] && tr '\0' '\n' </proc/$1/environ 2>/dev/null | grep -qxF "HGW_AWS_PEERS=$2"
+  { tr '\0' '\n' </proc/"$1"/environ; } 2>/dev/null | grep -qxF "HGW_AWS_PEERS=$2"
 }
 
-free_port() { # BIND_ADDR -> a port free right now (tiny race; start() retries)
+free_port() { # BIND_ADDR -> a port free right now (tiny race: callers retry)
   "$PY" -c 'import socket,sys; s=socket.socket(); s.bind((sys.argv[1],0)); print(s.getsockname()[1])' "$1"
 }
 
@@ -182,7 +195,7 @@ cmd_up() {
   local t0=${EPOCHREALTIME/./} pid port attempt
   # moto_server and DynamoDB Local take a fixed port: retry if we lost the race.
   for attempt in 1 2 3; do
-    port=$(free_port "$BIND")
+    port=$(free_port "$BIND" 2>/dev/null) || die "cannot bind $BIND (not an address of this host/namespace?)"
     pid=$(spawn "$DIR" moto "$VENV/bin/moto_server" -H "$BIND" -p "$port")
     wait_http moto "$pid" "http://$host:$port/moto-api/" && break
     kill -KILL "$pid" 2>/dev/null || true
@@ -283,5 +296,5 @@ case "${1:-}" in
   imds)    shift; cmd_imds "$@" ;;
   seed)    shift; cmd_seed "$@" ;;
   py)      shift; need_install; exec "$PY" "$@" ;;
-  *) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  *) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac

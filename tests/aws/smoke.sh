@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Smoke test of the AWS test peers: up -> seed -> checks -> down (always).
 # Needs `tests/aws/peers.sh install` first.  Exits non-zero on any failure.
+# SMOKE_BIND_ADDR=ADDR binds the peers there (e.g. inside `ip netns exec`).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -21,7 +22,7 @@ teardown() {
 }
 trap teardown EXIT
 
-"$PEERS" up "$DIR"
+"$PEERS" up "$DIR" ${SMOKE_BIND_ADDR:-}   # e.g. a namespace address
 SEED="$("$PEERS" seed "$DIR" --route-tables 3 --foreign-route 10.201.0.0/16)"
 set -a; . "$DIR/env"; set +a
 PIDS=("$MOTO_PID" "$FAULT_PROXY_PID" "$IMDS_GW_A_PID" "$DYNAMODB_PID")
