@@ -30,6 +30,9 @@ enum Command {
         #[arg(default_value = DEFAULT_PATH)]
         path: PathBuf,
     },
+    /// Print the VXLAN device MAC that a gateway with this node IP uses (the `mac` of its
+    /// CiliumVTEPConfig entry).
+    VtepMac { node_ip: std::net::Ipv4Addr },
     /// Print the version.
     Version,
 }
@@ -39,6 +42,10 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Version => {
             println!("hybrid-gateway {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::VtepMac { node_ip } => {
+            println!("{}", hybrid_gateway::datapath::Mac::for_gateway(node_ip));
             ExitCode::SUCCESS
         }
         Command::CheckConfig { path } => match Config::load(&path) {

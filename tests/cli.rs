@@ -16,10 +16,21 @@ fn write(name: &str, text: &str) -> std::path::PathBuf {
 fn example_config_passes_check_config() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/config.toml");
     let out = bin().args(["check-config", path]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(stdout.lines().count(), 1, "one-line summary expected: {stdout}");
-    assert!(stdout.contains(": ok: node_ip=10.250.3.111") && stdout.contains("vni=2 port=8472"), "{stdout}");
+    assert_eq!(
+        stdout.lines().count(),
+        1,
+        "one-line summary expected: {stdout}"
+    );
+    assert!(
+        stdout.contains(": ok: node_ip=10.250.3.111") && stdout.contains("vni=2 port=8472"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -32,7 +43,9 @@ fn bad_config_fails_with_line_and_key() {
     assert_eq!(out.status.code(), Some(78));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains(":3: gateway.hybrid_pod_cidrs[0] = \"10.250.32.0/23\": overlaps gateway.vpc_cidrs[0]"),
+        stderr.contains(
+            ":3: gateway.hybrid_pod_cidrs[0] = \"10.250.32.0/23\": overlaps gateway.vpc_cidrs[0]"
+        ),
         "{stderr}"
     );
     assert!(out.stdout.is_empty());
@@ -41,16 +54,27 @@ fn bad_config_fails_with_line_and_key() {
 
 #[test]
 fn missing_config_fails() {
-    let out = bin().args(["check-config", "/nonexistent/hgw.toml"]).output().unwrap();
+    let out = bin()
+        .args(["check-config", "/nonexistent/hgw.toml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
 }
 
 #[test]
 fn run_refuses_bad_config_without_touching_anything() {
-    let path = write("bad-run.toml", "[gateway]\nvpc_cidrs = []\nhybrid_pod_cidrs = [\"192.168.32.0/23\"]\n");
+    let path = write(
+        "bad-run.toml",
+        "[gateway]\nvpc_cidrs = []\nhybrid_pod_cidrs = [\"192.168.32.0/23\"]\n",
+    );
     let out = bin().args(["run", "--config"]).arg(&path).output().unwrap();
-    assert_eq!(out.status.code(), Some(78), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(78),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("gateway.vpc_cidrs"));
     std::fs::remove_file(path).ok();
 }
@@ -59,5 +83,18 @@ fn run_refuses_bad_config_without_touching_anything() {
 fn version_prints_the_package_version() {
     let out = bin().arg("version").output().unwrap();
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("hybrid-gateway {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("hybrid-gateway {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn vtep_mac_matches_the_reference_vector() {
+    let out = bin().args(["vtep-mac", "10.0.0.1"]).output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "b2:6f:8e:ac:e6:ae"
+    );
 }
