@@ -514,10 +514,10 @@ fn daemon_restart_loses_no_packet() {
     let start = || {
         let p = t.gw.spawn(bin, &args);
         assert!(
-            wait_until(Duration::from_secs(10), || t
-                .gw
-                .sh("ip route show dev hybrid_vxlan0")
-                .contains("192.168.32.0/25")),
+            wait_until(Duration::from_secs(10), || {
+                let out = t.gw.try_sh("ip route show dev hybrid_vxlan0");
+                String::from_utf8_lossy(&out.stdout).contains("192.168.32.0/25")
+            }),
             "daemon did not program the route"
         );
         p
