@@ -21,8 +21,19 @@
 #     The shipped RBAC binds the *group* `hybrid-gateway`: in EKS the gateway's IAM
 #     role is mapped to that group by an access entry, here the token carries it.
 #
+# Build fixes applied to the vendored sources (both needed for Go 1.19):
+#   - vendor/github.com/modern-go/reflect2 replaced by Debian's 1.0.2 (else the
+#     apiserver faults in mapiternext on the first custom-resource create);
+#   - OpenAPI type validator: only nil is null (kube-openapi#230); else any ""
+#     in a typed CR field is rejected with 422 "must be of type string: null".
+#
 # DIR/env holds plain KEY=VALUE lines (values shell-quoted); use
-# `set -a; . DIR/env; set +a` to export them.
+# `set -a; . DIR/env; set +a` to export them. Keys: K8S_DIR K8S_API_URL
+# K8S_API_HOST K8S_API_PORT K8S_BIND_ADDR K8S_CA_FILE K8S_ADMIN_KUBECONFIG
+# K8S_DAEMON_KUBECONFIG K8S_ADMIN_TOKEN K8S_DAEMON_TOKEN K8S_DAEMON_USER
+# K8S_DAEMON_GROUP K8S_NAMESPACE K8S_KUBECTL ETCD_URL ETCD_PORT ETCD_PEER_PORT
+# ETCD_PID APISERVER_PID. Logs: DIR/etcd.log, DIR/kube-apiserver.log.
+# If `up` fails it stops what it started and keeps DIR (logs) for `down`.
 #
 # Environment:
 #   HYBRID_GW_CACHE            cache root (default ~/.cache/hybrid-gateway); binaries in
@@ -40,12 +51,14 @@ readonly DAEMON_USER=hybrid-gateway
 readonly DAEMON_GROUP=hybrid-gateway
 readonly DAEMON_NAMESPACE=hybrid-gateway
 readonly MARKER=.hybrid-gateway-k8s
+# Bump when the build recipe changes: cached binaries with another stamp are rebuilt.
+readonly BUILD_STAMP="kube-apiserver $K8S_VERSION; go 1.19; reflect2 1.0.2; openapi zero-value fix"
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 readonly REPO_ROOT
 readonly CRD_DIR="$REPO_ROOT/tests/fixtures/crds"
 readonly RBAC_FILE="$REPO_ROOT/packaging/kubernetes/rbac.yaml"
-readonly CACHE_ROOT="${HYBRID_GW_CACHE:-$HOME/.cache/hybrid-gateway}"
+readonly CACHE_ROOT="${HYBRID_GW_CACHE:-${HOME:?set HOME or HYBRID_GW_CACHE}/.cache/hybrid-gateway}"
 readonly K8S_CACHE="$CACHE_ROOT/k8s"
 readonly BIN_DIR="$K8S_CACHE/bin"
 readonly WORK="$K8S_CACHE/work"
@@ -66,19 +79,21 @@ cmd_install() {
     [[ $(id -u) -eq 0 ]] || die "install must run as root (it uses apt-get install)"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update </dev/null
-    # apt/dpkg: fetch+unpack the source package and Debian's Go toolchain/etcd/rsync
-    # patch/tar/xz/gzip: unpack and patch the source tree; make: kubernetes' build entry
-    # openssl: certificates, tokens; curl: health probes; python3: free port picking
-    # procps/util-linux: ps, flock; findutils/coreutils: build scripts
-    apt-get install -y --no-install-recommends \
-        apt ca-certificates coreutils curl debian-archive-keyring dpkg findutils \
-        gzip make openssl patch procps python3 tar util-linux xz-utils </dev/null
+    # (apt, dpkg, tar, gzip, coreutils, findutils are essential and always present.)
+    # debian-archive-keyring: verifies the private deb/deb-src lists `build` uses
+    # patch/xz-utils: unpack and patch the source tree; make: kubernetes' build entry
+    # openssl: certificates, tokens; curl: health probes; python3: free-port picking
+    # util-linux: flock. --no-upgrade: never upgrade what the machine already has.
+    apt-get install -y --no-install-recommends --no-upgrade \
+        ca-certificates curl debian-archive-keyring make openssl patch procps \
+        python3 util-linux xz-utils </dev/null
 }
 
 # ---------------------------------------------------------------------------
 # build
 # ---------------------------------------------------------------------------
 binaries_ok() {
+    [[ -f $BIN_DIR/BUILD_STAMP && $(<"$BIN_DIR/BUILD_STAMP") == "$BUILD_STAMP" ]] || return 1
     [[ -x $BIN_DIR/kube-apiserver && -x $BIN_DIR/kubectl && -x $BIN_DIR/etcd ]] || return 1
     "$BIN_DIR/kube-apiserver" --version 2>/dev/null | grep -qx "Kubernetes $K8S_VERSION" || return 1
     "$BIN_DIR/kubectl" version --client --short 2>/dev/null | grep -q "$K8S_VERSION" || return 1
@@ -183,6 +198,17 @@ EOF
     find "$r2_new" -maxdepth 1 -type f \( -name '*.go' -o -name '*.s' \) ! -name '*_test.go' \
         -exec cp {} "$r2_vend/" \;
 
+    # Required fix: the vendored OpenAPI validators treat every zero value ("" etc.)
+    # as null when built with Go >= 1.16, so CRs with an empty string in a typed
+    # field get a 422 ("must be of type string: null"). Upstream fix (kube-openapi
+    # #230, kubernetes #99804, shipped in 1.21): only a real nil is null.
+    local f
+    for f in vendor/k8s.io/kube-openapi/pkg/validation/validate/type.go \
+        vendor/github.com/go-openapi/validate/type.go; do
+        sed -i 's/if data == nil || reflect.DeepEqual(reflect.Zero(reflect.TypeOf(data)), reflect.ValueOf(data)) {/if data == nil {/' "$src/$f"
+        grep -q 'reflect.DeepEqual(reflect.Zero(reflect.TypeOf(data))' "$src/$f" && die "zero-value fix did not apply to $f"
+    done
+
     log "compiling kube-apiserver + kubectl (several minutes)"
     mkdir -p "$WORK/gocache"
     (
@@ -202,6 +228,7 @@ EOF
     done
     install -m 0755 "$WORK/root/usr/bin/etcd" "$BIN_DIR/.etcd.tmp"
     mv -f "$BIN_DIR/.etcd.tmp" "$BIN_DIR/etcd"
+    printf '%s\n' "$BUILD_STAMP" >"$BIN_DIR/BUILD_STAMP"
 
     binaries_ok || die "built binaries do not run"
     if [[ ${HYBRID_GW_K8S_KEEP_WORK:-0} != 1 ]]; then
@@ -321,6 +348,11 @@ cmd_up() {
         die "$dir is not empty and was not created by '$0 up'"
     fi
     : >"$dir/$MARKER"
+    # On any failure stop what was started; DIR (logs) stays until `down DIR`.
+    # shellcheck disable=SC2064 # expand $dir now
+    trap "up_failed $(printf '%q' "$dir")" EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
     local t0=$SECONDS
 
     # Hosts: the URL host must be connectable; a wildcard bind is reached via loopback.
@@ -355,6 +387,8 @@ cmd_up() {
 basicConstraints=critical,CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=serverAuth
+subjectKeyIdentifier=hash
+authorityKeyIdentifier=keyid
 subjectAltName=$sans
 EOF
         openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key \
@@ -390,7 +424,7 @@ EOF
     echo "$etcd_pid" >"$dir/etcd.pid"
     wait_for etcd "$dir/etcd.pid" "$dir" "$dir/etcd.log" \
         sh -c "curl -fsS --max-time 2 '$etcd_url/health' | grep -q '\"health\":\"true\"'" \
-        || die "etcd failed to start (see $dir/etcd.log); run '$0 down $dir'"
+        || die "etcd failed to start (see $dir/etcd.log)"
 
     # --- kube-apiserver --------------------------------------------------------
     local api_url="https://$urlhost:$api_port"
@@ -421,7 +455,7 @@ EOF
     echo "$api_pid" >"$dir/kube-apiserver.pid"
     wait_for kube-apiserver "$dir/kube-apiserver.pid" "$dir" "$dir/kube-apiserver.log" \
         curl -fsS --max-time 2 --cacert "$pki/ca.crt" -H "Authorization: Bearer $admin_token" "$api_url/readyz" \
-        || die "kube-apiserver failed to start (see $dir/kube-apiserver.log); run '$0 down $dir'"
+        || die "kube-apiserver failed to start (see $dir/kube-apiserver.log)"
     log "kube-apiserver ready after $((SECONDS - t0))s"
 
     write_kubeconfig "$dir/admin.kubeconfig" admin "$admin_token" "$api_url" "$pki/ca.crt"
@@ -461,8 +495,18 @@ EOF
         printf 'APISERVER_PID=%q\n' "$api_pid"
     } >"$dir/env.tmp"
     mv -f "$dir/env.tmp" "$dir/env"
+    trap - EXIT INT TERM
     log "up in $((SECONDS - t0))s"
     printf '%s\n' "$dir/env"
+}
+
+up_failed() { # EXIT trap of cmd_up
+    local rc=$?
+    ((rc != 0)) || return 0
+    log "up failed; stopping the processes it started (logs kept in $1; '$0 down $1' removes it)"
+    stop_pidfile "$1/kube-apiserver.pid" "$1" kube-apiserver || true
+    stop_pidfile "$1/etcd.pid" "$1" etcd || true
+    exit "$rc"
 }
 
 stop_pidfile() { # stop_pidfile PIDFILE EXPECT NAME

@@ -131,6 +131,8 @@ jcheck "CiliumVTEPConfig unknown status fields preserved" 'd["status"]["someFutu
 expect "status change through the main resource is accepted" 200 "$ADMIN" PATCH "$VT/admin-vtep" \
     '{"status": {"endpointCount": 5}}' application/merge-patch+json
 jcheck "... but ignored (status subresource)" 'd["status"]["endpointCount"]' 1
+expect "empty strings are valid in typed fields (Go 1.19 zero-value fix)" 200 "$ADMIN" PATCH "$VT/admin-vtep/status" \
+    '{"status": {"endpointStatuses": [{"name": "gw-a", "synced": false, "error": ""}]}}' application/merge-patch+json
 expect "CiliumVTEPConfig schema is enforced (bad mac)" 422 "$ADMIN" POST "$VT" '{
   "apiVersion": "cilium.io/v2", "kind": "CiliumVTEPConfig", "metadata": {"name": "bad"},
   "spec": {"endpoints": [{"name": "x", "tunnelEndpoint": "10.0.1.10", "cidr": "10.0.0.0/16", "mac": "zz"}]}}'
@@ -171,13 +173,16 @@ expect "daemon creates Lease" 201 "$DAEMON" POST "$LEASES" "{
 }"
 expect "daemon gets Lease" 200 "$DAEMON" GET "$LEASES/hybrid-gateway"
 rv=$(jget 'd["metadata"]["resourceVersion"]' 2>/dev/null || echo 0)
-lease_body() { # lease_body RV HOLDER
+lease_body() { # lease_body RV HOLDER RENEW_TIME
     printf '{"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
   "metadata": {"name": "hybrid-gateway", "namespace": "%s", "resourceVersion": "%s"},
-  "spec": {"holderIdentity": "%s", "leaseDurationSeconds": 15}}' "$NS" "$1" "$2"
+  "spec": {"holderIdentity": "%s", "leaseDurationSeconds": 15, "renewTime": "%s"}}' "$NS" "$1" "$2" "$3"
 }
-expect "daemon updates Lease" 200 "$DAEMON" PUT "$LEASES/hybrid-gateway" "$(lease_body "$rv" gw-a)"
-expect "stale Lease update conflicts" 409 "$DAEMON" PUT "$LEASES/hybrid-gateway" "$(lease_body "$rv" gw-b)"
+expect "daemon renews Lease (update)" 200 "$DAEMON" PUT "$LEASES/hybrid-gateway" \
+    "$(lease_body "$rv" gw-a 2026-01-01T00:00:01.000000Z)"
+jcheck "Lease renewed" 'd["spec"]["renewTime"]' 2026-01-01T00:00:01.000000Z
+expect "stale Lease update conflicts" 409 "$DAEMON" PUT "$LEASES/hybrid-gateway" \
+    "$(lease_body "$rv" gw-b 2026-01-01T00:00:02.000000Z)"
 
 now=$(date -u +%Y-%m-%dT%H:%M:%S.000000Z)
 expect "daemon creates core/v1 Event" 201 "$DAEMON" POST "/api/v1/namespaces/$NS/events" "{
