@@ -3,6 +3,8 @@
 //! Data flows one way: [`config`] → [`datapath`] (sysctls, the VXLAN device, the VTEP
 //! reconciler) → the kernel.
 
+pub mod aws;
 pub mod config;
 pub mod daemon;
 pub mod datapath;
+pub mod election;

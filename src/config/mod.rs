@@ -3,7 +3,10 @@
 //! Every rejection names the key, the value, the line and what to do about it, because the
 //! person reading it is an operator looking at `journalctl` or an Ansible `validate:` failure.
 
+mod aws;
+mod election;
 mod error;
+mod kubernetes;
 mod raw;
 
 use std::net::Ipv4Addr;
@@ -12,7 +15,10 @@ use std::time::Duration;
 
 use ipnet::Ipv4Net;
 
+pub use aws::{AwsConfig, RouteTableTag, Takeover};
+pub use election::{DynamoDbLockConfig, ElectionConfig, JITTER_FACTOR};
 pub use error::ConfigError;
+pub use kubernetes::{EksConfig, KubernetesConfig};
 use raw::{RawConfig, Span};
 
 pub const DEFAULT_PATH: &str = "/etc/hybrid-gateway/config.toml";
@@ -38,6 +44,8 @@ pub struct Config {
     pub vxlan: VxlanConfig,
     pub datapath: DatapathConfig,
     pub kubernetes: KubernetesConfig,
+    pub election: ElectionConfig,
+    pub aws: AwsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -61,11 +69,6 @@ pub struct VxlanConfig {
 pub struct DatapathConfig {
     /// How often the kernel state is re-read and repaired even when nothing changed.
     pub resync_interval: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct KubernetesConfig {
-    pub kubeconfig: Option<PathBuf>,
 }
 
 impl Config {
@@ -131,6 +134,21 @@ impl Validator<'_> {
             value: value.to_string(),
             why: why.to_string(),
         }
+    }
+
+    /// A string that must not be empty; `why` tells what to put there.
+    pub(super) fn non_empty(
+        &self,
+        key: &str,
+        value: toml::Spanned<String>,
+        why: &str,
+    ) -> Result<String, ConfigError> {
+        let span = value.span();
+        let v = value.into_inner();
+        if v.trim().is_empty() {
+            return Err(self.invalid(key, &span, "\"\"", format!("cannot be empty: {why}")));
+        }
+        Ok(v)
     }
 
     fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
@@ -249,23 +267,9 @@ impl Validator<'_> {
             Some(d) => self.duration("datapath.resync_interval", d, Duration::from_secs(1))?,
         };
 
-        let kubernetes = raw.kubernetes.unwrap_or_default();
-        let kubeconfig = match kubernetes.kubeconfig {
-            None => None,
-            Some(p) => {
-                let span = p.span();
-                let p = p.into_inner();
-                if p.is_empty() {
-                    return Err(self.invalid(
-                        "kubernetes.kubeconfig",
-                        &span,
-                        "\"\"",
-                        "give a path to a kubeconfig file, or remove the key",
-                    ));
-                }
-                Some(PathBuf::from(p))
-            }
-        };
+        let kubernetes = self.kubernetes(raw.kubernetes.unwrap_or_default())?;
+        let election = self.election(raw.election.unwrap_or_default())?;
+        let aws = self.aws(raw.aws.unwrap_or_default())?;
 
         Ok(Config {
             path: self.path.to_path_buf(),
@@ -281,7 +285,9 @@ impl Validator<'_> {
                 mtu,
             },
             datapath: DatapathConfig { resync_interval },
-            kubernetes: KubernetesConfig { kubeconfig },
+            kubernetes,
+            election,
+            aws,
         })
     }
 
@@ -347,7 +353,7 @@ impl Validator<'_> {
         Ok(())
     }
 
-    fn duration(
+    pub(super) fn duration(
         &self,
         key: &str,
         value: toml::Spanned<String>,

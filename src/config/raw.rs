@@ -13,6 +13,8 @@ pub struct RawConfig {
     pub vxlan: Option<RawVxlan>,
     pub datapath: Option<RawDatapath>,
     pub kubernetes: Option<RawKubernetes>,
+    pub election: Option<RawElection>,
+    pub aws: Option<super::aws::RawAws>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -44,4 +46,35 @@ pub struct RawDatapath {
 #[serde(deny_unknown_fields)]
 pub struct RawKubernetes {
     pub kubeconfig: Option<Spanned<String>>,
+    pub request_timeout: Option<Spanned<String>>,
+    pub eks: Option<Spanned<RawEks>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEks {
+    pub cluster_name: Spanned<String>,
+    pub endpoint: Spanned<String>,
+    pub ca_file: Spanned<String>,
+    pub region: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawElection {
+    pub namespace: Option<Spanned<String>>,
+    pub lease_name: Option<Spanned<String>>,
+    pub identity: Option<Spanned<String>>,
+    pub lease_duration: Option<Spanned<String>>,
+    pub renew_deadline: Option<Spanned<String>>,
+    pub retry_period: Option<Spanned<String>>,
+    pub dynamodb: Option<Spanned<RawDynamoDb>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDynamoDb {
+    pub table: Spanned<String>,
+    pub key: Option<Spanned<String>>,
+    pub lease_duration: Option<Spanned<String>>,
 }

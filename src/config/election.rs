@@ -1,0 +1,209 @@
+//! `[election]`: the Lease (and optional DynamoDB lock) that picks the one acting gateway.
+
+use std::time::Duration;
+
+use super::raw::RawElection;
+use super::{ConfigError, Validator};
+
+/// client-go's JitterFactor: retries wait between retry_period and 1.2 × retry_period.
+pub const JITTER_FACTOR: f64 = 1.2;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ElectionConfig {
+    pub namespace: String,
+    pub lease_name: String,
+    /// Stable part of this gateway's identity; default: instance id or hostname. A
+    /// per-process suffix is always appended.
+    pub identity: Option<String>,
+    pub lease_duration: Duration,
+    pub renew_deadline: Duration,
+    pub retry_period: Duration,
+    pub dynamodb: Option<DynamoDbLockConfig>,
+}
+
+impl Default for ElectionConfig {
+    fn default() -> Self {
+        // The reference gateway's timings: 3 s lease, 2 s renew deadline, 1 s retry.
+        ElectionConfig {
+            namespace: "hybrid-gateway".into(),
+            lease_name: "hybrid-gateway-leader".into(),
+            identity: None,
+            lease_duration: Duration::from_secs(3),
+            renew_deadline: Duration::from_secs(2),
+            retry_period: Duration::from_secs(1),
+            dynamodb: None,
+        }
+    }
+}
+
+/// The DynamoDB lock that fences leadership when configured (see the README).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DynamoDbLockConfig {
+    pub table: String,
+    pub key: String,
+    pub lease_duration: Duration,
+}
+
+impl Validator<'_> {
+    pub(super) fn election(&self, raw: RawElection) -> Result<ElectionConfig, ConfigError> {
+        let mut e = ElectionConfig::default();
+        if let Some(ns) = raw.namespace {
+            let span = ns.span();
+            let ns = ns.into_inner();
+            if let Err(why) = dns_label(&ns) {
+                return Err(self.invalid("election.namespace", &span, format!("{ns:?}"), why));
+            }
+            e.namespace = ns;
+        }
+        if let Some(name) = raw.lease_name {
+            let span = name.span();
+            let name = name.into_inner();
+            if let Err(why) = dns_subdomain(&name) {
+                return Err(self.invalid("election.lease_name", &span, format!("{name:?}"), why));
+            }
+            e.lease_name = name;
+        }
+        if let Some(id) = raw.identity {
+            e.identity = Some(self.non_empty(
+                "election.identity",
+                id,
+                "remove the key to use the instance id",
+            )?);
+        }
+        let min = Duration::from_millis(100);
+        let lease = raw
+            .lease_duration
+            .map(|d| (d.span(), self.duration("election.lease_duration", d, min)))
+            .map(|(s, d)| d.map(|d| (s, d)))
+            .transpose()?;
+        let renew = raw
+            .renew_deadline
+            .map(|d| (d.span(), self.duration("election.renew_deadline", d, min)))
+            .map(|(s, d)| d.map(|d| (s, d)))
+            .transpose()?;
+        let retry = raw
+            .retry_period
+            .map(|d| (d.span(), self.duration("election.retry_period", d, min)))
+            .map(|(s, d)| d.map(|d| (s, d)))
+            .transpose()?;
+        if let Some((_, d)) = &lease {
+            e.lease_duration = *d;
+        }
+        if let Some((_, d)) = &renew {
+            e.renew_deadline = *d;
+        }
+        if let Some((_, d)) = &retry {
+            e.retry_period = *d;
+        }
+        // Point at whichever of the two keys the operator actually wrote.
+        let fmt = |d: Duration| humantime::format_duration(d).to_string();
+        if e.lease_duration <= e.renew_deadline {
+            let (key, span) = match (&lease, &renew) {
+                (Some((s, _)), _) => ("election.lease_duration", s.clone()),
+                (None, Some((s, _))) => ("election.renew_deadline", s.clone()),
+                _ => unreachable!("defaults are consistent"),
+            };
+            return Err(self.invalid(
+                key,
+                &span,
+                format!("\"{}\"", if key.ends_with("lease_duration") { fmt(e.lease_duration) } else { fmt(e.renew_deadline) }),
+                format!(
+                    "lease_duration ({}) must be longer than renew_deadline ({}): a leader must give up before others may take over",
+                    fmt(e.lease_duration),
+                    fmt(e.renew_deadline)
+                ),
+            ));
+        }
+        if e.renew_deadline.as_secs_f64() <= JITTER_FACTOR * e.retry_period.as_secs_f64() {
+            let (key, span) = match (&renew, &retry) {
+                (Some((s, _)), _) => ("election.renew_deadline", s.clone()),
+                (None, Some((s, _))) => ("election.retry_period", s.clone()),
+                _ => unreachable!("defaults are consistent"),
+            };
+            return Err(self.invalid(
+                key,
+                &span,
+                format!("\"{}\"", if key.ends_with("renew_deadline") { fmt(e.renew_deadline) } else { fmt(e.retry_period) }),
+                format!(
+                    "renew_deadline ({}) must be longer than 1.2 × retry_period ({}), or one jittered retry could miss the deadline",
+                    fmt(e.renew_deadline),
+                    fmt(e.retry_period)
+                ),
+            ));
+        }
+        if let Some(d) = raw.dynamodb {
+            let d = d.into_inner();
+            let table_span = d.table.span();
+            let table =
+                self.non_empty("election.dynamodb.table", d.table, "the lock table's name")?;
+            if !(3..=255).contains(&table.len())
+                || !table
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+            {
+                return Err(self.invalid(
+                    "election.dynamodb.table",
+                    &table_span,
+                    format!("{table:?}"),
+                    "DynamoDB table names are 3-255 characters of a-z, A-Z, 0-9, '_', '-', '.'",
+                ));
+            }
+            let key = match d.key {
+                Some(k) => self.non_empty(
+                    "election.dynamodb.key",
+                    k,
+                    "the lock item's key, e.g. \"hybrid-gateway-leader\"",
+                )?,
+                None => e.lease_name.clone(),
+            };
+            let lease_duration = match d.lease_duration {
+                None => e.lease_duration,
+                Some(ld) => {
+                    let span = ld.span();
+                    let v = self.duration("election.dynamodb.lease_duration", ld, min)?;
+                    if v <= e.renew_deadline {
+                        return Err(self.invalid(
+                            "election.dynamodb.lease_duration",
+                            &span,
+                            format!("\"{}\"", fmt(v)),
+                            format!(
+                                "must be longer than election.renew_deadline ({})",
+                                fmt(e.renew_deadline)
+                            ),
+                        ));
+                    }
+                    v
+                }
+            };
+            e.dynamodb = Some(DynamoDbLockConfig {
+                table,
+                key,
+                lease_duration,
+            });
+        }
+        Ok(e)
+    }
+}
+
+fn dns_label(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err("a Kubernetes namespace is 1-63 characters of a-z, 0-9 and '-', starting and ending alphanumeric".into())
+    }
+}
+
+fn dns_subdomain(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty() && s.len() <= 253 && s.split('.').all(|part| dns_label(part).is_ok());
+    if ok {
+        Ok(())
+    } else {
+        Err("a Lease name is a DNS subdomain: lower-case a-z, 0-9, '-' and '.', at most 253 characters".into())
+    }
+}

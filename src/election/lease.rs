@@ -1,0 +1,128 @@
+//! The `coordination.k8s.io/v1` Lease as a [`LockStore`].
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::PostParams;
+use kube::Api;
+
+use super::record::{LeaderRecord, LockError, LockStore, Observed};
+
+pub struct LeaseLock {
+    api: Api<Lease>,
+    namespace: String,
+    name: String,
+    timeout: Duration,
+}
+
+impl LeaseLock {
+    pub fn new(client: kube::Client, namespace: &str, name: &str, timeout: Duration) -> Self {
+        LeaseLock {
+            api: Api::namespaced(client, namespace),
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            timeout,
+        }
+    }
+
+    fn lease(&self, record: &LeaderRecord, resource_version: Option<String>) -> Lease {
+        Lease {
+            metadata: ObjectMeta {
+                name: Some(self.name.clone()),
+                namespace: Some(self.namespace.clone()),
+                resource_version,
+                ..ObjectMeta::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(record.holder.clone()),
+                // Whole seconds on the wire; round up so observers never wait less than we mean.
+                lease_duration_seconds: Some(record.lease_duration.as_secs_f64().ceil() as i32),
+                acquire_time: record.acquire_time.map(MicroTime),
+                renew_time: record.renew_time.map(MicroTime),
+                lease_transitions: Some(record.transitions as i32),
+                ..LeaseSpec::default()
+            }),
+        }
+    }
+
+    async fn call<T>(
+        &self,
+        fut: impl std::future::Future<Output = kube::Result<T>>,
+    ) -> Result<T, LockError> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(classify(e)),
+            Err(_) => Err(LockError::Unreachable(format!(
+                "no answer within {:?}",
+                self.timeout
+            ))),
+        }
+    }
+}
+
+fn observed(lease: Lease) -> Result<Observed, LockError> {
+    let version = lease
+        .metadata
+        .resource_version
+        .ok_or_else(|| LockError::Store("the Lease has no resourceVersion".into()))?;
+    let spec = lease.spec.unwrap_or_default();
+    Ok(Observed {
+        record: LeaderRecord {
+            holder: spec.holder_identity.unwrap_or_default(),
+            lease_duration: Duration::from_secs(
+                spec.lease_duration_seconds.unwrap_or(0).max(0) as u64
+            ),
+            acquire_time: spec.acquire_time.map(|t| t.0),
+            renew_time: spec.renew_time.map(|t| t.0),
+            transitions: spec.lease_transitions.unwrap_or(0).max(0) as u32,
+        },
+        version,
+    })
+}
+
+/// 409 is the optimistic-concurrency answer; 5xx, 429 and transport errors are outages;
+/// anything else (403 above all) is a setup problem worth a distinct message.
+pub(crate) fn classify(e: kube::Error) -> LockError {
+    match e {
+        kube::Error::Api(s) if s.code == 409 => LockError::Conflict,
+        kube::Error::Api(s) if s.code >= 500 || s.code == 429 => {
+            LockError::Unreachable(format!("{} {}", s.code, s.message))
+        }
+        kube::Error::Api(s) => LockError::Store(format!("{} {}: {}", s.code, s.reason, s.message)),
+        other => LockError::Unreachable(other.to_string()),
+    }
+}
+
+impl LockStore for LeaseLock {
+    async fn get(&self) -> Result<Option<Observed>, LockError> {
+        self.call(self.api.get_opt(&self.name))
+            .await?
+            .map(observed)
+            .transpose()
+    }
+
+    async fn create(&self, record: &LeaderRecord) -> Result<Observed, LockError> {
+        let lease = self.lease(record, None);
+        observed(
+            self.call(self.api.create(&PostParams::default(), &lease))
+                .await?,
+        )
+    }
+
+    async fn update(
+        &self,
+        previous: &Observed,
+        record: &LeaderRecord,
+    ) -> Result<Observed, LockError> {
+        let lease = self.lease(record, Some(previous.version.clone()));
+        observed(
+            self.call(self.api.replace(&self.name, &PostParams::default(), &lease))
+                .await?,
+        )
+    }
+
+    fn describe(&self) -> String {
+        format!("Lease {}/{}", self.namespace, self.name)
+    }
+}
