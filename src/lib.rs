@@ -8,3 +8,4 @@ pub mod config;
 pub mod daemon;
 pub mod datapath;
 pub mod election;
+pub mod k8s;

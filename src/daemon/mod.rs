@@ -1,23 +1,33 @@
-//! `hybrid-gateway run`: set the datapath up, then keep it matching the hybrid nodes.
+//! `hybrid-gateway run`: set the datapath up, keep it matching the hybrid nodes, and take
+//! part in the election; the leader keeps the CiliumVTEPConfig right.
 
+mod node_sync;
 mod static_nodes;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use jiff::Timestamp;
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::datapath::{Datapath, HybridNode, Reconciled};
+use crate::datapath::{Datapath, Mac};
+use crate::election::{self, lease::LeaseLock, Elector, Timings};
+use crate::k8s::cilium_nodes::{self, NodeSet, NodeWatchStats};
+use crate::k8s::{client, vtep_config};
 
 /// sysexits' EX_CONFIG: the unit file's RestartPreventExitStatus keeps systemd from
 /// restart-looping on a configuration only a human can fix.
 pub const EXIT_CONFIG: u8 = 78;
 
-const RETRY_MIN: Duration = Duration::from_millis(200);
-const RETRY_MAX: Duration = Duration::from_secs(30);
+/// Everything must be down this long after SIGTERM (systemd's stop timeout is longer).
+const SHUTDOWN_BUDGET: Duration = Duration::from_secs(4);
 
 pub fn main(config_path: &Path, static_nodes: Option<&Path>) -> ExitCode {
     init_logging();
@@ -58,6 +68,17 @@ fn init_logging() {
         .init();
 }
 
+/// This process's election identity: stable per host, plus a per-process suffix so two
+/// processes on one host (an upgrade overlapping a stop) never share it.
+fn identity(config: &Config) -> String {
+    let base = config.election.identity.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "gateway".into())
+    });
+    format!("{base}_{:08x}", fastrand::u32(..))
+}
+
 async fn run(config: Config, static_nodes: Option<PathBuf>) -> anyhow::Result<()> {
     tracing::info!("{}", config.summary());
     let node_ip = config
@@ -71,103 +92,162 @@ async fn run(config: Config, static_nodes: Option<PathBuf>) -> anyhow::Result<()
     for change in &changes {
         tracing::info!(sysctl = %change.key, "changed {change}");
     }
-    let device = datapath.device();
+    let device = datapath.device().clone();
     tracing::info!(device = %device.name, ifindex = device.index, mac = %device.mac, mtu = device.mtu, underlay = %device.underlay, "VXLAN device {}", device.action);
 
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
 
-    let Some(path) = static_nodes else {
-        tracing::warn!("no hybrid node source: existing routes, ARP and FDB entries on the device are kept as they are");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        tracing::info!("stopping; the device and its entries stay so traffic keeps flowing");
-        return Ok(());
-    };
+    let cancel = CancellationToken::new();
+    let (nodes_tx, nodes_rx) = watch::channel::<Option<NodeSet>>(None);
+    let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+    tasks.push(tokio::spawn(node_sync::run(
+        datapath,
+        nodes_rx,
+        config.datapath.resync_interval,
+        cancel.clone(),
+    )));
 
-    let mut nodes = load_nodes(&path)?;
-    let mut reporter = Reporter::default();
-    let mut failures = 0u32;
-    loop {
-        let wait = match datapath.reconcile(&nodes).await {
-            Ok(r) => {
-                reporter.report(&r);
-                if r.report.errors.is_empty() {
-                    failures = 0;
-                    config.datapath.resync_interval
-                } else {
-                    failures += 1;
-                    backoff(failures)
-                }
-            }
-            Err(e) => {
-                failures += 1;
-                tracing::warn!("reconcile failed, retrying: {e}");
-                backoff(failures)
-            }
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = hup.recv() => match load_nodes(&path) {
-                Ok(n) => { nodes = n; tracing::info!(nodes = nodes.len(), "reloaded {}", path.display()); }
-                Err(e) => tracing::error!("{e:#}; keeping the previous node list"),
-            },
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+    let mut leadership = None;
+    match &static_nodes {
+        Some(path) => {
+            nodes_tx.send_replace(Some(Arc::new(load_nodes(path)?)));
+            tracing::info!(
+                "hybrid nodes from {}; no Kubernetes, no election",
+                path.display()
+            );
+        }
+        None => {
+            let kube = client::connect(&config.kubernetes, None)
+                .await
+                .context("connecting to Kubernetes")?;
+            let stats = Arc::new(NodeWatchStats::default());
+            tasks.push(tokio::spawn(cilium_nodes::run(
+                kube.clone(),
+                nodes_tx.clone(),
+                stats,
+                cancel.clone(),
+            )));
+            leadership = Some(Leadership::start(&config, kube, node_ip, device.mac));
         }
     }
+
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => if let Some(path) = &static_nodes {
+                match load_nodes(path) {
+                    Ok(n) => { tracing::info!(nodes = n.len(), "reloaded {}", path.display()); nodes_tx.send_replace(Some(Arc::new(n))); }
+                    Err(e) => tracing::error!("{e:#}; keeping the previous node list"),
+                }
+            },
+        }
+    }
+
     tracing::info!("stopping; the device and its entries stay so traffic keeps flowing");
+    let stop = async {
+        if let Some(l) = leadership {
+            l.stop().await;
+        }
+        cancel.cancel();
+        for t in tasks {
+            let _ = t.await;
+        }
+    };
+    if tokio::time::timeout(SHUTDOWN_BUDGET, stop).await.is_err() {
+        tracing::warn!("parts did not stop within {SHUTDOWN_BUDGET:?}; exiting anyway");
+    }
     Ok(())
 }
 
-fn load_nodes(path: &Path) -> anyhow::Result<Vec<HybridNode>> {
-    static_nodes::load(path)
-        .with_context(|| format!("reading static nodes from {}", path.display()))
+/// The election and the leader-only work that follows it.
+struct Leadership {
+    election: JoinHandle<Elector<LeaseLock>>,
+    election_cancel: CancellationToken,
+    leader_work: Vec<JoinHandle<()>>,
+    leader_cancel: CancellationToken,
+    request_timeout: Duration,
 }
 
-/// Exponential backoff with full jitter, capped.
-fn backoff(failures: u32) -> Duration {
-    let ceiling = RETRY_MIN
-        .saturating_mul(2u32.saturating_pow(failures.min(16)))
-        .min(RETRY_MAX);
-    ceiling.mul_f64(0.5 + fastrand::f64() / 2.0)
-}
+impl Leadership {
+    fn start(config: &Config, kube: kube::Client, node_ip: std::net::Ipv4Addr, mac: Mac) -> Self {
+        let e = &config.election;
+        let id = identity(config);
+        tracing::info!(identity = %id, lease = %format!("{}/{}", e.namespace, e.lease_name), "joining the election");
+        let timings = Timings {
+            lease_duration: e.lease_duration,
+            renew_deadline: e.renew_deadline,
+            retry_period: e.retry_period,
+        };
+        let request_timeout = config.kubernetes.request_timeout.min(e.renew_deadline);
+        let lock = LeaseLock::new(kube.clone(), &e.namespace, &e.lease_name, request_timeout);
+        let mut elector = Elector::new(lock, id.clone(), timings);
+        let (publisher, handle) = election::channel();
+        let election_cancel = CancellationToken::new();
+        let leader_cancel = CancellationToken::new();
 
-/// Logs what a reconcile changed, once; stays quiet on no-op passes and repeats a
-/// rejected node's warning only when the reason changes.
-#[derive(Default)]
-struct Reporter {
-    rejected: Vec<String>,
-}
-
-impl Reporter {
-    fn report(&mut self, r: &Reconciled) {
-        let rep = &r.report;
-        if rep.changes() > 0 {
-            tracing::info!(
-                routes_set = rep.routes_set,
-                routes_deleted = rep.routes_deleted,
-                arp_set = rep.neighbours_set,
-                arp_deleted = rep.neighbours_deleted,
-                fdb_set = rep.fdb_set,
-                fdb_deleted = rep.fdb_deleted,
-                entries = r.desired_entries,
-                elapsed_ms = r.elapsed.as_millis() as u64,
-                "datapath reconciled"
-            );
+        let (wake, lease_watch) = election::lease::watch_changes(
+            kube.clone(),
+            &e.namespace,
+            &e.lease_name,
+            election_cancel.clone(),
+        );
+        let c = election_cancel.clone();
+        let election = tokio::spawn(async move {
+            election::run(&mut elector, &publisher, Some(wake), c).await;
+            elector
+        });
+        let spec = vtep_config::VtepSpec {
+            tunnel_endpoint: node_ip,
+            mac,
+            vpc_cidrs: config.gateway.vpc_cidrs.clone(),
+        };
+        let vtep = tokio::spawn(vtep_config::run(
+            kube,
+            spec,
+            id,
+            handle,
+            request_timeout,
+            leader_cancel.clone(),
+        ));
+        Leadership {
+            election,
+            election_cancel,
+            leader_work: vec![vtep, lease_watch],
+            leader_cancel,
+            request_timeout,
         }
-        for e in &rep.errors {
-            tracing::warn!("{e}");
+    }
+
+    /// Standby first, then leader work stopped, then the Lease released: the next leader
+    /// can start at once and never overlaps with us.
+    async fn stop(self) {
+        self.election_cancel.cancel();
+        let elector = self.election.await;
+        self.leader_cancel.cancel();
+        for t in self.leader_work {
+            let _ = t.await;
         }
-        let now: Vec<String> = r.rejected.iter().map(ToString::to_string).collect();
-        for (rej, text) in r.rejected.iter().zip(&now) {
-            if !self.rejected.contains(text) {
-                tracing::warn!(node = rej.node(), "skipping node: {text}");
+        if let Ok(mut elector) = elector {
+            match tokio::time::timeout(self.request_timeout, elector.release(Timestamp::now()))
+                .await
+            {
+                Ok(Ok(true)) => tracing::info!(identity = elector.identity(), "released the Lease"),
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => tracing::warn!(
+                    "could not release the Lease ({e}); the standby takes over when it expires"
+                ),
+                Err(_) => tracing::warn!(
+                    "releasing the Lease timed out; the standby takes over when it expires"
+                ),
             }
         }
-        self.rejected = now;
     }
+}
+
+fn load_nodes(path: &Path) -> anyhow::Result<Vec<crate::datapath::HybridNode>> {
+    static_nodes::load(path)
+        .with_context(|| format!("reading static nodes from {}", path.display()))
 }

@@ -303,12 +303,18 @@ impl Netlink {
     pub async fn apply(&self, index: u32, plan: &Plan) -> ApplyReport {
         let mut report = ApplyReport::default();
         for phase in &plan.phases {
-            let results: Vec<(&Op, Result<()>)> = stream::iter(phase)
-                .map(|op| async move { (op, self.apply_op(index, op).await) })
+            // Indices, not `&Op`, cross the closure: a closure generic over the borrow's
+            // lifetime would not be `Send` for tokio::spawn.
+            let results: Vec<(usize, Result<()>)> = stream::iter(0..phase.len())
+                .map(|i| {
+                    let op = &phase[i];
+                    async move { (i, self.apply_op(index, op).await) }
+                })
                 .buffer_unordered(IN_FLIGHT)
                 .collect()
                 .await;
-            for (op, result) in results {
+            for (i, result) in results {
+                let op = &phase[i];
                 let deleting = matches!(
                     op,
                     Op::DelRoute(_) | Op::DelNeighbour { .. } | Op::DelFdb { .. }

@@ -69,6 +69,17 @@ impl<S: LockStore> Elector<S> {
         self.observed.as_ref().map(|o| o.record.transitions)
     }
 
+    /// How long until the lease of another holder, as we observed it, runs out; `None` if
+    /// nobody else holds it. Lets a standby try at the earliest moment instead of waiting
+    /// for its next poll.
+    pub fn other_lease_expires_in(&self, now: Instant) -> Option<Duration> {
+        let o = self.observed.as_ref()?;
+        if o.record.holder.is_empty() || o.record.holder == self.identity {
+            return None;
+        }
+        Some((self.observed_at? + o.record.lease_duration).saturating_duration_since(now))
+    }
+
     /// True if the last record we saw names us.
     pub fn is_leader(&self) -> bool {
         self.observed_holder() == Some(self.identity.as_str())

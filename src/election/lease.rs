@@ -1,6 +1,12 @@
 //! The `coordination.k8s.io/v1` Lease as a [`LockStore`].
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use futures::StreamExt;
+use kube::runtime::{watcher, WatchStreamExt};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -125,4 +131,34 @@ impl LockStore for LeaseLock {
     fn describe(&self) -> String {
         format!("Lease {}/{}", self.namespace, self.name)
     }
+}
+
+/// Watches the Lease and rings the returned bell on every change, so a standby sees a
+/// release (or a renewal) as it happens rather than at its next poll.
+pub fn watch_changes(
+    client: kube::Client,
+    namespace: &str,
+    name: &str,
+    cancel: CancellationToken,
+) -> (Arc<Notify>, tokio::task::JoinHandle<()>) {
+    let bell = Arc::new(Notify::new());
+    let api: Api<Lease> = Api::namespaced(client, namespace);
+    let config = watcher::Config::default()
+        .fields(&format!("metadata.name={name}"))
+        .timeout(30);
+    let b = bell.clone();
+    let task = tokio::spawn(async move {
+        let mut events = std::pin::pin!(watcher::watcher(api, config).default_backoff());
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                ev = events.next() => match ev {
+                    Some(Ok(_)) => b.notify_one(),
+                    Some(Err(e)) => tracing::debug!("Lease watch: {e}"),
+                    None => return,
+                },
+            }
+        }
+    });
+    (bell, task)
 }

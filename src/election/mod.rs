@@ -152,8 +152,13 @@ pub async fn run<S: LockStore>(
                     None => std::future::pending().await,
                 }
             };
+            let mut pause = jitter(t.retry_period);
+            if let Some(expiry) = elector.other_lease_expires_in(Instant::now()) {
+                // A few ms past the expiry we measured, so the attempt is not early.
+                pause = pause.min(expiry + Duration::from_millis(5));
+            }
             tokio::select! {
-                _ = tokio::time::sleep(jitter(t.retry_period)) => {}
+                _ = tokio::time::sleep(pause) => {}
                 _ = woken => {}
                 _ = cancel.cancelled() => {}
             }

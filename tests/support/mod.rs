@@ -2,6 +2,8 @@
 //! Everything is removed on drop, so a failing assertion still cleans up.
 #![allow(dead_code)]
 
+pub mod k8s;
+
 use std::fs::File;
 use std::future::Future;
 use std::os::fd::AsRawFd;

@@ -1,0 +1,123 @@
+//! A real kube-apiserver (+ etcd) per test, from `tests/k8s/apiserver.sh`, torn down on drop.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::Netns;
+
+pub struct ApiServer {
+    pub dir: PathBuf,
+    pub env: BTreeMap<String, String>,
+    netns: Option<String>,
+}
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/k8s/apiserver.sh")
+}
+
+impl ApiServer {
+    /// Starts one on the root namespace's loopback.
+    pub fn start() -> ApiServer {
+        Self::start_in(None)
+    }
+
+    /// Starts one on the loopback of `ns`, where a daemon in that namespace can reach it.
+    pub fn start_in(ns: Option<&Netns>) -> ApiServer {
+        super::require_root();
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "hgw-k8s-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut cmd = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &ns.name]).arg(script());
+                c
+            }
+            None => Command::new(script()),
+        };
+        let mut server = ApiServer {
+            dir: dir.clone(),
+            env: BTreeMap::new(),
+            netns: ns.map(|n| n.name.clone()),
+        };
+        let out = cmd
+            .arg("up")
+            .arg(&dir)
+            .arg("127.0.0.1")
+            .output()
+            .expect("running tests/k8s/apiserver.sh up");
+        assert!(
+            out.status.success(),
+            "kube-apiserver did not start (tests/k8s/apiserver.sh install && build first):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text =
+            std::fs::read_to_string(dir.join("env")).expect("reading the apiserver env file");
+        let env: BTreeMap<String, String> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    v.trim_matches('\'').trim_matches('"').to_string(),
+                )
+            })
+            .collect();
+        server.env = env;
+        server
+    }
+
+    pub fn admin_kubeconfig(&self) -> PathBuf {
+        self.dir.join("admin.kubeconfig")
+    }
+
+    /// The daemon's identity: bound only by the RBAC we ship.
+    pub fn daemon_kubeconfig(&self) -> PathBuf {
+        self.dir.join("daemon.kubeconfig")
+    }
+
+    pub fn pause(&self) {
+        self.run("pause");
+    }
+
+    pub fn resume(&self) {
+        self.run("resume");
+    }
+
+    fn run(&self, verb: &str) {
+        let out = Command::new(script())
+            .arg(verb)
+            .arg(&self.dir)
+            .output()
+            .expect("running apiserver.sh");
+        assert!(
+            out.status.success(),
+            "apiserver.sh {verb}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        let _ = Command::new(script()).arg("down").arg(&self.dir).output();
+    }
+}
+
+/// A kube client from a kubeconfig file (call inside a tokio runtime).
+pub async fn client(kubeconfig: &Path) -> kube::Client {
+    hybrid_gateway::k8s::client::install_crypto_provider();
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).expect("kubeconfig");
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+        .await
+        .expect("kube config");
+    kube::Client::try_from(cfg).expect("kube client")
+}
