@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use hybrid_gateway::config::Config;
 use hybrid_gateway::datapath::{vxlan, Datapath, DeviceAction, HybridNode, Mac, Netlink};
-use support::{lines, veth, wait_until, Netns};
+use support::{expected_vtep as expected, veth, vtep_state as kernel, wait_until, Netns};
 
 const GW_IP: &str = "10.99.0.1";
 const NODE_IP: &str = "10.99.0.2";
@@ -38,48 +38,6 @@ fn gateway() -> (Netns, Netns) {
     let peer = Netns::new("peer");
     veth(&gw, "u0", "10.99.0.1/24", &peer, "u1", "10.99.0.2/24");
     (gw, peer)
-}
-
-/// Routes, ARP and FDB entries on the device plus every unreachable route, as `ip` prints them.
-fn kernel(ns: &Netns) -> Vec<String> {
-    let mut all = Vec::new();
-    all.extend(
-        lines(&ns.sh("ip route show table main dev hybrid_vxlan0"))
-            .into_iter()
-            .map(|l| format!("route {l}")),
-    );
-    all.extend(
-        lines(&ns.sh("ip route show table main type unreachable"))
-            .into_iter()
-            .map(|l| format!("route {l}")),
-    );
-    all.extend(
-        lines(&ns.sh("ip neigh show dev hybrid_vxlan0"))
-            .into_iter()
-            .map(|l| format!("arp {l}")),
-    );
-    all.extend(
-        lines(&ns.sh("bridge fdb show dev hybrid_vxlan0"))
-            .into_iter()
-            .map(|l| format!("fdb {l}")),
-    );
-    all.sort();
-    all
-}
-
-/// What the kernel must show for `nodes` (name, ip, cidrs) with the default catch-all.
-fn expected(nodes: &[(&str, &[&str])]) -> Vec<String> {
-    let mut v = vec!["route unreachable 192.168.32.0/23 proto 158 metric 4242".to_string()];
-    for (addr, cidrs) in nodes {
-        let mac = Mac::for_node(ip(addr));
-        v.push(format!("arp {addr} lladdr {mac} PERMANENT"));
-        v.push(format!("fdb {mac} dst {addr} self permanent"));
-        for c in *cidrs {
-            v.push(format!("route {c} via {addr} proto 158 onlink"));
-        }
-    }
-    v.sort();
-    v
 }
 
 fn link_json(ns: &Netns) -> String {

@@ -145,7 +145,7 @@ else
 fi
 expect "daemon lists CiliumNodes" 200 "$DAEMON" GET "$CN"
 jcheck "daemon sees the CiliumNode" '[i["metadata"]["name"] for i in d["items"]]' "['hybrid-node-a']"
-expect "daemon gets a CiliumNode" 200 "$DAEMON" GET "$CN/hybrid-node-a"
+expect "daemon may not get a single CiliumNode (it lists and watches)" 403 "$DAEMON" GET "$CN/hybrid-node-a"
 expect "daemon watches CiliumNodes" 200 "$DAEMON" GET "$CN?watch=1&timeoutSeconds=1&allowWatchBookmarks=true"
 expect "daemon creates CiliumVTEPConfig" 201 "$DAEMON" POST "$VT" '{
   "apiVersion": "cilium.io/v2", "kind": "CiliumVTEPConfig",
@@ -154,7 +154,7 @@ expect "daemon creates CiliumVTEPConfig" 201 "$DAEMON" POST "$VT" '{
                           "cidr": "10.0.0.0/16", "mac": "02:00:0a:00:01:0a"}]}
 }'
 rv=$(jget 'd["metadata"]["resourceVersion"]' 2>/dev/null || echo 0)
-expect "daemon updates CiliumVTEPConfig (PUT)" 200 "$DAEMON" PUT "$VT/hybrid-gateway" "{
+expect "daemon may not update CiliumVTEPConfig with PUT (it uses server-side apply)" 403 "$DAEMON" PUT "$VT/hybrid-gateway" "{
   \"apiVersion\": \"cilium.io/v2\", \"kind\": \"CiliumVTEPConfig\",
   \"metadata\": {\"name\": \"hybrid-gateway\", \"resourceVersion\": \"$rv\"},
   \"spec\": {\"endpoints\": [{\"name\": \"gw-a\", \"tunnelEndpoint\": \"10.0.1.11\",
@@ -162,39 +162,45 @@ expect "daemon updates CiliumVTEPConfig (PUT)" 200 "$DAEMON" PUT "$VT/hybrid-gat
 }"
 expect "daemon patches CiliumVTEPConfig" 200 "$DAEMON" PATCH "$VT/hybrid-gateway" \
     '{"spec": {"cidrMask": "255.255.0.0"}}' application/merge-patch+json
-jcheck "patched CiliumVTEPConfig" 'd["spec"]["cidrMask"], d["spec"]["endpoints"][0]["tunnelEndpoint"]' "('255.255.0.0', '10.0.1.11')"
+jcheck "patched CiliumVTEPConfig" 'd["spec"]["cidrMask"], d["spec"]["endpoints"][0]["tunnelEndpoint"]' "('255.255.0.0', '10.0.1.10')"
+expect "daemon applies CiliumVTEPConfig (server-side apply)" 200 "$DAEMON" PATCH "$VT/hybrid-gateway?fieldManager=hybrid-gateway&force=true" \
+    '{"apiVersion": "cilium.io/v2", "kind": "CiliumVTEPConfig", "metadata": {"name": "hybrid-gateway"}, "spec": {"endpoints": [{"name": "gw-a", "tunnelEndpoint": "10.0.1.12", "cidr": "10.0.0.0/16", "mac": "02:00:0a:00:01:0c"}]}}' application/apply-patch+yaml
+expect "daemon gets CiliumVTEPConfig" 200 "$DAEMON" GET "$VT/hybrid-gateway"
 expect "daemon lists CiliumVTEPConfigs" 200 "$DAEMON" GET "$VT"
 expect "daemon watches CiliumVTEPConfigs" 200 "$DAEMON" GET "$VT?watch=1&timeoutSeconds=1"
 
 expect "daemon creates Lease" 201 "$DAEMON" POST "$LEASES" "{
   \"apiVersion\": \"coordination.k8s.io/v1\", \"kind\": \"Lease\",
-  \"metadata\": {\"name\": \"hybrid-gateway\", \"namespace\": \"$NS\"},
+  \"metadata\": {\"name\": \"hybrid-gateway-leader\", \"namespace\": \"$NS\"},
   \"spec\": {\"holderIdentity\": \"gw-a\", \"leaseDurationSeconds\": 15}
 }"
-expect "daemon gets Lease" 200 "$DAEMON" GET "$LEASES/hybrid-gateway"
+expect "daemon gets Lease" 200 "$DAEMON" GET "$LEASES/hybrid-gateway-leader"
 rv=$(jget 'd["metadata"]["resourceVersion"]' 2>/dev/null || echo 0)
 lease_body() { # lease_body RV HOLDER RENEW_TIME
     printf '{"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-  "metadata": {"name": "hybrid-gateway", "namespace": "%s", "resourceVersion": "%s"},
+  "metadata": {"name": "hybrid-gateway-leader", "namespace": "%s", "resourceVersion": "%s"},
   "spec": {"holderIdentity": "%s", "leaseDurationSeconds": 15, "renewTime": "%s"}}' "$NS" "$1" "$2" "$3"
 }
-expect "daemon renews Lease (update)" 200 "$DAEMON" PUT "$LEASES/hybrid-gateway" \
+expect "daemon renews Lease (update)" 200 "$DAEMON" PUT "$LEASES/hybrid-gateway-leader" \
     "$(lease_body "$rv" gw-a 2026-01-01T00:00:01.000000Z)"
 jcheck "Lease renewed" 'd["spec"]["renewTime"]' 2026-01-01T00:00:01.000000Z
-expect "stale Lease update conflicts" 409 "$DAEMON" PUT "$LEASES/hybrid-gateway" \
+expect "stale Lease update conflicts" 409 "$DAEMON" PUT "$LEASES/hybrid-gateway-leader" \
     "$(lease_body "$rv" gw-b 2026-01-01T00:00:02.000000Z)"
 
+expect "daemon lists its Lease by name" 200 "$DAEMON" GET "$LEASES?fieldSelector=metadata.name%3Dhybrid-gateway-leader"
+expect "daemon watches its Lease by name" 200 "$DAEMON" GET "$LEASES?fieldSelector=metadata.name%3Dhybrid-gateway-leader&watch=1&timeoutSeconds=1"
+
 now=$(date -u +%Y-%m-%dT%H:%M:%S.000000Z)
-expect "daemon creates core/v1 Event" 201 "$DAEMON" POST "/api/v1/namespaces/$NS/events" "{
+expect "daemon may not create core/v1 Events (it emits none)" 403 "$DAEMON" POST "/api/v1/namespaces/$NS/events" "{
   \"apiVersion\": \"v1\", \"kind\": \"Event\",
   \"metadata\": {\"name\": \"hybrid-gateway.smoke1\", \"namespace\": \"$NS\"},
   \"involvedObject\": {\"apiVersion\": \"coordination.k8s.io/v1\", \"kind\": \"Lease\", \"namespace\": \"$NS\", \"name\": \"hybrid-gateway\"},
   \"reason\": \"Smoke\", \"message\": \"smoke test\", \"type\": \"Normal\", \"count\": 1,
   \"source\": {\"component\": \"hybrid-gateway\"}
 }"
-expect "daemon patches core/v1 Event" 200 "$DAEMON" PATCH "/api/v1/namespaces/$NS/events/hybrid-gateway.smoke1" \
+expect "daemon may not patch core/v1 Events" 403 "$DAEMON" PATCH "/api/v1/namespaces/$NS/events/hybrid-gateway.smoke1" \
     '{"count": 2}' application/merge-patch+json
-expect "daemon creates events.k8s.io/v1 Event" 201 "$DAEMON" POST "/apis/events.k8s.io/v1/namespaces/$NS/events" "{
+expect "daemon may not create events.k8s.io/v1 Events" 403 "$DAEMON" POST "/apis/events.k8s.io/v1/namespaces/$NS/events" "{
   \"apiVersion\": \"events.k8s.io/v1\", \"kind\": \"Event\",
   \"metadata\": {\"name\": \"hybrid-gateway.smoke2\", \"namespace\": \"$NS\"},
   \"eventTime\": \"$now\", \"reportingController\": \"hybrid-gateway\", \"reportingInstance\": \"gw-a\",
@@ -214,8 +220,8 @@ expect "daemon may not write CiliumVTEPConfig status" 403 "$DAEMON" PATCH "$VT/a
 expect "daemon may not list secrets in its namespace" 403 "$DAEMON" GET "/api/v1/namespaces/$NS/secrets"
 expect "daemon may not list secrets cluster-wide" 403 "$DAEMON" GET /api/v1/secrets
 expect "daemon may not read configmaps in kube-system" 403 "$DAEMON" GET /api/v1/namespaces/kube-system/configmaps
-expect "daemon may not list Leases" 403 "$DAEMON" GET "$LEASES"
-expect "daemon may not delete its Lease" 403 "$DAEMON" DELETE "$LEASES/hybrid-gateway"
+expect "daemon may not list all Leases" 403 "$DAEMON" GET "$LEASES"
+expect "daemon may not delete its Lease" 403 "$DAEMON" DELETE "$LEASES/hybrid-gateway-leader"
 expect "daemon may not create Leases outside its namespace" 403 "$DAEMON" POST /apis/coordination.k8s.io/v1/namespaces/default/leases \
     '{"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "x"}, "spec": {}}'
 expect "daemon may not list nodes" 403 "$DAEMON" GET /api/v1/nodes

@@ -206,3 +206,45 @@ pub fn lines(text: &str) -> Vec<String> {
     v.sort();
     v
 }
+
+/// Routes, ARP and FDB entries on the device plus every unreachable route, as `ip` prints them.
+pub fn vtep_state(ns: &Netns) -> Vec<String> {
+    let mut all = Vec::new();
+    all.extend(
+        lines(&ns.sh("ip route show table main dev hybrid_vxlan0"))
+            .into_iter()
+            .map(|l| format!("route {l}")),
+    );
+    all.extend(
+        lines(&ns.sh("ip route show table main type unreachable"))
+            .into_iter()
+            .map(|l| format!("route {l}")),
+    );
+    all.extend(
+        lines(&ns.sh("ip neigh show dev hybrid_vxlan0"))
+            .into_iter()
+            .map(|l| format!("arp {l}")),
+    );
+    all.extend(
+        lines(&ns.sh("bridge fdb show dev hybrid_vxlan0"))
+            .into_iter()
+            .map(|l| format!("fdb {l}")),
+    );
+    all.sort();
+    all
+}
+
+/// What the kernel must show for `nodes` (name, ip, cidrs) with the default catch-all.
+pub fn expected_vtep(nodes: &[(&str, &[&str])]) -> Vec<String> {
+    let mut v = vec!["route unreachable 192.168.32.0/23 proto 158 metric 4242".to_string()];
+    for (addr, cidrs) in nodes {
+        let mac = hybrid_gateway::datapath::Mac::for_node(addr.parse().unwrap());
+        v.push(format!("arp {addr} lladdr {mac} PERMANENT"));
+        v.push(format!("fdb {mac} dst {addr} self permanent"));
+        for c in *cidrs {
+            v.push(format!("route {c} via {addr} proto 158 onlink"));
+        }
+    }
+    v.sort();
+    v
+}

@@ -1,0 +1,401 @@
+//! The Kubernetes side against a real kube-apiserver with the CRDs installed, using the
+//! daemon's least-privilege identity from the shipped RBAC (a missing verb fails here).
+//! Needs root and the cached apiserver build (`tests/k8s/apiserver.sh install build`).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use hybrid_gateway::datapath::Mac;
+use hybrid_gateway::election::{self, lease::LeaseLock, Elector, Timings};
+use hybrid_gateway::k8s::{cilium_nodes, vtep_config};
+use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::Api;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use support::k8s::{client, ApiServer};
+use support::{expected_vtep, veth, vtep_state, wait_until, Netns};
+
+fn cilium_node(name: &str, ip: &str, cidrs: &[&str], hybrid: bool) -> DynamicObject {
+    let mut o = DynamicObject::new(name, &cilium_nodes::api_resource()).data(json!({
+        "spec": {
+            "addresses": [{"type": "InternalIP", "ip": ip}, {"type": "CiliumInternalIP", "ip": "192.168.32.1"}],
+            "ipam": {"podCIDRs": cidrs},
+        }
+    }));
+    let compute = if hybrid { "hybrid" } else { "ec2" };
+    o.metadata.labels = Some(BTreeMap::from([(
+        "eks.amazonaws.com/compute-type".to_string(),
+        compute.to_string(),
+    )]));
+    o
+}
+
+async fn apply_node(api: &Api<DynamicObject>, node: DynamicObject) {
+    let name = node.metadata.name.clone().unwrap();
+    match api.get_opt(&name).await.unwrap() {
+        None => {
+            api.create(&PostParams::default(), &node).await.unwrap();
+        }
+        Some(cur) => {
+            let mut node = node;
+            node.metadata.resource_version = cur.metadata.resource_version;
+            api.replace(&name, &PostParams::default(), &node)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+fn converges(ns: &Netns, want: &[(&str, &[&str])]) -> bool {
+    let want = expected_vtep(want);
+    wait_until(Duration::from_secs(10), || vtep_state(ns) == want)
+}
+
+#[test]
+fn cilium_node_watch_drives_the_kernel() {
+    let gw = Netns::new("kgw");
+    let peer = Netns::new("kpeer");
+    veth(&gw, "u0", "10.99.0.1/24", &peer, "u1", "10.99.0.2/24");
+    let server = ApiServer::start_in(Some(&gw));
+    let cfg = server.dir.join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[gateway]\nnode_ip = \"10.99.0.1\"\nvpc_cidrs = [\"10.250.0.0/16\"]\nhybrid_pod_cidrs = [\"192.168.32.0/23\"]\n\
+             [datapath]\nresync_interval = \"1s\"\n[kubernetes]\nkubeconfig = \"{}\"\n",
+            server.daemon_kubeconfig().display()
+        ),
+    )
+    .unwrap();
+    let daemon = gw.spawn(
+        env!("CARGO_BIN_EXE_hybrid-gateway"),
+        &["run", "--config", cfg.to_str().unwrap()],
+    );
+    let admin_cfg = server.admin_kubeconfig();
+
+    gw.run(|| async {
+        let admin = client(&admin_cfg).await;
+        let api: Api<DynamicObject> = Api::all_with(admin, &cilium_nodes::api_resource());
+
+        apply_node(
+            &api,
+            cilium_node("n1", "10.99.0.2", &["192.168.32.0/25"], true),
+        )
+        .await;
+        assert!(
+            converges(&gw, &[("10.99.0.2", &["192.168.32.0/25"])]),
+            "add: {:?}",
+            vtep_state(&gw)
+        );
+
+        apply_node(
+            &api,
+            cilium_node("n1", "10.99.0.3", &["192.168.32.0/25"], true),
+        )
+        .await;
+        assert!(
+            converges(&gw, &[("10.99.0.3", &["192.168.32.0/25"])]),
+            "IP change: {:?}",
+            vtep_state(&gw)
+        );
+
+        apply_node(
+            &api,
+            cilium_node(
+                "n1",
+                "10.99.0.3",
+                &["192.168.32.0/26", "192.168.33.0/26", "fd00::/96"],
+                true,
+            ),
+        )
+        .await;
+        assert!(
+            converges(
+                &gw,
+                &[("10.99.0.3", &["192.168.32.0/26", "192.168.33.0/26"])]
+            ),
+            "CIDR change: {:?}",
+            vtep_state(&gw)
+        );
+
+        // Status-only churn must not reach the kernel: watch netlink while it happens.
+        let monitor = gw.spawn("ip", &["-o", "monitor", "route", "neigh"]);
+        let status =
+            json!({"status": {"ipam": {"used": {"192.168.32.5": {"owner": "default/pod"}}}}});
+        for _ in 0..5 {
+            api.patch("n1", &PatchParams::default(), &Patch::Merge(&status))
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(2500)).await; // > two resync periods too
+        monitor.signal(libc::SIGTERM);
+        let out = monitor.wait(Duration::from_secs(2));
+        let ours: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("hybrid_vxlan0") || l.contains("192.168.3"))
+            .map(String::from)
+            .collect();
+        assert!(
+            ours.is_empty(),
+            "status updates or resyncs rewrote kernel entries: {ours:?}"
+        );
+
+        // Malformed and conflicting nodes are skipped; the good one is programmed.
+        apply_node(
+            &api,
+            cilium_node("n2", "10.99.0.4", &["192.168.33.128/25"], true),
+        )
+        .await;
+        let mut no_ip = cilium_node("broken", "10.99.0.5", &["192.168.32.128/26"], true);
+        no_ip.data["spec"]["addresses"] = json!([{"type": "ExternalIP", "ip": "1.2.3.4"}]);
+        apply_node(&api, no_ip).await;
+        apply_node(
+            &api,
+            cilium_node("thief", "10.99.0.6", &["192.168.33.128/26"], true),
+        )
+        .await;
+        apply_node(
+            &api,
+            cilium_node("ipv6only", "10.99.0.7", &["fd00:1::/96"], true),
+        )
+        .await;
+        apply_node(
+            &api,
+            cilium_node("outside", "10.99.0.8", &["10.250.7.0/24"], true),
+        )
+        .await;
+        assert!(
+            converges(
+                &gw,
+                &[
+                    ("10.99.0.3", &["192.168.32.0/26", "192.168.33.0/26"]),
+                    ("10.99.0.4", &["192.168.33.128/25"])
+                ]
+            ),
+            "{:?}",
+            vtep_state(&gw)
+        );
+
+        // Relabelled away: as good as deleted.
+        apply_node(
+            &api,
+            cilium_node(
+                "n1",
+                "10.99.0.3",
+                &["192.168.32.0/26", "192.168.33.0/26"],
+                false,
+            ),
+        )
+        .await;
+        assert!(
+            converges(&gw, &[("10.99.0.4", &["192.168.33.128/25"])]),
+            "relabel: {:?}",
+            vtep_state(&gw)
+        );
+
+        for n in ["broken", "thief", "ipv6only", "outside"] {
+            api.delete(n, &DeleteParams::default()).await.unwrap();
+        }
+        api.delete("n2", &DeleteParams::default()).await.unwrap();
+        assert!(converges(&gw, &[]), "delete: {:?}", vtep_state(&gw));
+
+        // An API outage keeps the kernel as it is; the watch resumes afterwards.
+        apply_node(
+            &api,
+            cilium_node("n3", "10.99.0.9", &["192.168.32.64/26"], true),
+        )
+        .await;
+        assert!(converges(&gw, &[("10.99.0.9", &["192.168.32.64/26"])]));
+    });
+    server.pause();
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        vtep_state(&gw),
+        expected_vtep(&[("10.99.0.9", &["192.168.32.64/26"])]),
+        "kernel changed during the API outage"
+    );
+    server.resume();
+    gw.run(|| async {
+        let admin = client(&admin_cfg).await;
+        let api: Api<DynamicObject> = Api::all_with(admin, &cilium_nodes::api_resource());
+        api.delete("n3", &DeleteParams::default()).await.unwrap();
+        assert!(
+            converges(&gw, &[]),
+            "watch did not resume after the outage: {:?}",
+            vtep_state(&gw)
+        );
+    });
+
+    daemon.signal(libc::SIGTERM);
+    let out = daemon.wait(Duration::from_secs(6));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "daemon exit {:?}: {log}", out.status);
+    for want in [
+        "skipping CiliumNode broken: has no InternalIP",
+        "skipping CiliumNode ipv6only: has only IPv6 pod CIDRs",
+        "node thief: pod CIDR 192.168.33.128/26 overlaps 192.168.33.128/25 of node n2",
+        "node outside: pod CIDR 10.250.7.0/24 is outside gateway.hybrid_pod_cidrs",
+        "became leader",
+        "released the Lease",
+    ] {
+        assert!(log.contains(want), "log lacks {want:?}:\n{log}");
+    }
+    assert_eq!(
+        log.matches("skipping CiliumNode broken").count(),
+        1,
+        "one warning per node:\n{log}"
+    );
+}
+
+/// How long until the object says what `spec` wants (term 0, identity gw-a_1).
+async fn satisfied_within(
+    api: &Api<DynamicObject>,
+    spec: &vtep_config::VtepSpec,
+    limit: Duration,
+) -> Option<Duration> {
+    let start = tokio::time::Instant::now();
+    loop {
+        if let Some(o) = api.get_opt(vtep_config::NAME).await.unwrap() {
+            if spec.satisfied_by(&o, "gw-a_1", 0) {
+                return Some(start.elapsed());
+            }
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+const TIMINGS: Timings = Timings {
+    lease_duration: Duration::from_secs(3),
+    renew_deadline: Duration::from_secs(2),
+    retry_period: Duration::from_secs(1),
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_owns_the_vtep_config() {
+    let server = ApiServer::start();
+    let daemon_client = client(&server.daemon_kubeconfig()).await;
+    let admin = client(&server.admin_kubeconfig()).await;
+    let api: Api<DynamicObject> = Api::all_with(admin, &vtep_config::api_resource());
+
+    let lock = LeaseLock::new(
+        daemon_client.clone(),
+        "hybrid-gateway",
+        "hybrid-gateway-leader",
+        Duration::from_secs(1),
+    );
+    let mut elector = Elector::new(lock, "gw-a_1".into(), TIMINGS);
+    let (publisher, handle) = election::channel();
+    let cancel = CancellationToken::new();
+    let c = cancel.clone();
+    let election =
+        tokio::spawn(async move { election::run(&mut elector, &publisher, None, c).await });
+    let node_ip = "10.250.3.111".parse().unwrap();
+    let spec = vtep_config::VtepSpec {
+        tunnel_endpoint: node_ip,
+        mac: Mac::for_gateway(node_ip),
+        vpc_cidrs: vec!["10.250.0.0/16".parse().unwrap()],
+    };
+    let worker = tokio::spawn(vtep_config::run(
+        daemon_client,
+        spec.clone(),
+        "gw-a_1".into(),
+        handle,
+        Duration::from_secs(1),
+        cancel.clone(),
+    ));
+
+    let get = || async { api.get_opt(vtep_config::NAME).await.unwrap() };
+    let within = |limit: Duration| satisfied_within(&api, &spec, limit);
+
+    // Created on taking office, in the reference's shape.
+    within(Duration::from_secs(5))
+        .await
+        .expect("CiliumVTEPConfig never created");
+    let o = get().await.unwrap();
+    assert_eq!(
+        o.data["spec"]["endpoints"],
+        json!([{"name": "vpc-gateway", "tunnelEndpoint": "10.250.3.111", "cidr": "10.250.0.0/16", "mac": Mac::for_gateway(node_ip).to_string()}])
+    );
+
+    // Cilium writes status; it must survive everything the gateway does afterwards.
+    let status = json!({"status": {"endpointCount": 1, "conditions": [{"type": "Ready", "status": "True", "reason": "Synced", "message": "", "lastTransitionTime": "2026-11-21T00:00:00Z"}]}});
+    api.patch_status(
+        vtep_config::NAME,
+        &PatchParams::default(),
+        &Patch::Merge(&status),
+    )
+    .await
+    .unwrap();
+
+    // Drift by hand is corrected within a second.
+    let drift = json!({"spec": {"endpoints": [{"name": "vpc-gateway", "tunnelEndpoint": "10.250.9.9", "cidr": "10.250.0.0/16", "mac": "02:00:00:00:00:09"}]}});
+    api.patch(
+        vtep_config::NAME,
+        &PatchParams::default(),
+        &Patch::Merge(&drift),
+    )
+    .await
+    .unwrap();
+    let took = within(Duration::from_secs(3))
+        .await
+        .expect("drift not repaired");
+    println!("drift repaired in {took:?}");
+    assert!(took < Duration::from_secs(1), "drift repair took {took:?}");
+    assert_eq!(
+        get().await.unwrap().data["status"]["endpointCount"],
+        1,
+        "status was overwritten"
+    );
+
+    // Deleted: recreated within a second.
+    api.delete(vtep_config::NAME, &DeleteParams::default())
+        .await
+        .unwrap();
+    let took = within(Duration::from_secs(3)).await.expect("not recreated");
+    println!("recreated in {took:?}");
+    assert!(took < Duration::from_secs(1), "recreate took {took:?}");
+
+    // A newer term written by someone else fences this leader out.
+    let fence = json!({"metadata": {"annotations": {vtep_config::TERM_ANNOTATION: "99"}}, "spec": {"endpoints": [{"name": "vpc-gateway", "tunnelEndpoint": "10.250.7.7", "cidr": "10.250.0.0/16", "mac": "02:00:00:00:00:07"}]}});
+    api.patch(
+        vtep_config::NAME,
+        &PatchParams::default(),
+        &Patch::Merge(&fence),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        get().await.unwrap().data["spec"]["endpoints"][0]["tunnelEndpoint"],
+        "10.250.7.7",
+        "a fenced leader wrote"
+    );
+
+    cancel.cancel();
+    let _ = election.await;
+    let _ = worker.await;
+}
+
+/// The shipped RBAC, checked verb by verb as the daemon's identity: everything the daemon
+/// does is allowed, the rest (deletes, status, secrets, events, other Leases) is refused.
+#[test]
+fn shipped_rbac_is_least_privilege() {
+    support::require_root();
+    let out =
+        std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/k8s/smoke.sh"))
+            .output()
+            .expect("running tests/k8s/smoke.sh");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "RBAC smoke test failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains(" 0 failed"), "{text}");
+}
