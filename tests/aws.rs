@@ -823,3 +823,40 @@ fn dynamodb_errors_are_classified() {
         assert!(started.elapsed() < Duration::from_secs(5));
     });
 }
+
+// ------------------------------------------------------------------ IAM policy ---
+
+/// packaging/iam-policy.json grants exactly the calls the code makes, and no write on "*".
+#[test]
+fn iam_policy_grants_exactly_what_the_daemon_calls() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/iam-policy.json");
+    let policy: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut actions = std::collections::BTreeSet::new();
+    for st in policy["Statement"].as_array().unwrap() {
+        let list: Vec<&str> = match &st["Action"] {
+            Value::String(a) => vec![a.as_str()],
+            Value::Array(a) => a.iter().map(|v| v.as_str().unwrap()).collect(),
+            other => panic!("bad Action {other}"),
+        };
+        let read_only = list.iter().all(|a| a.starts_with("ec2:Describe"));
+        if !read_only {
+            assert_ne!(st["Resource"], json!("*"), "writes must be scoped: {st}");
+        }
+        actions.extend(list.into_iter().map(str::to_string));
+    }
+    let expected: std::collections::BTreeSet<String> = [
+        "ec2:DescribeRouteTables",
+        "ec2:DescribeInstances",
+        "ec2:DescribeNetworkInterfaces",
+        "ec2:CreateRoute",
+        "ec2:ReplaceRoute",
+        "ec2:DeleteRoute",
+        "ec2:ModifyNetworkInterfaceAttribute",
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+    ]
+    .into_iter()
+    .map(str::to_string)
+    .collect();
+    assert_eq!(actions, expected);
+}

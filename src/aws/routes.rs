@@ -21,11 +21,11 @@ pub use report::{ApiCalls, SyncReport, TableReport};
 use super::backoff;
 use super::route_diff::{self, ObservedTable, Trusted, Write, WriteKind};
 use crate::config::{AwsConfig, RouteTableTag, Takeover};
-use ec2::{is_no_such_route, Failure};
+use ec2::{is_no_such_route, Failure, LEADERSHIP_ENDING};
 use report::{log_write, Counters};
 
-/// How long the caller remains entitled to write. Implemented for instants; the election
-/// handle implements it with its own remaining lease time.
+/// How long the caller remains entitled to write: the election handle in the daemon, a
+/// fixed instant in tests and tools.
 pub trait Deadline: Sync {
     fn remaining(&self) -> Duration;
 }
@@ -39,6 +39,13 @@ impl Deadline for tokio::time::Instant {
 impl Deadline for std::time::Instant {
     fn remaining(&self) -> Duration {
         self.saturating_duration_since(std::time::Instant::now())
+    }
+}
+
+/// The leader's own lease: what it has left before it must stop acting.
+impl Deadline for crate::election::ElectionHandle {
+    fn remaining(&self) -> Duration {
+        crate::election::ElectionHandle::remaining(self)
     }
 }
 
@@ -319,6 +326,12 @@ impl RouteTables {
         loop {
             match self.read_all(deadline, counters).await {
                 Ok(r) => return Ok(r),
+                Err(cause) if cause == LEADERSHIP_ENDING => {
+                    return Err(RouteError::LeadershipEnding {
+                        remaining: deadline.remaining(),
+                        needed: s.call_timeout,
+                    })
+                }
                 Err(cause) => {
                     attempt += 1;
                     let wait = backoff(s.backoff, attempt - 1, s.max_backoff);

@@ -8,6 +8,7 @@ mod election;
 mod error;
 mod kubernetes;
 mod raw;
+mod telemetry;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ pub use aws::{AwsConfig, RouteTableTag, Takeover};
 pub use election::{DynamoDbLockConfig, ElectionConfig, JITTER_FACTOR};
 pub use error::ConfigError;
 pub use kubernetes::{EksConfig, KubernetesConfig};
+pub use telemetry::TelemetryConfig;
 use raw::{RawConfig, Span};
 
 pub const DEFAULT_PATH: &str = "/etc/hybrid-gateway/config.toml";
@@ -45,6 +47,7 @@ pub struct Config {
     pub datapath: DatapathConfig,
     pub kubernetes: KubernetesConfig,
     pub election: ElectionConfig,
+    pub telemetry: TelemetryConfig,
     pub aws: AwsConfig,
 }
 
@@ -269,6 +272,7 @@ impl Validator<'_> {
 
         let kubernetes = self.kubernetes(raw.kubernetes.unwrap_or_default())?;
         let election = self.election(raw.election.unwrap_or_default())?;
+        let telemetry = self.telemetry(raw.metrics, raw.health, raw.log)?;
         let aws = self.aws(raw.aws.unwrap_or_default())?;
 
         Ok(Config {
@@ -287,6 +291,7 @@ impl Validator<'_> {
             datapath: DatapathConfig { resync_interval },
             kubernetes,
             election,
+            telemetry,
             aws,
         })
     }

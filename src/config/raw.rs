@@ -14,6 +14,9 @@ pub struct RawConfig {
     pub datapath: Option<RawDatapath>,
     pub kubernetes: Option<RawKubernetes>,
     pub election: Option<RawElection>,
+    pub metrics: Option<super::telemetry::RawListen>,
+    pub health: Option<super::telemetry::RawListen>,
+    pub log: Option<super::telemetry::RawLog>,
     pub aws: Option<super::aws::RawAws>,
 }
 

@@ -24,6 +24,8 @@ DynamoDB lock table (--lock-table, default hybrid-gateway-lock), on-demand:
                  fence             N    fencing token, +1 on every acquisition
                  lease_duration_ms N    lease length the holder promised
                  released          BOOL true after a clean release
+                 acquire_time      S    RFC 3339, informational
+                 renew_time        S    RFC 3339, informational
                  expires_at        N    epoch seconds; TTL attribute, used for
                                         garbage collection only (TTL deletion is
                                         lazy, never for lock correctness)

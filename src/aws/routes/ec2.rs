@@ -18,7 +18,7 @@ const ASG_TAG: &str = "aws:autoscaling:groupName";
 const PAGE: i32 = 100;
 /// Filter values per filter: EC2 caps them (200); stay well below.
 const FILTER_VALUES: usize = 100;
-const LEADERSHIP_ENDING: &str = "leadership ends sooner than an EC2 call may take";
+pub(super) const LEADERSHIP_ENDING: &str = "leadership ends sooner than an EC2 call may take";
 
 impl RouteTables {
     /// Every managed table: by id (a filter, so one unknown id does not fail the whole
