@@ -9,3 +9,4 @@ pub mod daemon;
 pub mod datapath;
 pub mod election;
 pub mod k8s;
+pub mod telemetry;

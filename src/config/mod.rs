@@ -20,8 +20,8 @@ pub use aws::{AwsConfig, RouteTableTag, Takeover};
 pub use election::{DynamoDbLockConfig, ElectionConfig, JITTER_FACTOR};
 pub use error::ConfigError;
 pub use kubernetes::{EksConfig, KubernetesConfig};
-pub use telemetry::TelemetryConfig;
 use raw::{RawConfig, Span};
+pub use telemetry::TelemetryConfig;
 
 pub const DEFAULT_PATH: &str = "/etc/hybrid-gateway/config.toml";
 

@@ -40,7 +40,12 @@ pub struct RawLog {
 }
 
 impl Validator<'_> {
-    pub(super) fn telemetry(&self, metrics: Option<RawListen>, health: Option<RawListen>, log: Option<RawLog>) -> Result<TelemetryConfig, ConfigError> {
+    pub(super) fn telemetry(
+        &self,
+        metrics: Option<RawListen>,
+        health: Option<RawListen>,
+        log: Option<RawLog>,
+    ) -> Result<TelemetryConfig, ConfigError> {
         let mut t = TelemetryConfig::default();
         if let Some(l) = metrics.and_then(|m| m.listen) {
             t.metrics_listen = self.listen("metrics.listen", l)?;

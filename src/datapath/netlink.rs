@@ -77,6 +77,8 @@ pub struct ApplyReport {
     pub neighbours_deleted: usize,
     pub fdb_set: usize,
     pub fdb_deleted: usize,
+    pub add_errors: usize,
+    pub remove_errors: usize,
     pub errors: Vec<DatapathError>,
 }
 
@@ -320,7 +322,14 @@ impl Netlink {
                     Op::DelRoute(_) | Op::DelNeighbour { .. } | Op::DelFdb { .. }
                 );
                 match result {
-                    Err(e) if !(deleting && e.is_not_found()) => report.errors.push(e),
+                    Err(e) if !(deleting && e.is_not_found()) => {
+                        if deleting {
+                            report.remove_errors += 1;
+                        } else {
+                            report.add_errors += 1;
+                        }
+                        report.errors.push(e);
+                    }
                     _ => match op {
                         Op::SetRoute { .. } | Op::SetUnreachable { .. } => report.routes_set += 1,
                         Op::DelRoute(_) => report.routes_deleted += 1,

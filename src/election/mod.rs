@@ -2,6 +2,7 @@
 //! store (the Kubernetes Lease; optionally a DynamoDB lock), and the loop that publishes
 //! "am I leader, since when, which term" for leader-only work to follow.
 
+pub mod combined;
 pub mod dynamodb;
 pub mod elector;
 pub mod lease;

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod k8s;
+pub mod proxy;
 
 use std::fs::File;
 use std::future::Future;

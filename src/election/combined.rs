@@ -1,0 +1,307 @@
+//! Election with two stores: the Kubernetes Lease decides who may *try*, the DynamoDB lock
+//! decides who *acts*. Two independent stores cannot give both safety and availability
+//! under partitions, so safety wins:
+//!
+//! - a gateway acts only while it holds the DynamoDB lock, and stops `renew_deadline`
+//!   after its last successful renewal began — before anyone else may take it over;
+//! - it may try for the DynamoDB lock only while it holds the Lease, or while the
+//!   Kubernetes API is unreachable from it;
+//! - if it can reach Kubernetes and sees another valid holder of the Lease, it steps down;
+//! - it keeps renewing the Lease whenever it can, so `kubectl get lease` shows the truth;
+//! - holding the Lease without obtaining the DynamoDB lock for one lease duration makes it
+//!   release the Lease (and sit out one lease duration), so a gateway that can reach
+//!   DynamoDB is never blocked by one that cannot.
+//!
+//! The Lease and the lock run in two loops so a hanging Kubernetes API can never delay a
+//! lock renewal: the Lease loop publishes what it last learned, the lock loop reads it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{jitter, ElectionPublisher, Elector, ErrorLog, LockError, LockStore};
+
+/// What the Lease loop last learned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lease {
+    /// We hold it.
+    Held,
+    /// The API answered and someone else validly holds it.
+    OtherHolds,
+    /// The API did not answer (or answered with an outage).
+    Unreachable,
+}
+
+#[derive(Debug, Clone)]
+struct LeaseView {
+    lease: Lease,
+    holder: Option<String>,
+    at: Instant,
+}
+
+/// The two contenders of one gateway.
+pub struct Combined<K, D> {
+    pub lease: Elector<K>,
+    pub lock: Elector<D>,
+}
+
+impl<K: LockStore, D: LockStore> Combined<K, D> {
+    /// Releases both, lock first: once the lock is free another gateway may act at once.
+    pub async fn release(
+        &mut self,
+        limit: Duration,
+    ) -> (Result<bool, LockError>, Result<bool, LockError>) {
+        let lock = tokio::time::timeout(limit, self.lock.release(Timestamp::now()))
+            .await
+            .unwrap_or_else(|_| Err(LockError::Unreachable("release timed out".into())));
+        let lease = tokio::time::timeout(limit, self.lease.release(Timestamp::now()))
+            .await
+            .unwrap_or_else(|_| Err(LockError::Unreachable("release timed out".into())));
+        (lock, lease)
+    }
+}
+
+async fn lease_round<K: LockStore>(
+    lease: &mut Elector<K>,
+    limit: Duration,
+    errors: &mut ErrorLog,
+) -> Lease {
+    match tokio::time::timeout(
+        limit,
+        lease.try_acquire_or_renew(Instant::now(), Timestamp::now()),
+    )
+    .await
+    {
+        Ok(Ok(true)) => Lease::Held,
+        Ok(Ok(false)) => Lease::OtherHolds,
+        // An API that keeps answering with an error (RBAC) is reachable: it must not count
+        // as a partition that lets us go for the lock alone.
+        Ok(Err(e @ LockError::Store(_))) => {
+            errors.report(&e);
+            Lease::OtherHolds
+        }
+        Ok(Err(e)) => {
+            errors.report(&e);
+            Lease::Unreachable
+        }
+        Err(_) => Lease::Unreachable,
+    }
+}
+
+/// Keeps the Lease (acquire, renew, give up on request) and publishes what it learns.
+async fn lease_loop<K: LockStore>(
+    lease: &mut Elector<K>,
+    view: watch::Sender<LeaseView>,
+    give_up: Arc<Notify>,
+    wake: Option<Arc<Notify>>,
+    cancel: CancellationToken,
+) {
+    let t = lease.timings();
+    let mut errors = ErrorLog {
+        store: lease.store().describe(),
+        last: None,
+    };
+    let mut cooldown_until: Option<Instant> = None;
+    loop {
+        let cooling = cooldown_until.is_some_and(|u| Instant::now() < u);
+        let l = if cooling {
+            Lease::OtherHolds
+        } else {
+            lease_round(lease, t.renew_deadline, &mut errors).await
+        };
+        view.send_replace(LeaseView {
+            lease: l,
+            holder: lease.observed_holder().map(str::to_string),
+            at: Instant::now(),
+        });
+        let mut pause = if l == Lease::Held {
+            t.retry_period
+        } else {
+            jitter(t.retry_period)
+        };
+        if let Some(expiry) = lease.other_lease_expires_in(Instant::now()) {
+            pause = pause.min(expiry + Duration::from_millis(5));
+        }
+        if let Some(u) = cooldown_until.filter(|_| cooling) {
+            pause = pause.min(u.saturating_duration_since(Instant::now()));
+        }
+        let woken = async {
+            match &wake {
+                Some(n) => n.notified().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = woken => {}
+            _ = give_up.notified() => {
+                tracing::warn!(identity = lease.identity(), "holding the Lease but not the DynamoDB lock for {:?}: releasing the Lease", t.lease_duration);
+                if let Ok(Err(e)) = tokio::time::timeout(t.renew_deadline, lease.release(Timestamp::now())).await {
+                    errors.report(&e);
+                }
+                cooldown_until = Some(Instant::now() + t.lease_duration);
+            }
+            _ = cancel.cancelled() => return,
+        }
+    }
+}
+
+/// Campaigns until `cancel`. Returns with Standby published and nothing released: the
+/// caller stops leader work, then calls [`Combined::release`].
+pub async fn run<K: LockStore, D: LockStore>(
+    c: &mut Combined<K, D>,
+    publisher: &ElectionPublisher,
+    wake: Option<Arc<Notify>>,
+    cancel: CancellationToken,
+) {
+    let t = c.lease.timings();
+    let lock_t = c.lock.timings();
+    let (view_tx, view_rx) = watch::channel(LeaseView {
+        lease: Lease::Unreachable,
+        holder: None,
+        at: Instant::now(),
+    });
+    let give_up = Arc::new(Notify::new());
+    let lease_cancel = cancel.child_token();
+    let Combined { lease, lock } = c;
+    let lease_task = lease_loop(lease, view_tx, give_up.clone(), wake, lease_cancel.clone());
+    let lock_task = lock_loop(lock, t, lock_t, publisher, view_rx, give_up, cancel);
+    tokio::join!(lease_task, async {
+        lock_task.await;
+        lease_cancel.cancel();
+    });
+}
+
+async fn lock_loop<D: LockStore>(
+    lock: &mut Elector<D>,
+    t: super::Timings,
+    lock_t: super::Timings,
+    publisher: &ElectionPublisher,
+    mut view: watch::Receiver<LeaseView>,
+    give_up: Arc<Notify>,
+    cancel: CancellationToken,
+) {
+    let mut errors = ErrorLog {
+        store: lock.store().describe(),
+        last: None,
+    };
+    // When the lock's current hold ends (start of the last successful renewal + renew deadline).
+    let mut acting_until: Option<Instant> = None;
+    let mut lease_without_lock_since: Option<Instant> = None;
+    loop {
+        if cancel.is_cancelled() {
+            publisher.standby(lock.observed_holder());
+            return;
+        }
+        let v = view.borrow_and_update().clone();
+        // What we learned long ago no longer says the API answers: treat it as unreachable.
+        let lease = if v.at.elapsed() > t.lease_duration {
+            Lease::Unreachable
+        } else {
+            v.lease
+        };
+        let acting = acting_until.is_some();
+
+        if lease == Lease::OtherHolds {
+            if acting || lock.is_leader() {
+                publisher.standby(v.holder.as_deref());
+                acting_until = None;
+                tracing::warn!(
+                    identity = lock.identity(),
+                    "stepped down: the Lease is held by {}",
+                    v.holder.as_deref().unwrap_or("someone else")
+                );
+                // Free the lock for the Lease holder now rather than at its expiry.
+                if let Ok(Err(e)) =
+                    tokio::time::timeout(lock_t.renew_deadline, lock.release(Timestamp::now()))
+                        .await
+                {
+                    errors.report(&e);
+                }
+            } else {
+                publisher.standby(v.holder.as_deref());
+            }
+        } else {
+            let started = Instant::now();
+            let limit = acting_until.map_or(lock_t.renew_deadline, |u| {
+                u.saturating_duration_since(started)
+                    .min(lock_t.renew_deadline)
+            });
+            let held = match tokio::time::timeout(
+                limit,
+                lock.try_acquire_or_renew(started, Timestamp::now()),
+            )
+            .await
+            {
+                Ok(Ok(h)) => h,
+                Ok(Err(e)) => {
+                    errors.report(&e);
+                    false
+                }
+                Err(_) => {
+                    errors.report(&LockError::Unreachable(format!(
+                        "no answer within {limit:?}"
+                    )));
+                    false
+                }
+            };
+            if held {
+                let until = started + lock_t.renew_deadline;
+                if acting_until.is_none() {
+                    let term = lock.observed_term().unwrap_or(0);
+                    publisher.leader(Timestamp::now(), term, until);
+                    tracing::info!(identity = lock.identity(), term, lease = ?lease, "became leader (holding the DynamoDB lock)");
+                } else {
+                    publisher.extend(until);
+                }
+                acting_until = Some(until);
+                errors.last = None;
+            } else if !lock.is_leader() && acting_until.is_none() {
+                publisher.standby(lock.observed_holder());
+            }
+        }
+
+        // Stop acting the moment the hold runs out, whatever else happens.
+        if acting_until.is_some_and(|u| Instant::now() >= u) {
+            publisher.standby(lock.observed_holder().filter(|h| *h != lock.identity()));
+            acting_until = None;
+            tracing::warn!(
+                identity = lock.identity(),
+                "stepped down: could not renew the DynamoDB lock within the renew deadline"
+            );
+        }
+
+        // A Lease holder that cannot get the lock gives the Lease up after one lease.
+        if lease == Lease::Held && acting_until.is_none() {
+            let since = *lease_without_lock_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= t.lease_duration {
+                give_up.notify_one();
+                lease_without_lock_since = None;
+            }
+        } else {
+            lease_without_lock_since = None;
+        }
+
+        let mut pause = if acting_until.is_some() {
+            lock_t.retry_period
+        } else {
+            jitter(lock_t.retry_period).min(t.retry_period)
+        };
+        if let Some(u) = acting_until {
+            pause = pause.min(u.saturating_duration_since(Instant::now()));
+        }
+        if let Some(expiry) = lock.other_lease_expires_in(Instant::now()) {
+            pause = pause.min(expiry + Duration::from_millis(5));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            // A change of the Lease (e.g. we just got it, or lost it) is acted on at once.
+            r = view.changed() => if r.is_err() { return },
+            _ = cancel.cancelled() => {}
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! Prometheus metrics, named as the reference gateway names them where it has them
+//! (`hybrid_gateway_*`), plus what operating two gateways needs.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::datapath::ApplyReport;
+use crate::k8s::cilium_nodes::NodeWatchStats;
+
+type Labels = Vec<(String, String)>;
+
+pub struct Metrics {
+    registry: Registry,
+    pub hybrid_nodes_configured: Gauge,
+    pub leader_is_active: Gauge,
+    pub election_term: Gauge,
+    pub election_transitions: Counter,
+    pub vtep_add: Counter,
+    pub vtep_add_errors: Counter,
+    pub vtep_remove: Counter,
+    pub vtep_remove_errors: Counter,
+    pub reconcile_duration_seconds: Histogram,
+    pub aws_route_table_update: Counter,
+    pub aws_route_table_update_errors: Counter,
+    pub aws_route_table_update_duration_seconds: Histogram,
+    pub route_sync_last_success_timestamp_seconds: Gauge<f64, AtomicU64>,
+    pub route_tables_degraded: Gauge,
+    pub routes_left_alone: Gauge,
+    pub leader_setup_duration_seconds: Histogram,
+    pub dynamodb_lock_held: Gauge,
+    pub vtep_config_writes: Counter,
+    pub vxlan_interface_up: Gauge,
+    pub vxlan_fdb_entries: Gauge,
+    pub vxlan_route_count: Gauge,
+    pub ready: Gauge,
+}
+
+impl Metrics {
+    pub fn new(identity: &str, device: &str, nodes: Arc<NodeWatchStats>) -> Self {
+        let mut registry = Registry::with_prefix("hybrid_gateway");
+        let info = Family::<Labels, Gauge>::default();
+        info.get_or_create(&vec![
+            ("version".into(), env!("CARGO_PKG_VERSION").into()),
+            ("identity".into(), identity.into()),
+        ])
+        .set(1);
+        registry.register(
+            "info",
+            "Build and identity of this gateway (always 1)",
+            info,
+        );
+
+        macro_rules! reg {
+            ($name:literal, $help:literal, $metric:expr) => {{
+                let m = $metric;
+                registry.register($name, $help, m.clone());
+                m
+            }};
+        }
+        let latency = || Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        let m = Metrics {
+            hybrid_nodes_configured: reg!(
+                "hybrid_nodes_configured",
+                "Hybrid nodes programmed into the datapath",
+                Gauge::default()
+            ),
+            leader_is_active: reg!(
+                "leader_is_active",
+                "1 while this gateway acts as leader",
+                Gauge::default()
+            ),
+            election_term: reg!(
+                "election_term",
+                "Leadership term (lock transitions) last seen",
+                Gauge::default()
+            ),
+            election_transitions: reg!(
+                "election_transitions",
+                "Times this process became leader",
+                Counter::default()
+            ),
+            vtep_add: reg!(
+                "vtep_add",
+                "Routes, ARP and FDB entries added or replaced",
+                Counter::default()
+            ),
+            vtep_add_errors: reg!(
+                "vtep_add_errors",
+                "Failed adds or replaces of datapath entries",
+                Counter::default()
+            ),
+            vtep_remove: reg!(
+                "vtep_remove",
+                "Routes, ARP and FDB entries removed",
+                Counter::default()
+            ),
+            vtep_remove_errors: reg!(
+                "vtep_remove_errors",
+                "Failed removals of datapath entries",
+                Counter::default()
+            ),
+            reconcile_duration_seconds: reg!(
+                "reconcile_duration_seconds",
+                "Duration of datapath reconcile passes",
+                latency()
+            ),
+            aws_route_table_update: reg!(
+                "aws_route_table_update",
+                "VPC route writes (create, replace, delete)",
+                Counter::default()
+            ),
+            aws_route_table_update_errors: reg!(
+                "aws_route_table_update_errors",
+                "Failed VPC route syncs",
+                Counter::default()
+            ),
+            aws_route_table_update_duration_seconds: reg!(
+                "aws_route_table_update_duration_seconds",
+                "Duration of VPC route table syncs",
+                latency()
+            ),
+            route_sync_last_success_timestamp_seconds: reg!(
+                "route_sync_last_success_timestamp_seconds",
+                "Unix time of the last VPC route sync that converged",
+                Gauge::<f64, AtomicU64>::default()
+            ),
+            route_tables_degraded: reg!(
+                "route_tables_degraded",
+                "Route tables with a route we may not take over",
+                Gauge::default()
+            ),
+            routes_left_alone: reg!(
+                "routes_left_alone",
+                "Routes for hybrid pod CIDRs owned by a non-gateway target",
+                Gauge::default()
+            ),
+            leader_setup_duration_seconds: reg!(
+                "leader_setup_duration_seconds",
+                "From becoming leader to routes and CiliumVTEPConfig in place",
+                latency()
+            ),
+            dynamodb_lock_held: reg!(
+                "dynamodb_lock_held",
+                "1 while this gateway holds the DynamoDB lock",
+                Gauge::default()
+            ),
+            vtep_config_writes: reg!(
+                "vtep_config_writes",
+                "Writes of the CiliumVTEPConfig",
+                Counter::default()
+            ),
+            vxlan_interface_up: reg!(
+                "vxlan_interface_up",
+                "1 when the VXLAN device is up",
+                Gauge::default()
+            ),
+            vxlan_fdb_entries: reg!(
+                "vxlan_fdb_entries",
+                "FDB entries on the VXLAN device",
+                Gauge::default()
+            ),
+            vxlan_route_count: reg!(
+                "vxlan_route_count",
+                "Routes via the VXLAN device",
+                Gauge::default()
+            ),
+            ready: reg!(
+                "ready",
+                "1 when the gateway is ready (device up, nodes synced, identity known)",
+                Gauge::default()
+            ),
+            registry,
+        };
+        let mut m = m;
+        m.registry.register_collector(Box::new(SysfsStats {
+            device: device.to_string(),
+        }));
+        m.registry.register_collector(Box::new(NodeCounters(nodes)));
+        m
+    }
+
+    /// Counts what a reconcile pass did.
+    pub fn record_apply(&self, r: &ApplyReport) {
+        self.vtep_add
+            .inc_by((r.routes_set + r.neighbours_set + r.fdb_set) as u64);
+        self.vtep_remove
+            .inc_by((r.routes_deleted + r.neighbours_deleted + r.fdb_deleted) as u64);
+        self.vtep_add_errors.inc_by(r.add_errors as u64);
+        self.vtep_remove_errors.inc_by(r.remove_errors as u64);
+    }
+
+    /// OpenMetrics text for `/metrics`.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// The VXLAN device's kernel counters, read at scrape time.
+#[derive(Debug)]
+struct SysfsStats {
+    device: String,
+}
+
+impl Collector for SysfsStats {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for (file, name, help) in [
+            (
+                "rx_bytes",
+                "vxlan_rx_bytes",
+                "Bytes received on the VXLAN device",
+            ),
+            (
+                "tx_bytes",
+                "vxlan_tx_bytes",
+                "Bytes sent on the VXLAN device",
+            ),
+            (
+                "rx_packets",
+                "vxlan_rx_packets",
+                "Packets received on the VXLAN device",
+            ),
+            (
+                "tx_packets",
+                "vxlan_tx_packets",
+                "Packets sent on the VXLAN device",
+            ),
+            (
+                "rx_dropped",
+                "vxlan_rx_dropped",
+                "Received packets dropped on the VXLAN device",
+            ),
+            (
+                "tx_dropped",
+                "vxlan_tx_dropped",
+                "Sent packets dropped on the VXLAN device",
+            ),
+            (
+                "rx_errors",
+                "vxlan_rx_errors",
+                "Receive errors on the VXLAN device",
+            ),
+            (
+                "tx_errors",
+                "vxlan_tx_errors",
+                "Send errors on the VXLAN device",
+            ),
+        ] {
+            let path = format!("/sys/class/net/{}/statistics/{file}", self.device);
+            let Some(v) = std::fs::read_to_string(path)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let c = ConstCounter::new(v);
+            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct NodeCounters(Arc<NodeWatchStats>);
+
+impl Collector for NodeCounters {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let skipped = ConstCounter::new(self.0.malformed_skipped.load(Ordering::Relaxed));
+        skipped.encode(encoder.encode_descriptor(
+            "malformed_nodes_skipped",
+            "CiliumNodes skipped as unusable (once per node and reason)",
+            None,
+            skipped.metric_type(),
+        )?)?;
+        let errors = ConstCounter::new(self.0.watch_errors.load(Ordering::Relaxed));
+        errors.encode(encoder.encode_descriptor(
+            "ciliumnode_watch_errors",
+            "CiliumNode watch errors recovered from",
+            None,
+            errors.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,9 @@
+//! How operators see the daemon: logs, Prometheus metrics, health and status endpoints.
+
+pub mod logging;
+pub mod metrics;
+pub mod server;
+pub mod status;
+
+pub use metrics::Metrics;
+pub use status::{DaemonStatus, StatusSnapshot};

@@ -1,0 +1,151 @@
+//! The daemon's own view of itself: what `/readyz`, `/status`, `hybrid-gateway status` and
+//! systemd's STATUS= line are made of.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+const LAST_ERRORS: usize = 10;
+
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartStatus {
+    pub alive: bool,
+    pub restarts: u32,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusSnapshot {
+    pub version: String,
+    pub identity: String,
+    /// "leader" or "standby".
+    pub role: String,
+    pub leader: Option<String>,
+    pub leader_since: Option<String>,
+    pub term: Option<u32>,
+    pub device_up: bool,
+    pub nodes_synced: bool,
+    pub identity_known: bool,
+    pub nodes_programmed: usize,
+    pub route_tables_total: usize,
+    pub route_tables_in_sync: usize,
+    pub route_tables_degraded: Vec<String>,
+    pub parts: BTreeMap<String, PartStatus>,
+    pub last_errors: VecDeque<String>,
+}
+
+impl StatusSnapshot {
+    /// Ready to carry traffic: the device is up, the first node sync is applied and we
+    /// know who we are.
+    pub fn ready(&self) -> bool {
+        self.device_up && self.nodes_synced && self.identity_known
+    }
+
+    /// Every supervised part is running.
+    pub fn healthy(&self) -> bool {
+        self.parts.values().all(|p| p.alive)
+    }
+
+    /// One line for `systemctl status`.
+    pub fn line(&self) -> String {
+        let nodes = format!(
+            "{} hybrid node{}",
+            self.nodes_programmed,
+            if self.nodes_programmed == 1 { "" } else { "s" }
+        );
+        let mut parts = Vec::new();
+        if !self.ready() {
+            let mut waiting = Vec::new();
+            if !self.device_up {
+                waiting.push("device");
+            }
+            if !self.identity_known {
+                waiting.push("identity");
+            }
+            if !self.nodes_synced {
+                waiting.push("first node sync");
+            }
+            parts.push(format!("starting: waiting for {}", waiting.join(", ")));
+        } else if self.role == "leader" {
+            parts.push(format!(
+                "leader since {}",
+                self.leader_since.as_deref().unwrap_or("?")
+            ));
+        } else {
+            parts.push(format!(
+                "standby · leader {}",
+                self.leader.as_deref().unwrap_or("none")
+            ));
+        }
+        parts.push(nodes);
+        if self.role == "leader" && self.route_tables_total > 0 {
+            parts.push(format!(
+                "{}/{} route tables in sync",
+                self.route_tables_in_sync, self.route_tables_total
+            ));
+        }
+        if !self.route_tables_degraded.is_empty() {
+            parts.push(format!("{} degraded", self.route_tables_degraded.len()));
+        }
+        let down: Vec<&str> = self
+            .parts
+            .iter()
+            .filter(|(_, p)| !p.alive)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        if !down.is_empty() {
+            parts.push(format!("restarting {}", down.join(", ")));
+        }
+        parts.join(" · ")
+    }
+}
+
+/// Shared, updated by the parts, read by the endpoints and the systemd notifier.
+#[derive(Debug, Default)]
+pub struct DaemonStatus {
+    inner: Mutex<StatusSnapshot>,
+    pub changed: Notify,
+}
+
+impl DaemonStatus {
+    pub fn new(identity: &str) -> Self {
+        DaemonStatus {
+            inner: Mutex::new(StatusSnapshot {
+                version: env!("CARGO_PKG_VERSION").into(),
+                identity: identity.into(),
+                role: "standby".into(),
+                ..StatusSnapshot::default()
+            }),
+            changed: Notify::new(),
+        }
+    }
+
+    pub fn snapshot(&self) -> StatusSnapshot {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Applies `f`; wakes watchers only when something actually changed.
+    pub fn update(&self, f: impl FnOnce(&mut StatusSnapshot)) {
+        let mut s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let before = s.clone();
+        f(&mut s);
+        if *s != before {
+            drop(s);
+            self.changed.notify_waiters();
+        }
+    }
+
+    pub fn error(&self, text: String) {
+        self.update(|s| {
+            s.last_errors.push_back(format!(
+                "{} {text}",
+                jiff::Timestamp::now().strftime("%H:%M:%S")
+            ));
+            while s.last_errors.len() > LAST_ERRORS {
+                s.last_errors.pop_front();
+            }
+        });
+    }
+}
