@@ -35,6 +35,8 @@ const T: Timings = Timings {
 const SETTLE: Duration = Duration::from_secs(6);
 
 type Gw = Combined<LeaseLock, DynamoDbLockStore>;
+/// Who the overlap monitor watches: name, published leadership, process alive.
+type Watched = Arc<Mutex<Vec<(&'static str, ElectionHandle, bool)>>>;
 
 struct Gateway {
     name: &'static str,
@@ -177,9 +179,9 @@ async fn no_two_leaders_under_any_partition_and_a_leader_whenever_dynamodb_is_re
 
     // Sample who acts every 5 ms for the whole test.
     let violations = Arc::new(Mutex::new(Vec::<String>::new()));
-    let shared: Arc<Mutex<Vec<(&'static str, ElectionHandle, bool)>>> =
+    let shared: Watched =
         Arc::new(Mutex::new(Vec::new()));
-    let refresh = |shared: &Arc<Mutex<Vec<(&'static str, ElectionHandle, bool)>>>,
+    let refresh = |shared: &Watched,
                    a: &Gateway,
                    b: &Gateway| {
         *shared.lock().unwrap() = vec![
