@@ -30,6 +30,12 @@ enum Command {
         #[arg(default_value = DEFAULT_PATH)]
         path: PathBuf,
     },
+    /// Show the local daemon's view (role, leader, term, nodes, route tables, last errors);
+    /// exits 0 only when it is ready.
+    Status {
+        #[arg(long, default_value = DEFAULT_PATH)]
+        config: PathBuf,
+    },
     /// Print the VXLAN device MAC that a gateway with this node IP uses (the `mac` of its
     /// CiliumVTEPConfig entry).
     VtepMac { node_ip: std::net::Ipv4Addr },
@@ -43,6 +49,21 @@ fn main() -> ExitCode {
         Command::Version => {
             println!("hybrid-gateway {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
+        }
+        Command::Status { config } => {
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(daemon::EXIT_CONFIG);
+                }
+            };
+            let code = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map(|rt| rt.block_on(hybrid_gateway::telemetry::status_client::run(&config)))
+                .unwrap_or(3);
+            ExitCode::from(code)
         }
         Command::VtepMac { node_ip } => {
             println!("{}", hybrid_gateway::datapath::Mac::for_gateway(node_ip));

@@ -179,11 +179,8 @@ async fn no_two_leaders_under_any_partition_and_a_leader_whenever_dynamodb_is_re
 
     // Sample who acts every 5 ms for the whole test.
     let violations = Arc::new(Mutex::new(Vec::<String>::new()));
-    let shared: Watched =
-        Arc::new(Mutex::new(Vec::new()));
-    let refresh = |shared: &Watched,
-                   a: &Gateway,
-                   b: &Gateway| {
+    let shared: Watched = Arc::new(Mutex::new(Vec::new()));
+    let refresh = |shared: &Watched, a: &Gateway, b: &Gateway| {
         *shared.lock().unwrap() = vec![
             (a.name, a.handle.clone(), a.task.is_some()),
             (b.name, b.handle.clone(), b.task.is_some()),

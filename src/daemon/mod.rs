@@ -1,8 +1,13 @@
 //! `hybrid-gateway run`: set the datapath up, keep it matching the hybrid nodes, and take
 //! part in the election; the leader keeps the CiliumVTEPConfig right.
 
+mod aws_side;
+mod leader;
 mod node_sync;
+mod route_sync;
 mod static_nodes;
+mod supervisor;
+mod systemd;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -10,17 +15,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use jiff::Timestamp;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use aws_side::AwsSide;
+use supervisor::supervise;
+
 use crate::config::Config;
-use crate::datapath::{Datapath, Mac};
-use crate::election::{self, lease::LeaseLock, Elector, Timings};
+use crate::datapath::Datapath;
 use crate::k8s::cilium_nodes::{self, NodeSet, NodeWatchStats};
-use crate::k8s::{client, vtep_config};
+use crate::k8s::client;
+use crate::telemetry::{self, DaemonStatus, Metrics};
 
 /// sysexits' EX_CONFIG: the unit file's RestartPreventExitStatus keeps systemd from
 /// restart-looping on a configuration only a human can fix.
@@ -30,14 +37,14 @@ pub const EXIT_CONFIG: u8 = 78;
 const SHUTDOWN_BUDGET: Duration = Duration::from_secs(4);
 
 pub fn main(config_path: &Path, static_nodes: Option<&Path>) -> ExitCode {
-    init_logging();
     let config = match Config::load(config_path) {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!("{e}");
+            eprintln!("{e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    telemetry::logging::init(&config.telemetry.log_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -58,33 +65,53 @@ pub fn main(config_path: &Path, static_nodes: Option<&Path>) -> ExitCode {
     }
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+/// This process's election identity: stable per host (instance id, else hostname), plus a
+/// per-process suffix so two processes on one host (an upgrade overlapping a stop) never
+/// share it.
+fn identity(config: &Config, instance_id: Option<&str>) -> String {
+    let base = config
+        .election
+        .identity
+        .clone()
+        .or_else(|| instance_id.map(str::to_string))
+        .unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "gateway".into())
+        });
+    format!("{base}_{:08x}", fastrand::u32(..))
 }
 
-/// This process's election identity: stable per host, plus a per-process suffix so two
-/// processes on one host (an upgrade overlapping a stop) never share it.
-fn identity(config: &Config) -> String {
-    let base = config.election.identity.clone().unwrap_or_else(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "gateway".into())
-    });
-    format!("{base}_{:08x}", fastrand::u32(..))
+/// AWS is needed for VPC routes, the DynamoDB lock, or to learn the node IP.
+fn needs_aws(config: &Config) -> bool {
+    !config.aws.route_table_ids.is_empty()
+        || config.aws.route_table_tag.is_some()
+        || config.election.dynamodb.is_some()
+        || config.gateway.node_ip.is_none()
 }
 
 async fn run(config: Config, static_nodes: Option<PathBuf>) -> anyhow::Result<()> {
     tracing::info!("{}", config.summary());
-    let node_ip = config
-        .gateway
-        .node_ip
-        .context("gateway.node_ip is not set; this build cannot look it up from IMDS yet, so set it to the instance's primary private IPv4")?;
+    let cancel = CancellationToken::new();
+
+    // Who we are: IMDS (config values win), or the config alone when AWS is not used.
+    let aws = if needs_aws(&config) && static_nodes.is_none() {
+        Some(AwsSide::discover(&config).await?)
+    } else {
+        None
+    };
+    let node_ip = match (&aws, config.gateway.node_ip) {
+        (Some(a), _) => a.identity.local_ipv4,
+        (None, Some(ip)) => ip,
+        (None, None) => anyhow::bail!(
+            "gateway.node_ip is not set and AWS is not used; set it to this gateway's VPC address"
+        ),
+    };
+    let id = identity(
+        &config,
+        aws.as_ref().map(|a| a.identity.instance_id.as_str()),
+    );
+    let status = Arc::new(DaemonStatus::new(&id));
 
     let (datapath, changes) = Datapath::setup(&config, node_ip)
         .await
@@ -94,22 +121,75 @@ async fn run(config: Config, static_nodes: Option<PathBuf>) -> anyhow::Result<()
     }
     let device = datapath.device().clone();
     tracing::info!(device = %device.name, ifindex = device.index, mac = %device.mac, mtu = device.mtu, underlay = %device.underlay, "VXLAN device {}", device.action);
+    let node_stats = Arc::new(NodeWatchStats::default());
+    let metrics = Arc::new(Metrics::new(&id, &device.name, node_stats.clone()));
+    metrics.vxlan_interface_up.set(1);
+    status.update(|s| {
+        s.device_up = true;
+        s.identity_known = true;
+    });
 
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
 
-    let cancel = CancellationToken::new();
-    let (nodes_tx, nodes_rx) = watch::channel::<Option<NodeSet>>(None);
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
-    tasks.push(tokio::spawn(node_sync::run(
-        datapath,
-        nodes_rx,
-        config.datapath.resync_interval,
+    let t = &config.telemetry;
+    for (addr, router) in [
+        (
+            t.metrics_listen,
+            telemetry::server::metrics_router(metrics.clone(), status.clone()),
+        ),
+        (
+            t.health_listen,
+            telemetry::server::health_router(metrics.clone(), status.clone()),
+        ),
+    ] {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening on {addr}"))?;
+        let c = cancel.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { c.cancelled().await })
+                .await
+            {
+                tracing::error!("HTTP server on {addr}: {e}");
+            }
+        }));
+    }
+    tasks.push(tokio::spawn(systemd::status_notifier(
+        status.clone(),
+        cancel.clone(),
+    )));
+    tasks.push(tokio::spawn(systemd::watchdog(
+        status.clone(),
         cancel.clone(),
     )));
 
-    let mut leadership = None;
+    let (nodes_tx, nodes_rx) = watch::channel::<Option<NodeSet>>(None);
+    let datapath = Arc::new(datapath);
+    let obs = node_sync::Observers {
+        status: status.clone(),
+        metrics: metrics.clone(),
+    };
+    let resync = config.datapath.resync_interval;
+    {
+        let (dp, rx, obs, c) = (
+            datapath.clone(),
+            nodes_rx.clone(),
+            obs.clone(),
+            cancel.clone(),
+        );
+        tasks.push(supervise(
+            "datapath",
+            status.clone(),
+            cancel.clone(),
+            move || node_sync::run(dp.clone(), rx.clone(), resync, obs.clone(), c.clone()),
+        ));
+    }
+
+    let mut election = None;
     match &static_nodes {
         Some(path) => {
             nodes_tx.send_replace(Some(Arc::new(load_nodes(path)?)));
@@ -119,17 +199,39 @@ async fn run(config: Config, static_nodes: Option<PathBuf>) -> anyhow::Result<()
             );
         }
         None => {
-            let kube = client::connect(&config.kubernetes, None)
+            let kube = client::connect(&config.kubernetes, aws.as_ref().map(|a| &a.sdk))
                 .await
                 .context("connecting to Kubernetes")?;
-            let stats = Arc::new(NodeWatchStats::default());
-            tasks.push(tokio::spawn(cilium_nodes::run(
-                kube.clone(),
-                nodes_tx.clone(),
-                stats,
-                cancel.clone(),
-            )));
-            leadership = Some(Leadership::start(&config, kube, node_ip, device.mac));
+            {
+                let (k, tx, st, c) = (
+                    kube.clone(),
+                    nodes_tx.clone(),
+                    node_stats.clone(),
+                    cancel.clone(),
+                );
+                tasks.push(supervise(
+                    "ciliumnode-watch",
+                    status.clone(),
+                    cancel.clone(),
+                    move || cilium_nodes::run(k.clone(), tx.clone(), st.clone(), c.clone()),
+                ));
+            }
+            let routes = aws
+                .as_ref()
+                .and_then(|a| a.route_sync(&config, status.clone(), metrics.clone()));
+            election = Some(leader::Election::start(
+                &config,
+                leader::LeaderInputs {
+                    kube,
+                    identity: id.clone(),
+                    node_ip,
+                    mac: device.mac,
+                    dynamodb: aws.as_ref().map(|a| aws_sdk_dynamodb::Client::new(&a.sdk)),
+                    routes,
+                    status: status.clone(),
+                    metrics: metrics.clone(),
+                },
+            ));
         }
     }
 
@@ -137,19 +239,29 @@ async fn run(config: Config, static_nodes: Option<PathBuf>) -> anyhow::Result<()
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => if let Some(path) = &static_nodes {
-                match load_nodes(path) {
-                    Ok(n) => { tracing::info!(nodes = n.len(), "reloaded {}", path.display()); nodes_tx.send_replace(Some(Arc::new(n))); }
-                    Err(e) => tracing::error!("{e:#}; keeping the previous node list"),
+            _ = hup.recv() => {
+                systemd::reloading();
+                if let Some(path) = &static_nodes {
+                    match load_nodes(path) {
+                        Ok(n) => { tracing::info!(nodes = n.len(), "reloaded {}", path.display()); nodes_tx.send_replace(Some(Arc::new(n))); }
+                        Err(e) => tracing::error!("{e:#}; keeping the previous node list"),
+                    }
                 }
-            },
+                match Config::load(&config.path) {
+                    Ok(new) if new == config => tracing::info!("configuration unchanged"),
+                    Ok(_) => tracing::warn!("configuration changed on disk: restart the daemon to apply it (systemctl restart hybrid-gateway; the datapath is kept)"),
+                    Err(e) => tracing::error!("new configuration rejected, keeping the running one: {e}"),
+                }
+                systemd::reloaded();
+            }
         }
     }
 
+    systemd::stopping();
     tracing::info!("stopping; the device and its entries stay so traffic keeps flowing");
     let stop = async {
-        if let Some(l) = leadership {
-            l.stop().await;
+        if let Some(e) = election {
+            e.stop().await;
         }
         cancel.cancel();
         for t in tasks {
@@ -160,91 +272,6 @@ async fn run(config: Config, static_nodes: Option<PathBuf>) -> anyhow::Result<()
         tracing::warn!("parts did not stop within {SHUTDOWN_BUDGET:?}; exiting anyway");
     }
     Ok(())
-}
-
-/// The election and the leader-only work that follows it.
-struct Leadership {
-    election: JoinHandle<Elector<LeaseLock>>,
-    election_cancel: CancellationToken,
-    leader_work: Vec<JoinHandle<()>>,
-    leader_cancel: CancellationToken,
-    request_timeout: Duration,
-}
-
-impl Leadership {
-    fn start(config: &Config, kube: kube::Client, node_ip: std::net::Ipv4Addr, mac: Mac) -> Self {
-        let e = &config.election;
-        let id = identity(config);
-        tracing::info!(identity = %id, lease = %format!("{}/{}", e.namespace, e.lease_name), "joining the election");
-        let timings = Timings {
-            lease_duration: e.lease_duration,
-            renew_deadline: e.renew_deadline,
-            retry_period: e.retry_period,
-        };
-        let request_timeout = config.kubernetes.request_timeout.min(e.renew_deadline);
-        let lock = LeaseLock::new(kube.clone(), &e.namespace, &e.lease_name, request_timeout);
-        let mut elector = Elector::new(lock, id.clone(), timings);
-        let (publisher, handle) = election::channel();
-        let election_cancel = CancellationToken::new();
-        let leader_cancel = CancellationToken::new();
-
-        let (wake, lease_watch) = election::lease::watch_changes(
-            kube.clone(),
-            &e.namespace,
-            &e.lease_name,
-            election_cancel.clone(),
-        );
-        let c = election_cancel.clone();
-        let election = tokio::spawn(async move {
-            election::run(&mut elector, &publisher, Some(wake), c).await;
-            elector
-        });
-        let spec = vtep_config::VtepSpec {
-            tunnel_endpoint: node_ip,
-            mac,
-            vpc_cidrs: config.gateway.vpc_cidrs.clone(),
-        };
-        let vtep = tokio::spawn(vtep_config::run(
-            kube,
-            spec,
-            id,
-            handle,
-            request_timeout,
-            leader_cancel.clone(),
-        ));
-        Leadership {
-            election,
-            election_cancel,
-            leader_work: vec![vtep, lease_watch],
-            leader_cancel,
-            request_timeout,
-        }
-    }
-
-    /// Standby first, then leader work stopped, then the Lease released: the next leader
-    /// can start at once and never overlaps with us.
-    async fn stop(self) {
-        self.election_cancel.cancel();
-        let elector = self.election.await;
-        self.leader_cancel.cancel();
-        for t in self.leader_work {
-            let _ = t.await;
-        }
-        if let Ok(mut elector) = elector {
-            match tokio::time::timeout(self.request_timeout, elector.release(Timestamp::now()))
-                .await
-            {
-                Ok(Ok(true)) => tracing::info!(identity = elector.identity(), "released the Lease"),
-                Ok(Ok(false)) => {}
-                Ok(Err(e)) => tracing::warn!(
-                    "could not release the Lease ({e}); the standby takes over when it expires"
-                ),
-                Err(_) => tracing::warn!(
-                    "releasing the Lease timed out; the standby takes over when it expires"
-                ),
-            }
-        }
-    }
 }
 
 fn load_nodes(path: &Path) -> anyhow::Result<Vec<crate::datapath::HybridNode>> {

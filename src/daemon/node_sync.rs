@@ -6,16 +6,27 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use std::sync::Arc;
+
 use crate::datapath::{Datapath, Reconciled};
 use crate::k8s::cilium_nodes::NodeSet;
+use crate::telemetry::{DaemonStatus, Metrics};
 
 const RETRY_MIN: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
+/// Where a reconcile pass reports to.
+#[derive(Clone)]
+pub struct Observers {
+    pub status: Arc<DaemonStatus>,
+    pub metrics: Arc<Metrics>,
+}
+
 pub async fn run(
-    datapath: Datapath,
+    datapath: Arc<Datapath>,
     mut nodes: watch::Receiver<Option<NodeSet>>,
     resync: Duration,
+    obs: Observers,
     cancel: CancellationToken,
 ) {
     let mut reporter = Reporter::default();
@@ -33,6 +44,21 @@ pub async fn run(
         let wait = match datapath.reconcile(&set).await {
             Ok(r) => {
                 reporter.report(&r);
+                obs.metrics.record_apply(&r.report);
+                obs.metrics
+                    .reconcile_duration_seconds
+                    .observe(r.elapsed.as_secs_f64());
+                obs.metrics.hybrid_nodes_configured.set(r.nodes as i64);
+                obs.metrics.vxlan_route_count.set(r.routes as i64);
+                obs.metrics.vxlan_fdb_entries.set(r.fdb as i64);
+                for e in &r.report.errors {
+                    obs.status.error(e.to_string());
+                }
+                let clean = r.report.errors.is_empty();
+                obs.status.update(|s| {
+                    s.nodes_programmed = r.nodes;
+                    s.nodes_synced |= clean;
+                });
                 if r.report.errors.is_empty() {
                     failures = 0;
                     resync
@@ -44,6 +70,7 @@ pub async fn run(
             Err(e) => {
                 failures += 1;
                 tracing::warn!("reconcile failed, retrying: {e}");
+                obs.status.error(format!("reconcile: {e}"));
                 backoff(failures)
             }
         };

@@ -34,6 +34,10 @@ pub struct Datapath {
 pub struct Reconciled {
     /// Entries the kernel should hold (routes + ARP + FDB + unreachable).
     pub desired_entries: usize,
+    /// Nodes programmed (accepted), routes (pod CIDRs) and FDB entries wanted.
+    pub nodes: usize,
+    pub routes: usize,
+    pub fdb: usize,
     pub rejected: Vec<Rejection>,
     pub report: ApplyReport,
     pub elapsed: Duration,
@@ -80,6 +84,9 @@ impl Datapath {
         };
         Ok(Reconciled {
             desired_entries: desired.entry_count(),
+            nodes: desired.neighbours.len(),
+            routes: desired.routes.len(),
+            fdb: desired.fdb.len(),
             rejected,
             report,
             elapsed: started.elapsed(),

@@ -244,7 +244,9 @@ pub async fn run(
         };
         match next {
             Some(Ok(event)) => {
-                if failing {
+                // Init arrives before the list is even tried: only a finished list or a
+                // real event proves the API answers again.
+                if failing && !matches!(event, Event::Init | Event::InitApply(_)) {
                     tracing::info!("CiliumNode watch recovered");
                     failing = false;
                 }

@@ -8,8 +8,15 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 /// `RUST_LOG` wins over the configured level so an operator can turn up one run.
 pub fn init(level: &str) {
+    // kube's watcher logs every failed reconnect at ERROR; our watch loops report an outage
+    // once and its end once, so its own lines are noise unless asked for by name.
+    let level = if level.contains("kube_runtime") {
+        level.to_string()
+    } else {
+        format!("{level},kube_runtime::watcher=off")
+    };
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info")));
+        .unwrap_or_else(|_| EnvFilter::try_new(&level).unwrap_or_else(|_| EnvFilter::new("info")));
     let journald = if stderr_is_journal() {
         tracing_journald::layer()
             .ok()

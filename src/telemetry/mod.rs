@@ -4,6 +4,7 @@ pub mod logging;
 pub mod metrics;
 pub mod server;
 pub mod status;
+pub mod status_client;
 
 pub use metrics::Metrics;
 pub use status::{DaemonStatus, StatusSnapshot};

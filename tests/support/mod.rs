@@ -120,6 +120,10 @@ pub struct Proc {
 }
 
 impl Proc {
+    pub fn from_child(child: Child) -> Self {
+        Proc { child: Some(child) }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }

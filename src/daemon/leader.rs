@@ -1,0 +1,215 @@
+//! The election this gateway takes part in — the Lease alone, or the Lease plus the
+//! DynamoDB lock — and the leader-only work that follows it.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::route_sync::RouteSync;
+use crate::config::Config;
+use crate::datapath::Mac;
+use crate::election::combined::{self, Combined};
+use crate::election::dynamodb::DynamoDbLockStore;
+use crate::election::{self, lease::LeaseLock, ElectionHandle, Elector, Leadership, Timings};
+use crate::k8s::vtep_config;
+use crate::telemetry::{DaemonStatus, Metrics};
+
+enum Contest {
+    Lease(JoinHandle<Elector<LeaseLock>>),
+    Combined(JoinHandle<Combined<LeaseLock, DynamoDbLockStore>>),
+}
+
+pub struct Election {
+    contest: Contest,
+    election_cancel: CancellationToken,
+    leader_work: Vec<JoinHandle<()>>,
+    leader_cancel: CancellationToken,
+    request_timeout: Duration,
+}
+
+pub struct LeaderInputs {
+    pub kube: kube::Client,
+    pub identity: String,
+    pub node_ip: Ipv4Addr,
+    pub mac: Mac,
+    pub dynamodb: Option<aws_sdk_dynamodb::Client>,
+    pub routes: Option<Arc<RouteSync>>,
+    pub status: Arc<DaemonStatus>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Election {
+    pub fn start(config: &Config, inputs: LeaderInputs) -> Self {
+        let e = &config.election;
+        let timings = Timings {
+            lease_duration: e.lease_duration,
+            renew_deadline: e.renew_deadline,
+            retry_period: e.retry_period,
+        };
+        let request_timeout = config.kubernetes.request_timeout.min(e.renew_deadline);
+        let lease = Elector::new(
+            LeaseLock::new(
+                inputs.kube.clone(),
+                &e.namespace,
+                &e.lease_name,
+                request_timeout,
+            ),
+            inputs.identity.clone(),
+            timings,
+        );
+        let (publisher, handle) = election::channel();
+        let election_cancel = CancellationToken::new();
+        let leader_cancel = CancellationToken::new();
+        let (wake, lease_watch) = election::lease::watch_changes(
+            inputs.kube.clone(),
+            &e.namespace,
+            &e.lease_name,
+            election_cancel.clone(),
+        );
+        let c = election_cancel.clone();
+        let contest = match (&e.dynamodb, inputs.dynamodb) {
+            (Some(d), Some(client)) => {
+                tracing::info!(identity = %inputs.identity, lease = %format!("{}/{}", e.namespace, e.lease_name), table = %d.table, "joining the election (Lease + DynamoDB lock)");
+                let lock_t = Timings {
+                    lease_duration: d.lease_duration,
+                    ..timings
+                };
+                let lock = Elector::new(
+                    DynamoDbLockStore::new(client, &d.table, &d.key, request_timeout),
+                    inputs.identity.clone(),
+                    lock_t,
+                );
+                let mut both = Combined { lease, lock };
+                Contest::Combined(tokio::spawn(async move {
+                    combined::run(&mut both, &publisher, Some(wake), c).await;
+                    both
+                }))
+            }
+            _ => {
+                tracing::info!(identity = %inputs.identity, lease = %format!("{}/{}", e.namespace, e.lease_name), "joining the election (Lease)");
+                let mut lease = lease;
+                Contest::Lease(tokio::spawn(async move {
+                    election::run(&mut lease, &publisher, Some(wake), c).await;
+                    lease
+                }))
+            }
+        };
+
+        let spec = vtep_config::VtepSpec {
+            tunnel_endpoint: inputs.node_ip,
+            mac: inputs.mac,
+            vpc_cidrs: config.gateway.vpc_cidrs.clone(),
+        };
+        let mut leader_work = vec![lease_watch];
+        leader_work.push(tokio::spawn(vtep_config::run(
+            inputs.kube,
+            spec,
+            inputs.identity,
+            handle.clone(),
+            request_timeout,
+            leader_cancel.clone(),
+        )));
+        if let Some(r) = inputs.routes {
+            leader_work.push(tokio::spawn(r.run(handle.clone(), leader_cancel.clone())));
+        }
+        leader_work.push(tokio::spawn(follow(
+            handle.clone(),
+            inputs.status,
+            inputs.metrics,
+            leader_cancel.clone(),
+        )));
+        Election {
+            contest,
+            election_cancel,
+            leader_work,
+            leader_cancel,
+            request_timeout,
+        }
+    }
+
+    /// Standby first, then leader work stopped, then the locks released: the next leader
+    /// can start at once and never overlaps with us.
+    pub async fn stop(self) {
+        self.election_cancel.cancel();
+        let contest = match self.contest {
+            Contest::Lease(t) => t.await.ok().map(Ok),
+            Contest::Combined(t) => t.await.ok().map(Err),
+        };
+        self.leader_cancel.cancel();
+        for t in self.leader_work {
+            let _ = t.await;
+        }
+        match contest {
+            Some(Ok(mut lease)) => match tokio::time::timeout(
+                self.request_timeout,
+                lease.release(jiff::Timestamp::now()),
+            )
+            .await
+            {
+                Ok(Ok(true)) => tracing::info!(identity = lease.identity(), "released the Lease"),
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => tracing::warn!(
+                    "could not release the Lease ({e}); the standby takes over when it expires"
+                ),
+                Err(_) => tracing::warn!(
+                    "releasing the Lease timed out; the standby takes over when it expires"
+                ),
+            },
+            Some(Err(mut both)) => {
+                let (lock, lease) = both.release(self.request_timeout).await;
+                match lock {
+                    Ok(true) => tracing::info!("released the DynamoDB lock"),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!("could not release the DynamoDB lock ({e}); the standby takes over when it expires"),
+                }
+                match lease {
+                    Ok(true) => tracing::info!("released the Lease"),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!("could not release the Lease ({e})"),
+                }
+            }
+            None => {}
+        }
+    }
+}
+
+/// Mirrors leadership into the status line and metrics.
+async fn follow(
+    mut handle: ElectionHandle,
+    status: Arc<DaemonStatus>,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let l = handle.leadership.borrow_and_update().clone();
+        match &l {
+            Leadership::Leader { since, term } => {
+                metrics.leader_is_active.set(1);
+                metrics.election_term.set(i64::from(*term));
+                metrics.election_transitions.inc();
+                let since = since.strftime("%H:%M:%S").to_string();
+                status.update(|s| {
+                    s.role = "leader".into();
+                    s.leader = Some(s.identity.clone());
+                    s.leader_since = Some(since);
+                    s.term = Some(*term);
+                });
+            }
+            Leadership::Standby { leader } => {
+                metrics.leader_is_active.set(0);
+                status.update(|s| {
+                    s.role = "standby".into();
+                    s.leader = leader.clone();
+                    s.leader_since = None;
+                });
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = handle.leadership.changed() => if r.is_err() { return },
+        }
+    }
+}
