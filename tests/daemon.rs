@@ -70,7 +70,7 @@ fn systemd_notify_health_metrics_and_status() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut daemon = support::Proc::from_child(child);
+    let daemon = support::Proc::from_child(child);
 
     let mut got = Vec::<String>::new();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -90,8 +90,7 @@ fn systemd_notify_health_metrics_and_status() {
     );
     let status = got
         .iter()
-        .filter(|m| m.starts_with("STATUS="))
-        .last()
+        .rfind(|m| m.starts_with("STATUS="))
         .cloned()
         .unwrap_or_default();
     assert!(status.contains("1 hybrid node"), "{status}");
