@@ -195,6 +195,24 @@ impl Validator<'_> {
             "gateway.vpc_cidrs",
             &vpc_cidrs,
         )?;
+        // Cilium masks every destination with one VTEP mask before looking it up, so all
+        // VTEP CIDRs must share one prefix length.
+        if let Some((odd, span)) = vpc_cidrs
+            .iter()
+            .find(|(n, _)| n.prefix_len() != vpc_cidrs[0].0.prefix_len())
+        {
+            return Err(self.invalid(
+                "gateway.vpc_cidrs",
+                span,
+                format!("\"{odd}\""),
+                format!(
+                    "has prefix length /{}, but {} is /{}: Cilium applies one mask to all VTEP CIDRs; list the VPC's ranges split to one length",
+                    odd.prefix_len(),
+                    vpc_cidrs[0].0,
+                    vpc_cidrs[0].0.prefix_len()
+                ),
+            ));
+        }
 
         let vxlan = raw.vxlan.unwrap_or_default();
         let interface = match vxlan.interface {

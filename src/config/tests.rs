@@ -224,3 +224,20 @@ fn unreadable_file() {
         "{err}"
     );
 }
+
+#[test]
+fn vpc_cidrs_share_one_prefix_length() {
+    rejects(
+        &GOOD.replace(
+            "[\"10.250.0.0/16\"]",
+            "[\"10.250.0.0/16\", \"10.251.0.0/20\"]",
+        ),
+        4,
+        &["10.251.0.0/20", "one mask"],
+    );
+    assert!(parse(&GOOD.replace(
+        "[\"10.250.0.0/16\"]",
+        "[\"10.250.0.0/16\", \"10.251.0.0/16\"]"
+    ))
+    .is_ok());
+}

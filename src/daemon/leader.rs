@@ -28,6 +28,8 @@ pub struct Election {
     leader_work: Vec<JoinHandle<()>>,
     leader_cancel: CancellationToken,
     request_timeout: Duration,
+    handle: ElectionHandle,
+    routes: Option<Arc<RouteSync>>,
 }
 
 pub struct LeaderInputs {
@@ -112,7 +114,7 @@ impl Election {
             request_timeout,
             leader_cancel.clone(),
         )));
-        if let Some(r) = inputs.routes {
+        if let Some(r) = inputs.routes.clone() {
             leader_work.push(tokio::spawn(r.run(handle.clone(), leader_cancel.clone())));
         }
         leader_work.push(tokio::spawn(follow(
@@ -127,12 +129,29 @@ impl Election {
             leader_work,
             leader_cancel,
             request_timeout,
+            handle,
+            routes: inputs.routes,
         }
     }
 
     /// Standby first, then leader work stopped, then the locks released: the next leader
     /// can start at once and never overlaps with us.
-    pub async fn stop(self) {
+    /// `final_stop` (package removal, not a restart) with `aws.cleanup_on_shutdown` first
+    /// deletes this gateway's VPC routes, while it still leads.
+    pub async fn stop(self, final_stop: bool) {
+        if final_stop && self.handle.leadership.borrow().is_leader() {
+            if let Some(r) = &self.routes {
+                match r.routes.cleanup(&r.eni, &self.handle).await {
+                    Ok(report) => tracing::info!(
+                        deleted = report.deleted(),
+                        "final stop: deleted this gateway's VPC routes"
+                    ),
+                    Err(e) => tracing::warn!(
+                        "final stop: could not delete this gateway's VPC routes: {e}"
+                    ),
+                }
+            }
+        }
         self.election_cancel.cancel();
         let contest = match self.contest {
             Contest::Lease(t) => t.await.ok().map(Ok),

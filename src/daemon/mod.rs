@@ -33,6 +33,9 @@ use crate::telemetry::{self, DaemonStatus, Metrics};
 /// restart-looping on a configuration only a human can fix.
 pub const EXIT_CONFIG: u8 = 78;
 
+/// Created by the package's removal script just before it stops the service.
+const FINAL_STOP_MARKER: &str = "/run/hybrid-gateway/final-stop";
+
 /// Everything must be down this long after SIGTERM (systemd's stop timeout is longer).
 const SHUTDOWN_BUDGET: Duration = Duration::from_secs(4);
 
@@ -258,10 +261,16 @@ async fn run(config: Config, static_nodes: Option<PathBuf>) -> anyhow::Result<()
     }
 
     systemd::stopping();
-    tracing::info!("stopping; the device and its entries stay so traffic keeps flowing");
+    // The package's removal script leaves this marker; a restart or upgrade does not.
+    let final_stop =
+        config.aws.cleanup_on_shutdown && std::fs::remove_file(FINAL_STOP_MARKER).is_ok();
+    tracing::info!(
+        final_stop,
+        "stopping; the device and its entries stay so traffic keeps flowing"
+    );
     let stop = async {
         if let Some(e) = election {
-            e.stop().await;
+            e.stop(final_stop).await;
         }
         cancel.cancel();
         for t in tasks {
