@@ -188,3 +188,129 @@ fn readyz_fails_until_the_first_node_sync() {
     assert_eq!(out.status.code(), Some(1));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn reload_applies_live_changes_rejects_bad_ones_and_names_restart_keys() {
+    let gw = Netns::new("hgw");
+    let peer = Netns::new("hpeer");
+    veth(&gw, "u0", "10.99.0.1/24", &peer, "u1", "10.99.0.2/24");
+    let dir = std::env::temp_dir().join(format!("hgw-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("config.toml");
+    let base = "[gateway]\nnode_ip = \"10.99.0.1\"\nvpc_cidrs = [\"10.250.0.0/16\"]\nhybrid_pod_cidrs = [\"192.168.32.0/23\"]\n";
+    std::fs::write(&cfg, base).unwrap();
+    let nodes = dir.join("nodes.toml");
+    std::fs::write(
+        &nodes,
+        "[[node]]\nname = \"n1\"\nip = \"10.99.0.2\"\npod_cidrs = [\"192.168.32.0/25\"]\n",
+    )
+    .unwrap();
+    let sock_path = dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let bin = env!("CARGO_BIN_EXE_hybrid-gateway");
+    let child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &gw.name,
+            bin,
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--static-nodes",
+            nodes.to_str().unwrap(),
+        ])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let daemon = support::Proc::from_child(child);
+    assert!(support::wait_until(Duration::from_secs(10), || gw
+        .try_sh("ip route show dev hybrid_vxlan0")
+        .stdout
+        .len()
+        > 10));
+    let ifindex = gw.sh("cat /sys/class/net/hybrid_vxlan0/ifindex");
+
+    // A new pod CIDR: applied live (its catch-all route appears), device untouched.
+    std::fs::write(
+        &cfg,
+        base.replace(
+            "[\"192.168.32.0/23\"]",
+            "[\"192.168.32.0/23\", \"192.168.40.0/24\"]",
+        ),
+    )
+    .unwrap();
+    daemon.signal(libc::SIGHUP);
+    assert!(
+        support::wait_until(Duration::from_secs(5), || gw
+            .sh("ip route show type unreachable")
+            .contains("192.168.40.0/24")),
+        "reloaded pod CIDR not applied"
+    );
+    let mut msgs = Vec::new();
+    let mut buf = [0u8; 4096];
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(2) {
+        if let Ok(n) = sock.recv(&mut buf) {
+            msgs.push(String::from_utf8_lossy(&buf[..n]).trim().to_string());
+        }
+    }
+    let reloading = msgs
+        .iter()
+        .position(|m| m == "RELOADING=1")
+        .expect("no RELOADING=1");
+    assert!(
+        msgs[reloading..].iter().any(|m| m == "READY=1"),
+        "no READY=1 after RELOADING=1: {msgs:?}"
+    );
+
+    // A broken file is rejected and the running config kept.
+    std::fs::write(&cfg, "[gateway]\nvpc_cidrs = [\n").unwrap();
+    daemon.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(gw
+        .sh("ip route show type unreachable")
+        .contains("192.168.40.0/24"));
+
+    // A VNI change is not applied live: the log names the key.
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}[vxlan]\nvni = 7\n",
+            base.replace(
+                "[\"192.168.32.0/23\"]",
+                "[\"192.168.32.0/23\", \"192.168.40.0/24\"]"
+            )
+        ),
+    )
+    .unwrap();
+    daemon.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        gw.sh("cat /sys/class/net/hybrid_vxlan0/ifindex"),
+        ifindex,
+        "reload recreated the device"
+    );
+    assert!(gw
+        .sh("ip -d link show hybrid_vxlan0")
+        .contains("vxlan id 2 "));
+    daemon.signal(libc::SIGTERM);
+    let out = daemon.wait(Duration::from_secs(5));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("configuration reloaded") && log.contains("gateway.hybrid_pod_cidrs"),
+        "{log}"
+    );
+    assert!(
+        log.contains("new configuration rejected, keeping the running one"),
+        "{log}"
+    );
+    assert!(
+        log.contains("vxlan.vni") && log.contains("systemctl restart"),
+        "{log}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

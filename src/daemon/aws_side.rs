@@ -9,7 +9,9 @@ use aws_config::SdkConfig;
 
 use super::route_sync::RouteSync;
 use crate::aws::imds::{self, Identity, ImdsSettings, Overrides};
-use crate::aws::{eni, sdk_config, RouteTables, RouteTablesSettings, SdkSettings};
+use tokio::sync::watch;
+
+use crate::aws::{eni, sdk_config, SdkSettings};
 use crate::config::Config;
 use crate::telemetry::{DaemonStatus, Metrics};
 
@@ -48,23 +50,21 @@ impl AwsSide {
     /// The leader's VPC route work, when route tables are configured.
     pub fn route_sync(
         &self,
-        config: &Config,
+        config: &watch::Receiver<Arc<Config>>,
         status: Arc<DaemonStatus>,
         metrics: Arc<Metrics>,
     ) -> Option<Arc<RouteSync>> {
-        if config.aws.route_table_ids.is_empty() && config.aws.route_table_tag.is_none() {
-            return None;
+        {
+            let c = config.borrow();
+            if c.aws.route_table_ids.is_empty() && c.aws.route_table_tag.is_none() {
+                return None;
+            }
         }
-        let routes = RouteTables::new(
-            aws_sdk_ec2::Client::new(&self.sdk),
-            RouteTablesSettings::from_config(&config.aws),
-            &self.identity.instance_id,
-        );
         Some(Arc::new(RouteSync {
-            routes: Arc::new(routes),
-            cidrs: config.gateway.hybrid_pod_cidrs.clone(),
+            ec2: aws_sdk_ec2::Client::new(&self.sdk),
+            instance_id: self.identity.instance_id.clone(),
             eni: self.identity.primary_eni.clone(),
-            resync: config.aws.resync_interval,
+            config: config.clone(),
             status,
             metrics,
         }))

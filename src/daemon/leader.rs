@@ -141,7 +141,7 @@ impl Election {
     pub async fn stop(self, final_stop: bool) {
         if final_stop && self.handle.leadership.borrow().is_leader() {
             if let Some(r) = &self.routes {
-                match r.routes.cleanup(&r.eni, &self.handle).await {
+                match r.cleanup(&self.handle).await {
                     Ok(report) => tracing::info!(
                         deleted = report.deleted(),
                         "final stop: deleted this gateway's VPC routes"

@@ -4,6 +4,7 @@
 mod aws_side;
 mod leader;
 mod node_sync;
+mod reload;
 mod route_sync;
 mod static_nodes;
 mod supervisor;
@@ -93,7 +94,7 @@ fn needs_aws(config: &Config) -> bool {
         || config.gateway.node_ip.is_none()
 }
 
-async fn run(config: Config, static_nodes: Option<PathBuf>) -> anyhow::Result<()> {
+async fn run(mut config: Config, static_nodes: Option<PathBuf>) -> anyhow::Result<()> {
     tracing::info!("{}", config.summary());
     let cancel = CancellationToken::new();
 
@@ -170,17 +171,18 @@ async fn run(config: Config, static_nodes: Option<PathBuf>) -> anyhow::Result<()
         cancel.clone(),
     )));
 
+    let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
     let (nodes_tx, nodes_rx) = watch::channel::<Option<NodeSet>>(None);
     let datapath = Arc::new(datapath);
     let obs = node_sync::Observers {
         status: status.clone(),
         metrics: metrics.clone(),
     };
-    let resync = config.datapath.resync_interval;
     {
-        let (dp, rx, obs, c) = (
+        let (dp, rx, cfg, obs, c) = (
             datapath.clone(),
             nodes_rx.clone(),
+            config_rx.clone(),
             obs.clone(),
             cancel.clone(),
         );
@@ -188,7 +190,7 @@ async fn run(config: Config, static_nodes: Option<PathBuf>) -> anyhow::Result<()
             "datapath",
             status.clone(),
             cancel.clone(),
-            move || node_sync::run(dp.clone(), rx.clone(), resync, obs.clone(), c.clone()),
+            move || node_sync::run(dp.clone(), rx.clone(), cfg.clone(), obs.clone(), c.clone()),
         ));
     }
 
@@ -221,7 +223,7 @@ async fn run(config: Config, static_nodes: Option<PathBuf>) -> anyhow::Result<()
             }
             let routes = aws
                 .as_ref()
-                .and_then(|a| a.route_sync(&config, status.clone(), metrics.clone()));
+                .and_then(|a| a.route_sync(&config_rx, status.clone(), metrics.clone()));
             election = Some(leader::Election::start(
                 &config,
                 leader::LeaderInputs {
@@ -251,9 +253,35 @@ async fn run(config: Config, static_nodes: Option<PathBuf>) -> anyhow::Result<()
                     }
                 }
                 match Config::load(&config.path) {
-                    Ok(new) if new == config => tracing::info!("configuration unchanged"),
-                    Ok(_) => tracing::warn!("configuration changed on disk: restart the daemon to apply it (systemctl restart hybrid-gateway; the datapath is kept)"),
-                    Err(e) => tracing::error!("new configuration rejected, keeping the running one: {e}"),
+                    Err(e) => {
+                        tracing::error!("new configuration rejected, keeping the running one: {e}");
+                        status.error(format!("reload rejected: {e}"));
+                    }
+                    Ok(new) => {
+                        let (live, restart) = reload::classify(&config, &new);
+                        if live.is_empty() && restart.is_empty() {
+                            tracing::info!("configuration unchanged");
+                        }
+                        if !restart.is_empty() {
+                            tracing::warn!(keys = ?restart, "these changes need `systemctl restart hybrid-gateway` (the datapath is kept across restarts); running with the old values");
+                        }
+                        if !live.is_empty() {
+                            // Only the live-applicable keys move forward; the others keep
+                            // their running values until a restart.
+                            let mut applied = config.clone();
+                            applied.gateway.hybrid_pod_cidrs = new.gateway.hybrid_pod_cidrs.clone();
+                            applied.datapath = new.datapath.clone();
+                            applied.aws.route_table_ids = new.aws.route_table_ids.clone();
+                            applied.aws.route_table_tag = new.aws.route_table_tag.clone();
+                            applied.aws.takeover = new.aws.takeover;
+                            applied.aws.gateway_instance_ids = new.aws.gateway_instance_ids.clone();
+                            applied.aws.resync_interval = new.aws.resync_interval;
+                            applied.aws.cleanup_on_shutdown = new.aws.cleanup_on_shutdown;
+                            config = applied;
+                            config_tx.send_replace(Arc::new(config.clone()));
+                            tracing::info!(keys = ?live, "configuration reloaded");
+                        }
+                    }
                 }
                 systemd::reloaded();
             }

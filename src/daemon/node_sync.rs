@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use std::sync::Arc;
 
+use crate::config::Config;
 use crate::datapath::{Datapath, Reconciled};
 use crate::k8s::cilium_nodes::NodeSet;
 use crate::telemetry::{DaemonStatus, Metrics};
@@ -25,13 +26,18 @@ pub struct Observers {
 pub async fn run(
     datapath: Arc<Datapath>,
     mut nodes: watch::Receiver<Option<NodeSet>>,
-    resync: Duration,
+    mut config: watch::Receiver<Arc<Config>>,
     obs: Observers,
     cancel: CancellationToken,
 ) {
     let mut reporter = Reporter::default();
     let mut failures = 0u32;
     loop {
+        let resync = {
+            let c = config.borrow_and_update();
+            datapath.set_pod_cidrs(c.gateway.hybrid_pod_cidrs.clone());
+            c.datapath.resync_interval
+        };
         // Nothing is programmed before the first full node list: an empty set at start-up
         // would flush a kernel that is still forwarding for the previous process.
         let Some(set) = nodes.borrow_and_update().clone() else {
@@ -78,6 +84,7 @@ pub async fn run(
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
             r = nodes.changed() => if r.is_err() { return },
+            r = config.changed() => if r.is_err() { return },
         }
     }
 }

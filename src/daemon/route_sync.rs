@@ -9,21 +9,49 @@ use ipnet::Ipv4Net;
 use tokio_util::sync::CancellationToken;
 
 use super::node_sync::backoff;
-use crate::aws::RouteTables;
+use tokio::sync::watch;
+
+use crate::aws::{RouteTables, RouteTablesSettings};
+use crate::config::Config;
 use crate::election::{ElectionHandle, Leadership};
 use crate::telemetry::{DaemonStatus, Metrics};
 
 pub struct RouteSync {
-    pub routes: Arc<RouteTables>,
-    pub cidrs: Vec<Ipv4Net>,
+    pub ec2: aws_sdk_ec2::Client,
+    pub instance_id: String,
     pub eni: String,
-    pub resync: Duration,
+    pub config: watch::Receiver<Arc<Config>>,
     pub status: Arc<DaemonStatus>,
     pub metrics: Arc<Metrics>,
 }
 
 impl RouteSync {
+    /// The reconciler for the current config: tables, takeover rule and CIDRs can change
+    /// on reload.
+    pub fn current(&self) -> (RouteTables, Vec<Ipv4Net>, Duration) {
+        let c = self.config.borrow();
+        (
+            RouteTables::new(
+                self.ec2.clone(),
+                RouteTablesSettings::from_config(&c.aws),
+                &self.instance_id,
+            ),
+            c.gateway.hybrid_pod_cidrs.clone(),
+            c.aws.resync_interval,
+        )
+    }
+
+    /// Deletes this gateway's routes (final stop), while it still leads.
+    pub async fn cleanup(
+        &self,
+        election: &ElectionHandle,
+    ) -> Result<crate::aws::SyncReport, crate::aws::RouteError> {
+        let (routes, _, _) = self.current();
+        routes.cleanup(&self.eni, election).await
+    }
+
     pub async fn run(self: Arc<Self>, mut election: ElectionHandle, cancel: CancellationToken) {
+        let mut config = self.config.clone();
         loop {
             // Wait for office.
             loop {
@@ -36,11 +64,12 @@ impl RouteSync {
                 }
             }
             let took_office = std::time::Instant::now();
+            let (mut routes, mut cidrs, mut resync) = self.current();
             let mut first = true;
             let mut failures = 0u32;
             loop {
                 let started = std::time::Instant::now();
-                let wait = match self.routes.sync(&self.cidrs, &self.eni, &election).await {
+                let wait = match routes.sync(&cidrs, &self.eni, &election).await {
                     Ok(report) => {
                         self.metrics
                             .aws_route_table_update_duration_seconds
@@ -74,7 +103,7 @@ impl RouteSync {
                                 first = false;
                             }
                             failures = 0;
-                            self.resync
+                            resync
                         } else {
                             failures += 1;
                             self.metrics.aws_route_table_update_errors.inc();
@@ -94,6 +123,10 @@ impl RouteSync {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::sleep(wait) => {}
+                    r = config.changed() => {
+                        if r.is_err() { return }
+                        (routes, cidrs, resync) = self.current();
+                    }
                     r = election.leadership.changed() => {
                         if r.is_err() { return }
                         if !matches!(*election.leadership.borrow(), Leadership::Leader { .. }) {

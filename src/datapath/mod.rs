@@ -26,7 +26,8 @@ use crate::config::Config;
 pub struct Datapath {
     nl: Netlink,
     device: Device,
-    pod_cidrs: Vec<Ipv4Net>,
+    /// Swapped by a config reload while the reconcile loop runs.
+    pod_cidrs: std::sync::Mutex<Vec<Ipv4Net>>,
 }
 
 /// What one reconcile pass found and did.
@@ -55,7 +56,7 @@ impl Datapath {
             Datapath {
                 nl,
                 device,
-                pod_cidrs: config.gateway.hybrid_pod_cidrs.clone(),
+                pod_cidrs: std::sync::Mutex::new(config.gateway.hybrid_pod_cidrs.clone()),
             },
             changes,
         ))
@@ -66,15 +67,20 @@ impl Datapath {
     }
 
     /// A changed `hybrid_pod_cidrs` takes effect at the next reconcile.
-    pub fn set_pod_cidrs(&mut self, pod_cidrs: Vec<Ipv4Net>) {
-        self.pod_cidrs = pod_cidrs;
+    pub fn set_pod_cidrs(&self, pod_cidrs: Vec<Ipv4Net>) {
+        *self.pod_cidrs.lock().unwrap_or_else(|p| p.into_inner()) = pod_cidrs;
     }
 
     /// Makes the kernel match `nodes`: reads what is there, diffs, applies only the
     /// difference. Failed entries are in the report and are retried by the next pass.
     pub async fn reconcile(&self, nodes: &[HybridNode]) -> Result<Reconciled> {
         let started = Instant::now();
-        let (desired, rejected) = Desired::build(nodes, &self.pod_cidrs);
+        let pod_cidrs = self
+            .pod_cidrs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let (desired, rejected) = Desired::build(nodes, &pod_cidrs);
         let actual = self.nl.read_vtep(self.device.index).await?;
         let plan = vtep::diff(&desired, &actual);
         let report = if plan.is_empty() {

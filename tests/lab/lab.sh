@@ -1,107 +1,490 @@
 #!/usr/bin/env bash
-# The local lab: a VPC host, a gateway running hybrid-gateway, and a hybrid node with its
-# own VXLAN VTEP and a pod address, each in its own network namespace. Packets from the
-# VPC host reach the pod only through the gateway's tunnel.
+# The local lab: two gateways running `hybrid-gateway run`, electing a leader through a real
+# kube-apiserver Lease + a DynamoDB Local lock, in front of a hybrid node, with a VPC host
+# whose path to the hybrid pod follows the emulated VPC route table. Each machine is a
+# network namespace, all joined by one Linux bridge:
 #
-#   sudo tests/lab/lab.sh up      build, start, ping once, print what to try
-#   sudo tests/lab/lab.sh down    stop the daemon, remove the namespaces
+#   <p>net       the bridge (one veth per namespace below)
+#   <p>cp        etcd + kube-apiserver (CRDs, shipped RBAC), moto (EC2) + fault proxy,
+#                DynamoDB Local, one IMDSv2 server per gateway, and the followers below
+#   <p>gw-a      gateway instance gw-a (moto's private IP, its own config and IMDS)
+#   <p>gw-b      gateway instance gw-b
+#   <p>node-1    hybrid node: VXLAN VTEP (VNI 2, port 8472) + pod address, as Cilium has it
+#   <p>vpc-host  a machine in the VPC
 #
-# The hybrid nodes come from a static nodes file for now; the Kubernetes API server, the
-# AWS emulators and the second gateway join the lab with their issues.
+# The followers (tests/lab/follow.py, in <p>cp) stand in for AWS and Cilium: the VPC
+# host's route to the hybrid pods goes to whichever gateway the moto route table names,
+# and the node's VPC route/ARP/FDB to whichever gateway the CiliumVTEPConfig names. So a
+# failover is real for packets.
+#
+#   sudo tests/lab/lab.sh up            build, start everything, wait for a leader, ping the pod
+#   sudo tests/lab/lab.sh status        who leads, what the route table and CR say, each daemon
+#   sudo tests/lab/lab.sh leader        print the leading gateway's name (gw-a / gw-b)
+#   sudo tests/lab/lab.sh kill GW       kill -9 a gateway's daemon (a crash; its kernel
+#                                       datapath stays, as on a real host)
+#   sudo tests/lab/lab.sh stop GW       SIGTERM (graceful: releases the Lease and the lock)
+#   sudo tests/lab/lab.sh cut GW        take the gateway "instance" off the network (link down)
+#   sudo tests/lab/lab.sh start GW      (re)start a gateway's daemon (and reconnect it)
+#   sudo tests/lab/lab.sh kubectl ARGS  kubectl as cluster admin, from inside the lab
+#   sudo tests/lab/lab.sh down          stop every process, remove namespaces and the state dir
+#
+# Environment:
+#   HGW_LAB_DIR     state dir: configs, logs, lab.env (default /run/hybrid-gateway-lab)
+#   HGW_LAB_PREFIX  namespace name prefix <p> (default hgwlab-); tests use their own
+#   HGW_LAB_BIN     use this hybrid-gateway binary instead of `cargo build`ing one
+#   HGW_LAB_LOG     the daemons' log filter (default info)
+#   HYBRID_GW_CACHE cache of the test peers (see tests/k8s/apiserver.sh, tests/aws/peers.sh)
+#
+# Addresses (only inside the lab's namespaces): VPC 10.250.0.0/16 (moto's), cp 10.250.0.2,
+# vpc-host 10.250.0.10, gateways at the private IPs moto gave their instances; hybrid node
+# 10.99.0.2/24 (the "on-premises" network), pod 192.168.32.10 in 192.168.32.0/25 out of the
+# hybrid pod range 192.168.32.0/23.
 set -euo pipefail
+shopt -s inherit_errexit
 
-here=$(cd "$(dirname "$0")" && pwd)
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 state=${HGW_LAB_DIR:-/run/hybrid-gateway-lab}
-ns_vpc=hgwlab-vpc ns_gw=hgwlab-gw ns_node=hgwlab-node
-gw_ip=10.99.0.1 node_ip=10.99.0.2 pod_ip=192.168.32.10
+prefix=${HGW_LAB_PREFIX:-hgwlab-}
+readonly here repo state prefix
+readonly HOSTS=(cp gw-a gw-b node-1 vpc-host) GATEWAYS=(gw-a gw-b)
+readonly MARKER=.hybrid-gateway-lab
+# (Not readonly: lab.env, sourced by every subcommand, repeats them.)
+VPC_CIDR=10.250.0.0/16 CP_IP=10.250.0.2 VPC_HOST_IP=10.250.0.10
+NODE_IP=10.99.0.2 NODE_NET=10.99.0.0/24 POD_IP=192.168.32.10
+POD_CIDR=192.168.32.0/25 HYBRID_POD_CIDR=192.168.32.0/23
+NODE_NAME=hybrid-node-1 LOCK_TABLE=hybrid-gateway-lock
+MANAGED_TAG=hybrid-gateway.io/managed=true
 
-nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+ns() { printf '%s%s' "$prefix" "$1"; }
+nsx() { local n; n=$(ns "$1"); shift; ip netns exec "$n" "$@"; }
+log() { printf '[lab] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+is_gw() { [[ ${1:-} == gw-a || ${1:-} == gw-b ]] || die "unknown gateway '${1:-}' (gw-a or gw-b)"; }
 
+load_env() {
+  [[ -f $state/lab.env ]] || die "no lab in $state (run: $0 up)"
+  set -a
+  # shellcheck source=/dev/null
+  . "$state/lab.env"
+  set +a
+}
+
+# pid_of FILE EXPECT: the live, non-zombie pid in FILE whose command line mentions EXPECT.
+pid_of() {
+  local f=$1 expect=$2 pid st
+  [[ -s $f ]] || return 1
+  pid=$(<"$f")
+  [[ $pid =~ ^[0-9]+$ && -r /proc/$pid/cmdline ]] || return 1
+  st=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) || return 1
+  [[ $st != Z ]] || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$expect" || return 1
+  echo "$pid"
+}
+
+kubectl_lab() { load_env; ip netns exec "$NS_CP" "$KUBECTL" --kubeconfig "$ADMIN_KUBECONFIG" "$@"; }
+
+# ------------------------------------------------------------------------- down ---
 down() {
-  if [[ -f $state/daemon.pid ]]; then
-    kill "$(cat "$state/daemon.pid")" 2>/dev/null || true
+  local g pid n i
+  if [[ -d $state ]]; then
+    [[ -e $state/$MARKER || -z $(ls -A "$state") ]] || die "$state was not made by $0; not touching it"
+    for g in "${GATEWAYS[@]}"; do
+      if pid=$(pid_of "$state/$g/daemon.pid" "$state/$g/config.toml"); then kill -TERM "$pid" 2>/dev/null || true; fi
+    done
+    if pid=$(pid_of "$state/follow.pid" follow.py); then kill -TERM "$pid" 2>/dev/null || true; fi
+    [[ ! -d $state/aws ]] || "$repo/tests/aws/peers.sh" down "$state/aws" >/dev/null 2>&1 || true
+    [[ ! -d $state/k8s ]] || "$repo/tests/k8s/apiserver.sh" down "$state/k8s" >/dev/null 2>&1 || true
   fi
-  for ns in $ns_vpc $ns_gw $ns_node; do
-    if ip netns list | grep -qw "$ns"; then
-      for pid in $(ip netns pids "$ns"); do kill -9 "$pid" 2>/dev/null || true; done
-      ip netns del "$ns"
-    fi
+  # Whatever still runs inside the lab's namespaces (a daemon slow to stop, a leftover from
+  # a lab whose state dir is gone) goes with them.
+  for n in "${HOSTS[@]}" net; do
+    n=$(ns "$n")
+    ip netns list | awk '{print $1}' | grep -qxF "$n" || continue
+    for i in 1 2 3; do
+      pids=$(ip netns pids "$n" 2>/dev/null || true)
+      [[ -n $pids ]] || break
+      # shellcheck disable=SC2086
+      kill -KILL $pids 2>/dev/null || true
+      sleep 0.2
+    done
+    ip netns del "$n"
   done
   rm -rf "$state"
 }
 
-up() {
-  [[ $(id -u) == 0 ]] || { echo "run as root: the lab creates network namespaces" >&2; exit 1; }
-  for tool in ip bridge ping; do
-    command -v $tool >/dev/null || { echo "missing $tool: apt-get install -y iproute2 iputils-ping" >&2; exit 1; }
+# --------------------------------------------------------------------------- up ---
+need_tools() {
+  local missing=() c
+  command -v ip >/dev/null && command -v bridge >/dev/null || missing+=(iproute2)
+  command -v ping >/dev/null || missing+=(iputils-ping)
+  command -v python3 >/dev/null || missing+=(python3)
+  if ((${#missing[@]})); then
+    log "installing ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" </dev/null >&2
+  fi
+  # The API server harness' own host tools: install only when one is missing (apt is slow).
+  for c in curl openssl make patch xz flock base64; do
+    command -v $c >/dev/null || { "$repo/tests/k8s/apiserver.sh" install >&2; break; }
   done
-  down
-  (cd "$repo" && cargo build --quiet)
-  bin=${CARGO_TARGET_DIR:-$repo/target}/debug/hybrid-gateway
-  mkdir -p "$state"
+  [[ -r /usr/share/keyrings/debian-archive-keyring.gpg ]] || "$repo/tests/k8s/apiserver.sh" install >&2
+  "$repo/tests/k8s/apiserver.sh" build >&2
+  "$repo/tests/aws/peers.sh" install >&2
+}
 
-  for ns in $ns_vpc $ns_gw $ns_node; do ip netns add $ns; nsx $ns ip link set lo up; done
-  ip link add e0 netns $ns_vpc type veth peer name e1 netns $ns_gw
-  ip link add u0 netns $ns_gw type veth peer name u1 netns $ns_node
-  nsx $ns_vpc ip addr add 10.250.0.10/24 dev e0; nsx $ns_vpc ip link set e0 up
-  nsx $ns_vpc ip route add 192.168.32.0/23 via 10.250.0.1
-  nsx $ns_gw ip addr add 10.250.0.1/24 dev e1; nsx $ns_gw ip link set e1 up
-  nsx $ns_gw ip addr add $gw_ip/24 dev u0; nsx $ns_gw ip link set u0 up
-  nsx $ns_node ip addr add $node_ip/24 dev u1; nsx $ns_node ip link set u1 up
+build_daemon() {
+  if [[ -n ${HGW_LAB_BIN:-} ]]; then
+    [[ -x $HGW_LAB_BIN ]] || die "HGW_LAB_BIN=$HGW_LAB_BIN is not executable"
+    BIN=$(readlink -f "$HGW_LAB_BIN")
+    return
+  fi
+  command -v cargo >/dev/null || die "cargo not found (install Rust: https://rustup.rs)"
+  log "building hybrid-gateway (cargo build)"
+  (cd "$repo" && cargo build --bin hybrid-gateway >&2)
+  local target
+  target=$(cd "$repo" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+  BIN=$target/debug/hybrid-gateway
+  [[ -x $BIN ]] || die "no binary at $BIN after cargo build"
+}
 
-  # The hybrid node, doing what Cilium does with the gateway's CiliumVTEPConfig entry.
-  gw_mac=$("$bin" vtep-mac "$gw_ip")
-  node_mac=$(printf '02:00:%02x:%02x:%02x:%02x' ${node_ip//./ })
-  nsx $ns_node ip link add vx type vxlan id 2 dstport 8472 local $node_ip nolearning
-  nsx $ns_node ip link set vx address "$node_mac" up
-  nsx $ns_node ip addr add $pod_ip/32 dev lo
-  nsx $ns_node ip route add 10.250.0.0/16 via $gw_ip dev vx onlink src $pod_ip
-  nsx $ns_node ip neigh add $gw_ip lladdr "$gw_mac" dev vx nud permanent
-  nsx $ns_node bridge fdb add "$gw_mac" dst $gw_ip dev vx self permanent
+# One veth per host namespace into the bridge in <p>net; eth0 on the host side.
+make_network() {
+  local h net
+  net=$(ns net)
+  ip netns add "$net"
+  ip -n "$net" link set lo up
+  ip -n "$net" link add br0 type bridge stp_state 0 forward_delay 0
+  ip -n "$net" link set br0 up
+  for h in "${HOSTS[@]}"; do
+    ip netns add "$(ns "$h")"
+    ip -n "$(ns "$h")" link set lo up
+    ip link add eth0 netns "$(ns "$h")" type veth peer name "$h" netns "$net"
+    ip -n "$net" link set "$h" master br0 up
+  done
+}
 
-  cat >"$state/config.toml" <<CONF
+gw_field() { # gw_field NAME FIELD: from seed.json
+  python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["instances"][sys.argv[2]][sys.argv[3]])' \
+    "$state/seed.json" "$1" "$2"
+}
+
+write_gw_config() { # write_gw_config NAME IMDS_URL
+  local g=$1 imds=$2 d=$state/$1
+  mkdir -p "$d"
+  cp "$state/k8s/daemon.kubeconfig" "$d/kubeconfig"
+  # The daemon's least-privilege identity, pointed at the API server's address in <p>cp.
+  sed -i "s#^\(\s*server:\).*#\1 $K8S_API_URL#" "$d/kubeconfig"
+  cat >"$d/config.toml" <<EOF
+# hybrid-gateway in the lab: gateway $g. No gateway.node_ip: it comes from IMDS local-ipv4.
 [gateway]
-node_ip = "$gw_ip"
-vpc_cidrs = ["10.250.0.0/16"]
-hybrid_pod_cidrs = ["192.168.32.0/23"]
-[datapath]
-resync_interval = "5s"
-CONF
-  cat >"$state/nodes.toml" <<NODES
-[[node]]
-name = "hybrid-node-1"
-ip = "$node_ip"
-pod_cidrs = ["192.168.32.0/25"]
-NODES
-  ip netns exec $ns_gw "$bin" run --config "$state/config.toml" --static-nodes "$state/nodes.toml" \
-    >"$state/daemon.log" 2>&1 &
-  echo $! >"$state/daemon.pid"
+vpc_cidrs = ["$VPC_CIDR"]
+hybrid_pod_cidrs = ["$HYBRID_POD_CIDR"]
 
-  for _ in $(seq 100); do
-    nsx $ns_gw ip route show dev hybrid_vxlan0 2>/dev/null | grep -q 192.168.32.0/25 && break
-    sleep 0.1
+[datapath]
+resync_interval = "10s"
+
+[kubernetes]
+kubeconfig = "$d/kubeconfig"
+# Workaround: the CiliumVTEPConfig writer needs more leadership left than
+# min(request_timeout, election.renew_deadline), which a leader never has when
+# request_timeout >= renew_deadline (the default 5s vs 2s): below renew_deadline it works.
+request_timeout = "${HGW_LAB_K8S_TIMEOUT:-1s}"
+
+[election]
+# The reference's timings (also the defaults): a crashed leader is replaced within ~4 s.
+lease_duration = "3s"
+renew_deadline = "2s"
+retry_period = "1s"
+
+[election.dynamodb]
+table = "$LOCK_TABLE"
+
+[aws]
+route_table_tag = "$MANAGED_TAG"
+resync_interval = "10s"
+
+[log]
+level = "${HGW_LAB_LOG:-info}"
+EOF
+  # Only the SDK's standard variables point it at the emulators (cp namespace).
+  {
+    echo "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    echo "NO_COLOR=1"
+    echo "AWS_ENDPOINT_URL_EC2=$AWS_ENDPOINT_URL_EC2"
+    echo "AWS_ENDPOINT_URL_DYNAMODB=$AWS_ENDPOINT_URL_DYNAMODB"
+    echo "AWS_EC2_METADATA_SERVICE_ENDPOINT=$imds"
+    echo "AWS_ACCESS_KEY_ID=testing"
+    echo "AWS_SECRET_ACCESS_KEY=testing"
+    echo "AWS_REGION=$AWS_REGION"
+    echo "AWS_CONFIG_FILE=$AWS_CONFIG_FILE"
+    echo "AWS_SHARED_CREDENTIALS_FILE=$AWS_SHARED_CREDENTIALS_FILE"
+  } >"$d/env"
+}
+
+start_gw() { # start_gw NAME: (re)start the daemon, reconnecting the "instance" first
+  local g=$1 d=$state/$1 n pid
+  n=$(ns "$g")
+  if pid=$(pid_of "$d/daemon.pid" "$d/config.toml"); then die "$g is already running (pid $pid)"; fi
+  ip -n "$n" link set eth0 up
+  echo "--- start $(date '+%F %T.%N')" >>"$d/daemon.log"
+  # shellcheck disable=SC2046 # one word per KEY=VALUE line
+  ip netns exec "$n" env -i $(<"$d/env") "$BIN" run --config "$d/config.toml" \
+    </dev/null >>"$d/daemon.log" 2>&1 &
+  echo $! >"$d/daemon.pid"
+}
+
+stop_gw() { # stop_gw NAME SIGNAL
+  local g=$1 sig=$2 d=$state/$1 pid i
+  pid=$(pid_of "$d/daemon.pid" "$d/config.toml") || { log "$g is not running"; return 0; }
+  kill "-$sig" "$pid"
+  for ((i = 0; i < 100; i++)); do
+    pid_of "$d/daemon.pid" "$d/config.toml" >/dev/null || return 0
+    sleep 0.05
   done
-  echo "--- gateway datapath"
-  nsx $ns_gw ip route show dev hybrid_vxlan0
-  nsx $ns_gw ip route show type unreachable
-  nsx $ns_gw ip neigh show dev hybrid_vxlan0
-  nsx $ns_gw bridge fdb show dev hybrid_vxlan0
-  echo "--- ping VPC host -> hybrid pod $pod_ip through the tunnel"
-  nsx $ns_vpc ping -c 3 -i 0.2 -W 2 $pod_ip
+  log "$g (pid $pid) still running 5 s after SIG$sig"
+  return 1
+}
+
+lease_holder() { # prints holderIdentity or nothing
+  kubectl_lab get lease -n hybrid-gateway hybrid-gateway-leader -o 'jsonpath={.spec.holderIdentity}' 2>/dev/null || true
+}
+
+leader() { # prints gw-a / gw-b (via the Lease holder's instance id), or fails
+  load_env
+  local holder g
+  holder=$(lease_holder)
+  for g in "${GATEWAYS[@]}"; do
+    local var=GW_${g#gw-}; var=${var^^}_INSTANCE
+    if [[ -n $holder && $holder == "${!var}"_* ]]; then echo "$g"; return 0; fi
+  done
+  return 1
+}
+
+up() {
+  [[ $(id -u) == 0 ]] || die "run as root: the lab creates network namespaces"
+  need_tools
+  build_daemon
+  down
+  mkdir -p "$state"
+  : >"$state/$MARKER"
+  local t0=$SECONDS
+  # On failure, say where the logs are (keep them: `down` removes everything).
+  trap 'rc=$?; if ((rc)); then log "up failed; logs in $state (daemons: $state/gw-*/daemon.log); remove with: $0 down"; fi' EXIT
+
+  make_network
+  nsx cp ip addr add "$CP_IP/16" dev eth0
+  nsx cp ip link set eth0 up
+
+  log "starting kube-apiserver + etcd in $(ns cp)"
+  nsx cp "$repo/tests/k8s/apiserver.sh" up "$state/k8s" "$CP_IP" >"$state/apiserver-up.log" 2>&1 \
+    || { tail -n 30 "$state/apiserver-up.log" >&2; die "kube-apiserver did not start"; }
+  log "starting moto, fault proxy, DynamoDB Local, IMDS in $(ns cp)"
+  nsx cp "$repo/tests/aws/peers.sh" up "$state/aws" "$CP_IP" >"$state/peers-up.log" 2>&1 \
+    || { tail -n 30 "$state/peers-up.log" >&2; die "AWS peers did not start"; }
+  nsx cp "$repo/tests/aws/peers.sh" seed "$state/aws" --route-tables 2 --lock-table "$LOCK_TABLE" \
+    >"$state/seed.json" 2>"$state/seed.log" || { cat "$state/seed.log" >&2; die "seeding moto failed"; }
+  # peers.sh up started gw-a's IMDS (selector Name=gw-a); one more for gw-b.
+  nsx cp "$repo/tests/aws/peers.sh" imds "$state/aws" gw-b Name=gw-b >/dev/null 2>>"$state/peers-up.log"
+  set -a
+  # shellcheck source=/dev/null
+  . "$state/k8s/env"
+  # shellcheck source=/dev/null
+  . "$state/aws/env"
+  set +a
+
+  # Gateways get the private IP moto gave their instance: IMDS, the ENI and the host agree.
+  local g ip_a ip_b
+  for g in "${GATEWAYS[@]}"; do
+    local gip
+    gip=$(gw_field "$g" private_ip)
+    nsx "$g" ip addr add "$gip/16" dev eth0
+    nsx "$g" ip link set eth0 up
+    # The hybrid nodes' network is reached over the same wire (the VPN/DX in real life).
+    nsx "$g" ip route add "$NODE_NET" dev eth0
+  done
+  ip_a=$(gw_field gw-a private_ip) ip_b=$(gw_field gw-b private_ip)
+  [[ $ip_a != "$ip_b" ]] || die "moto gave both gateways $ip_a"
+
+  # The VPC host: its route to the hybrid pods is set by the follower (from the route table).
+  nsx vpc-host ip addr add "$VPC_HOST_IP/16" dev eth0
+  nsx vpc-host ip link set eth0 up
+
+  # The hybrid node, as Cilium programs it: a VXLAN VTEP whose MAC is the per-node MAC the
+  # gateways use, the pod address, the underlay to both gateways; the VPC route/ARP/FDB
+  # towards the current gateway are set by the follower (from the CiliumVTEPConfig).
+  local node_mac
+  node_mac=$(printf '02:00:%02x:%02x:%02x:%02x' ${NODE_IP//./ })
+  nsx node-1 ip addr add "$NODE_IP/24" dev eth0
+  nsx node-1 ip link set eth0 up
+  nsx node-1 ip route add "$ip_a/32" dev eth0
+  nsx node-1 ip route add "$ip_b/32" dev eth0
+  nsx node-1 ip link add vx type vxlan id 2 dstport 8472 local "$NODE_IP" nolearning
+  nsx node-1 ip link set vx address "$node_mac" up
+  nsx node-1 ip addr add "$POD_IP/32" dev lo
+
+  local rts
+  rts=$(python3 -c 'import json,sys; print(" ".join(json.load(open(sys.argv[1]))["route_tables"]))' "$state/seed.json")
+  {
+    echo "# the lab in $state; load with: set -a; . $state/lab.env; set +a"
+    echo "LAB_DIR=$state"
+    echo "LAB_PREFIX=$prefix"
+    echo "BIN=$BIN"
+    echo "NS_NET=$(ns net)"
+    echo "NS_CP=$(ns cp)"
+    echo "NS_GW_A=$(ns gw-a)"
+    echo "NS_GW_B=$(ns gw-b)"
+    echo "NS_NODE=$(ns node-1)"
+    echo "NS_VPC=$(ns vpc-host)"
+    echo "CP_IP=$CP_IP"
+    echo "VPC_HOST_IP=$VPC_HOST_IP"
+    echo "VPC_CIDR=$VPC_CIDR"
+    echo "NODE_NAME=$NODE_NAME"
+    echo "NODE_IP=$NODE_IP"
+    echo "POD_IP=$POD_IP"
+    echo "POD_CIDR=$POD_CIDR"
+    echo "HYBRID_POD_CIDR=$HYBRID_POD_CIDR"
+    for g in "${GATEWAYS[@]}"; do
+      local v=GW_${g#gw-}; v=${v^^}
+      echo "${v}_IP=$(gw_field "$g" private_ip)"
+      echo "${v}_INSTANCE=$(gw_field "$g" instance_id)"
+      echo "${v}_ENI=$(gw_field "$g" eni_id)"
+      echo "${v}_VTEP_MAC=$("$BIN" vtep-mac "$(gw_field "$g" private_ip)")"
+      echo "${v}_CONFIG=$state/$g/config.toml"
+      echo "${v}_PIDFILE=$state/$g/daemon.pid"
+      echo "${v}_LOG=$state/$g/daemon.log"
+    done
+    echo "ROUTE_TABLES=\"$rts\""
+    echo "LOCK_TABLE=$LOCK_TABLE"
+    echo "KUBECTL=$K8S_KUBECTL"
+    echo "ADMIN_KUBECONFIG=$K8S_ADMIN_KUBECONFIG"
+    echo "K8S_API_URL=$K8S_API_URL"
+    echo "MOTO_URL=$MOTO_URL"
+    echo "FAULT_PROXY_URL=$FAULT_PROXY_URL"
+    echo "AWS_REGION=$AWS_REGION"
+    echo "PEERS_PYTHON=$AWS_PEERS_PYTHON"
+  } >"$state/lab.env"
+
+  # The hybrid node as Cilium registers it.
+  kubectl_lab apply -f - >/dev/null <<EOF
+apiVersion: cilium.io/v2
+kind: CiliumNode
+metadata:
+  name: $NODE_NAME
+  labels:
+    eks.amazonaws.com/compute-type: hybrid
+spec:
+  addresses:
+  - type: InternalIP
+    ip: $NODE_IP
+  - type: CiliumInternalIP
+    ip: ${POD_CIDR%.*}.1
+  ipam:
+    podCIDRs:
+    - $POD_CIDR
+EOF
+
+  # The followers: AWS's VPC router and Cilium's agent, for the lab.
+  printf '%s\n' "$K8S_ADMIN_TOKEN" >"$state/follow.token"
+  chmod 0600 "$state/follow.token"
+  local first_rt=${rts%% *}
+  nsx cp setsid "$AWS_PEERS_PYTHON" -u "$here/follow.py" \
+    --api-url "$K8S_API_URL" --ca-file "$K8S_CA_FILE" --token-file "$state/follow.token" \
+    --node-ns "$(ns node-1)" --pod-ip "$POD_IP" \
+    --moto-url "$MOTO_URL" --region "$AWS_REGION" --route-table "$first_rt" --cidr "$HYBRID_POD_CIDR" \
+    --eni "$(gw_field gw-a eni_id)=$ip_a" --eni "$(gw_field gw-b eni_id)=$ip_b" \
+    --vpc-ns "$(ns vpc-host)" --interval "${HGW_LAB_POLL:-0.1}" \
+    </dev/null >"$state/follow.log" 2>&1 &
+  echo $! >"$state/follow.pid"
+
+  write_gw_config gw-a "$IMDS_GW_A_URL"
+  write_gw_config gw-b "$IMDS_GW_B_URL"
+  log "starting the gateways"
+  start_gw gw-a
+  start_gw gw-b
+
+  log "waiting for a leader, its VPC route and its CiliumVTEPConfig"
+  local deadline=$((SECONDS + 90)) lead=
+  until lead=$(leader) && nsx vpc-host ip route show "$HYBRID_POD_CIDR" | grep -q via \
+      && nsx node-1 ip route show "$VPC_CIDR" | grep -q via \
+      && nsx vpc-host ping -c 1 -W 1 "$POD_IP" >/dev/null 2>&1; do
+    for g in "${GATEWAYS[@]}"; do
+      pid_of "$state/$g/daemon.pid" "$state/$g/config.toml" >/dev/null \
+        || { tail -n 30 "$state/$g/daemon.log" >&2; die "$g's daemon exited"; }
+    done
+    ((SECONDS < deadline)) || { tail -n 20 "$state"/gw-*/daemon.log "$state/follow.log" >&2; die "no working leader after 90 s"; }
+    sleep 0.3
+  done
+  trap - EXIT
+  log "up in $((SECONDS - t0)) s; leader: $lead"
+  echo "--- ping VPC host -> hybrid pod $POD_IP (through $lead's VXLAN tunnel)"
+  nsx vpc-host ping -c 3 -i 0.2 -W 2 "$POD_IP"
+  local me="$0"
+  [[ $me == /* || $me == ./* ]] || me="./$me"
+  [[ -z ${HGW_LAB_DIR:-}${HGW_LAB_PREFIX:-} ]] || me="HGW_LAB_DIR=$state HGW_LAB_PREFIX=$prefix $me"
   cat <<HELP
 
-The lab is up. Try:
-  ip netns exec $ns_vpc ping $pod_ip                 # VPC host -> pod, via the gateway's VXLAN tunnel
-  tail -f $state/daemon.log                          # the daemon's log
-  \$EDITOR $state/nodes.toml; kill -HUP \$(cat $state/daemon.pid)   # change the hybrid nodes
-  kill \$(cat $state/daemon.pid)                      # stop it: the ping keeps working (entries are kept)
-  sudo $0 down                                       # remove everything
+The lab is up ($lead leads). Try:
+  ip netns exec $(ns vpc-host) ping $POD_IP                     # VPC host -> hybrid pod, via the leader
+  $me status                               # leader, route table, CiliumVTEPConfig, both daemons
+  $me kubectl get lease -n hybrid-gateway -o wide
+  $me kubectl get ciliumvtepconfig hybrid-gateway -o yaml
+  ip netns exec $(ns gw-a) $BIN status --config $state/gw-a/config.toml
+  $me kill \$($me leader)                  # crash the leader (kill -9): the standby takes over
+  $me stop \$($me leader)                  # graceful stop: released at once
+  $me cut \$($me leader)                   # the leader's instance vanishes from the network
+  $me start gw-a                           # bring a gateway back (it joins as standby)
+  tail -f $state/gw-a/daemon.log $state/gw-b/daemon.log $state/follow.log
+  $me down                                 # remove everything
 HELP
+}
+
+# ----------------------------------------------------------------------- status ---
+route_targets() { # one line: each managed table's target for the hybrid pod CIDR
+  # shellcheck disable=SC2086 # one word per table
+  ip netns exec "$NS_CP" "$PEERS_PYTHON" -c '
+import sys, boto3
+url, region, cidr, *tables = sys.argv[1:]
+ec2 = boto3.client("ec2", endpoint_url=url, region_name=region, aws_access_key_id="testing", aws_secret_access_key="testing")
+out = []
+for rt in ec2.describe_route_tables(RouteTableIds=tables)["RouteTables"]:
+    r = next((r for r in rt["Routes"] if r.get("DestinationCidrBlock") == cidr), {})
+    out.append(rt["RouteTableId"] + ": " + cidr + " -> " + r.get("NetworkInterfaceId", "no route"))
+print("; ".join(out))
+' "$MOTO_URL" "$AWS_REGION" "$HYBRID_POD_CIDR" $ROUTE_TABLES 2>/dev/null
+}
+
+status() {
+  load_env
+  local g pid holder
+  holder=$(lease_holder)
+  echo "leader:          $(leader || echo none) (Lease holder ${holder:-none})"
+  local cr
+  cr=$(kubectl_lab get ciliumvtepconfig hybrid-gateway -o 'jsonpath={range .spec.endpoints[*]}{.cidr} -> {.tunnelEndpoint} ({.mac}) {end}{.metadata.annotations.hybrid-gateway\.io/term}' 2>/dev/null) || cr=
+  echo "CiliumVTEPConfig: ${cr:+${cr% *}, term ${cr##* }}${cr:-none}"
+  echo "route tables:    $(route_targets || echo unknown)"
+  echo "gateway ENIs:    gw-a $GW_A_ENI ($GW_A_IP), gw-b $GW_B_ENI ($GW_B_IP)"
+  echo "vpc-host:        $(ip -n "$NS_VPC" route show "$HYBRID_POD_CIDR" | head -n1)"
+  echo "node-1:          $(ip -n "$NS_NODE" route show "$VPC_CIDR" | head -n1)"
+  for g in "${GATEWAYS[@]}"; do
+    echo "--- $g"
+    if pid=$(pid_of "$state/$g/daemon.pid" "$state/$g/config.toml"); then
+      ip netns exec "$(ns "$g")" "$BIN" status --config "$state/$g/config.toml" || true
+    else
+      echo "not running"
+    fi
+  done
 }
 
 case ${1:-} in
   up) up ;;
   down) down ;;
-  *) echo "usage: $0 up|down" >&2; exit 2 ;;
+  status) status ;;
+  leader) leader ;;
+  start) is_gw "${2:-}"; load_env; start_gw "$2" ;;
+  stop) is_gw "${2:-}"; load_env; stop_gw "$2" TERM ;;
+  kill) is_gw "${2:-}"; load_env; stop_gw "$2" KILL ;;
+  cut) is_gw "${2:-}"; load_env; ip -n "$(ns "$2")" link set eth0 down ;;
+  kubectl) shift; kubectl_lab "$@" ;;
+  *) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0" >&2; exit 2 ;;
 esac
