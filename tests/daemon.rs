@@ -32,33 +32,42 @@ fn http_get(ns: &Netns, url: &str) -> (u16, String) {
     (code, body)
 }
 
-#[test]
-fn systemd_notify_health_metrics_and_status() {
-    let gw = Netns::new("dgw");
-    let peer = Netns::new("dpeer");
-    veth(&gw, "u0", "10.99.0.1/24", &peer, "u1", "10.99.0.2/24");
-    let dir = std::env::temp_dir().join(format!("hgw-daemon-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("config.toml");
-    std::fs::write(&cfg, "[gateway]\nnode_ip = \"10.99.0.1\"\nvpc_cidrs = [\"10.250.0.0/16\"]\nhybrid_pod_cidrs = [\"192.168.32.0/23\"]\n").unwrap();
-    let nodes = dir.join("nodes.toml");
-    std::fs::write(
-        &nodes,
-        "[[node]]\nname = \"n1\"\nip = \"10.99.0.2\"\npod_cidrs = [\"192.168.32.0/25\"]\n",
-    )
-    .unwrap();
-    let sock_path = dir.join("notify.sock");
-    let sock = UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
+/// The daemon in a gateway namespace with one static hybrid node, talking to a real
+/// NOTIFY_SOCKET the test listens on.
+struct StaticDaemon {
+    gw: Netns,
+    _peer: Netns,
+    dir: std::path::PathBuf,
+    cfg: std::path::PathBuf,
+    sock: UnixDatagram,
+    daemon: support::Proc,
+}
 
-    let bin = env!("CARGO_BIN_EXE_hybrid-gateway");
-    let child = Command::new("ip")
-        .args([
+impl StaticDaemon {
+    fn start(tag: &str, config: &str, watchdog: bool) -> Self {
+        let gw = Netns::new(&format!("{tag}gw"));
+        let peer = Netns::new(&format!("{tag}peer"));
+        veth(&gw, "u0", "10.99.0.1/24", &peer, "u1", "10.99.0.2/24");
+        let dir = std::env::temp_dir().join(format!("hgw-daemon-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = dir.join("config.toml");
+        std::fs::write(&cfg, config).unwrap();
+        let nodes = dir.join("nodes.toml");
+        std::fs::write(
+            &nodes,
+            "[[node]]\nname = \"n1\"\nip = \"10.99.0.2\"\npod_cidrs = [\"192.168.32.0/25\"]\n",
+        )
+        .unwrap();
+        let sock_path = dir.join("notify.sock");
+        let sock = UnixDatagram::bind(&sock_path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut cmd = Command::new("ip");
+        cmd.args([
             "netns",
             "exec",
             &gw.name,
-            bin,
+            env!("CARGO_BIN_EXE_hybrid-gateway"),
             "run",
             "--config",
             cfg.to_str().unwrap(),
@@ -66,11 +75,34 @@ fn systemd_notify_health_metrics_and_status() {
             nodes.to_str().unwrap(),
         ])
         .env("NOTIFY_SOCKET", &sock_path)
-        .env("WATCHDOG_USEC", "1000000")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let daemon = support::Proc::from_child(child);
+        .stderr(Stdio::piped());
+        if watchdog {
+            cmd.env("WATCHDOG_USEC", "1000000");
+        }
+        let daemon = support::Proc::from_child(cmd.spawn().unwrap());
+        StaticDaemon {
+            gw,
+            _peer: peer,
+            dir,
+            cfg,
+            sock,
+            daemon,
+        }
+    }
+}
+
+#[test]
+fn systemd_notify_health_metrics_and_status() {
+    let base = "[gateway]\nnode_ip = \"10.99.0.1\"\nvpc_cidrs = [\"10.250.0.0/16\"]\nhybrid_pod_cidrs = [\"192.168.32.0/23\"]\n";
+    let StaticDaemon {
+        gw,
+        _peer,
+        dir,
+        cfg,
+        sock,
+        daemon,
+    } = StaticDaemon::start("d", base, true);
+    let bin = env!("CARGO_BIN_EXE_hybrid-gateway");
 
     let mut got = Vec::<String>::new();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -191,42 +223,15 @@ fn readyz_fails_until_the_first_node_sync() {
 
 #[test]
 fn reload_applies_live_changes_rejects_bad_ones_and_names_restart_keys() {
-    let gw = Netns::new("hgw");
-    let peer = Netns::new("hpeer");
-    veth(&gw, "u0", "10.99.0.1/24", &peer, "u1", "10.99.0.2/24");
-    let dir = std::env::temp_dir().join(format!("hgw-reload-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("config.toml");
     let base = "[gateway]\nnode_ip = \"10.99.0.1\"\nvpc_cidrs = [\"10.250.0.0/16\"]\nhybrid_pod_cidrs = [\"192.168.32.0/23\"]\n";
-    std::fs::write(&cfg, base).unwrap();
-    let nodes = dir.join("nodes.toml");
-    std::fs::write(
-        &nodes,
-        "[[node]]\nname = \"n1\"\nip = \"10.99.0.2\"\npod_cidrs = [\"192.168.32.0/25\"]\n",
-    )
-    .unwrap();
-    let sock_path = dir.join("notify.sock");
-    let sock = UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let bin = env!("CARGO_BIN_EXE_hybrid-gateway");
-    let child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &gw.name,
-            bin,
-            "run",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--static-nodes",
-            nodes.to_str().unwrap(),
-        ])
-        .env("NOTIFY_SOCKET", &sock_path)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let daemon = support::Proc::from_child(child);
+    let StaticDaemon {
+        gw,
+        _peer,
+        dir,
+        cfg,
+        sock,
+        daemon,
+    } = StaticDaemon::start("h", base, false);
     assert!(support::wait_until(Duration::from_secs(10), || gw
         .try_sh("ip route show dev hybrid_vxlan0")
         .stdout

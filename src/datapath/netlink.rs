@@ -127,31 +127,26 @@ impl Netlink {
 
     /// The link called `name`, or `None` if there is none.
     pub async fn link(&self, name: &str) -> Result<Option<LinkState>> {
-        let ctx = || format!("looking up link {name}");
-        let req = self
-            .handle
-            .link()
-            .get()
-            .match_name(name)
-            .execute()
-            .try_collect::<Vec<_>>();
-        match timed(REQUEST_TIMEOUT, ctx, req).await {
-            Ok(msgs) => Ok(msgs.into_iter().next().map(parse_link)),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.one_link(self.handle.link().get().match_name(name), || {
+            format!("looking up link {name}")
+        })
+        .await
     }
 
     pub async fn link_by_index(&self, index: u32) -> Result<Option<LinkState>> {
-        let ctx = || format!("looking up link #{index}");
-        let req = self
-            .handle
-            .link()
-            .get()
-            .match_index(index)
-            .execute()
-            .try_collect::<Vec<_>>();
-        match timed(REQUEST_TIMEOUT, ctx, req).await {
+        self.one_link(self.handle.link().get().match_index(index), || {
+            format!("looking up link #{index}")
+        })
+        .await
+    }
+
+    /// A single-link lookup; "no such device" is an answer, not an error.
+    async fn one_link(
+        &self,
+        req: rtnetlink::LinkGetRequest,
+        ctx: impl FnOnce() -> String,
+    ) -> Result<Option<LinkState>> {
+        match timed(REQUEST_TIMEOUT, ctx, req.execute().try_collect::<Vec<_>>()).await {
             Ok(msgs) => Ok(msgs.into_iter().next().map(parse_link)),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),

@@ -461,7 +461,7 @@ status() {
   echo "leader:          $(leader || echo none) (Lease holder ${holder:-none})"
   local cr
   cr=$(kubectl_lab get ciliumvtepconfig hybrid-gateway -o 'jsonpath={range .spec.endpoints[*]}{.cidr} -> {.tunnelEndpoint} ({.mac}) {end}{.metadata.annotations.hybrid-gateway\.io/term}' 2>/dev/null) || cr=
-  echo "CiliumVTEPConfig: ${cr:+${cr% *}, term ${cr##* }}${cr:-none}"
+  if [[ -n $cr ]]; then echo "CiliumVTEPConfig: ${cr% *}, term ${cr##* }"; else echo "CiliumVTEPConfig: none"; fi
   echo "route tables:    $(route_targets || echo unknown)"
   echo "gateway ENIs:    gw-a $GW_A_ENI ($GW_A_IP), gw-b $GW_B_ENI ($GW_B_IP)"
   echo "vpc-host:        $(ip -n "$NS_VPC" route show "$HYBRID_POD_CIDR" | head -n1)"
