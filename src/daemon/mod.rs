@@ -154,10 +154,7 @@ async fn run(mut config: Config, static_nodes: Option<PathBuf>) -> anyhow::Resul
             .with_context(|| format!("listening on {addr}"))?;
         let c = cancel.clone();
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, router)
-                .with_graceful_shutdown(async move { c.cancelled().await })
-                .await
-            {
+            if let Err(e) = telemetry::server::serve(listener, router, c).await {
                 tracing::error!("HTTP server on {addr}: {e}");
             }
         }));

@@ -1,7 +1,6 @@
 //! The two HTTP listeners: `/metrics` for Prometheus, and `/healthz`, `/readyz`, `/status`
 //! for health checks and `hybrid-gateway status`. Both default to loopback.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -79,13 +78,13 @@ async fn status_json(State(s): State<Shared>) -> impl IntoResponse {
     Json(s.status.snapshot())
 }
 
-/// Serves `router` on `addr` until `cancel`.
+/// Serves `router` on an already bound listener (binding first lets start-up fail on a
+/// taken port) until `cancel`.
 pub async fn serve(
-    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
     router: Router,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
     axum::serve(listener, router)
         .with_graceful_shutdown(async move { cancel.cancelled().await })
         .await
