@@ -51,7 +51,8 @@ impl Election {
             renew_deadline: e.renew_deadline,
             retry_period: e.retry_period,
         };
-        let request_timeout = config.kubernetes.request_timeout.min(e.renew_deadline);
+        // Half the renew deadline: a write must fit in the leadership time a renewal leaves.
+        let request_timeout = config.kubernetes.request_timeout.min(e.renew_deadline / 2);
         let lease = Elector::new(
             LeaseLock::new(
                 inputs.kube.clone(),

@@ -28,6 +28,8 @@ use super::{jitter, ElectionPublisher, Elector, ErrorLog, LockError, LockStore};
 /// What the Lease loop last learned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Lease {
+    /// No round has finished yet: do not go for the lock on a guess.
+    Unknown,
     /// We hold it.
     Held,
     /// The API answered and someone else validly holds it.
@@ -139,6 +141,8 @@ async fn lease_loop<K: LockStore>(
             _ = tokio::time::sleep(pause) => {}
             _ = woken => {}
             _ = give_up.notified() => {
+                // The lock loop must stop going for the lock before the Lease is gone.
+                view.send_replace(LeaseView { lease: Lease::OtherHolds, holder: None, at: Instant::now() });
                 tracing::warn!(identity = lease.identity(), "holding the Lease but not the DynamoDB lock for {:?}: releasing the Lease", t.lease_duration);
                 if let Ok(Err(e)) = tokio::time::timeout(t.renew_deadline, lease.release(Timestamp::now())).await {
                     errors.report(&e);
@@ -161,7 +165,7 @@ pub async fn run<K: LockStore, D: LockStore>(
     let t = c.lease.timings();
     let lock_t = c.lock.timings();
     let (view_tx, view_rx) = watch::channel(LeaseView {
-        lease: Lease::Unreachable,
+        lease: Lease::Unknown,
         holder: None,
         at: Instant::now(),
     });
@@ -198,11 +202,13 @@ async fn lock_loop<D: LockStore>(
             return;
         }
         let v = view.borrow_and_update().clone();
-        // What we learned long ago no longer says the API answers: treat it as unreachable.
-        let lease = if v.at.elapsed() > t.lease_duration {
-            Lease::Unreachable
-        } else {
-            v.lease
+        let lease = match v.lease {
+            // The first Lease round has not finished: wait for it, but not forever.
+            Lease::Unknown if v.at.elapsed() <= t.renew_deadline => Lease::Unknown,
+            Lease::Unknown => Lease::Unreachable,
+            // What we learned long ago no longer says the API answers: treat it as unreachable.
+            _ if v.at.elapsed() > t.lease_duration => Lease::Unreachable,
+            l => l,
         };
         let acting = acting_until.is_some();
 
@@ -224,7 +230,17 @@ async fn lock_loop<D: LockStore>(
                 }
             } else {
                 publisher.standby(v.holder.as_deref());
+                // Keep watching the lock: should this gateway get the Lease, its expiry
+                // clock for the old holder's lock is already running.
+                if let Ok(Err(e)) =
+                    tokio::time::timeout(lock_t.renew_deadline, lock.observe_only(Instant::now()))
+                        .await
+                {
+                    errors.report(&e);
+                }
             }
+        } else if lease == Lease::Unknown {
+            // Nothing to do until the first Lease round reports.
         } else {
             let started = Instant::now();
             let limit = acting_until.map_or(lock_t.renew_deadline, |u| {
@@ -278,7 +294,9 @@ async fn lock_loop<D: LockStore>(
         // A Lease holder that cannot get the lock gives the Lease up after one lease.
         if lease == Lease::Held && acting_until.is_none() {
             let since = *lease_without_lock_since.get_or_insert_with(Instant::now);
-            if since.elapsed() >= t.lease_duration {
+            // Longer than the lock's lease plus a round, so a lock that is just about to
+            // expire is taken rather than abandoned.
+            if since.elapsed() >= lock_t.lease_duration + t.retry_period {
                 give_up.notify_one();
                 lease_without_lock_since = None;
             }

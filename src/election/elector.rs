@@ -110,6 +110,15 @@ impl<S: LockStore> Elector<S> {
         }
     }
 
+    /// Reads the record without trying to take it, so a contender that may not compete
+    /// yet still starts its expiry clock from the holder's last renewal.
+    pub async fn observe_only(&mut self, now: Instant) -> Result<(), LockError> {
+        if let Some(current) = self.store.get().await? {
+            self.observe(current, now);
+        }
+        Ok(())
+    }
+
     /// client-go's tryAcquireOrRenew: `Ok(true)` if we hold the lock after this call.
     /// `now` is the local monotonic time *before* the call started.
     pub async fn try_acquire_or_renew(

@@ -158,9 +158,12 @@ pub async fn ensure(
         body["metadata"]["resourceVersion"] = json!(rv);
     }
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    super::timed(timeout, api.patch(NAME, &params, &Patch::Apply(&body)))
-        .await
-        .map_err(VtepConfigError::Api)?;
+    super::timed(
+        timeout.min(election.remaining()),
+        api.patch(NAME, &params, &Patch::Apply(&body)),
+    )
+    .await
+    .map_err(VtepConfigError::Api)?;
     Ok(true)
 }
 

@@ -40,6 +40,12 @@ pub async fn run(config: &Config) -> u8 {
 }
 
 fn print(s: &StatusSnapshot) {
+    // A closed pipe (`status | head`) must not panic: print through a writer that may fail.
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    macro_rules! println {
+        ($($t:tt)*) => { let _ = writeln!(out, $($t)*); };
+    }
     println!("{}", s.line());
     println!("  identity:     {}", s.identity);
     println!("  role:         {}", s.role);

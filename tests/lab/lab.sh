@@ -33,6 +33,9 @@
 #   HGW_LAB_PREFIX  namespace name prefix <p> (default hgwlab-); tests use their own
 #   HGW_LAB_BIN     use this hybrid-gateway binary instead of `cargo build`ing one
 #   HGW_LAB_LOG     the daemons' log filter (default info)
+#   HGW_LAB_POLL    how often the follower reads the moto route table (default 0.1 s)
+#   HGW_LAB_K8S_TIMEOUT  the gateways' kubernetes.request_timeout (default 1s: see the
+#                   workaround note in the generated config)
 #   HYBRID_GW_CACHE cache of the test peers (see tests/k8s/apiserver.sh, tests/aws/peers.sh)
 #
 # Addresses (only inside the lab's namespaces): VPC 10.250.0.0/16 (moto's), cp 10.250.0.2,
@@ -226,7 +229,10 @@ start_gw() { # start_gw NAME: (re)start the daemon, reconnecting the "instance" 
   local g=$1 d=$state/$1 n pid
   n=$(ns "$g")
   if pid=$(pid_of "$d/daemon.pid" "$d/config.toml"); then die "$g is already running (pid $pid)"; fi
+  # Reconnect the "instance" after a `cut`: link up, and the route to the hybrid nodes'
+  # network the kernel dropped with the link.
   ip -n "$n" link set eth0 up
+  ip -n "$n" route replace "$NODE_NET" dev eth0
   echo "--- start $(date '+%F %T.%N')" >>"$d/daemon.log"
   # shellcheck disable=SC2046 # one word per KEY=VALUE line
   ip netns exec "$n" env -i $(<"$d/env") "$BIN" run --config "$d/config.toml" \
