@@ -99,7 +99,7 @@ mod tests {
         let old = cfg("");
         let new = Config::parse(
             Path::new("t.toml"),
-            "[gateway]\nnode_ip = \"10.0.0.1\"\nvpc_cidrs = [\"10.250.0.0/16\"]\nhybrid_pod_cidrs = [\"192.168.32.0/23\", \"192.168.40.0/24\"]\n[vxlan]\nvni = 3\n[aws]\nroute_table_ids = [\"rtb-1\"]\n",
+            "[gateway]\nnode_ip = \"10.0.0.1\"\nvpc_cidrs = [\"10.250.0.0/16\"]\nhybrid_pod_cidrs = [\"192.168.32.0/23\", \"192.168.40.0/24\"]\n[vxlan]\nvni = 3\n[aws]\nroute_table_ids = [\"rtb-0123456789abcdef0\"]\n",
         )
         .unwrap();
         let (live, restart) = classify(&old, &new);
