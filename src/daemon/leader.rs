@@ -118,8 +118,10 @@ impl Election {
         if let Some(r) = inputs.routes.clone() {
             leader_work.push(tokio::spawn(r.run(handle.clone(), leader_cancel.clone())));
         }
+        let lock_in_use = matches!(contest, Contest::Combined(_));
         leader_work.push(tokio::spawn(follow(
             handle.clone(),
+            lock_in_use,
             inputs.status,
             inputs.metrics,
             leader_cancel.clone(),
@@ -197,8 +199,10 @@ impl Election {
 }
 
 /// Mirrors leadership into the status line and metrics.
+/// `lock_in_use`: with the DynamoDB lock, leading means holding it.
 async fn follow(
     mut handle: ElectionHandle,
+    lock_in_use: bool,
     status: Arc<DaemonStatus>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
@@ -208,6 +212,7 @@ async fn follow(
         match &l {
             Leadership::Leader { since, term } => {
                 metrics.leader_is_active.set(1);
+                metrics.dynamodb_lock_held.set(i64::from(lock_in_use));
                 metrics.election_term.set(i64::from(*term));
                 metrics.election_transitions.inc();
                 let since = since.strftime("%H:%M:%S").to_string();
@@ -220,6 +225,7 @@ async fn follow(
             }
             Leadership::Standby { leader } => {
                 metrics.leader_is_active.set(0);
+                metrics.dynamodb_lock_held.set(0);
                 status.update(|s| {
                     s.role = "standby".into();
                     s.leader = leader.clone();

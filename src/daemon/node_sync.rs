@@ -65,6 +65,9 @@ pub async fn run(
                     s.nodes_programmed = r.nodes;
                     s.nodes_synced |= clean;
                 });
+                obs.metrics
+                    .ready
+                    .set(i64::from(obs.status.snapshot().ready()));
                 if r.report.errors.is_empty() {
                     failures = 0;
                     resync

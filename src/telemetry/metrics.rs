@@ -36,7 +36,6 @@ pub struct Metrics {
     pub routes_left_alone: Gauge,
     pub leader_setup_duration_seconds: Histogram,
     pub dynamodb_lock_held: Gauge,
-    pub vtep_config_writes: Counter,
     pub vxlan_interface_up: Gauge,
     pub vxlan_fdb_entries: Gauge,
     pub vxlan_route_count: Gauge,
@@ -151,11 +150,6 @@ impl Metrics {
                 "dynamodb_lock_held",
                 "1 while this gateway holds the DynamoDB lock",
                 Gauge::default()
-            ),
-            vtep_config_writes: reg!(
-                "vtep_config_writes",
-                "Writes of the CiliumVTEPConfig",
-                Counter::default()
             ),
             vxlan_interface_up: reg!(
                 "vxlan_interface_up",
