@@ -51,12 +51,9 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Status { config } => {
-            let config = match Config::load(&config) {
+            let config = match Config::load_or_exit(&config) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(daemon::EXIT_CONFIG);
-                }
+                Err(code) => return code,
             };
             let code = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -69,15 +66,12 @@ fn main() -> ExitCode {
             println!("{}", hybrid_gateway::datapath::Mac::for_gateway(node_ip));
             ExitCode::SUCCESS
         }
-        Command::CheckConfig { path } => match Config::load(&path) {
+        Command::CheckConfig { path } => match Config::load_or_exit(&path) {
             Ok(config) => {
                 println!("{}", config.summary());
                 ExitCode::SUCCESS
             }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(daemon::EXIT_CONFIG)
-            }
+            Err(code) => code,
         },
         Command::Run {
             config,

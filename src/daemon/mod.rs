@@ -30,9 +30,7 @@ use crate::k8s::cilium_nodes::{self, NodeSet, NodeWatchStats};
 use crate::k8s::client;
 use crate::telemetry::{self, DaemonStatus, Metrics};
 
-/// sysexits' EX_CONFIG: the unit file's RestartPreventExitStatus keeps systemd from
-/// restart-looping on a configuration only a human can fix.
-pub const EXIT_CONFIG: u8 = 78;
+pub use crate::config::EXIT_CONFIG;
 
 /// Created by the package's removal script just before it stops the service.
 const FINAL_STOP_MARKER: &str = "/run/hybrid-gateway/final-stop";
@@ -41,12 +39,9 @@ const FINAL_STOP_MARKER: &str = "/run/hybrid-gateway/final-stop";
 const SHUTDOWN_BUDGET: Duration = Duration::from_secs(4);
 
 pub fn main(config_path: &Path, static_nodes: Option<&Path>) -> ExitCode {
-    let config = match Config::load(config_path) {
+    let config = match Config::load_or_exit(config_path) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(code) => return code,
     };
     telemetry::logging::init(&config.telemetry.log_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
