@@ -174,7 +174,8 @@ async fn fetch(client: &Client, leaf: &str, settings: &ImdsSettings) -> Result<S
                 cause,
             });
         }
-        let wait = super::backoff(settings.backoff, attempt - 1, settings.max_backoff);
+        let wait =
+            crate::backoff::Backoff::new(settings.backoff, settings.max_backoff).delay(attempt - 1);
         tracing::debug!(%path, attempt, "IMDS: {cause}; retrying in {wait:?}");
         tokio::time::sleep(wait).await;
     }

@@ -18,8 +18,8 @@ use ipnet::Ipv4Net;
 
 pub use report::{ApiCalls, SyncReport, TableReport};
 
-use super::backoff;
 use super::route_diff::{self, ObservedTable, Trusted, Write, WriteKind};
+use crate::backoff::Backoff;
 use crate::config::{AwsConfig, RouteTableTag, Takeover};
 use ec2::{is_no_such_route, Failure, LEADERSHIP_ENDING};
 use report::{log_write, Counters};
@@ -46,6 +46,13 @@ impl Deadline for std::time::Instant {
 impl Deadline for crate::election::ElectionHandle {
     fn remaining(&self) -> Duration {
         crate::election::ElectionHandle::remaining(self)
+    }
+}
+
+/// Leadership in one term: nothing left once the term is over, even if a new one began.
+impl Deadline for crate::election::Term {
+    fn remaining(&self) -> Duration {
+        crate::election::Term::remaining(self)
     }
 }
 
@@ -272,7 +279,7 @@ impl RouteTables {
                 break;
             }
             if failed {
-                let wait = backoff(s.backoff, round, s.max_backoff);
+                let wait = Backoff::new(s.backoff, s.max_backoff).delay(round);
                 tracing::debug!(
                     "route tables: retrying {} table(s) in {wait:?}",
                     again.len()
@@ -334,7 +341,7 @@ impl RouteTables {
                 }
                 Err(cause) => {
                     attempt += 1;
-                    let wait = backoff(s.backoff, attempt - 1, s.max_backoff);
+                    let wait = Backoff::new(s.backoff, s.max_backoff).delay(attempt - 1);
                     if attempt >= s.rounds.max(1) {
                         return Err(RouteError::Read {
                             selection: s.selection(),
