@@ -64,6 +64,7 @@ impl AwsSide {
             ec2: aws_sdk_ec2::Client::new(&self.sdk),
             instance_id: self.identity.instance_id.clone(),
             eni: self.identity.primary_eni.clone(),
+            vpc_id: self.identity.vpc_id.clone(),
             config: config.clone(),
             status,
             metrics,

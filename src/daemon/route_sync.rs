@@ -20,6 +20,8 @@ pub struct RouteSync {
     pub ec2: aws_sdk_ec2::Client,
     pub instance_id: String,
     pub eni: String,
+    /// Only this VPC's tables are managed (IMDS: the primary ENI's VPC).
+    pub vpc_id: String,
     pub config: watch::Receiver<Arc<Config>>,
     pub status: Arc<DaemonStatus>,
     pub metrics: Arc<Metrics>,
@@ -30,12 +32,10 @@ impl RouteSync {
     /// on reload.
     pub fn current(&self) -> (RouteTables, Vec<Ipv4Net>, Duration) {
         let c = self.config.borrow();
+        let mut settings = RouteTablesSettings::from_config(&c.aws);
+        settings.vpc_id = Some(self.vpc_id.clone());
         (
-            RouteTables::new(
-                self.ec2.clone(),
-                RouteTablesSettings::from_config(&c.aws),
-                &self.instance_id,
-            ),
+            RouteTables::new(self.ec2.clone(), settings, &self.instance_id),
             c.gateway.hybrid_pod_cidrs.clone(),
             c.aws.resync_interval,
         )
