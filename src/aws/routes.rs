@@ -60,6 +60,9 @@ impl Deadline for crate::election::Term {
 pub struct RouteTablesSettings {
     pub route_table_ids: Vec<String>,
     pub route_table_tag: Option<RouteTableTag>,
+    /// Only tables of this VPC (the gateway's own, from IMDS) are read and written: a tag
+    /// selects account-wide, and another VPC's table carrying it belongs to someone else.
+    pub vpc_id: Option<String>,
     pub takeover: Takeover,
     /// Trusted by the ownership guard besides our own Auto Scaling group.
     pub gateway_instance_ids: Vec<String>,
@@ -85,6 +88,7 @@ impl RouteTablesSettings {
         RouteTablesSettings {
             route_table_ids: aws.route_table_ids.clone(),
             route_table_tag: aws.route_table_tag.clone(),
+            vpc_id: None,
             takeover: aws.takeover,
             gateway_instance_ids: aws.gateway_instance_ids.clone(),
             concurrency: 8,

@@ -154,9 +154,12 @@ impl Target for TermSync {
 impl super::aws_side::AwsSide {
     /// The route tables reconciler for `config`'s selection and takeover rule.
     fn route_tables(&self, config: &Config) -> RouteTables {
+        let mut settings = RouteTablesSettings::from_config(&config.aws);
+        // Only this VPC's tables (IMDS: the primary ENI's VPC): a tag selects account-wide.
+        settings.vpc_id = Some(self.identity.vpc_id.clone());
         RouteTables::new(
             aws_sdk_ec2::Client::new(&self.sdk),
-            RouteTablesSettings::from_config(&config.aws),
+            settings,
             &self.identity.instance_id,
         )
     }
