@@ -107,12 +107,20 @@ impl Election {
             vpc_cidrs: config.gateway.vpc_cidrs.clone(),
         };
         let mut leader_work = vec![lease_watch];
+        let (fenced, fenced_rx) = tokio::sync::watch::channel(None);
         leader_work.push(tokio::spawn(vtep_config::run(
             inputs.kube,
             spec,
             inputs.identity,
             handle.clone(),
             request_timeout,
+            fenced,
+            leader_cancel.clone(),
+        )));
+        leader_work.push(tokio::spawn(follow_fence(
+            fenced_rx,
+            inputs.status.clone(),
+            inputs.metrics.clone(),
             leader_cancel.clone(),
         )));
         if let Some(r) = inputs.routes.clone() {
@@ -236,6 +244,24 @@ async fn follow(
         tokio::select! {
             _ = cancel.cancelled() => return,
             r = handle.leadership.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+/// Mirrors the CiliumVTEPConfig fence into readiness and the `vtepconfig_fenced` gauge.
+async fn follow_fence(
+    mut fenced: tokio::sync::watch::Receiver<Option<String>>,
+    status: Arc<DaemonStatus>,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let why = fenced.borrow_and_update().clone();
+        metrics.vtepconfig_fenced.set(i64::from(why.is_some()));
+        status.update(|s| s.vtepconfig_fenced = why);
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = fenced.changed() => if r.is_err() { return },
         }
     }
 }

@@ -4,23 +4,26 @@
 //!
 //! Written with server-side apply under our own field manager, so the `status` Cilium
 //! writes and fields other managers own are left alone. A term annotation fences out a
-//! deposed leader: nobody writes over a higher term, and the write carries the
-//! resourceVersion it checked.
+//! deposed leader: nobody writes over a term not below its own, and the write carries the
+//! resourceVersion it checked. A legitimate leader that finds a term at or above its own
+//! (its store was recreated or switched) raises the store's term above it first — see
+//! [`fence`].
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use futures::StreamExt;
 use ipnet::Ipv4Net;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::Api;
 use serde_json::{json, Value};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::datapath::Mac;
-use crate::election::{ElectionHandle, Leadership};
+use crate::election::ElectionHandle;
 
 pub const NAME: &str = "hybrid-gateway";
 pub const FIELD_MANAGER: &str = "hybrid-gateway";
@@ -116,9 +119,33 @@ fn written_term(obj: &DynamicObject) -> Option<u32> {
         .ok()
 }
 
+/// The fence: may a leader in `term` named `identity` write over `obj`? Only over a lower
+/// term, or over its own writes in the same term. Anything else is either a newer leader
+/// (whose CR a deposed one must never overwrite) or a store that was reset under a
+/// legitimate leader (deleted Lease or lock item, another mode): in both cases the
+/// answer is to raise the store's term above the object's with a conditional write,
+/// which only the holder of the store's current version can make. The object's term
+/// therefore never goes backwards, and no reset can lock every future leader out.
+pub fn fence(obj: &DynamicObject, identity: &str, term: u32) -> Result<(), u32> {
+    let Some(found) = written_term(obj) else {
+        return Ok(());
+    };
+    let by = obj
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(LEADER_ANNOTATION))
+        .map(String::as_str);
+    if found < term || (found == term && by == Some(identity)) {
+        Ok(())
+    } else {
+        Err(found)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum VtepConfigError {
-    #[error("CiliumVTEPConfig {NAME} carries term {found}, newer than ours ({ours}): another gateway leads")]
+    #[error("CiliumVTEPConfig {NAME} carries term {found}, not below ours ({ours}): raising our term above it")]
     Fenced { found: u32, ours: u32 },
     #[error("not enough leadership left to write safely")]
     NoTimeLeft,
@@ -126,83 +153,107 @@ pub enum VtepConfigError {
     Api(String),
 }
 
-/// Reads, checks the fence, and applies if anything differs. Returns whether it wrote.
+/// Reads, checks the fence, and writes if anything differs. Returns whether it wrote.
+///
+/// Leadership — term included — is read again right before the write: a term read once
+/// per office goes stale when leadership flaps (Standby → Leader in a new term) between
+/// two writes. The write carries the resourceVersion it checked (or is a create that
+/// fails if someone created the object meanwhile), so nothing written since the check
+/// can be overwritten.
 pub async fn ensure(
     api: &Api<DynamicObject>,
     spec: &VtepSpec,
     identity: &str,
-    term: u32,
     election: &ElectionHandle,
     timeout: Duration,
 ) -> Result<bool, VtepConfigError> {
+    let Some((term, _)) = election.current() else {
+        return Err(VtepConfigError::NoTimeLeft);
+    };
     let current = super::timed(timeout, api.get_opt(NAME))
         .await
         .map_err(VtepConfigError::Api)?;
     if let Some(obj) = &current {
-        if let Some(found) = written_term(obj).filter(|t| *t > term) {
+        if let Err(found) = fence(obj, identity, term) {
+            election.raise_term_above(found);
             return Err(VtepConfigError::Fenced { found, ours: term });
         }
         if spec.satisfied_by(obj, identity, term) {
             return Ok(false);
         }
     }
-    if election.remaining() <= timeout {
-        return Err(VtepConfigError::NoTimeLeft);
-    }
+    // The moment of the write: still leading, in the term the fence was checked for, with
+    // more time left than the write may take.
+    let left = match election.current() {
+        Some((t, left)) if t == term && left > timeout => left,
+        _ => return Err(VtepConfigError::NoTimeLeft),
+    };
     let mut body = spec.apply_body(identity, term);
-    if let Some(rv) = current
-        .as_ref()
-        .and_then(|o| o.metadata.resource_version.clone())
-    {
-        // Optimistic lock: if the object changed since we checked the fence, get 409 and retry.
-        body["metadata"]["resourceVersion"] = json!(rv);
+    let limit = timeout.min(left);
+    match current.and_then(|o| o.metadata.resource_version) {
+        Some(rv) => {
+            // Optimistic lock: if the object changed since we checked the fence, get 409 and retry.
+            body["metadata"]["resourceVersion"] = json!(rv);
+            let params = PatchParams::apply(FIELD_MANAGER).force();
+            super::timed(limit, api.patch(NAME, &params, &Patch::Apply(&body)))
+                .await
+                .map_err(VtepConfigError::Api)?;
+        }
+        None => {
+            // A create, not an apply: an apply would overwrite an object another leader
+            // created since our read; a create fails with 409 instead.
+            let obj: DynamicObject = serde_json::from_value(body)
+                .map_err(|e| VtepConfigError::Api(format!("building the object: {e}")))?;
+            let params = PostParams {
+                field_manager: Some(FIELD_MANAGER.to_string()),
+                ..PostParams::default()
+            };
+            super::timed(limit, api.create(&params, &obj))
+                .await
+                .map_err(VtepConfigError::Api)?;
+        }
     }
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    super::timed(
-        timeout.min(election.remaining()),
-        api.patch(NAME, &params, &Patch::Apply(&body)),
-    )
-    .await
-    .map_err(VtepConfigError::Api)?;
     Ok(true)
 }
 
 /// Leader-only loop: whenever this process leads, keeps the CiliumVTEPConfig right, until
-/// leadership ends or `cancel`.
+/// `cancel`. `fenced` carries why the last attempt was fenced, `None` once it was not.
 pub async fn run(
     client: kube::Client,
     spec: VtepSpec,
     identity: String,
     mut election: ElectionHandle,
     timeout: Duration,
+    fenced: watch::Sender<Option<String>>,
     cancel: CancellationToken,
 ) {
     let api: Api<DynamicObject> = Api::all_with(client, &api_resource());
     loop {
-        let term = loop {
-            if let Leadership::Leader { term, .. } = &*election.leadership.borrow_and_update() {
-                break *term;
+        loop {
+            if election.leadership.borrow_and_update().is_leader() {
+                break;
             }
+            fenced.send_replace(None);
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 r = election.leadership.changed() => if r.is_err() { return },
             }
-        };
+        }
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = lead(&api, &spec, &identity, term, &mut election, timeout) => {}
+            _ = lead(&api, &spec, &identity, &mut election, timeout, &fenced) => {}
         }
     }
 }
 
-/// One term of office: apply now, then on every change of the object and every resync.
+/// One office: apply now, then on every change of the object and every resync.
 async fn lead(
     api: &Api<DynamicObject>,
     spec: &VtepSpec,
     identity: &str,
-    term: u32,
     election: &mut ElectionHandle,
     timeout: Duration,
+    fenced: &watch::Sender<Option<String>>,
 ) {
     let config = watcher::Config::default()
         .fields(&format!("metadata.name={NAME}"))
@@ -216,6 +267,8 @@ async fn lead(
                 if r.is_err() || !election.leadership.borrow().is_leader() {
                     return;
                 }
+                // A new term (raised to pass the fence): write at once.
+                next = tokio::time::Instant::now();
             }
             ev = changes.next() => match ev {
                 // Our own writes echo back here too; `ensure` sees them satisfied and stops.
@@ -225,25 +278,29 @@ async fn lead(
                 None => return,
             },
             _ = tokio::time::sleep_until(next) => {
-                match ensure(api, spec, identity, term, election, timeout).await {
+                let result = ensure(api, spec, identity, election, timeout).await;
+                let term = election.current().map(|(t, _)| t);
+                match result {
                     Ok(wrote) => {
                         if wrote {
                             tracing::info!(term, endpoint = %spec.tunnel_endpoint, mac = %spec.mac, "CiliumVTEPConfig {NAME} applied");
                         }
+                        fenced.send_replace(None);
                         failures = 0;
                         next = tokio::time::Instant::now() + RESYNC;
+                        continue;
                     }
-                    Err(e @ VtepConfigError::Fenced { .. }) => {
-                        tracing::warn!(term, "{e}; not writing");
-                        next = tokio::time::Instant::now() + RESYNC;
+                    Err(ref e @ VtepConfigError::Fenced { .. }) => {
+                        // The raise happens at the election's next renewal, which it makes
+                        // at once; the new term wakes us above. This retry is the fallback.
+                        tracing::warn!(term, "{e}");
+                        fenced.send_replace(Some(e.to_string()));
                     }
-                    Err(e) => {
-                        failures += 1;
-                        let wait = RETRY_MIN.saturating_mul(2u32.saturating_pow(failures.min(10))).min(RETRY_MAX).mul_f64(0.5 + fastrand::f64() / 2.0);
-                        tracing::warn!(term, "{e}; retrying in {wait:?}");
-                        next = tokio::time::Instant::now() + wait;
-                    }
+                    Err(ref e) => tracing::warn!(term, "{e}; retrying"),
                 }
+                failures += 1;
+                let wait = RETRY_MIN.saturating_mul(2u32.saturating_pow(failures.min(10))).min(RETRY_MAX).mul_f64(0.5 + fastrand::f64() / 2.0);
+                next = tokio::time::Instant::now() + wait;
             }
         }
     }
