@@ -204,12 +204,13 @@ fn reconcile_follows_nodes_through_their_lifecycle() {
         let (dp, _) = Datapath::setup(&cfg, ip(GW_IP)).await.unwrap();
         let step = |nodes: Vec<HybridNode>| {
             let dp = &dp;
+            let pods = &cfg.gateway.hybrid_pod_cidrs;
             async move {
-                let r = dp.reconcile(&nodes).await.unwrap();
+                let r = dp.reconcile(&nodes, pods).await.unwrap();
                 assert!(r.report.errors.is_empty(), "{:?}", r.report.errors);
                 assert!(r.rejected.is_empty(), "{:?}", r.rejected);
                 // Level-based: a second pass over the same input changes nothing.
-                let again = dp.reconcile(&nodes).await.unwrap();
+                let again = dp.reconcile(&nodes, pods).await.unwrap();
                 assert_eq!(again.report.changes(), 0, "second pass rewrote something");
                 r.report
             }
@@ -312,16 +313,22 @@ fn reconcile_cleans_a_polluted_kernel_and_spares_what_it_does_not_own() {
     gw.run(|| async {
         let (dp, _) = Datapath::setup(&cfg, ip(GW_IP)).await.unwrap();
         let r = dp
-            .reconcile(&[node("n1", "10.99.0.2", &["192.168.32.0/25"])])
+            .reconcile(
+                &[node("n1", "10.99.0.2", &["192.168.32.0/25"])],
+                &cfg.gateway.hybrid_pod_cidrs,
+            )
             .await
             .unwrap();
         assert!(r.report.errors.is_empty(), "{:?}", r.report.errors);
         assert_eq!(
-            dp.reconcile(&[node("n1", "10.99.0.2", &["192.168.32.0/25"])])
-                .await
-                .unwrap()
-                .report
-                .changes(),
+            dp.reconcile(
+                &[node("n1", "10.99.0.2", &["192.168.32.0/25"])],
+                &cfg.gateway.hybrid_pod_cidrs
+            )
+            .await
+            .unwrap()
+            .report
+            .changes(),
             0
         );
     });
@@ -352,7 +359,10 @@ fn nodes_that_conflict_are_skipped_without_disturbing_others() {
             node("thief", "10.99.0.3", &["192.168.32.0/26"]),
             node("outside", "10.99.0.4", &["10.250.9.0/24"]),
         ];
-        dp.reconcile(&nodes).await.unwrap().rejected
+        dp.reconcile(&nodes, &cfg.gateway.hybrid_pod_cidrs)
+            .await
+            .unwrap()
+            .rejected
     });
     assert_eq!(
         rejected.iter().map(|r| r.node()).collect::<Vec<_>>(),
@@ -406,9 +416,12 @@ fn packets_cross_the_tunnel_both_ways_and_stop_when_the_node_goes() {
     let cfg = config("");
     t.gw.run(|| async {
         let (dp, _) = Datapath::setup(&cfg, ip(GW_IP)).await.unwrap();
-        dp.reconcile(&[node("n1", NODE_IP, &["192.168.32.0/25"])])
-            .await
-            .unwrap();
+        dp.reconcile(
+            &[node("n1", NODE_IP, &["192.168.32.0/25"])],
+            &cfg.gateway.hybrid_pod_cidrs,
+        )
+        .await
+        .unwrap();
     });
     let gw_rx = rx_packets(&t.gw, "hybrid_vxlan0");
     let node_rx = rx_packets(&t.node, "vx");
@@ -429,7 +442,9 @@ fn packets_cross_the_tunnel_both_ways_and_stop_when_the_node_goes() {
 
     t.gw.run(|| async {
         let (dp, _) = Datapath::setup(&cfg, ip(GW_IP)).await.unwrap();
-        dp.reconcile(&[]).await.unwrap();
+        dp.reconcile(&[], &cfg.gateway.hybrid_pod_cidrs)
+            .await
+            .unwrap();
     });
     let ping = t.vpc.try_sh("ping -c 2 -i 0.2 -W 1 192.168.32.10");
     assert!(

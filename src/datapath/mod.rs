@@ -22,12 +22,10 @@ pub use vxlan::{Device, DeviceAction};
 
 use crate::config::Config;
 
-/// The set-up datapath: a netlink socket, the device, and the reconciler state.
+/// The set-up datapath: a netlink socket and the device.
 pub struct Datapath {
     nl: Netlink,
     device: Device,
-    /// Swapped by a config reload while the reconcile loop runs.
-    pod_cidrs: std::sync::Mutex<Vec<Ipv4Net>>,
 }
 
 /// What one reconcile pass found and did.
@@ -52,35 +50,23 @@ impl Datapath {
         let nl = Netlink::open()?;
         let device = vxlan::ensure(&nl, &config.vxlan, node_ip).await?;
         changes.extend(sysctl::ensure_interface(&device.underlay, false)?);
-        Ok((
-            Datapath {
-                nl,
-                device,
-                pod_cidrs: std::sync::Mutex::new(config.gateway.hybrid_pod_cidrs.clone()),
-            },
-            changes,
-        ))
+        Ok((Datapath { nl, device }, changes))
     }
 
     pub fn device(&self) -> &Device {
         &self.device
     }
 
-    /// A changed `hybrid_pod_cidrs` takes effect at the next reconcile.
-    pub fn set_pod_cidrs(&self, pod_cidrs: Vec<Ipv4Net>) {
-        *self.pod_cidrs.lock().unwrap_or_else(|p| p.into_inner()) = pod_cidrs;
-    }
-
-    /// Makes the kernel match `nodes`: reads what is there, diffs, applies only the
+    /// Makes the kernel match `nodes`, within `pod_cidrs` (`gateway.hybrid_pod_cidrs`, as
+    /// the running configuration has it): reads what is there, diffs, applies only the
     /// difference. Failed entries are in the report and are retried by the next pass.
-    pub async fn reconcile(&self, nodes: &[HybridNode]) -> Result<Reconciled> {
+    pub async fn reconcile(
+        &self,
+        nodes: &[HybridNode],
+        pod_cidrs: &[Ipv4Net],
+    ) -> Result<Reconciled> {
         let started = Instant::now();
-        let pod_cidrs = self
-            .pod_cidrs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let (desired, rejected) = Desired::build(nodes, &pod_cidrs);
+        let (desired, rejected) = Desired::build(nodes, pod_cidrs);
         let actual = self.nl.read_vtep(self.device.index).await?;
         let plan = vtep::diff(&desired, &actual);
         let report = if plan.is_empty() {

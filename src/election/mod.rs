@@ -6,6 +6,7 @@ pub mod combined;
 pub mod decide;
 pub mod dynamodb;
 pub mod elector;
+mod handle;
 pub mod lease;
 pub mod record;
 
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use decide::{Change, Hold, Next, Round};
 pub use elector::{Elector, Timings};
+pub use handle::Term;
 pub use record::{LeaderRecord, LockError, LockStore, Observed};
 
 use crate::config::JITTER_FACTOR;

@@ -22,16 +22,19 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::CallError;
+use crate::backoff::Backoff;
 use crate::datapath::Mac;
-use crate::election::ElectionHandle;
+use crate::election::{ElectionHandle, Term};
+use crate::reconcile::{self, Outcome, Target, Wakeups};
 
 pub const NAME: &str = "hybrid-gateway";
 pub const FIELD_MANAGER: &str = "hybrid-gateway";
 pub const TERM_ANNOTATION: &str = "hybrid-gateway.io/term";
 pub const LEADER_ANNOTATION: &str = "hybrid-gateway.io/leader";
 const RESYNC: Duration = Duration::from_secs(30);
-const RETRY_MIN: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(5);
+/// After a failed write: 100-200 ms, doubling, at most 5 s.
+const BACKOFF: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
 
 pub fn api_resource() -> ApiResource {
     ApiResource::from_gvk(&GroupVersionKind::gvk(
@@ -150,26 +153,27 @@ pub enum VtepConfigError {
     #[error("not enough leadership left to write safely")]
     NoTimeLeft,
     #[error("CiliumVTEPConfig {NAME}: {0}")]
-    Api(String),
+    Api(#[source] CallError),
+    #[error("CiliumVTEPConfig {NAME}: building the object: {0}")]
+    Body(#[source] serde_json::Error),
 }
 
-/// Reads, checks the fence, and writes if anything differs. Returns whether it wrote.
+/// Reads, checks the fence, and writes if anything differs, as leader of `election`'s
+/// term. Returns whether it wrote.
 ///
-/// Leadership — term included — is read again right before the write: a term read once
-/// per office goes stale when leadership flaps (Standby → Leader in a new term) between
-/// two writes. The write carries the resourceVersion it checked (or is a create that
-/// fails if someone created the object meanwhile), so nothing written since the check
-/// can be overwritten.
+/// The term's time left is read again right before the write: it is zero once that term
+/// is over (standby, or a Standby → Leader flap into a new term), so a term read once
+/// never writes after it ended. The write carries the resourceVersion it checked (or is a
+/// create that fails if someone created the object meanwhile), so nothing written since
+/// the check can be overwritten.
 pub async fn ensure(
     api: &Api<DynamicObject>,
     spec: &VtepSpec,
     identity: &str,
-    election: &ElectionHandle,
+    election: &Term,
     timeout: Duration,
 ) -> Result<bool, VtepConfigError> {
-    let Some((term, _)) = election.current() else {
-        return Err(VtepConfigError::NoTimeLeft);
-    };
+    let term = election.number();
     let current = super::timed(timeout, api.get_opt(NAME))
         .await
         .map_err(VtepConfigError::Api)?;
@@ -182,12 +186,12 @@ pub async fn ensure(
             return Ok(false);
         }
     }
-    // The moment of the write: still leading, in the term the fence was checked for, with
-    // more time left than the write may take.
-    let left = match election.current() {
-        Some((t, left)) if t == term && left > timeout => left,
-        _ => return Err(VtepConfigError::NoTimeLeft),
-    };
+    // The moment of the write: this term still leads, with more time left than the write
+    // may take.
+    let left = election.remaining();
+    if left <= timeout {
+        return Err(VtepConfigError::NoTimeLeft);
+    }
     let mut body = spec.apply_body(identity, term);
     let limit = timeout.min(left);
     match current.and_then(|o| o.metadata.resource_version) {
@@ -202,8 +206,7 @@ pub async fn ensure(
         None => {
             // A create, not an apply: an apply would overwrite an object another leader
             // created since our read; a create fails with 409 instead.
-            let obj: DynamicObject = serde_json::from_value(body)
-                .map_err(|e| VtepConfigError::Api(format!("building the object: {e}")))?;
+            let obj: DynamicObject = serde_json::from_value(body).map_err(VtepConfigError::Body)?;
             let params = PostParams {
                 field_manager: Some(FIELD_MANAGER.to_string()),
                 ..PostParams::default()
@@ -216,93 +219,99 @@ pub async fn ensure(
     Ok(true)
 }
 
-/// Leader-only loop: whenever this process leads, keeps the CiliumVTEPConfig right, until
-/// `cancel`. `fenced` carries why the last attempt was fenced, `None` once it was not.
+/// Leader-only: whenever this process leads, keeps the CiliumVTEPConfig right — at once
+/// on taking office, within a second of anyone changing or deleting it, and every resync —
+/// until `cancel`.
 pub async fn run(
     client: kube::Client,
     spec: VtepSpec,
     identity: String,
-    mut election: ElectionHandle,
+    election: ElectionHandle,
     timeout: Duration,
     fenced: watch::Sender<Option<String>>,
     cancel: CancellationToken,
 ) {
     let api: Api<DynamicObject> = Api::all_with(client, &api_resource());
-    loop {
-        loop {
-            if election.leadership.borrow_and_update().is_leader() {
-                break;
-            }
-            fenced.send_replace(None);
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                r = election.leadership.changed() => if r.is_err() { return },
-            }
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = lead(&api, &spec, &identity, &mut election, timeout, &fenced) => {}
-        }
-    }
+    let start = |term: Term| {
+        let writer = Writer {
+            api: api.clone(),
+            spec: spec.clone(),
+            identity: identity.clone(),
+            term,
+            timeout,
+            fenced: fenced.clone(),
+        };
+        (writer, Wakeups::new().on_stream(changes(api.clone())))
+    };
+    reconcile::while_leading(&election, start, BACKOFF, &cancel).await;
 }
 
-/// One office: apply now, then on every change of the object and every resync.
-async fn lead(
-    api: &Api<DynamicObject>,
-    spec: &VtepSpec,
-    identity: &str,
-    election: &mut ElectionHandle,
-    timeout: Duration,
-    fenced: &watch::Sender<Option<String>>,
-) {
+/// A wake-up for every change of the object; our own writes echo back here too, and the
+/// next pass finds them satisfied.
+fn changes(api: Api<DynamicObject>) -> impl futures::Stream<Item = ()> + Send + 'static {
     let config = watcher::Config::default()
         .fields(&format!("metadata.name={NAME}"))
         .timeout(30);
-    let mut changes = std::pin::pin!(watcher::watcher(api.clone(), config).default_backoff());
-    let mut failures = 0u32;
-    let mut next = tokio::time::Instant::now();
-    loop {
-        tokio::select! {
-            r = election.leadership.changed() => {
-                if r.is_err() || !election.leadership.borrow().is_leader() {
-                    return;
+    watcher::watcher(api, config)
+        .default_backoff()
+        .filter_map(|ev| async move {
+            match ev {
+                Ok(Event::Apply(_) | Event::Delete(_) | Event::InitDone) => Some(()),
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::debug!("CiliumVTEPConfig watch: {e}");
+                    None
                 }
-                // A new term (raised to pass the fence): write at once.
-                next = tokio::time::Instant::now();
             }
-            ev = changes.next() => match ev {
-                // Our own writes echo back here too; `ensure` sees them satisfied and stops.
-                Some(Ok(Event::Apply(_) | Event::Delete(_) | Event::InitDone)) => next = tokio::time::Instant::now(),
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => tracing::debug!("CiliumVTEPConfig watch: {e}"),
-                None => return,
-            },
-            _ = tokio::time::sleep_until(next) => {
-                let result = ensure(api, spec, identity, election, timeout).await;
-                let term = election.current().map(|(t, _)| t);
-                match result {
-                    Ok(wrote) => {
-                        if wrote {
-                            tracing::info!(term, endpoint = %spec.tunnel_endpoint, mac = %spec.mac, "CiliumVTEPConfig {NAME} applied");
-                        }
-                        fenced.send_replace(None);
-                        failures = 0;
-                        next = tokio::time::Instant::now() + RESYNC;
-                        continue;
-                    }
-                    Err(ref e @ VtepConfigError::Fenced { .. }) => {
-                        // The raise happens at the election's next renewal, which it makes
-                        // at once; the new term wakes us above. This retry is the fallback.
-                        tracing::warn!(term, "{e}");
-                        fenced.send_replace(Some(e.to_string()));
-                    }
-                    Err(ref e) => tracing::warn!(term, "{e}; retrying"),
+        })
+}
+
+/// The CiliumVTEPConfig writer in one term of office.
+struct Writer {
+    api: Api<DynamicObject>,
+    spec: VtepSpec,
+    identity: String,
+    term: Term,
+    timeout: Duration,
+    /// Why the last pass was fenced; `None` once one was not.
+    fenced: watch::Sender<Option<String>>,
+}
+
+impl Target for Writer {
+    type Error = VtepConfigError;
+
+    async fn pass(&mut self) -> Result<Outcome, VtepConfigError> {
+        let term = self.term.number();
+        match ensure(
+            &self.api,
+            &self.spec,
+            &self.identity,
+            &self.term,
+            self.timeout,
+        )
+        .await
+        {
+            Ok(wrote) => {
+                if wrote {
+                    tracing::info!(term, endpoint = %self.spec.tunnel_endpoint, mac = %self.spec.mac, "CiliumVTEPConfig {NAME} applied");
                 }
-                failures += 1;
-                let wait = RETRY_MIN.saturating_mul(2u32.saturating_pow(failures.min(10))).min(RETRY_MAX).mul_f64(0.5 + fastrand::f64() / 2.0);
-                next = tokio::time::Instant::now() + wait;
+                self.fenced.send_replace(None);
+                Ok(Outcome::resync(u64::from(wrote), RESYNC))
             }
+            // The election raises the term at once, which ends this term and starts the
+            // next pass in the new one; if it cannot (deposed), it steps down. The retry
+            // is the fallback.
+            Err(e @ VtepConfigError::Fenced { .. }) => {
+                tracing::warn!(term, "{e}");
+                self.fenced.send_replace(Some(e.to_string()));
+                Ok(Outcome::retry(0))
+            }
+            Err(e) => Err(e),
         }
+    }
+
+    fn failed(&mut self, e: &VtepConfigError) {
+        tracing::warn!(term = self.term.number(), "{e}; retrying");
     }
 }
 
