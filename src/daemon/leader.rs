@@ -221,14 +221,24 @@ fn spawn_leader_work(
         mac: inputs.mac,
         vpc_cidrs: config.gateway.vpc_cidrs.clone(),
     };
-    let mut work = vec![tokio::spawn(vtep_config::run(
-        inputs.kube,
-        spec,
-        inputs.identity,
-        handle.clone(),
-        request_timeout,
-        cancel.clone(),
-    ))];
+    let (fenced, fenced_rx) = tokio::sync::watch::channel(None);
+    let mut work = vec![
+        tokio::spawn(vtep_config::run(
+            inputs.kube,
+            spec,
+            inputs.identity,
+            handle.clone(),
+            request_timeout,
+            fenced,
+            cancel.clone(),
+        )),
+        tokio::spawn(follow_fence(
+            handle.clone(),
+            fenced_rx,
+            inputs.telemetry.clone(),
+            cancel.clone(),
+        )),
+    ];
     if let Some(r) = inputs.routes {
         work.push(tokio::spawn(r.run(handle.clone(), cancel.clone())));
     }
@@ -254,6 +264,32 @@ async fn follow(
         telemetry.leadership(&l, lock_in_use);
         tokio::select! {
             _ = cancel.cancelled() => return,
+            r = handle.leadership.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+/// Mirrors the CiliumVTEPConfig fence into readiness and the `vtepconfig_fenced` gauge;
+/// only a leader can be fenced.
+async fn follow_fence(
+    mut handle: ElectionHandle,
+    mut fenced: tokio::sync::watch::Receiver<Option<String>>,
+    telemetry: Telemetry,
+    cancel: CancellationToken,
+) {
+    loop {
+        let why = fenced
+            .borrow_and_update()
+            .clone()
+            .filter(|_| handle.leadership.borrow_and_update().is_leader());
+        telemetry
+            .metrics
+            .vtepconfig_fenced
+            .set(i64::from(why.is_some()));
+        telemetry.status.update(|s| s.vtepconfig_fenced = why);
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = fenced.changed() => if r.is_err() { return },
             r = handle.leadership.changed() => if r.is_err() { return },
         }
     }
