@@ -247,3 +247,31 @@ fn vpc_cidrs_share_one_prefix_length() {
     ))
     .is_ok());
 }
+
+/// Finding 1 of issue 10: `renew_deadline = "2.5s"` with the 3 s lease left half a second
+/// between the leader's stop and a standby's takeover, less than one store call (1.25 s):
+/// it used to be accepted.
+#[test]
+fn the_gap_between_renew_deadline_and_lease_must_cover_a_store_call() {
+    let text = format!("{GOOD}\n[election]\nrenew_deadline = \"2.5s\"\n");
+    rejects(
+        &text,
+        8,
+        &["election.renew_deadline", "request timeout", "1s 250ms"],
+    );
+    // A shorter request timeout makes it fit.
+    let text = format!(
+        "{GOOD}\n[kubernetes]\nrequest_timeout = \"400ms\"\n\n[election]\nrenew_deadline = \"2.5s\"\n"
+    );
+    parse(&text).expect("0.5 s of margin covers a 400 ms store call");
+    // The defaults (3 s / 2 s, store call 1 s) fit exactly.
+    parse(GOOD).expect("defaults");
+    let text = format!(
+        "{GOOD}\n[election]\n\n[election.dynamodb]\ntable = \"locks\"\nlease_duration = \"2500ms\"\n"
+    );
+    rejects(
+        &text,
+        11,
+        &["election.dynamodb.lease_duration", "request timeout"],
+    );
+}
