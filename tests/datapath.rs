@@ -129,7 +129,8 @@ fn device_is_recreated_only_when_the_kernel_cannot_change_it() {
         })
     };
 
-    gw.sh("ip link add hybrid_vxlan0 type vxlan id 7 dstport 8472 local 10.99.0.1 nolearning");
+    // Our device as a run with another VNI or port left it (marked with our alias).
+    gw.sh("ip link add hybrid_vxlan0 type vxlan id 7 dstport 8472 local 10.99.0.1 nolearning && ip link set hybrid_vxlan0 alias hybrid-gateway");
     let d = ensure();
     assert!(
         matches!(&d.action, DeviceAction::Recreated(why) if why.contains("VNI is 7")),
@@ -138,22 +139,110 @@ fn device_is_recreated_only_when_the_kernel_cannot_change_it() {
     );
     assert!(link_json(&gw).contains("\"id\":2,"));
 
-    gw.sh("ip link del hybrid_vxlan0 && ip link add hybrid_vxlan0 type vxlan id 2 dstport 4789 local 10.99.0.1 nolearning");
+    gw.sh("ip link del hybrid_vxlan0 && ip link add hybrid_vxlan0 type vxlan id 2 dstport 4789 local 10.99.0.1 nolearning && ip link set hybrid_vxlan0 alias hybrid-gateway");
     let d = ensure();
     assert!(
         matches!(&d.action, DeviceAction::Recreated(why) if why.contains("port is 4789")),
         "{:?}",
         d.action
     );
-
-    gw.sh("ip link del hybrid_vxlan0 && ip link add hybrid_vxlan0 type veth peer name junk0");
-    let d = ensure();
+    let j = link_json(&gw);
+    assert!(j.contains("\"port\":8472,"), "{j}");
     assert!(
-        matches!(&d.action, DeviceAction::Recreated(why) if why.contains("not a VXLAN")),
+        j.contains("\"ifalias\":\"hybrid-gateway\""),
+        "the new device is not marked: {j}"
+    );
+}
+
+#[test]
+fn foreign_devices_holding_the_name_are_left_alone() {
+    let (gw, _peer) = gateway();
+    let cfg = config("");
+    let ensure = || {
+        gw.run(|| async { vxlan::ensure(&Netlink::open().unwrap(), &cfg.vxlan, ip(GW_IP)).await })
+    };
+    for (setup, what) in [
+        (
+            "ip link add hybrid_vxlan0 type vxlan id 7 dstport 8472 local 10.99.0.1 nolearning",
+            "a VXLAN device (VNI 7, port 8472",
+        ),
+        (
+            "ip link add hybrid_vxlan0 type veth peer name junk0",
+            "a veth device",
+        ),
+        // Same VNI and port but not our MAC: someone else's tunnel, not ours to rewrite.
+        (
+            "ip link add hybrid_vxlan0 address 02:11:22:33:44:55 type vxlan id 2 dstport 8472 local 10.99.0.1 nolearning",
+            "a VXLAN device (VNI 2, port 8472, MAC 02:11:22:33:44:55)",
+        ),
+    ] {
+        gw.sh(setup);
+        let before = gw.sh("ip -d -j link show hybrid_vxlan0");
+        let err = ensure().expect_err("a foreign device must stop the set-up");
+        let msg = err.to_string();
+        assert!(err.needs_operator(), "{msg}");
+        assert!(
+            msg.contains("vxlan.interface = \"hybrid_vxlan0\"") && msg.contains(what) && msg.contains("left alone"),
+            "{msg}"
+        );
+        assert_eq!(
+            gw.sh("ip -d -j link show hybrid_vxlan0"),
+            before,
+            "the foreign device was touched"
+        );
+        gw.sh("ip link del hybrid_vxlan0");
+    }
+
+    // A device an older version created (our MAC, no alias) is adopted and marked.
+    let mac = Mac::for_gateway(ip(GW_IP));
+    gw.sh(&format!("ip link add hybrid_vxlan0 address {mac} mtu 1450 type vxlan id 2 dstport 8472 local 10.99.0.1 nolearning && ip link set hybrid_vxlan0 up"));
+    let index = gw.sh("cat /sys/class/net/hybrid_vxlan0/ifindex");
+    let d = ensure().unwrap();
+    assert!(
+        matches!(&d.action, DeviceAction::Repaired(what) if what.iter().any(|w| w.contains("marked as ours"))),
         "{:?}",
         d.action
     );
-    assert!(link_json(&gw).contains("\"port\":8472,"));
+    assert_eq!(gw.sh("cat /sys/class/net/hybrid_vxlan0/ifindex"), index);
+    assert!(link_json(&gw).contains("\"ifalias\":\"hybrid-gateway\""));
+}
+
+#[test]
+fn a_device_already_using_our_vni_and_port_is_named() {
+    let (gw, _peer) = gateway();
+    gw.sh("ip link add othervx type vxlan id 2 dstport 8472 local 10.99.0.1 nolearning");
+    let cfg = config("");
+    let err = gw.run(|| async {
+        vxlan::ensure(&Netlink::open().unwrap(), &cfg.vxlan, ip(GW_IP))
+            .await
+            .unwrap_err()
+    });
+    let msg = err.to_string();
+    assert!(
+        msg.contains("device othervx already uses VNI 2 on UDP port 8472"),
+        "{msg}"
+    );
+    assert!(err.needs_operator());
+    assert!(gw.try_sh("ip link show othervx").status.success());
+}
+
+#[test]
+fn daemon_refuses_to_start_on_a_foreign_device_with_exit_78() {
+    let (gw, _peer) = gateway();
+    gw.sh("ip link add hybrid_vxlan0 type veth peer name junk0");
+    let dir = tempdir();
+    let cfg_path = dir.join("config.toml");
+    std::fs::write(&cfg_path, format!("[gateway]\nnode_ip = \"{GW_IP}\"\nvpc_cidrs = [\"10.250.0.0/16\"]\nhybrid_pod_cidrs = [\"192.168.32.0/23\"]\n")).unwrap();
+    let bin = env!("CARGO_BIN_EXE_hybrid-gateway");
+    let out = gw.try_sh(&format!("{bin} run --config {}", cfg_path.display()));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(
+        err.contains("vxlan.interface = \"hybrid_vxlan0\"") && err.contains("a veth device"),
+        "{err}"
+    );
+    assert!(gw.sh("ip -d link show hybrid_vxlan0").contains("veth"));
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
@@ -542,4 +631,154 @@ fn tempdir() -> std::path::PathBuf {
         std::env::temp_dir().join(format!("hgwt-{}-{}", std::process::id(), fastrand::u64(..)));
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// `/metrics` of a daemon running in `ns` (default listen address 127.0.0.1:10080).
+fn scrape(ns: &Netns) -> String {
+    ns.run(|| async {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect("127.0.0.1:10080").expect("metrics listener");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text
+    })
+}
+
+#[test]
+fn bad_node_addresses_are_refused_while_good_nodes_forward() {
+    let t = topology();
+    // An address of the gateway that is neither node_ip nor in the VPC.
+    t.gw.sh("ip addr add 10.99.0.50/32 dev lo");
+    let dir = tempdir();
+    let cfg_path = dir.join("config.toml");
+    let nodes_path = dir.join("nodes.toml");
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "[gateway]\nnode_ip = \"{GW_IP}\"\nvpc_cidrs = [\"10.250.0.0/16\"]\nhybrid_pod_cidrs = [\"192.168.32.0/23\"]\nremote_node_cidrs = [\"10.99.0.0/24\"]\n[datapath]\nresync_interval = \"1s\"\n"
+        ),
+    )
+    .unwrap();
+    // Each bad node claims a pod CIDR of its own, so only the address check can refuse it.
+    let bad = [
+        ("0.0.0.0", "unspecified_address"),
+        ("127.0.0.1", "loopback_address"),
+        ("224.0.0.5", "multicast_address"),
+        ("255.255.255.255", "broadcast_address"),
+        ("169.254.169.254", "link_local_address"),
+        (GW_IP, "gateway_address"),
+        ("10.99.0.50", "gateway_address"),
+        ("10.250.0.99", "address_inside_vpc_cidrs"),
+        ("192.168.33.5", "address_inside_hybrid_pod_cidrs"),
+        ("10.98.0.2", "address_outside_remote_node_cidrs"),
+    ];
+    let mut nodes = String::new();
+    for (i, (addr, _)) in bad.iter().enumerate() {
+        nodes += &format!(
+            "[[node]]\nname = \"bad{i}\"\nip = \"{addr}\"\npod_cidrs = [\"192.168.33.{}/28\"]\n",
+            i * 16
+        );
+    }
+    nodes += &format!(
+        "[[node]]\nname = \"n1\"\nip = \"{NODE_IP}\"\npod_cidrs = [\"192.168.32.0/25\"]\n"
+    );
+    std::fs::write(&nodes_path, nodes).unwrap();
+    let daemon = t.gw.spawn(
+        env!("CARGO_BIN_EXE_hybrid-gateway"),
+        &[
+            "run",
+            "--config",
+            cfg_path.to_str().unwrap(),
+            "--static-nodes",
+            nodes_path.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let out = t.gw.try_sh("ip route show dev hybrid_vxlan0");
+            String::from_utf8_lossy(&out.stdout).contains("192.168.32.0/25")
+        }),
+        "daemon did not program the good node"
+    );
+    // Three resync passes: the refusals must neither reach the kernel nor repeat in the log.
+    std::thread::sleep(Duration::from_millis(3500));
+    assert_eq!(
+        kernel(&t.gw),
+        expected(&[(NODE_IP, &["192.168.32.0/25"])]),
+        "a bad node reached the kernel"
+    );
+    let ping = t.vpc.try_sh("ping -c 3 -i 0.2 -W 2 192.168.32.10");
+    assert!(
+        ping.status.success(),
+        "the good node does not forward: {}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+    let metrics = scrape(&t.gw);
+    for reason in [
+        "unspecified_address",
+        "loopback_address",
+        "multicast_address",
+        "broadcast_address",
+        "link_local_address",
+        "address_inside_vpc_cidrs",
+        "address_inside_hybrid_pod_cidrs",
+        "address_outside_remote_node_cidrs",
+    ] {
+        let line = format!("hybrid_gateway_nodes_rejected{{reason=\"{reason}\"}} 1\n");
+        assert!(metrics.contains(&line), "{line} not in\n{metrics}");
+    }
+    assert!(metrics.contains("hybrid_gateway_nodes_rejected{reason=\"gateway_address\"} 2\n"));
+    assert!(metrics.contains("hybrid_gateway_nodes_rejected{reason=\"duplicate_address\"} 0\n"));
+    assert!(metrics.contains("hybrid_gateway_hybrid_nodes_configured 1\n"));
+
+    daemon.signal(libc::SIGTERM);
+    let out = daemon.wait(Duration::from_secs(5));
+    let log = String::from_utf8_lossy(&out.stderr);
+    for (i, (addr, _)) in bad.iter().enumerate() {
+        let warnings = log
+            .lines()
+            .filter(|l| l.contains(&format!("node bad{i}: InternalIP {addr} ")))
+            .count();
+        assert_eq!(
+            warnings, 1,
+            "bad{i} ({addr}) warned {warnings} times:\n{log}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn jumbo_underlay_still_gets_a_tunnel_for_the_hybrid_path() {
+    let (gw, _peer) = gateway();
+    gw.sh("ip link set u0 mtu 9001");
+    let ensure = |extra: &str| {
+        let c = config(extra);
+        gw.run(|| async {
+            vxlan::ensure(&Netlink::open().unwrap(), &c.vxlan, ip(GW_IP))
+                .await
+                .unwrap()
+        })
+    };
+    // Default path MTU 1500: 1450, not the NIC's 9001 - 50.
+    let d = ensure("");
+    assert_eq!(d.mtu, 1450);
+    assert!(
+        link_json(&gw).contains("\"mtu\":1450,"),
+        "{}",
+        link_json(&gw)
+    );
+    // Jumbo Direct Connect: the operator says so, the device follows in place.
+    let jumbo = ensure("[vxlan]\nunderlay_mtu = 8500\n");
+    assert_eq!((jumbo.mtu, jumbo.index), (8450, d.index));
+    assert!(link_json(&gw).contains("\"mtu\":8450,"));
+    // IPsec VPN.
+    assert_eq!(ensure("[vxlan]\nunderlay_mtu = 1400\n").mtu, 1350);
+    // An explicit MTU still wins.
+    assert_eq!(
+        ensure("[vxlan]\nunderlay_mtu = 8500\nmtu = 1300\n").mtu,
+        1300
+    );
 }

@@ -36,7 +36,11 @@ const MAX_VNI: u32 = 16_777_215;
 const MAX_IFNAME_BYTES: usize = 15;
 /// VXLAN over IPv4 adds 50 bytes; anything below the IPv4 minimum cannot carry traffic.
 const MIN_MTU: u32 = 68;
+const VXLAN_OVERHEAD: u32 = crate::datapath::vxlan::VXLAN_OVERHEAD;
 const MAX_MTU: u32 = 65_535 - 50;
+/// What the path to on-premises carries unless the operator knows better (Internet,
+/// Direct Connect without jumbo frames); the tunnel then gets 1450.
+pub const DEFAULT_UNDERLAY_MTU: u32 = 1500;
 
 /// Validated configuration. Construct with [`Config::load`] or [`Config::parse`].
 #[derive(Debug, Clone, PartialEq)]
@@ -57,6 +61,8 @@ pub struct GatewayConfig {
     pub node_ip: Option<Ipv4Addr>,
     pub vpc_cidrs: Vec<Ipv4Net>,
     pub hybrid_pod_cidrs: Vec<Ipv4Net>,
+    /// The on-premises node networks (EKS `remoteNodeNetworks`); empty: not checked.
+    pub remote_node_cidrs: Vec<Ipv4Net>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -64,8 +70,11 @@ pub struct VxlanConfig {
     pub interface: String,
     pub vni: u32,
     pub port: u16,
-    /// `None` means "underlay MTU - 50".
+    /// `None` means "`underlay_mtu` - 50".
     pub mtu: Option<u32>,
+    /// The path MTU between this gateway and the hybrid nodes (VPN, Direct Connect,
+    /// Transit Gateway), not the NIC's: EC2's 9001 rarely survives the way on premises.
+    pub underlay_mtu: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -110,9 +119,14 @@ impl Config {
             self.vxlan.interface,
             self.vxlan.vni,
             self.vxlan.port,
-            self.vxlan
-                .mtu
-                .map_or_else(|| "auto".to_string(), |m| m.to_string()),
+            self.vxlan.mtu.map_or_else(
+                || format!(
+                    "{} (underlay_mtu {})",
+                    self.vxlan.underlay_mtu - VXLAN_OVERHEAD,
+                    self.vxlan.underlay_mtu
+                ),
+                |m| m.to_string()
+            ),
         )
     }
 }
@@ -195,6 +209,24 @@ impl Validator<'_> {
             "gateway.vpc_cidrs",
             &vpc_cidrs,
         )?;
+        // Optional: without it, node addresses are only checked against the VPC, the pod
+        // ranges and this host. With it, a CiliumNode cannot point the tunnel anywhere else.
+        let remote_node_cidrs = match gateway.remote_node_cidrs {
+            None => Vec::new(),
+            Some(list) => self.cidr_list("gateway.remote_node_cidrs", list)?,
+        };
+        self.no_overlap(
+            "gateway.remote_node_cidrs",
+            &remote_node_cidrs,
+            "gateway.vpc_cidrs",
+            &vpc_cidrs,
+        )?;
+        self.no_overlap(
+            "gateway.remote_node_cidrs",
+            &remote_node_cidrs,
+            "gateway.hybrid_pod_cidrs",
+            &pod_cidrs,
+        )?;
         // Cilium masks every destination with one VTEP mask before looking it up, so all
         // VTEP CIDRs must share one prefix length.
         if let Some((odd, span)) = vpc_cidrs
@@ -274,11 +306,29 @@ impl Validator<'_> {
                         "vxlan.mtu",
                         &span,
                         m,
-                        format!("use 0 for underlay MTU - 50, or a value in {MIN_MTU}..={MAX_MTU}"),
+                        format!("use 0 for underlay_mtu - 50, or a value in {MIN_MTU}..={MAX_MTU}"),
                     ));
                 } else {
                     Some(m as u32)
                 }
+            }
+        };
+
+        let underlay_mtu = match vxlan.underlay_mtu {
+            None => DEFAULT_UNDERLAY_MTU,
+            Some(m) => {
+                let span = m.span();
+                let m = m.into_inner();
+                let (lo, hi) = (MIN_MTU + VXLAN_OVERHEAD, MAX_MTU + VXLAN_OVERHEAD);
+                if !(i64::from(lo)..=i64::from(hi)).contains(&m) {
+                    return Err(self.invalid(
+                        "vxlan.underlay_mtu",
+                        &span,
+                        m,
+                        format!("the path MTU to the hybrid nodes is {lo}..={hi}: 1500 for the Internet or Direct Connect, 8500 for jumbo Direct Connect / Transit Gateway, about 1400 through an IPsec VPN"),
+                    ));
+                }
+                m as u32
             }
         };
 
@@ -299,12 +349,14 @@ impl Validator<'_> {
                 node_ip,
                 vpc_cidrs: vpc_cidrs.into_iter().map(|(n, _)| n).collect(),
                 hybrid_pod_cidrs: pod_cidrs.into_iter().map(|(n, _)| n).collect(),
+                remote_node_cidrs: remote_node_cidrs.into_iter().map(|(n, _)| n).collect(),
             },
             vxlan: VxlanConfig {
                 interface,
                 vni,
                 port,
                 mtu,
+                underlay_mtu,
             },
             datapath: DatapathConfig { resync_interval },
             kubernetes,
@@ -361,6 +413,8 @@ impl Validator<'_> {
                         format!(
                             "overlaps {b_key}[{j}] = {nb}; list each range once, without overlaps"
                         )
+                    } else if a_key == "gateway.remote_node_cidrs" {
+                        format!("overlaps {b_key}[{j}] = {nb}; the on-premises node networks must lie outside the VPC and the hybrid pod ranges")
                     } else {
                         format!("overlaps {b_key}[{j}] = {nb}; hybrid pod CIDRs must lie outside the VPC, or VPC traffic would be sent into the tunnel")
                     };

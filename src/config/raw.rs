@@ -26,6 +26,7 @@ pub struct RawGateway {
     pub node_ip: Option<Spanned<String>>,
     pub vpc_cidrs: Spanned<Vec<Spanned<String>>>,
     pub hybrid_pod_cidrs: Spanned<Vec<Spanned<String>>>,
+    pub remote_node_cidrs: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// Integers are read as i64 so that a negative or oversized value gets our message,
@@ -37,6 +38,7 @@ pub struct RawVxlan {
     pub vni: Option<Spanned<i64>>,
     pub port: Option<Spanned<i64>>,
     pub mtu: Option<Spanned<i64>>,
+    pub underlay_mtu: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -55,6 +55,7 @@ pub async fn run(
                     .reconcile_duration_seconds
                     .observe(r.elapsed.as_secs_f64());
                 obs.metrics.hybrid_nodes_configured.set(r.nodes as i64);
+                obs.metrics.record_rejections(&r.rejected);
                 obs.metrics.vxlan_route_count.set(r.routes as i64);
                 obs.metrics.vxlan_fdb_entries.set(r.fdb as i64);
                 for e in &r.report.errors {

@@ -60,6 +60,11 @@ pub fn classify(old: &Config, new: &Config) -> (Vec<&'static str>, Vec<&'static 
         false,
     );
     check(
+        old.gateway.remote_node_cidrs != new.gateway.remote_node_cidrs,
+        "gateway.remote_node_cidrs",
+        false,
+    );
+    check(
         old.vxlan.interface != new.vxlan.interface,
         "vxlan.interface",
         false,
@@ -67,6 +72,11 @@ pub fn classify(old: &Config, new: &Config) -> (Vec<&'static str>, Vec<&'static 
     check(old.vxlan.vni != new.vxlan.vni, "vxlan.vni", false);
     check(old.vxlan.port != new.vxlan.port, "vxlan.port", false);
     check(old.vxlan.mtu != new.vxlan.mtu, "vxlan.mtu", false);
+    check(
+        old.vxlan.underlay_mtu != new.vxlan.underlay_mtu,
+        "vxlan.underlay_mtu",
+        false,
+    );
     check(old.kubernetes != new.kubernetes, "kubernetes", false);
     check(old.election != new.election, "election", false);
     check(old.aws.region != new.aws.region, "aws.region", false);

@@ -17,7 +17,7 @@ pub use error::{DatapathError, Result};
 pub use mac::Mac;
 pub use netlink::{ApplyReport, Netlink};
 pub use sysctl::SysctlChange;
-pub use vtep::{Desired, HybridNode, Rejection};
+pub use vtep::{AddressProblem, Desired, HybridNode, NodePolicy, Rejection};
 pub use vxlan::{Device, DeviceAction};
 
 use crate::config::Config;
@@ -26,8 +26,9 @@ use crate::config::Config;
 pub struct Datapath {
     nl: Netlink,
     device: Device,
-    /// Swapped by a config reload while the reconcile loop runs.
-    pod_cidrs: std::sync::Mutex<Vec<Ipv4Net>>,
+    /// What nodes must satisfy; its pod CIDRs are swapped by a config reload while the
+    /// reconcile loop runs, its own addresses refreshed on every pass.
+    policy: std::sync::Mutex<NodePolicy>,
 }
 
 /// What one reconcile pass found and did.
@@ -52,11 +53,18 @@ impl Datapath {
         let nl = Netlink::open()?;
         let device = vxlan::ensure(&nl, &config.vxlan, node_ip).await?;
         changes.extend(sysctl::ensure_interface(&device.underlay, false)?);
+        let policy = NodePolicy {
+            pod_cidrs: config.gateway.hybrid_pod_cidrs.clone(),
+            vpc_cidrs: config.gateway.vpc_cidrs.clone(),
+            remote_node_cidrs: config.gateway.remote_node_cidrs.clone(),
+            own_addresses: [node_ip].into(),
+            max_pod_cidrs: vtep::MAX_POD_CIDRS_PER_NODE,
+        };
         Ok((
             Datapath {
                 nl,
                 device,
-                pod_cidrs: std::sync::Mutex::new(config.gateway.hybrid_pod_cidrs.clone()),
+                policy: std::sync::Mutex::new(policy),
             },
             changes,
         ))
@@ -68,19 +76,26 @@ impl Datapath {
 
     /// A changed `hybrid_pod_cidrs` takes effect at the next reconcile.
     pub fn set_pod_cidrs(&self, pod_cidrs: Vec<Ipv4Net>) {
-        *self.pod_cidrs.lock().unwrap_or_else(|p| p.into_inner()) = pod_cidrs;
+        self.policy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pod_cidrs = pod_cidrs;
     }
 
     /// Makes the kernel match `nodes`: reads what is there, diffs, applies only the
     /// difference. Failed entries are in the report and are retried by the next pass.
     pub async fn reconcile(&self, nodes: &[HybridNode]) -> Result<Reconciled> {
         let started = Instant::now();
-        let pod_cidrs = self
-            .pod_cidrs
+        // Addresses come and go (a second ENI, a container bridge): a node may never claim
+        // one this host holds right now.
+        let own = self.nl.local_ipv4s().await?;
+        let mut policy = self
+            .policy
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let (desired, rejected) = Desired::build(nodes, &pod_cidrs);
+        policy.own_addresses.extend(own);
+        let (desired, rejected) = Desired::build_with(nodes, &policy);
         let actual = self.nl.read_vtep(self.device.index).await?;
         let plan = vtep::diff(&desired, &actual);
         let report = if plan.is_empty() {

@@ -12,7 +12,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::datapath::ApplyReport;
+use crate::datapath::{ApplyReport, Rejection};
 use crate::k8s::cilium_nodes::NodeWatchStats;
 
 type Labels = Vec<(String, String)>;
@@ -20,6 +20,8 @@ type Labels = Vec<(String, String)>;
 pub struct Metrics {
     registry: Registry,
     pub hybrid_nodes_configured: Gauge,
+    /// Hybrid nodes the datapath refused in its last pass, by reason.
+    pub nodes_rejected: Family<Labels, Gauge>,
     pub leader_is_active: Gauge,
     pub election_term: Gauge,
     pub election_transitions: Counter,
@@ -70,6 +72,11 @@ impl Metrics {
                 "hybrid_nodes_configured",
                 "Hybrid nodes programmed into the datapath",
                 Gauge::default()
+            ),
+            nodes_rejected: reg!(
+                "nodes_rejected",
+                "Hybrid nodes left out of the datapath in the last pass, by reason",
+                Family::<Labels, Gauge>::default()
             ),
             leader_is_active: reg!(
                 "leader_is_active",
@@ -189,6 +196,16 @@ impl Metrics {
             .inc_by((r.routes_deleted + r.neighbours_deleted + r.fdb_deleted) as u64);
         self.vtep_add_errors.inc_by(r.add_errors as u64);
         self.vtep_remove_errors.inc_by(r.remove_errors as u64);
+    }
+
+    /// Sets `nodes_rejected{reason}` from a pass's rejections; reasons with none read 0.
+    pub fn record_rejections(&self, rejected: &[Rejection]) {
+        for reason in Rejection::REASONS {
+            let n = rejected.iter().filter(|r| r.reason() == reason).count();
+            self.nodes_rejected
+                .get_or_create(&vec![("reason".to_string(), reason.to_string())])
+                .set(n as i64);
+        }
     }
 
     /// OpenMetrics text for `/metrics`.
