@@ -81,6 +81,9 @@ pub struct VxlanConfig {
 pub struct DatapathConfig {
     /// How often the kernel state is re-read and repaired even when nothing changed.
     pub resync_interval: Duration,
+    /// The daemon's own nftables table (VXLAN only from nodes, tunnel only to the VPC, MSS
+    /// clamping). On by default; off removes the table.
+    pub filter: bool,
 }
 
 impl Config {
@@ -358,7 +361,10 @@ impl Validator<'_> {
                 mtu,
                 underlay_mtu,
             },
-            datapath: DatapathConfig { resync_interval },
+            datapath: DatapathConfig {
+                resync_interval,
+                filter: datapath.filter.unwrap_or(true),
+            },
             kubernetes,
             election,
             telemetry,

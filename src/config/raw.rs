@@ -45,6 +45,7 @@ pub struct RawVxlan {
 #[serde(deny_unknown_fields)]
 pub struct RawDatapath {
     pub resync_interval: Option<Spanned<String>>,
+    pub filter: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

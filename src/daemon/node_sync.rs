@@ -56,6 +56,12 @@ pub async fn run(
                     .observe(r.elapsed.as_secs_f64());
                 obs.metrics.hybrid_nodes_configured.set(r.nodes as i64);
                 obs.metrics.record_rejections(&r.rejected);
+                if let Some(f) = &r.filter {
+                    obs.metrics.record_filter(f);
+                    for what in &f.repaired {
+                        tracing::warn!("nftables filter drifted, repaired: {what}");
+                    }
+                }
                 obs.metrics.vxlan_route_count.set(r.routes as i64);
                 obs.metrics.vxlan_fdb_entries.set(r.fdb as i64);
                 for e in &r.report.errors {

@@ -22,7 +22,16 @@ pub fn classify(old: &Config, new: &Config) -> (Vec<&'static str>, Vec<&'static 
         "gateway.hybrid_pod_cidrs",
         true,
     );
-    check(old.datapath != new.datapath, "datapath", true);
+    check(
+        old.datapath.resync_interval != new.datapath.resync_interval,
+        "datapath.resync_interval",
+        true,
+    );
+    check(
+        old.datapath.filter != new.datapath.filter,
+        "datapath.filter",
+        false,
+    );
     check(
         old.aws.route_table_ids != new.aws.route_table_ids,
         "aws.route_table_ids",

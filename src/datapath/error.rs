@@ -19,6 +19,13 @@ pub enum DatapathError {
     },
     #[error("{0}")]
     Invalid(String),
+    /// `nft` ran and refused; `missing` when what it was asked about does not exist.
+    #[error("{context}: nft: {stderr}")]
+    Nft {
+        context: String,
+        stderr: String,
+        missing: bool,
+    },
     /// The configured name is held by a device this daemon did not create.
     #[error("vxlan.interface = {name:?}: {what}, not created by hybrid-gateway, already has this name; it is left alone. Delete it (ip link del {name}) if it is a leftover, or set vxlan.interface to a free name")]
     ForeignDevice { name: String, what: String },

@@ -2,18 +2,21 @@
 //! routes, ARP and FDB entries on it.
 
 pub mod error;
+pub mod filter;
 pub mod mac;
 pub mod netlink;
 pub mod sysctl;
 pub mod vtep;
 pub mod vxlan;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 
 pub use error::{DatapathError, Result};
+pub use filter::FilterSpec;
 pub use mac::Mac;
 pub use netlink::{ApplyReport, Netlink};
 pub use sysctl::SysctlChange;
@@ -29,6 +32,19 @@ pub struct Datapath {
     /// What nodes must satisfy; its pod CIDRs are swapped by a config reload while the
     /// reconcile loop runs, its own addresses refreshed on every pass.
     policy: std::sync::Mutex<NodePolicy>,
+    /// The nftables filter's fixed part (`None`: `[datapath] filter = false`).
+    filter: Option<FilterSpec>,
+}
+
+/// What a pass did to the nftables filter.
+#[derive(Debug, Default)]
+pub struct FilterReport {
+    /// Counter name → (packets, bytes), as read at the start of the pass.
+    pub counters: BTreeMap<String, (u64, u64)>,
+    /// What had drifted and was rewritten (empty when only the node set changed).
+    pub repaired: Vec<String>,
+    /// The table was rewritten (node set change or repair).
+    pub written: bool,
 }
 
 /// What one reconcile pass found and did.
@@ -42,6 +58,9 @@ pub struct Reconciled {
     pub fdb: usize,
     pub rejected: Vec<Rejection>,
     pub report: ApplyReport,
+    /// `None` when the filter is off, or when it could not be read (the error is in
+    /// `report.errors`).
+    pub filter: Option<FilterReport>,
     pub elapsed: Duration,
 }
 
@@ -60,11 +79,27 @@ impl Datapath {
             own_addresses: [node_ip].into(),
             max_pod_cidrs: vtep::MAX_POD_CIDRS_PER_NODE,
         };
+        let filter = if config.datapath.filter {
+            let base = FilterSpec {
+                device: device.name.clone(),
+                port: config.vxlan.port,
+                tunnel_mtu: device.mtu,
+                nodes: BTreeSet::new(),
+                pod_cidrs: config.gateway.hybrid_pod_cidrs.clone(),
+                vpc_cidrs: config.gateway.vpc_cidrs.clone(),
+            };
+            install_filter(&nl, &device, &base).await?;
+            Some(base)
+        } else {
+            filter::delete().await?;
+            None
+        };
         Ok((
             Datapath {
                 nl,
                 device,
                 policy: std::sync::Mutex::new(policy),
+                filter,
             },
             changes,
         ))
@@ -98,11 +133,33 @@ impl Datapath {
         let (desired, rejected) = Desired::build_with(nodes, &policy);
         let actual = self.nl.read_vtep(self.device.index).await?;
         let plan = vtep::diff(&desired, &actual);
-        let report = if plan.is_empty() {
+        // The filter learns a new node before its routes exist and forgets a removed one
+        // before they go: its VXLAN is accepted exactly while the gateway forwards to it.
+        let mut filter_errors = Vec::new();
+        let filter = match &self.filter {
+            None => None,
+            Some(base) => {
+                let spec = FilterSpec {
+                    nodes: desired.neighbours.keys().copied().collect(),
+                    pod_cidrs: policy.pod_cidrs.clone(),
+                    ..base.clone()
+                };
+                match sync_filter(&spec).await {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        filter_errors.push(e);
+                        None
+                    }
+                }
+            }
+        };
+        let mut report = if plan.is_empty() {
             ApplyReport::default()
         } else {
             self.nl.apply(self.device.index, &plan).await
         };
+        report.add_errors += filter_errors.len();
+        report.errors.extend(filter_errors);
         Ok(Reconciled {
             desired_entries: desired.entry_count(),
             nodes: desired.neighbours.len(),
@@ -110,7 +167,68 @@ impl Datapath {
             fdb: desired.fdb.len(),
             rejected,
             report,
+            filter,
             elapsed: started.elapsed(),
         })
     }
+}
+
+/// At start: keep the table a previous process left (its node set is what the kernel
+/// forwards to now) and fix only what drifted; with no table yet, fill the node set from
+/// the FDB entries on the device, so turning the filter on never cuts a working node off.
+async fn install_filter(nl: &Netlink, device: &Device, base: &FilterSpec) -> Result<()> {
+    let current = filter::read().await?;
+    let nodes: BTreeSet<Ipv4Addr> = match &current {
+        Some(state) => state
+            .sets
+            .get("nodes")
+            .map(|s| s.iter().map(|n| n.addr()).collect())
+            .unwrap_or_default(),
+        None => nl
+            .read_vtep(device.index)
+            .await?
+            .fdb
+            .iter()
+            .filter_map(|e| e.dst)
+            .collect(),
+    };
+    let spec = FilterSpec {
+        nodes,
+        ..base.clone()
+    };
+    match current {
+        Some(state) if state.drift(&spec).is_empty() => Ok(()),
+        Some(state) => {
+            tracing::info!(drift = ?state.drift(&spec), "rewriting nftables table ip {}", filter::TABLE);
+            filter::apply(&spec).await
+        }
+        None => {
+            tracing::info!(
+                nodes = spec.nodes.len(),
+                "creating nftables table ip {}",
+                filter::TABLE
+            );
+            filter::apply(&spec).await
+        }
+    }
+}
+
+/// Makes the table match `spec`, rewriting it (atomically) only when something differs.
+async fn sync_filter(spec: &FilterSpec) -> Result<FilterReport> {
+    let mut report = FilterReport::default();
+    match filter::read().await? {
+        None => report
+            .repaired
+            .push(format!("table ip {} was missing", filter::TABLE)),
+        Some(state) => {
+            report.repaired = state.drift(spec);
+            report.written = !state.nodes_match(spec);
+            report.counters = state.counters;
+        }
+    }
+    if !report.repaired.is_empty() || report.written {
+        filter::apply(spec).await?;
+        report.written = true;
+    }
+    Ok(report)
 }

@@ -12,7 +12,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::datapath::{ApplyReport, Rejection};
+use crate::datapath::{filter, ApplyReport, FilterReport, Rejection};
 use crate::k8s::cilium_nodes::NodeWatchStats;
 
 type Labels = Vec<(String, String)>;
@@ -42,6 +42,10 @@ pub struct Metrics {
     pub vxlan_fdb_entries: Gauge,
     pub vxlan_route_count: Gauge,
     pub ready: Gauge,
+    /// Things found broken and put right by the datapath, by what (`filter`, …).
+    pub datapath_repairs: Family<Labels, Counter>,
+    /// The nftables filter's counters as last read (name → packets, bytes).
+    filter_counters: Arc<std::sync::Mutex<std::collections::BTreeMap<String, (u64, u64)>>>,
 }
 
 impl Metrics {
@@ -178,6 +182,12 @@ impl Metrics {
                 "1 when the gateway is ready (device up, nodes synced, identity known)",
                 Gauge::default()
             ),
+            datapath_repairs: reg!(
+                "datapath_repairs",
+                "Datapath drift found and repaired (device, sysctls, filter), by what",
+                Family::<Labels, Counter>::default()
+            ),
+            filter_counters: Arc::default(),
             registry,
         };
         let mut m = m;
@@ -185,6 +195,8 @@ impl Metrics {
             device: device.to_string(),
         }));
         m.registry.register_collector(Box::new(NodeCounters(nodes)));
+        m.registry
+            .register_collector(Box::new(FilterCounters(m.filter_counters.clone())));
         m
     }
 
@@ -206,6 +218,25 @@ impl Metrics {
                 .get_or_create(&vec![("reason".to_string(), reason.to_string())])
                 .set(n as i64);
         }
+    }
+
+    /// Keeps the filter's counters for scrapes and counts a repair of the table.
+    pub fn record_filter(&self, f: &FilterReport) {
+        if !f.counters.is_empty() {
+            *self
+                .filter_counters
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = f.counters.clone();
+        }
+        if !f.repaired.is_empty() {
+            self.record_repair("filter");
+        }
+    }
+
+    pub fn record_repair(&self, what: &str) {
+        self.datapath_repairs
+            .get_or_create(&vec![("what".to_string(), what.to_string())])
+            .inc();
     }
 
     /// OpenMetrics text for `/metrics`.
@@ -276,6 +307,47 @@ impl Collector for SysfsStats {
             };
             let c = ConstCounter::new(v);
             c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
+
+/// `filter_packets_total{counter}` / `filter_bytes_total{counter}` from the nftables table.
+#[derive(Debug)]
+struct FilterCounters(Arc<std::sync::Mutex<std::collections::BTreeMap<String, (u64, u64)>>>);
+
+impl Collector for FilterCounters {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counters = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if counters.is_empty() {
+            return Ok(());
+        }
+        for (metric, help, pick) in [
+            (
+                "filter_packets",
+                "Packets counted by the nftables filter's rules (drops by reason, MSS clamps)",
+                0usize,
+            ),
+            (
+                "filter_bytes",
+                "Bytes counted by the nftables filter's rules",
+                1,
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(
+                metric,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for (name, _) in filter::COUNTERS {
+                let Some(&(packets, bytes)) = counters.get(name) else {
+                    continue;
+                };
+                let v = if pick == 0 { packets } else { bytes };
+                let labels = [("counter", name)];
+                ConstCounter::new(v).encode(family.encode_family(&labels)?)?;
+            }
         }
         Ok(())
     }
