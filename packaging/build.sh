@@ -16,7 +16,9 @@
 #   --out       output directory (default: <cargo target dir>/packages)
 #
 # Output: <out>/hybrid-gateway_<version>-1_<arch>.deb and
-# <out>/hybrid-gateway-<version>-1.<arch>.rpm; the last two lines printed are
+# <out>/hybrid-gateway-<version>-1.<arch>.rpm, and the CycloneDX SBOM both packages ship as
+# /usr/share/doc/hybrid-gateway/sbom.cdx.json also as <out>/hybrid-gateway-<version>.<arch>.cdx.json
+# (packaging/sbom.py, from Cargo's resolution for the target); the last two lines printed are
 # "deb: PATH" and "rpm: PATH". The package contents are declared in Cargo.toml
 # ([package.metadata.deb], [package.metadata.generate-rpm]).
 set -euo pipefail
@@ -76,7 +78,7 @@ fi
 # --- inputs -------------------------------------------------------------------------------
 # Every file the packages ship must be there; a missing one is a broken checkout, not
 # something to package around.
-required=(config/config.toml systemd/hybrid-gateway.service systemd/hybrid-gateway.sysusers
+required=(packaging/sbom.py config/config.toml systemd/hybrid-gateway.service systemd/hybrid-gateway.sysusers
   systemd/rt_protos.conf packaging/kubernetes/rbac.yaml packaging/iam-policy.json
   packaging/debian/postinst packaging/debian/prerm packaging/debian/postrm packaging/debian/changelog
   packaging/debian/copyright packaging/debian/lintian-overrides
@@ -137,6 +139,8 @@ rm -rf "$stage"
 mkdir -p "$stage/$target/release"
 "$strip_tool" --strip-all -o "$stage/$target/release/hybrid-gateway" "$bin"
 chmod 0755 "$stage/$target/release/hybrid-gateway"
+# The SBOM sits next to the binary so both tools find it as target/release/... too.
+python3 packaging/sbom.py --target "$target" --version "$version" --out "$stage/$target/release/hybrid-gateway.cdx.json"
 
 deb="$out/hybrid-gateway_${version}-1_${deb_arch}.deb"
 rpm="$out/hybrid-gateway-${version}-1.${rpm_arch}.rpm"
@@ -153,6 +157,7 @@ cargo generate-rpm "${rpm_args[@]}" >&2
 
 [[ -s "$deb" ]] || die "cargo deb did not produce $deb"
 [[ -s "$rpm" ]] || die "cargo generate-rpm did not produce $rpm"
+cp "$stage/$target/release/hybrid-gateway.cdx.json" "$out/hybrid-gateway-${version}.${rpm_arch}.cdx.json"
 rm -rf "$stage"
 log "built ($profile profile, $target, version $version)"
 echo "deb: $deb"

@@ -4,9 +4,11 @@
 //! reconciler) → the kernel.
 
 pub mod aws;
+pub mod backoff;
 pub mod config;
 pub mod daemon;
 pub mod datapath;
 pub mod election;
 pub mod k8s;
+pub mod reconcile;
 pub mod telemetry;

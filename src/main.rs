@@ -43,20 +43,48 @@ enum Command {
     Version,
 }
 
+/// The keys without which the daemon has nothing to do. The shipped config has them
+/// commented out, so a host that boots with the package installed but not configured stops
+/// here: exit 78 (the unit's RestartPreventExitStatus, no restart loop), no API called.
+const REQUIRED: [&str; 2] = ["vpc_cidrs", "hybrid_pod_cidrs"];
+
+/// "not configured: set gateway.vpc_cidrs and ... in PATH" when a required key is absent.
+/// A file that does not parse is left to `Config::load`, which names the line.
+fn not_configured(path: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let table: toml::Table = text.parse().ok()?;
+    let gateway = table.get("gateway").and_then(toml::Value::as_table);
+    let missing: Vec<String> = REQUIRED
+        .iter()
+        .filter(|k| gateway.is_none_or(|g| !g.contains_key(**k)))
+        .map(|k| format!("gateway.{k}"))
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "not configured: set {} in {}",
+            missing.join(" and "),
+            path.display()
+        )
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::CheckConfig { path } | Command::Run { config: path, .. } = &cli.command {
+        if let Some(msg) = not_configured(path) {
+            eprintln!("{msg}");
+            return ExitCode::from(daemon::EXIT_CONFIG);
+        }
+    }
     match cli.command {
         Command::Version => {
             println!("hybrid-gateway {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
         Command::Status { config } => {
-            let config = match Config::load(&config) {
+            let config = match Config::load_or_exit(&config) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(daemon::EXIT_CONFIG);
-                }
+                Err(code) => return code,
             };
             let code = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -69,15 +97,12 @@ fn main() -> ExitCode {
             println!("{}", hybrid_gateway::datapath::Mac::for_gateway(node_ip));
             ExitCode::SUCCESS
         }
-        Command::CheckConfig { path } => match Config::load(&path) {
+        Command::CheckConfig { path } => match Config::load_or_exit(&path) {
             Ok(config) => {
                 println!("{}", config.summary());
                 ExitCode::SUCCESS
             }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(daemon::EXIT_CONFIG)
-            }
+            Err(code) => code,
         },
         Command::Run {
             config,

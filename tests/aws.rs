@@ -660,6 +660,47 @@ fn routes_missing_table_is_reported_and_others_converge() {
     });
 }
 
+/// A tag selects account-wide: a table of another VPC (another cluster) that carries the
+/// same tag is not ours. With the gateway's own VPC set (from IMDS), only its tables are
+/// read and written; the other VPC's table is left exactly as it was.
+#[test]
+fn routes_tag_selects_only_tables_of_the_gateways_own_vpc() {
+    with_peers(|ctx| async move {
+        let ours = ctx.seed(&["--route-tables", "1", "--no-lock-table"]);
+        let other = ctx.seed(&["--route-tables", "1", "--no-lock-table"]);
+        let ours_vpc = ours.seed["vpc_id"].as_str().unwrap().to_string();
+        assert_ne!(ours_vpc, other.seed["vpc_id"].as_str().unwrap());
+        let moto = ctx.moto().await;
+        let value = ours.instance("gw-a");
+        let tag = tag_world(&moto, &ours.tables(), &value).await;
+        tag_world(&moto, &other.tables(), &value).await;
+        let before = routes(&moto, &other.tables()[0]).await;
+
+        let mut s = settings(vec![], Takeover::Any);
+        s.route_table_tag = Some(tag);
+        s.vpc_id = Some(ours_vpc);
+        let rt = RouteTables::new(ctx.ec2().await, s, ours.instance("gw-a"));
+        let r = rt
+            .sync(&nets(&[A]), &ours.eni("gw-a"), &far())
+            .await
+            .expect("sync");
+        assert_eq!(r.tables.len(), 1, "only our VPC's table: {:?}", r.tables);
+        assert_eq!(r.created(), 1);
+        assert_eq!(
+            routes(&moto, &ours.tables()[0])
+                .await
+                .get(A)
+                .map(String::as_str),
+            Some(ours.eni("gw-a").as_str())
+        );
+        assert_eq!(
+            routes(&moto, &other.tables()[0]).await,
+            before,
+            "another VPC's table was written"
+        );
+    });
+}
+
 // ------------------------------------------------------------ source/dest check ---
 
 #[test]

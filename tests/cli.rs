@@ -12,10 +12,26 @@ fn write(name: &str, text: &str) -> std::path::PathBuf {
     path
 }
 
-#[test]
-fn example_config_passes_check_config() {
+/// The shipped config, with its required keys uncommented as an operator would.
+fn configured_example() -> String {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/config.toml");
-    let out = bin().args(["check-config", path]).output().unwrap();
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut out = text.clone();
+    for key in ["node_ip", "vpc_cidrs", "hybrid_pod_cidrs"] {
+        let commented = format!("\n# {key} = ");
+        assert!(
+            text.contains(&commented),
+            "config.toml: no `# {key} = ` line"
+        );
+        out = out.replacen(&commented, &format!("\n{key} = "), 1);
+    }
+    out
+}
+
+#[test]
+fn example_config_passes_check_config_once_configured() {
+    let path = write("configured.toml", &configured_example());
+    let out = bin().arg("check-config").arg(&path).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -31,6 +47,38 @@ fn example_config_passes_check_config() {
         stdout.contains(": ok: node_ip=10.250.3.111") && stdout.contains("vni=2 port=8472"),
         "{stdout}"
     );
+    std::fs::remove_file(path).ok();
+}
+
+/// A host that boots with the package installed but not configured: `run` (what the unit
+/// starts) and `check-config` exit 78 - the unit's RestartPreventExitStatus, so no restart
+/// loop - naming the keys to set, before touching IMDS or any API.
+#[test]
+fn shipped_config_is_not_configured() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/config.toml");
+    let want =
+        format!("not configured: set gateway.vpc_cidrs and gateway.hybrid_pod_cidrs in {path}");
+    for args in [vec!["check-config", path], vec!["run", "--config", path]] {
+        let out = bin()
+            .args(&args)
+            // Nothing may be reached even if it were attempted.
+            .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:9")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(78), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.trim(), want, "{args:?}");
+    }
+    // One required key set: the other is named alone.
+    let one = write(
+        "one-key.toml",
+        "[gateway]\nvpc_cidrs = [\"10.250.0.0/16\"]\n",
+    );
+    let out = bin().arg("check-config").arg(&one).output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .starts_with("not configured: set gateway.hybrid_pod_cidrs in "));
+    std::fs::remove_file(one).ok();
 }
 
 #[test]

@@ -44,7 +44,7 @@ add_suite() { # NAME PASSED FAILED
 # --- static checks of the packaging sources --------------------------------------------------
 log "static checks"
 check "shellcheck: build.sh and the test scripts" shellcheck -x packaging/build.sh packaging/tests/*.sh \
-  packaging/ansible/tests/test_ansible.sh terraform/tests/test_terraform.sh
+  packaging/ansible/tests/test_ansible.sh terraform/tests/test_terraform.sh tests/systemd/test_systemd.sh tests/systemd/box.sh .ci/run
 check "shellcheck: deb maintainer scripts" shellcheck -s sh packaging/debian/postinst packaging/debian/prerm packaging/debian/postrm
 check "shellcheck: rpm scriptlets" shellcheck -s sh packaging/rpm/post_install.sh packaging/rpm/pre_uninstall.sh packaging/rpm/post_uninstall.sh
 check "deb maintainer scripts carry the #DEBHELPER# token once" \
@@ -57,6 +57,9 @@ check "systemd-analyze verify systemd/hybrid-gateway.service (ExecStart -> packa
 check "unit: no ProtectKernelTunables/PrivateNetwork/ProcSubset (the daemon writes /proc/sys/net)" \
   bash -c '! grep -Eq "^(ProtectKernelTunables|PrivateNetwork|ProcSubset)=" systemd/hybrid-gateway.service'
 check "unit: bad config (exit 78) does not restart-loop" grep -qx "RestartPreventExitStatus=78" systemd/hybrid-gateway.service
+check "unit: LimitCORE=0 (no core with credentials) and a LimitNOFILE" \
+  bash -c 'grep -qx "LimitCORE=0" systemd/hybrid-gateway.service && grep -Eqx "LimitNOFILE=[0-9]+" systemd/hybrid-gateway.service'
+check "SBOM generator parses (packaging/sbom.py)" python3 -c "import ast, sys; ast.parse(open(sys.argv[1]).read())" packaging/sbom.py
 add_suite "static checks" "$PASSED" "$FAILED"
 
 # --- suites -------------------------------------------------------------------------------------

@@ -103,9 +103,29 @@ contents="$(dpkg-deb -c "$DEB_BASE")"
 for f in ./usr/bin/hybrid-gateway ./usr/lib/systemd/system/$UNIT ./usr/lib/sysusers.d/hybrid-gateway.conf \
   ./etc/hybrid-gateway/config.toml ./etc/iproute2/rt_protos.d/hybrid-gateway.conf \
   ./usr/share/hybrid-gateway/rbac.yaml ./usr/share/doc/hybrid-gateway/README.md \
-  ./usr/share/doc/hybrid-gateway/copyright ./usr/share/doc/hybrid-gateway/config.toml.example; do
+  ./usr/share/doc/hybrid-gateway/copyright ./usr/share/doc/hybrid-gateway/config.toml.example \
+  ./usr/share/doc/hybrid-gateway/sbom.cdx.json; do
   check "deb contains $f" contains " $f" "$contents"
 done
+# The SBOM: CycloneDX 1.5, this version, every crate of the binary with purl, licence and
+# the SHA-256 Cargo.lock pins; dev-dependencies (tokio's test-util user, etc.) excluded.
+dpkg-deb --fsys-tarfile "$DEB_BASE" | tar -xO ./usr/share/doc/hybrid-gateway/sbom.cdx.json >"$tmp/sbom.json"
+check "deb SBOM: CycloneDX 1.5 for hybrid-gateway ${base_version%-*}, crates with purl/licence/SHA-256, graph" python3 - "$tmp/sbom.json" "${base_version%-*}" <<'PY'
+import json, sys, tomllib
+b = json.load(open(sys.argv[1]))
+assert b["bomFormat"] == "CycloneDX" and b["specVersion"] == "1.5", b.get("specVersion")
+m = b["metadata"]["component"]
+assert m["name"] == "hybrid-gateway" and m["version"] == sys.argv[2], m
+comps = {c["name"]: c for c in b["components"]}
+lock = {p["name"]: p for p in tomllib.load(open("Cargo.lock", "rb"))["package"]}
+for name in ("tokio", "rtnetlink", "aws-sdk-ec2", "kube-client", "axum", "hyper"):
+    c = comps[name]
+    assert c["scope"] == "required" and c["purl"] == f"pkg:cargo/{name}@{c['version']}", c
+    assert c["licenses"] and c["hashes"][0]["content"] == lock[name]["checksum"], c
+assert all("licenses" in c for c in comps.values()), [n for n, c in comps.items() if "licenses" not in c]
+refs = {d["ref"] for d in b["dependencies"]}
+assert f"pkg:cargo/hybrid-gateway@{sys.argv[2]}" in refs and len(refs) == len(comps) + 1
+PY
 for f in packaging/*.json packaging/*.yaml packaging/kubernetes/*.yaml; do
   [[ -e "$f" ]] || continue
   check "deb ships $f as /usr/share/hybrid-gateway/$(basename "$f")" contains " ./usr/share/hybrid-gateway/$(basename "$f")" "$contents"
@@ -113,7 +133,7 @@ done
 check "deb binary is -rwxr-xr-x 0/0" contains "-rwxr-xr-x 0/0" "$(grep ' ./usr/bin/hybrid-gateway$' <<<"$contents")"
 check "deb version is Cargo.toml's ($cargo_version-1)" test "$base_version" = "$cargo_version-1"
 check "deb conffiles list config.toml and rt_protos.d" bash -c "dpkg-deb --ctrl-tarfile '$DEB_BASE' | tar -xO ./conffiles | sort | tr '\n' ' ' | grep -qx '/etc/hybrid-gateway/config.toml /etc/iproute2/rt_protos.d/hybrid-gateway.conf '"
-check "deb Depends names libc6 and systemd" bash -c "dpkg-deb -f '$DEB_BASE' Depends | grep -q 'libc6' && dpkg-deb -f '$DEB_BASE' Depends | grep -qw systemd"
+check "deb Depends names libc6, systemd and procps (ExecReload's /bin/kill)" bash -c "dpkg-deb -f '$DEB_BASE' Depends | grep -q 'libc6' && dpkg-deb -f '$DEB_BASE' Depends | grep -qw systemd && dpkg-deb -f '$DEB_BASE' Depends | grep -qw procps"
 lintian_out="$(lintian --fail-on error "$DEB_BASE" 2>&1)" && lintian_rc=0 || lintian_rc=$?
 printf '%s\n' "$lintian_out" | grep -E '^[EW]:' | sed 's/^/       lintian /' || true
 check "lintian: no errors" test "$lintian_rc" -eq 0
@@ -143,7 +163,9 @@ check "postinst created system user hybrid-gateway (sysusers)" bash -c 'u=$(gete
 # (deb-systemd-helper on Debian 12 writes the /lib spelling; merged /usr makes it the same file.)
 check "postinst enabled the unit (multi-user.target.wants)" test "$(readlink -f "$WANTS")" = "$(readlink -f /usr/lib/systemd/system/$UNIT)"
 check "service not started (no process)" bash -c '! pgrep -x hybrid-gateway'
-check "check-config passes on the installed default" /usr/bin/hybrid-gateway check-config /etc/hybrid-gateway/config.toml
+# Installed but not configured: the required keys are commented out; exit 78 (no restart loop).
+check "installed default is \"not configured\" (check-config exit 78, names the keys)" bash -c \
+  'out=$(/usr/bin/hybrid-gateway check-config /etc/hybrid-gateway/config.toml 2>&1); [ $? = 78 ] && grep -qx "not configured: set gateway.vpc_cidrs and gateway.hybrid_pod_cidrs in /etc/hybrid-gateway/config.toml" <<<"$out"'
 check "systemd-analyze verify passes on the installed unit" systemd-analyze verify /usr/lib/systemd/system/$UNIT
 # The unit's privilege model for real: user hybrid-gateway with only CAP_NET_ADMIN (ambient,
 # bounding set) writes a forwarding sysctl and creates a VXLAN device, in a throw-away netns.
@@ -155,6 +177,7 @@ check "user hybrid-gateway + CAP_NET_ADMIN only: sysctl write and VXLAN device" 
 # --- operator edit, then upgrade ---------------------------------------------------------------
 log "edit the conffile, then dpkg -i --force-confold $(basename "$DEB_UP")"
 sed -i 's/^resync_interval = "30s"/resync_interval = "45s"/' /etc/hybrid-gateway/config.toml
+sed -i -E 's/^# (vpc_cidrs|hybrid_pod_cidrs) = /\1 = /' /etc/hybrid-gateway/config.toml
 echo '# operator edit (test_packages.sh)' >>/etc/hybrid-gateway/config.toml
 check "edited config still valid" /usr/bin/hybrid-gateway check-config /etc/hybrid-gateway/config.toml
 out="$(dpkg -i --force-confold "$DEB_UP" 2>&1 </dev/null)" && rc=0 || rc=$?
@@ -208,7 +231,7 @@ rpm_files="$(rpm -qlp "$RPM_BASE" 2>/dev/null)"
 for f in /usr/bin/hybrid-gateway /usr/lib/systemd/system/$UNIT /usr/lib/sysusers.d/hybrid-gateway.conf \
   /etc/hybrid-gateway/config.toml /etc/iproute2/rt_protos.d/hybrid-gateway.conf \
   /usr/share/hybrid-gateway/rbac.yaml /usr/share/doc/hybrid-gateway/README.md /usr/share/doc/hybrid-gateway/config.toml.example \
-  /usr/share/licenses/hybrid-gateway/LICENSE; do
+  /usr/share/licenses/hybrid-gateway/LICENSE /usr/share/doc/hybrid-gateway/sbom.cdx.json; do
   check "rpm contains $f" grep -qx "$f" <<<"$rpm_files"
 done
 for f in packaging/*.json packaging/*.yaml packaging/kubernetes/*.yaml; do
@@ -220,6 +243,7 @@ check "config.toml is %config(noreplace)" test "$(rpm -qp --qf '[%{FILEFLAGS:ffl
 check "rpm version is Cargo.toml's" test "$(rpm -qp --qf '%{VERSION}-%{RELEASE}.%{ARCH}' "$RPM_BASE" 2>/dev/null)" = "$cargo_version-1.x86_64"
 check "rpm binary mode 0755" contains "-rwxr-xr-x" "$(rpm -qlvp "$RPM_BASE" 2>/dev/null | grep ' /usr/bin/hybrid-gateway$')"
 check "rpm requires systemd" grep -qx systemd <<<"$(rpm -qpR "$RPM_BASE" 2>/dev/null)"
+check "rpm requires /usr/bin/kill (ExecReload)" grep -qx /usr/bin/kill <<<"$(rpm -qpR "$RPM_BASE" 2>/dev/null)"
 scripts="$(rpm -qp --scripts "$RPM_BASE" 2>/dev/null)"
 post="$(sed -n '/^postinstall scriptlet/,/^preuninstall scriptlet/p' <<<"$scripts")"
 preun="$(sed -n '/^preuninstall scriptlet/,/^postuninstall scriptlet/p' <<<"$scripts")"
@@ -246,7 +270,8 @@ check "rpm -i succeeds" test "$rc" -eq 0
 check "%post took the no-systemd path" contains "systemd is not running: skipped daemon-reload (unit enabled for the next boot)" "$out"
 check "rpm: unit enabled on first install" test -L "$WANTS"
 check "rpm: user exists" getent passwd hybrid-gateway
-check "rpm: check-config passes on the installed default" /usr/bin/hybrid-gateway check-config /etc/hybrid-gateway/config.toml
+check "rpm: installed default is \"not configured\" (check-config exit 78)" bash -c \
+  '/usr/bin/hybrid-gateway check-config /etc/hybrid-gateway/config.toml >/dev/null 2>&1; [ $? = 78 ]'
 echo '# operator edit (rpm)' >>/etc/hybrid-gateway/config.toml
 out="$(rpm_install -U "$RPM_UP" 2>&1)" && rc=0 || rc=$?
 printf '%s\n' "$out" | sed 's/^/       /'

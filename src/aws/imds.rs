@@ -23,6 +23,8 @@ pub struct Identity {
     pub local_ipv4: Ipv4Addr,
     /// The primary ENI: the VPC routes' target and the one whose source/dest check matters.
     pub primary_eni: String,
+    /// The primary ENI's VPC: route tables are managed only in it (a tag is account-wide).
+    pub vpc_id: String,
 }
 
 /// Configuration values that replace what IMDS would say.
@@ -116,6 +118,8 @@ impl Identity {
             |v| v.starts_with("eni-"),
             "not an ENI id",
         )?;
+        let vpc_id = get(format!("network/interfaces/macs/{mac}/vpc-id")).await?;
+        check("vpc-id", &vpc_id, |v| v.starts_with("vpc-"), "not a VPC id")?;
         let availability_zone = get("placement/availability-zone".into()).await?;
         let region = match &overrides.region {
             Some(r) => r.clone(),
@@ -143,6 +147,7 @@ impl Identity {
             mac,
             local_ipv4,
             primary_eni,
+            vpc_id,
         })
     }
 }
@@ -174,7 +179,8 @@ async fn fetch(client: &Client, leaf: &str, settings: &ImdsSettings) -> Result<S
                 cause,
             });
         }
-        let wait = super::backoff(settings.backoff, attempt - 1, settings.max_backoff);
+        let wait =
+            crate::backoff::Backoff::new(settings.backoff, settings.max_backoff).delay(attempt - 1);
         tracing::debug!(%path, attempt, "IMDS: {cause}; retrying in {wait:?}");
         tokio::time::sleep(wait).await;
     }

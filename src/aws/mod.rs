@@ -98,29 +98,3 @@ where
         _ => DisplayErrorContext(err).to_string(),
     }
 }
-
-/// Exponential backoff with "equal jitter": between half and all of `base × 2^attempt`,
-/// capped at `cap`, so retries of many tables (or many gateways) do not fall in step.
-pub(crate) fn backoff(base: Duration, attempt: u32, cap: Duration) -> Duration {
-    let full = base.saturating_mul(1u32 << attempt.min(16)).min(cap);
-    full / 2 + full.mul_f64(fastrand::f64() / 2.0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_is_bounded_and_jittered() {
-        let base = Duration::from_millis(100);
-        let cap = Duration::from_secs(2);
-        for attempt in 0..40 {
-            let d = backoff(base, attempt, cap);
-            let full = base.saturating_mul(1 << attempt.min(16)).min(cap);
-            assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d:?}");
-        }
-        let samples: std::collections::HashSet<_> =
-            (0..20).map(|_| backoff(base, 3, cap)).collect();
-        assert!(samples.len() > 1, "no jitter");
-    }
-}

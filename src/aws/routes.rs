@@ -18,8 +18,8 @@ use ipnet::Ipv4Net;
 
 pub use report::{ApiCalls, SyncReport, TableReport};
 
-use super::backoff;
 use super::route_diff::{self, ObservedTable, Trusted, Write, WriteKind};
+use crate::backoff::Backoff;
 use crate::config::{AwsConfig, RouteTableTag, Takeover};
 use ec2::{is_no_such_route, Failure, LEADERSHIP_ENDING};
 use report::{log_write, Counters};
@@ -49,10 +49,20 @@ impl Deadline for crate::election::ElectionHandle {
     }
 }
 
+/// Leadership in one term: nothing left once the term is over, even if a new one began.
+impl Deadline for crate::election::Term {
+    fn remaining(&self) -> Duration {
+        crate::election::Term::remaining(self)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RouteTablesSettings {
     pub route_table_ids: Vec<String>,
     pub route_table_tag: Option<RouteTableTag>,
+    /// Only tables of this VPC (the gateway's own, from IMDS) are read and written: a tag
+    /// selects account-wide, and another VPC's table carrying it belongs to someone else.
+    pub vpc_id: Option<String>,
     pub takeover: Takeover,
     /// Trusted by the ownership guard besides our own Auto Scaling group.
     pub gateway_instance_ids: Vec<String>,
@@ -78,6 +88,7 @@ impl RouteTablesSettings {
         RouteTablesSettings {
             route_table_ids: aws.route_table_ids.clone(),
             route_table_tag: aws.route_table_tag.clone(),
+            vpc_id: None,
             takeover: aws.takeover,
             gateway_instance_ids: aws.gateway_instance_ids.clone(),
             concurrency: 8,
@@ -272,7 +283,7 @@ impl RouteTables {
                 break;
             }
             if failed {
-                let wait = backoff(s.backoff, round, s.max_backoff);
+                let wait = Backoff::new(s.backoff, s.max_backoff).delay(round);
                 tracing::debug!(
                     "route tables: retrying {} table(s) in {wait:?}",
                     again.len()
@@ -334,7 +345,7 @@ impl RouteTables {
                 }
                 Err(cause) => {
                     attempt += 1;
-                    let wait = backoff(s.backoff, attempt - 1, s.max_backoff);
+                    let wait = Backoff::new(s.backoff, s.max_backoff).delay(attempt - 1);
                     if attempt >= s.rounds.max(1) {
                         return Err(RouteError::Read {
                             selection: s.selection(),

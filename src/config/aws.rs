@@ -15,7 +15,7 @@ const MIN_RESYNC: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawAws {
+pub(super) struct RawAws {
     pub region: Option<Spanned<String>>,
     pub route_table_ids: Option<Spanned<Vec<Spanned<String>>>>,
     pub route_table_tag: Option<Spanned<String>>,
@@ -96,41 +96,25 @@ impl Validator<'_> {
     pub(super) fn aws(&self, raw: RawAws) -> Result<AwsConfig, ConfigError> {
         let mut c = AwsConfig::default();
         if let Some(r) = raw.region {
-            let span = r.span();
-            let r = r.into_inner();
             // The example file writes `region = ""` for "ask IMDS".
-            if !r.is_empty() {
-                if let Err(why) = check_region(&r) {
-                    return Err(self.invalid("aws.region", &span, format!("{r:?}"), why));
-                }
-                c.region = Some(r);
-            }
+            c.region = self.check("aws.region", r, |r| match r.as_str() {
+                "" => Ok(None),
+                _ => check_region(&r).map(|()| Some(r)),
+            })?;
         }
         if let Some(ids) = raw.route_table_ids {
             c.route_table_ids = self.id_list("aws.route_table_ids", ids, "rtb", "route table")?;
         }
         if let Some(tag) = raw.route_table_tag {
-            let span = tag.span();
-            let text = tag.into_inner();
-            let parsed = parse_tag(&text).map_err(|why| {
-                self.invalid("aws.route_table_tag", &span, format!("{text:?}"), why)
-            })?;
-            c.route_table_tag = Some(parsed);
+            c.route_table_tag =
+                Some(self.check("aws.route_table_tag", tag, |text| parse_tag(&text))?);
         }
         if let Some(t) = raw.takeover {
-            let span = t.span();
-            c.takeover = match t.get_ref().as_str() {
-                "owned" => Takeover::Owned,
-                "any" => Takeover::Any,
-                other => {
-                    return Err(self.invalid(
-                        "aws.takeover",
-                        &span,
-                        format!("{other:?}"),
-                        "use \"owned\" (replace only routes to other gateways or blackholes) or \"any\" (replace every route for a hybrid pod CIDR)",
-                    ))
-                }
-            };
+            c.takeover = self.check("aws.takeover", t, |t| match t.as_str() {
+                "owned" => Ok(Takeover::Owned),
+                "any" => Ok(Takeover::Any),
+                _ => Err("use \"owned\" (replace only routes to other gateways or blackholes) or \"any\" (replace every route for a hybrid pod CIDR)".into()),
+            })?;
         }
         if let Some(b) = raw.cleanup_on_shutdown {
             c.cleanup_on_shutdown = b;
@@ -159,26 +143,17 @@ impl Validator<'_> {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         for (i, item) in list.into_inner().into_iter().enumerate() {
-            let span = item.span();
-            let id = item.into_inner();
-            let key = format!("{key}[{i}]");
-            if !is_resource_id(&id, prefix) {
-                return Err(self.invalid(
-                    &key,
-                    &span,
-                    format!("{id:?}"),
-                    format!("not a {what} id; write it like \"{prefix}-0123456789abcdef0\""),
-                ));
-            }
-            if !seen.insert(id.clone()) {
-                return Err(self.invalid(
-                    &key,
-                    &span,
-                    format!("{id:?}"),
-                    "listed twice; list each id once",
-                ));
-            }
-            out.push(id);
+            out.push(self.check(&format!("{key}[{i}]"), item, |id| {
+                if !is_resource_id(&id, prefix) {
+                    Err(format!(
+                        "not a {what} id; write it like \"{prefix}-0123456789abcdef0\""
+                    ))
+                } else if !seen.insert(id.clone()) {
+                    Err("listed twice; list each id once".into())
+                } else {
+                    Ok(id)
+                }
+            })?);
         }
         Ok(out)
     }

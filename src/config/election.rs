@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-use super::raw::RawElection;
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::validate::Span;
 use super::{ConfigError, Validator};
 
 /// client-go's JitterFactor: retries wait between retry_period and 1.2 × retry_period.
@@ -44,24 +47,36 @@ pub struct DynamoDbLockConfig {
     pub lease_duration: Duration,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawElection {
+    pub namespace: Option<Spanned<String>>,
+    pub lease_name: Option<Spanned<String>>,
+    pub identity: Option<Spanned<String>>,
+    pub lease_duration: Option<Spanned<String>>,
+    pub renew_deadline: Option<Spanned<String>>,
+    pub retry_period: Option<Spanned<String>>,
+    pub dynamodb: Option<Spanned<RawDynamoDb>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDynamoDb {
+    pub table: Spanned<String>,
+    pub key: Option<Spanned<String>>,
+    pub lease_duration: Option<Spanned<String>>,
+}
+
 impl Validator<'_> {
     pub(super) fn election(&self, raw: RawElection) -> Result<ElectionConfig, ConfigError> {
         let mut e = ElectionConfig::default();
         if let Some(ns) = raw.namespace {
-            let span = ns.span();
-            let ns = ns.into_inner();
-            if let Err(why) = dns_label(&ns) {
-                return Err(self.invalid("election.namespace", &span, format!("{ns:?}"), why));
-            }
-            e.namespace = ns;
+            e.namespace = self.check("election.namespace", ns, |ns| dns_label(&ns).map(|()| ns))?;
         }
         if let Some(name) = raw.lease_name {
-            let span = name.span();
-            let name = name.into_inner();
-            if let Err(why) = dns_subdomain(&name) {
-                return Err(self.invalid("election.lease_name", &span, format!("{name:?}"), why));
-            }
-            e.lease_name = name;
+            e.lease_name = self.check("election.lease_name", name, |name| {
+                dns_subdomain(&name).map(|()| name)
+            })?;
         }
         if let Some(id) = raw.identity {
             e.identity = Some(self.non_empty(
@@ -71,21 +86,15 @@ impl Validator<'_> {
             )?);
         }
         let min = Duration::from_millis(100);
-        let lease = raw
-            .lease_duration
-            .map(|d| (d.span(), self.duration("election.lease_duration", d, min)))
-            .map(|(s, d)| d.map(|d| (s, d)))
-            .transpose()?;
-        let renew = raw
-            .renew_deadline
-            .map(|d| (d.span(), self.duration("election.renew_deadline", d, min)))
-            .map(|(s, d)| d.map(|d| (s, d)))
-            .transpose()?;
-        let retry = raw
-            .retry_period
-            .map(|d| (d.span(), self.duration("election.retry_period", d, min)))
-            .map(|(s, d)| d.map(|d| (s, d)))
-            .transpose()?;
+        // Spans are kept: the consistency checks below point at the key the operator wrote.
+        let spanned = |key: &str, d: Option<Spanned<String>>| {
+            d.map(|d| Ok::<_, ConfigError>((d.span(), self.duration(key, d, min)?)))
+                .transpose()
+        };
+        let lease: Option<(Span, Duration)> =
+            spanned("election.lease_duration", raw.lease_duration)?;
+        let renew = spanned("election.renew_deadline", raw.renew_deadline)?;
+        let retry = spanned("election.retry_period", raw.retry_period)?;
         if let Some((_, d)) = &lease {
             e.lease_duration = *d;
         }
@@ -133,21 +142,22 @@ impl Validator<'_> {
         }
         if let Some(d) = raw.dynamodb {
             let d = d.into_inner();
-            let table_span = d.table.span();
-            let table =
-                self.non_empty("election.dynamodb.table", d.table, "the lock table's name")?;
-            if !(3..=255).contains(&table.len())
-                || !table
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
-            {
-                return Err(self.invalid(
-                    "election.dynamodb.table",
-                    &table_span,
-                    format!("{table:?}"),
-                    "DynamoDB table names are 3-255 characters of a-z, A-Z, 0-9, '_', '-', '.'",
-                ));
-            }
+            let table = self.check("election.dynamodb.table", d.table, |table| {
+                if table.trim().is_empty() {
+                    Err("cannot be empty: the lock table's name".into())
+                } else if !(3..=255).contains(&table.len())
+                    || !table
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+                {
+                    Err(
+                        "DynamoDB table names are 3-255 characters of a-z, A-Z, 0-9, '_', '-', '.'"
+                            .into(),
+                    )
+                } else {
+                    Ok(table)
+                }
+            })?;
             let key = match d.key {
                 Some(k) => self.non_empty(
                     "election.dynamodb.key",

@@ -28,7 +28,9 @@ pub enum ConfigError {
 
 impl ConfigError {
     pub(super) fn syntax(path: &std::path::Path, text: &str, err: &toml::de::Error) -> Self {
-        let line = err.span().map_or(1, |s| super::line_of(text, s.start));
+        let line = err
+            .span()
+            .map_or(1, |s| super::validate::line_of(text, s.start));
         let mut message = err.message().trim().to_string();
         if message.starts_with("unknown field") {
             message.push_str("; remove it or check its spelling against config/config.toml");

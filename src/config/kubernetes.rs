@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::raw::RawKubernetes;
+use serde::Deserialize;
+use toml::Spanned;
+
 use super::{ConfigError, Validator};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -37,6 +39,23 @@ pub struct EksConfig {
     pub region: Option<String>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawKubernetes {
+    pub kubeconfig: Option<Spanned<String>>,
+    pub request_timeout: Option<Spanned<String>>,
+    pub eks: Option<Spanned<RawEks>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEks {
+    pub cluster_name: Spanned<String>,
+    pub endpoint: Spanned<String>,
+    pub ca_file: Spanned<String>,
+    pub region: Option<Spanned<String>>,
+}
+
 impl Validator<'_> {
     pub(super) fn kubernetes(&self, raw: RawKubernetes) -> Result<KubernetesConfig, ConfigError> {
         let mut k = KubernetesConfig::default();
@@ -67,20 +86,15 @@ impl Validator<'_> {
                 eks.cluster_name,
                 "the EKS cluster's name, as in `aws eks list-clusters`",
             )?;
-            let endpoint_span = eks.endpoint.span();
-            let endpoint = self.non_empty(
-                "kubernetes.eks.endpoint",
-                eks.endpoint,
-                "the cluster's API endpoint, https://…",
-            )?;
-            if !endpoint.starts_with("https://") {
-                return Err(self.invalid(
-                    "kubernetes.eks.endpoint",
-                    &endpoint_span,
-                    format!("{endpoint:?}"),
-                    "must be an https:// URL: `aws eks describe-cluster --query cluster.endpoint`",
-                ));
-            }
+            let endpoint = self.check("kubernetes.eks.endpoint", eks.endpoint, |e| {
+                if e.trim().is_empty() {
+                    Err("cannot be empty: the cluster's API endpoint, https://…".into())
+                } else if !e.starts_with("https://") {
+                    Err("must be an https:// URL: `aws eks describe-cluster --query cluster.endpoint`".into())
+                } else {
+                    Ok(e)
+                }
+            })?;
             let ca_file = PathBuf::from(self.non_empty(
                 "kubernetes.eks.ca_file",
                 eks.ca_file,

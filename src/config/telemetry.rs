@@ -29,13 +29,13 @@ impl Default for TelemetryConfig {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawListen {
+pub(super) struct RawListen {
     pub listen: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawLog {
+pub(super) struct RawLog {
     pub level: Option<Spanned<String>>,
 }
 
@@ -63,20 +63,19 @@ impl Validator<'_> {
             });
         }
         if let Some(level) = log.and_then(|l| l.level) {
-            let span = level.span();
-            let level = level.into_inner();
-            if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&level) {
-                return Err(self.invalid("log.level", &span, format!("{level:?}"), format!("not a log filter ({e}); write e.g. \"info\" or \"info,hybrid_gateway=debug\"")));
-            }
-            t.log_level = level;
+            t.log_level = self.check("log.level", level, |level| {
+                match tracing_subscriber::EnvFilter::builder().parse(&level) {
+                    Ok(_) => Ok(level),
+                    Err(e) => Err(format!("not a log filter ({e}); write e.g. \"info\" or \"info,hybrid_gateway=debug\"")),
+                }
+            })?;
         }
         Ok(t)
     }
 
     fn listen(&self, key: &str, value: Spanned<String>) -> Result<SocketAddr, ConfigError> {
-        let span = value.span();
-        let v = value.into_inner();
-        v.parse()
-            .map_err(|_| self.invalid(key, &span, format!("{v:?}"), "not an address:port; write e.g. \"127.0.0.1:10080\" (0.0.0.0 exposes it to the VPC)"))
+        self.check(key, value, |v| {
+            v.parse().map_err(|_| "not an address:port; write e.g. \"127.0.0.1:10080\" (0.0.0.0 exposes it to the VPC)".to_string())
+        })
     }
 }

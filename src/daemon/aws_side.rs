@@ -1,19 +1,24 @@
 //! What the daemon needs from AWS: its identity (IMDS), a forwarding-capable ENI
-//! (source/destination check off), and clients for EC2 and DynamoDB.
+//! (source/destination check off), and the SDK configuration for EC2 and DynamoDB.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use aws_config::SdkConfig;
+use tokio::sync::OnceCell;
 
-use super::route_sync::RouteSync;
-use crate::aws::imds::{self, Identity, ImdsSettings, Overrides};
-use tokio::sync::watch;
-
-use crate::aws::{eni, sdk_config, SdkSettings};
+use crate::aws::eni::{self, EniError};
+use crate::aws::imds::{self, Identity, ImdsError, ImdsSettings, Overrides};
+use crate::aws::{sdk_config, SdkSettings};
 use crate::config::Config;
-use crate::telemetry::{DaemonStatus, Metrics};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AwsSideError {
+    #[error("reading this instance's identity from IMDS: {0}")]
+    Identity(#[source] ImdsError),
+    #[error("checking the primary ENI's source/destination check: {0}")]
+    SourceDestCheck(#[source] EniError),
+}
 
 pub struct AwsSide {
     pub identity: Identity,
@@ -23,7 +28,7 @@ pub struct AwsSide {
 impl AwsSide {
     /// IMDS, then the source/destination check: a gateway that cannot forward must never
     /// become ready nor take leadership, so a failure here stops start-up.
-    pub async fn discover(config: &Config) -> anyhow::Result<Self> {
+    pub async fn discover(config: &Config) -> Result<Self, AwsSideError> {
         let settings = ImdsSettings::default();
         let overrides = Overrides {
             region: config.aws.region.clone(),
@@ -31,7 +36,7 @@ impl AwsSide {
         };
         let identity = Identity::discover(&imds::client(&settings), &overrides, &settings)
             .await
-            .context("reading this instance's identity from IMDS")?;
+            .map_err(AwsSideError::Identity)?;
         tracing::info!(instance = %identity.instance_id, region = %identity.region, eni = %identity.primary_eni, ip = %identity.local_ipv4, "AWS identity");
         let sdk = sdk_config(&identity.region, &SdkSettings::default()).await;
         let ec2 = aws_sdk_ec2::Client::new(&sdk);
@@ -42,31 +47,29 @@ impl AwsSide {
             Duration::from_secs(5),
         )
         .await
-        .context("checking the primary ENI's source/destination check")?;
+        .map_err(AwsSideError::SourceDestCheck)?;
         tracing::info!(eni = %identity.primary_eni, "source/destination check: {check:?}");
         Ok(AwsSide { identity, sdk })
     }
+}
 
-    /// The leader's VPC route work, when route tables are configured.
-    pub fn route_sync(
-        &self,
-        config: &watch::Receiver<Arc<Config>>,
-        status: Arc<DaemonStatus>,
-        metrics: Arc<Metrics>,
-    ) -> Option<Arc<RouteSync>> {
-        {
-            let c = config.borrow();
-            if c.aws.route_table_ids.is_empty() && c.aws.route_table_tag.is_none() {
-                return None;
-            }
-        }
-        Some(Arc::new(RouteSync {
-            ec2: aws_sdk_ec2::Client::new(&self.sdk),
-            instance_id: self.identity.instance_id.clone(),
-            eni: self.identity.primary_eni.clone(),
-            config: config.clone(),
-            status,
-            metrics,
-        }))
+/// AWS as the daemon's parts share it: discovered at start-up when something needs it
+/// then, otherwise on first use (a reload that adds route tables to a gateway that had
+/// none). Cheap to clone.
+#[derive(Clone, Default)]
+pub struct SharedAws(Arc<OnceCell<AwsSide>>);
+
+impl SharedAws {
+    pub fn discovered(side: AwsSide) -> Self {
+        SharedAws(Arc::new(OnceCell::new_with(Some(side))))
+    }
+
+    pub fn get(&self) -> Option<&AwsSide> {
+        self.0.get()
+    }
+
+    /// The one discovery, whoever asks first; a failure is retried by the next caller.
+    pub async fn get_or_discover(&self, config: &Config) -> Result<&AwsSide, AwsSideError> {
+        self.0.get_or_try_init(|| AwsSide::discover(config)).await
     }
 }

@@ -2,7 +2,6 @@
 //! DynamoDB lock — and the leader-only work that follows it.
 
 use std::net::Ipv4Addr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
@@ -13,9 +12,9 @@ use crate::config::Config;
 use crate::datapath::Mac;
 use crate::election::combined::{self, Combined};
 use crate::election::dynamodb::DynamoDbLockStore;
-use crate::election::{self, lease::LeaseLock, ElectionHandle, Elector, Leadership, Timings};
+use crate::election::{self, lease::LeaseLock, ElectionHandle, Elector, Timings};
 use crate::k8s::vtep_config;
-use crate::telemetry::{DaemonStatus, Metrics};
+use crate::telemetry::Telemetry;
 
 enum Contest {
     Lease(JoinHandle<Elector<LeaseLock>>),
@@ -29,7 +28,7 @@ pub struct Election {
     leader_cancel: CancellationToken,
     request_timeout: Duration,
     handle: ElectionHandle,
-    routes: Option<Arc<RouteSync>>,
+    routes: Option<RouteSync>,
 }
 
 pub struct LeaderInputs {
@@ -38,9 +37,8 @@ pub struct LeaderInputs {
     pub node_ip: Ipv4Addr,
     pub mac: Mac,
     pub dynamodb: Option<aws_sdk_dynamodb::Client>,
-    pub routes: Option<Arc<RouteSync>>,
-    pub status: Arc<DaemonStatus>,
-    pub metrics: Arc<Metrics>,
+    pub routes: Option<RouteSync>,
+    pub telemetry: Telemetry,
 }
 
 impl Election {
@@ -122,8 +120,7 @@ impl Election {
         leader_work.push(tokio::spawn(follow(
             handle.clone(),
             lock_in_use,
-            inputs.status,
-            inputs.metrics,
+            inputs.telemetry,
             leader_cancel.clone(),
         )));
         Election {
@@ -145,7 +142,8 @@ impl Election {
         if final_stop && self.handle.leadership.borrow().is_leader() {
             if let Some(r) = &self.routes {
                 match r.cleanup(&self.handle).await {
-                    Ok(report) => tracing::info!(
+                    Ok(None) => {}
+                    Ok(Some(report)) => tracing::info!(
                         deleted = report.deleted(),
                         "final stop: deleted this gateway's VPC routes"
                     ),
@@ -203,36 +201,12 @@ impl Election {
 async fn follow(
     mut handle: ElectionHandle,
     lock_in_use: bool,
-    status: Arc<DaemonStatus>,
-    metrics: Arc<Metrics>,
+    telemetry: Telemetry,
     cancel: CancellationToken,
 ) {
     loop {
         let l = handle.leadership.borrow_and_update().clone();
-        match &l {
-            Leadership::Leader { since, term } => {
-                metrics.leader_is_active.set(1);
-                metrics.dynamodb_lock_held.set(i64::from(lock_in_use));
-                metrics.election_term.set(i64::from(*term));
-                metrics.election_transitions.inc();
-                let since = since.strftime("%H:%M:%S").to_string();
-                status.update(|s| {
-                    s.role = "leader".into();
-                    s.leader = Some(s.identity.clone());
-                    s.leader_since = Some(since);
-                    s.term = Some(*term);
-                });
-            }
-            Leadership::Standby { leader } => {
-                metrics.leader_is_active.set(0);
-                metrics.dynamodb_lock_held.set(0);
-                status.update(|s| {
-                    s.role = "standby".into();
-                    s.leader = leader.clone();
-                    s.leader_since = None;
-                });
-            }
-        }
+        telemetry.leadership(&l, lock_in_use);
         tokio::select! {
             _ = cancel.cancelled() => return,
             r = handle.leadership.changed() => if r.is_err() { return },

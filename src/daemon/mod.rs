@@ -1,5 +1,8 @@
 //! `hybrid-gateway run`: set the datapath up, keep it matching the hybrid nodes, and take
-//! part in the election; the leader keeps the CiliumVTEPConfig right.
+//! part in the election; the leader keeps the CiliumVTEPConfig and the VPC routes right.
+//!
+//! [`run`] reads as the daemon's life: identify and set up, start the parts, handle
+//! signals (reload), shut down. The parts share one cloneable [`Context`].
 
 mod aws_side;
 mod leader;
@@ -10,29 +13,29 @@ mod static_nodes;
 mod supervisor;
 mod systemd;
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use tokio::signal::unix::{signal, SignalKind};
+use anyhow::Context as _;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use aws_side::AwsSide;
+use aws_side::{AwsSide, SharedAws};
+use node_sync::NodeSync;
+use route_sync::RouteSync;
 use supervisor::supervise;
 
 use crate::config::Config;
-use crate::datapath::Datapath;
+pub use crate::config::EXIT_CONFIG;
+use crate::datapath::{Datapath, Mac};
 use crate::k8s::cilium_nodes::{self, NodeSet, NodeWatchStats};
 use crate::k8s::client;
-use crate::telemetry::{self, DaemonStatus, Metrics};
-
-/// sysexits' EX_CONFIG: the unit file's RestartPreventExitStatus keeps systemd from
-/// restart-looping on a configuration only a human can fix.
-pub const EXIT_CONFIG: u8 = 78;
+use crate::telemetry::{self, DaemonStatus, Metrics, Telemetry};
 
 /// Created by the package's removal script just before it stops the service.
 const FINAL_STOP_MARKER: &str = "/run/hybrid-gateway/final-stop";
@@ -41,12 +44,9 @@ const FINAL_STOP_MARKER: &str = "/run/hybrid-gateway/final-stop";
 const SHUTDOWN_BUDGET: Duration = Duration::from_secs(4);
 
 pub fn main(config_path: &Path, static_nodes: Option<&Path>) -> ExitCode {
-    let config = match Config::load(config_path) {
+    let config = match Config::load_or_exit(config_path) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(code) => return code,
     };
     telemetry::logging::init(&config.telemetry.log_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -78,6 +78,111 @@ pub fn main(config_path: &Path, static_nodes: Option<&Path>) -> ExitCode {
     }
 }
 
+async fn run(config: Config, static_nodes: Option<PathBuf>) -> anyhow::Result<()> {
+    tracing::info!("{}", config.summary());
+    let (ctx, datapath) = set_up(config, static_nodes.is_some()).await?;
+    let mut signals = Signals::install()?;
+    let mut daemon = Daemon {
+        ctx,
+        tasks: Vec::new(),
+        election: None,
+        static_nodes,
+    };
+    daemon.serve_telemetry().await?;
+    daemon.start_node_sync(datapath);
+    daemon.start_node_source().await?;
+    while signals.next().await == Wanted::Reload {
+        daemon.reload();
+    }
+    daemon.shut_down().await;
+    Ok(())
+}
+
+/// What the daemon's parts share. Cheap to clone.
+#[derive(Clone)]
+struct Context {
+    /// This process's election identity.
+    identity: String,
+    node_ip: Ipv4Addr,
+    /// The VXLAN device's MAC, the one the CiliumVTEPConfig advertises.
+    mac: Mac,
+    aws: SharedAws,
+    telemetry: Telemetry,
+    node_stats: Arc<NodeWatchStats>,
+    /// The running configuration; a reload publishes the keys it applies live.
+    config: watch::Sender<Arc<Config>>,
+    /// The hybrid nodes, from Kubernetes or the static file; `None` until the first list.
+    nodes: watch::Sender<Option<NodeSet>>,
+    cancel: CancellationToken,
+}
+
+impl Context {
+    fn config(&self) -> Arc<Config> {
+        self.config.borrow().clone()
+    }
+
+    fn status(&self) -> Arc<DaemonStatus> {
+        self.telemetry.status.clone()
+    }
+}
+
+/// Who we are, and the datapath set up: what every part needs before it can start.
+async fn set_up(config: Config, static_mode: bool) -> anyhow::Result<(Context, Datapath)> {
+    let (aws, node_ip, identity) = identify(&config, static_mode).await?;
+    let (datapath, changes) = Datapath::setup(&config, node_ip)
+        .await
+        .context("setting up the datapath")?;
+    for change in &changes {
+        tracing::info!(sysctl = %change.key, "changed {change}");
+    }
+    let device = datapath.device();
+    tracing::info!(device = %device.name, ifindex = device.index, mac = %device.mac, mtu = device.mtu, underlay = %device.underlay, "VXLAN device {}", device.action);
+    let node_stats = Arc::new(NodeWatchStats::default());
+    let telemetry = Telemetry {
+        status: Arc::new(DaemonStatus::new(&identity)),
+        metrics: Arc::new(Metrics::new(&identity, &device.name, node_stats.clone())),
+    };
+    telemetry.metrics.vxlan_interface_up.set(1);
+    telemetry.status.update(|s| {
+        s.device_up = true;
+        s.identity_known = true;
+    });
+    let ctx = Context {
+        identity,
+        node_ip,
+        mac: device.mac,
+        aws,
+        telemetry,
+        node_stats,
+        config: watch::Sender::new(Arc::new(config)),
+        nodes: watch::Sender::new(None),
+        cancel: CancellationToken::new(),
+    };
+    Ok((ctx, datapath))
+}
+
+/// AWS (IMDS; config values win) when something needs it, this gateway's address and
+/// its election identity.
+async fn identify(
+    config: &Config,
+    static_mode: bool,
+) -> anyhow::Result<(SharedAws, Ipv4Addr, String)> {
+    let aws = if needs_aws(config) && !static_mode {
+        SharedAws::discovered(AwsSide::discover(config).await?)
+    } else {
+        SharedAws::default()
+    };
+    let node_ip = match (aws.get(), config.gateway.node_ip) {
+        (Some(a), _) => a.identity.local_ipv4,
+        (None, Some(ip)) => ip,
+        (None, None) => anyhow::bail!(
+            "gateway.node_ip is not set and AWS is not used; set it to this gateway's VPC address"
+        ),
+    };
+    let id = identity(config, aws.get().map(|a| a.identity.instance_id.as_str()));
+    Ok((aws, node_ip, id))
+}
+
 /// This process's election identity: stable per host (instance id, else hostname), plus a
 /// per-process suffix so two processes on one host (an upgrade overlapping a stop) never
 /// share it.
@@ -95,226 +200,225 @@ fn identity(config: &Config, instance_id: Option<&str>) -> String {
     format!("{base}_{:08x}", fastrand::u32(..))
 }
 
-/// AWS is needed for VPC routes, the DynamoDB lock, or to learn the node IP.
+/// AWS is needed at start-up for VPC routes, the DynamoDB lock, or to learn the node IP.
+/// (Route tables added later by a reload discover it then.)
 fn needs_aws(config: &Config) -> bool {
-    !config.aws.route_table_ids.is_empty()
-        || config.aws.route_table_tag.is_some()
+    config.aws.manages_routes()
         || config.election.dynamodb.is_some()
         || config.gateway.node_ip.is_none()
 }
 
-async fn run(mut config: Config, static_nodes: Option<PathBuf>) -> anyhow::Result<()> {
-    tracing::info!("{}", config.summary());
-    let cancel = CancellationToken::new();
+/// The running daemon: the shared context, its tasks, and the election (Kubernetes mode).
+struct Daemon {
+    ctx: Context,
+    tasks: Vec<JoinHandle<()>>,
+    election: Option<leader::Election>,
+    static_nodes: Option<PathBuf>,
+}
 
-    // Who we are: IMDS (config values win), or the config alone when AWS is not used.
-    let aws = if needs_aws(&config) && static_nodes.is_none() {
-        Some(AwsSide::discover(&config).await?)
-    } else {
-        None
-    };
-    let node_ip = match (&aws, config.gateway.node_ip) {
-        (Some(a), _) => a.identity.local_ipv4,
-        (None, Some(ip)) => ip,
-        (None, None) => anyhow::bail!(
-            "gateway.node_ip is not set and AWS is not used; set it to this gateway's VPC address"
-        ),
-    };
-    let id = identity(
-        &config,
-        aws.as_ref().map(|a| a.identity.instance_id.as_str()),
-    );
-    let status = Arc::new(DaemonStatus::new(&id));
-
-    let (datapath, changes) = Datapath::setup(&config, node_ip)
-        .await
-        .context("setting up the datapath")?;
-    for change in &changes {
-        tracing::info!(sysctl = %change.key, "changed {change}");
-    }
-    let device = datapath.device().clone();
-    tracing::info!(device = %device.name, ifindex = device.index, mac = %device.mac, mtu = device.mtu, underlay = %device.underlay, "VXLAN device {}", device.action);
-    let node_stats = Arc::new(NodeWatchStats::default());
-    let metrics = Arc::new(Metrics::new(&id, &device.name, node_stats.clone()));
-    metrics.vxlan_interface_up.set(1);
-    status.update(|s| {
-        s.device_up = true;
-        s.identity_known = true;
-    });
-
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-
-    let mut tasks: Vec<JoinHandle<()>> = Vec::new();
-    let t = &config.telemetry;
-    for (addr, router) in [
-        (
-            t.metrics_listen,
-            telemetry::server::metrics_router(metrics.clone(), status.clone()),
-        ),
-        (
-            t.health_listen,
-            telemetry::server::health_router(metrics.clone(), status.clone()),
-        ),
-    ] {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("listening on {addr}"))?;
-        let c = cancel.clone();
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = telemetry::server::serve(listener, router, c).await {
-                tracing::error!("HTTP server on {addr}: {e}");
-            }
-        }));
-    }
-    tasks.push(tokio::spawn(systemd::status_notifier(
-        status.clone(),
-        cancel.clone(),
-    )));
-    tasks.push(tokio::spawn(systemd::watchdog(
-        status.clone(),
-        cancel.clone(),
-    )));
-
-    let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
-    let (nodes_tx, nodes_rx) = watch::channel::<Option<NodeSet>>(None);
-    let datapath = Arc::new(datapath);
-    let obs = node_sync::Observers {
-        status: status.clone(),
-        metrics: metrics.clone(),
-    };
-    {
-        let (dp, rx, cfg, obs, c) = (
-            datapath.clone(),
-            nodes_rx.clone(),
-            config_rx.clone(),
-            obs.clone(),
-            cancel.clone(),
-        );
-        tasks.push(supervise(
-            "datapath",
+impl Daemon {
+    /// `/metrics`, `/healthz`, `/readyz`, `/status`, and systemd's READY/STATUS/WATCHDOG.
+    /// Bound before anything else starts, so a taken port fails start-up.
+    async fn serve_telemetry(&mut self) -> anyhow::Result<()> {
+        let t = self.ctx.config().telemetry.clone();
+        let (metrics, status) = (&self.ctx.telemetry.metrics, &self.ctx.telemetry.status);
+        for (addr, router) in [
+            (
+                t.metrics_listen,
+                telemetry::server::metrics_router(metrics.clone(), status.clone()),
+            ),
+            (
+                t.health_listen,
+                telemetry::server::health_router(metrics.clone(), status.clone()),
+            ),
+        ] {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening on {addr}"))?;
+            let c = self.ctx.cancel.clone();
+            self.tasks.push(tokio::spawn(async move {
+                if let Err(e) = telemetry::server::serve(listener, router, c).await {
+                    tracing::error!("HTTP server on {addr}: {e}");
+                }
+            }));
+        }
+        let cancel = &self.ctx.cancel;
+        self.tasks.push(tokio::spawn(systemd::status_notifier(
             status.clone(),
             cancel.clone(),
-            move || node_sync::run(dp.clone(), rx.clone(), cfg.clone(), obs.clone(), c.clone()),
+        )));
+        self.tasks.push(tokio::spawn(systemd::watchdog(
+            status.clone(),
+            cancel.clone(),
+        )));
+        Ok(())
+    }
+
+    /// The kernel follows the node set and the configuration.
+    fn start_node_sync(&mut self, datapath: Datapath) {
+        let datapath = Arc::new(datapath);
+        let ctx = self.ctx.clone();
+        self.tasks.push(supervise(
+            "datapath",
+            ctx.status(),
+            ctx.cancel.clone(),
+            move || {
+                NodeSync::new(
+                    datapath.clone(),
+                    ctx.nodes.subscribe(),
+                    ctx.config.subscribe(),
+                    ctx.telemetry.clone(),
+                )
+                .run(ctx.cancel.clone())
+            },
         ));
     }
 
-    let mut election = None;
-    match &static_nodes {
-        Some(path) => {
-            nodes_tx.send_replace(Some(Arc::new(load_nodes(path)?)));
-            tracing::info!(
-                "hybrid nodes from {}; no Kubernetes, no election",
-                path.display()
-            );
-        }
-        None => {
-            let kube = client::connect(&config.kubernetes, aws.as_ref().map(|a| &a.sdk))
-                .await
-                .context("connecting to Kubernetes")?;
-            {
-                let (k, tx, st, c) = (
-                    kube.clone(),
-                    nodes_tx.clone(),
-                    node_stats.clone(),
-                    cancel.clone(),
-                );
-                tasks.push(supervise(
-                    "ciliumnode-watch",
-                    status.clone(),
-                    cancel.clone(),
-                    move || cilium_nodes::run(k.clone(), tx.clone(), st.clone(), c.clone()),
-                ));
-            }
-            let routes = aws
-                .as_ref()
-                .and_then(|a| a.route_sync(&config_rx, status.clone(), metrics.clone()));
-            election = Some(leader::Election::start(
-                &config,
-                leader::LeaderInputs {
-                    kube,
-                    identity: id.clone(),
-                    node_ip,
-                    mac: device.mac,
-                    dynamodb: aws.as_ref().map(|a| aws_sdk_dynamodb::Client::new(&a.sdk)),
-                    routes,
-                    status: status.clone(),
-                    metrics: metrics.clone(),
-                },
-            ));
-        }
+    /// Where the hybrid nodes come from: the static file, or Kubernetes (and then the
+    /// election and the leader's work too).
+    async fn start_node_source(&mut self) -> anyhow::Result<()> {
+        let Some(path) = self.static_nodes.clone() else {
+            return self.start_kubernetes().await;
+        };
+        self.ctx
+            .nodes
+            .send_replace(Some(Arc::new(load_nodes(&path)?)));
+        tracing::info!(
+            "hybrid nodes from {}; no Kubernetes, no election",
+            path.display()
+        );
+        Ok(())
     }
 
-    loop {
+    async fn start_kubernetes(&mut self) -> anyhow::Result<()> {
+        let config = self.ctx.config();
+        let kube = client::connect(&config.kubernetes, self.ctx.aws.get().map(|a| &a.sdk))
+            .await
+            .context("connecting to Kubernetes")?;
+        let (ctx, k) = (self.ctx.clone(), kube.clone());
+        self.tasks.push(supervise(
+            "ciliumnode-watch",
+            ctx.status(),
+            ctx.cancel.clone(),
+            move || {
+                cilium_nodes::run(
+                    k.clone(),
+                    ctx.nodes.clone(),
+                    ctx.node_stats.clone(),
+                    ctx.cancel.clone(),
+                )
+            },
+        ));
+        let ctx = &self.ctx;
+        let routes = RouteSync {
+            aws: ctx.aws.clone(),
+            config: ctx.config.subscribe(),
+            telemetry: ctx.telemetry.clone(),
+        };
+        self.election = Some(leader::Election::start(
+            &config,
+            leader::LeaderInputs {
+                kube,
+                identity: ctx.identity.clone(),
+                node_ip: ctx.node_ip,
+                mac: ctx.mac,
+                dynamodb: ctx.aws.get().map(|a| aws_sdk_dynamodb::Client::new(&a.sdk)),
+                routes: Some(routes),
+                telemetry: ctx.telemetry.clone(),
+            },
+        ));
+        Ok(())
+    }
+
+    /// SIGHUP: the static node file again, and the configuration's live keys.
+    fn reload(&mut self) {
+        systemd::reloading();
+        if let Some(path) = &self.static_nodes {
+            match load_nodes(path) {
+                Ok(n) => {
+                    tracing::info!(nodes = n.len(), "reloaded {}", path.display());
+                    self.ctx.nodes.send_replace(Some(Arc::new(n)));
+                }
+                Err(e) => tracing::error!("{e:#}; keeping the previous node list"),
+            }
+        }
+        let running = self.ctx.config();
+        match Config::load(&running.path) {
+            Err(e) => {
+                tracing::error!("new configuration rejected, keeping the running one: {e}");
+                self.ctx.status().error(format!("reload rejected: {e}"));
+            }
+            Ok(new) => {
+                if let Some(applied) = reload::apply(&running, &new) {
+                    self.ctx.config.send_replace(Arc::new(applied));
+                }
+            }
+        }
+        systemd::reloaded();
+    }
+
+    /// Leadership handed over first, then every part stopped, within the budget. The
+    /// device and its entries stay: traffic keeps flowing until the next process.
+    async fn shut_down(self) {
+        systemd::stopping();
+        // The package's removal script leaves this marker; a restart or upgrade does not.
+        let final_stop = self.ctx.config().aws.cleanup_on_shutdown
+            && std::fs::remove_file(FINAL_STOP_MARKER).is_ok();
+        tracing::info!(
+            final_stop,
+            "stopping; the device and its entries stay so traffic keeps flowing"
+        );
+        let Daemon {
+            ctx,
+            tasks,
+            election,
+            ..
+        } = self;
+        let stop = async move {
+            if let Some(e) = election {
+                e.stop(final_stop).await;
+            }
+            ctx.cancel.cancel();
+            for t in tasks {
+                let _ = t.await;
+            }
+        };
+        if tokio::time::timeout(SHUTDOWN_BUDGET, stop).await.is_err() {
+            tracing::warn!("parts did not stop within {SHUTDOWN_BUDGET:?}; exiting anyway");
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Wanted {
+    Reload,
+    Stop,
+}
+
+/// SIGTERM / SIGINT (stop) and SIGHUP (reload), installed once the datapath is set up
+/// (before that, a SIGTERM simply ends the process).
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+        })
+    }
+
+    async fn next(&mut self) -> Wanted {
         tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = hup.recv() => {
-                systemd::reloading();
-                if let Some(path) = &static_nodes {
-                    match load_nodes(path) {
-                        Ok(n) => { tracing::info!(nodes = n.len(), "reloaded {}", path.display()); nodes_tx.send_replace(Some(Arc::new(n))); }
-                        Err(e) => tracing::error!("{e:#}; keeping the previous node list"),
-                    }
-                }
-                match Config::load(&config.path) {
-                    Err(e) => {
-                        tracing::error!("new configuration rejected, keeping the running one: {e}");
-                        status.error(format!("reload rejected: {e}"));
-                    }
-                    Ok(new) => {
-                        let (live, restart) = reload::classify(&config, &new);
-                        if live.is_empty() && restart.is_empty() {
-                            tracing::info!("configuration unchanged");
-                        }
-                        if !restart.is_empty() {
-                            tracing::warn!(keys = ?restart, "these changes need `systemctl restart hybrid-gateway` (the datapath is kept across restarts); running with the old values");
-                        }
-                        if !live.is_empty() {
-                            // Only the live-applicable keys move forward; the others keep
-                            // their running values until a restart.
-                            let mut applied = config.clone();
-                            applied.gateway.hybrid_pod_cidrs = new.gateway.hybrid_pod_cidrs.clone();
-                            applied.datapath = new.datapath.clone();
-                            applied.aws.route_table_ids = new.aws.route_table_ids.clone();
-                            applied.aws.route_table_tag = new.aws.route_table_tag.clone();
-                            applied.aws.takeover = new.aws.takeover;
-                            applied.aws.gateway_instance_ids = new.aws.gateway_instance_ids.clone();
-                            applied.aws.resync_interval = new.aws.resync_interval;
-                            applied.aws.cleanup_on_shutdown = new.aws.cleanup_on_shutdown;
-                            config = applied;
-                            config_tx.send_replace(Arc::new(config.clone()));
-                            tracing::info!(keys = ?live, "configuration reloaded");
-                        }
-                    }
-                }
-                systemd::reloaded();
-            }
+            _ = self.term.recv() => Wanted::Stop,
+            _ = self.int.recv() => Wanted::Stop,
+            _ = self.hup.recv() => Wanted::Reload,
         }
     }
-
-    systemd::stopping();
-    // The package's removal script leaves this marker; a restart or upgrade does not.
-    let final_stop =
-        config.aws.cleanup_on_shutdown && std::fs::remove_file(FINAL_STOP_MARKER).is_ok();
-    tracing::info!(
-        final_stop,
-        "stopping; the device and its entries stay so traffic keeps flowing"
-    );
-    let stop = async {
-        if let Some(e) = election {
-            e.stop(final_stop).await;
-        }
-        cancel.cancel();
-        for t in tasks {
-            let _ = t.await;
-        }
-    };
-    if tokio::time::timeout(SHUTDOWN_BUDGET, stop).await.is_err() {
-        tracing::warn!("parts did not stop within {SHUTDOWN_BUDGET:?}; exiting anyway");
-    }
-    Ok(())
 }
 
 fn load_nodes(path: &Path) -> anyhow::Result<Vec<crate::datapath::HybridNode>> {

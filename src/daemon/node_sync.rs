@@ -1,110 +1,86 @@
-//! Keeps the kernel matching the latest hybrid node set: on every change, on every resync
-//! tick (drift repair), and with jittered backoff after failures.
+//! Keeps the kernel matching the latest hybrid node set: a [`Target`] the reconcile driver
+//! runs on every change of the nodes or the configuration, every
+//! `datapath.resync_interval` (drift repair), and with backoff after failures.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use std::sync::Arc;
-
+use crate::backoff::Backoff;
 use crate::config::Config;
-use crate::datapath::{Datapath, Reconciled};
+use crate::datapath::{Datapath, DatapathError, Reconciled};
 use crate::k8s::cilium_nodes::NodeSet;
-use crate::telemetry::{DaemonStatus, Metrics};
+use crate::reconcile::{self, Outcome, Target, Wakeups};
+use crate::telemetry::Telemetry;
 
-const RETRY_MIN: Duration = Duration::from_millis(200);
-const RETRY_MAX: Duration = Duration::from_secs(30);
+/// After a failed pass: 200-400 ms, doubling, at most 30 s.
+pub const BACKOFF: Backoff = Backoff::new(Duration::from_millis(400), Duration::from_secs(30));
 
-/// Where a reconcile pass reports to.
-#[derive(Clone)]
-pub struct Observers {
-    pub status: Arc<DaemonStatus>,
-    pub metrics: Arc<Metrics>,
+pub struct NodeSync {
+    pub datapath: Arc<Datapath>,
+    pub nodes: watch::Receiver<Option<NodeSet>>,
+    pub config: watch::Receiver<Arc<Config>>,
+    pub telemetry: Telemetry,
+    reporter: Reporter,
 }
 
-pub async fn run(
-    datapath: Arc<Datapath>,
-    mut nodes: watch::Receiver<Option<NodeSet>>,
-    mut config: watch::Receiver<Arc<Config>>,
-    obs: Observers,
-    cancel: CancellationToken,
-) {
-    let mut reporter = Reporter::default();
-    let mut failures = 0u32;
-    loop {
+impl NodeSync {
+    pub fn new(
+        datapath: Arc<Datapath>,
+        nodes: watch::Receiver<Option<NodeSet>>,
+        config: watch::Receiver<Arc<Config>>,
+        telemetry: Telemetry,
+    ) -> Self {
+        NodeSync {
+            datapath,
+            nodes,
+            config,
+            telemetry,
+            reporter: Reporter::default(),
+        }
+    }
+
+    /// Until `cancel`.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let mut wakeups = Wakeups::new()
+            .on_change(self.nodes.clone())
+            .on_change(self.config.clone());
+        reconcile::drive(&mut self, &mut wakeups, BACKOFF, &cancel).await;
+    }
+}
+
+impl Target for NodeSync {
+    type Error = DatapathError;
+
+    async fn pass(&mut self) -> Result<Outcome, DatapathError> {
         let resync = {
-            let c = config.borrow_and_update();
-            datapath.set_pod_cidrs(c.gateway.hybrid_pod_cidrs.clone());
+            let c = self.config.borrow_and_update();
+            self.datapath
+                .set_pod_cidrs(c.gateway.hybrid_pod_cidrs.clone());
             c.datapath.resync_interval
         };
         // Nothing is programmed before the first full node list: an empty set at start-up
         // would flush a kernel that is still forwarding for the previous process.
-        let Some(set) = nodes.borrow_and_update().clone() else {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                r = nodes.changed() => if r.is_err() { return },
-            }
-            continue;
+        let Some(set) = self.nodes.borrow_and_update().clone() else {
+            return Ok(Outcome::idle());
         };
-        let wait = match datapath.reconcile(&set).await {
-            Ok(r) => {
-                reporter.report(&r);
-                obs.metrics.record_apply(&r.report);
-                obs.metrics
-                    .reconcile_duration_seconds
-                    .observe(r.elapsed.as_secs_f64());
-                obs.metrics.hybrid_nodes_configured.set(r.nodes as i64);
-                obs.metrics.record_rejections(&r.rejected);
-                if let Some(f) = &r.filter {
-                    obs.metrics.record_filter(f);
-                    for what in &f.repaired {
-                        tracing::warn!("nftables filter drifted, repaired: {what}");
-                    }
-                }
-                obs.metrics.vxlan_route_count.set(r.routes as i64);
-                obs.metrics.vxlan_fdb_entries.set(r.fdb as i64);
-                for e in &r.report.errors {
-                    obs.status.error(e.to_string());
-                }
-                let clean = r.report.errors.is_empty();
-                obs.status.update(|s| {
-                    s.nodes_programmed = r.nodes;
-                    s.nodes_synced |= clean;
-                });
-                obs.metrics
-                    .ready
-                    .set(i64::from(obs.status.snapshot().ready()));
-                if r.report.errors.is_empty() {
-                    failures = 0;
-                    resync
-                } else {
-                    failures += 1;
-                    backoff(failures)
-                }
-            }
-            Err(e) => {
-                failures += 1;
-                tracing::warn!("reconcile failed, retrying: {e}");
-                obs.status.error(format!("reconcile: {e}"));
-                backoff(failures)
-            }
-        };
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
-            r = nodes.changed() => if r.is_err() { return },
-            r = config.changed() => if r.is_err() { return },
-        }
+        let r = self.datapath.reconcile(&set).await?;
+        self.reporter.report(&r);
+        self.telemetry.datapath_reconciled(&r);
+        let changes = r.report.changes() as u64;
+        Ok(if r.report.errors.is_empty() {
+            Outcome::resync(changes, resync)
+        } else {
+            Outcome::retry(changes)
+        })
     }
-}
 
-/// Exponential backoff with jitter, capped.
-pub fn backoff(failures: u32) -> Duration {
-    let ceiling = RETRY_MIN
-        .saturating_mul(2u32.saturating_pow(failures.min(16)))
-        .min(RETRY_MAX);
-    ceiling.mul_f64(0.5 + fastrand::f64() / 2.0)
+    fn failed(&mut self, e: &DatapathError) {
+        tracing::warn!("reconcile failed, retrying: {e}");
+        self.telemetry.datapath_failed(e);
+    }
 }
 
 /// Logs what a reconcile changed, once; stays quiet on no-op passes and repeats a
@@ -132,6 +108,11 @@ impl Reporter {
         }
         for e in &rep.errors {
             tracing::warn!("{e}");
+        }
+        if let Some(f) = &r.filter {
+            for what in &f.repaired {
+                tracing::warn!("nftables filter drifted, repaired: {what}");
+            }
         }
         let now: Vec<String> = r.rejected.iter().map(ToString::to_string).collect();
         for (rej, text) in r.rejected.iter().zip(&now) {

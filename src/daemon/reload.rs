@@ -1,105 +1,171 @@
 //! `systemctl reload` (SIGHUP): which configuration changes take effect at once and which
-//! need a restart. Applied changes never touch the VXLAN device, so traffic keeps flowing.
+//! need a restart. One table says it, and drives both the classification the log shows and
+//! the merge into the running configuration. Applied changes never touch the VXLAN device,
+//! so traffic keeps flowing.
 
 use crate::config::Config;
+
+/// How a changed key reaches the running daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Apply {
+    /// Taken over at once; says by whom.
+    Live(&'static str),
+    /// Kept at its running value until `systemctl restart`; says why.
+    Restart(&'static str),
+}
+
+/// One row of the table.
+pub struct Key {
+    pub name: &'static str,
+    pub apply: Apply,
+    differs: fn(&Config, &Config) -> bool,
+    /// Copies the new value into the running configuration (live keys).
+    take: fn(&mut Config, &Config),
+}
+
+macro_rules! key {
+    ($name:literal, $apply:expr, $($field:ident).+) => {
+        Key {
+            name: $name,
+            apply: $apply,
+            differs: |old, new| old.$($field).+ != new.$($field).+,
+            take: |running, new| running.$($field).+ = Clone::clone(&new.$($field).+),
+        }
+    };
+}
+
+const DATAPATH: Apply = Apply::Live("the datapath's next pass");
+const ROUTES: Apply =
+    Apply::Live("VPC route sync's next pass (adding or removing tables starts or stops it)");
+const DEVICE: Apply = Apply::Restart("the VXLAN device is set up once at start");
+const ELECTION: Apply =
+    Apply::Restart("the election's identity, stores and timings are fixed at start");
+
+/// Every key of the file, in the order the log lists them.
+pub const KEYS: &[Key] = &[
+    key!("gateway.hybrid_pod_cidrs", DATAPATH, gateway.hybrid_pod_cidrs),
+    key!(
+        "datapath.resync_interval",
+        DATAPATH,
+        datapath.resync_interval
+    ),
+    key!(
+        "datapath.filter",
+        Apply::Restart("the nftables table is installed or removed at start"),
+        datapath.filter
+    ),
+    key!("aws.route_table_ids", ROUTES, aws.route_table_ids),
+    key!("aws.route_table_tag", ROUTES, aws.route_table_tag),
+    key!("aws.takeover", ROUTES, aws.takeover),
+    key!("aws.gateway_instance_ids", ROUTES, aws.gateway_instance_ids),
+    key!("aws.resync_interval", ROUTES, aws.resync_interval),
+    key!(
+        "aws.cleanup_on_shutdown",
+        Apply::Live("read at shutdown"),
+        aws.cleanup_on_shutdown
+    ),
+    key!(
+        "gateway.node_ip",
+        Apply::Restart("the device and the CiliumVTEPConfig are built from it at start"),
+        gateway.node_ip
+    ),
+    key!(
+        "gateway.vpc_cidrs",
+        Apply::Restart("the CiliumVTEPConfig's endpoints are built from it at start"),
+        gateway.vpc_cidrs
+    ),
+    key!(
+        "gateway.remote_node_cidrs",
+        Apply::Restart("the node address checks are fixed at start"),
+        gateway.remote_node_cidrs
+    ),
+    key!("vxlan.interface", DEVICE, vxlan.interface),
+    key!("vxlan.vni", DEVICE, vxlan.vni),
+    key!("vxlan.port", DEVICE, vxlan.port),
+    key!("vxlan.mtu", DEVICE, vxlan.mtu),
+    key!("vxlan.underlay_mtu", DEVICE, vxlan.underlay_mtu),
+    key!(
+        "kubernetes",
+        Apply::Restart("the API client is built once at start"),
+        kubernetes
+    ),
+    key!("election.namespace", ELECTION, election.namespace),
+    key!("election.lease_name", ELECTION, election.lease_name),
+    key!("election.identity", ELECTION, election.identity),
+    key!("election.lease_duration", ELECTION, election.lease_duration),
+    key!("election.renew_deadline", ELECTION, election.renew_deadline),
+    key!("election.retry_period", ELECTION, election.retry_period),
+    key!(
+        "election.dynamodb",
+        Apply::Restart("Lease-only or Lease + DynamoDB lock is chosen at start; restart every gateway to switch"),
+        election.dynamodb
+    ),
+    key!(
+        "aws.region",
+        Apply::Restart("the AWS clients are built once"),
+        aws.region
+    ),
+    key!(
+        "aws.manage_source_dest_check",
+        Apply::Restart("the ENI is checked at start"),
+        aws.manage_source_dest_check
+    ),
+    key!(
+        "metrics / health / log",
+        Apply::Restart("listeners and logging are set up at start"),
+        telemetry
+    ),
+];
 
 /// The keys that differ between `old` and `new`, split into those the running daemon
 /// applies and those that need `systemctl restart`.
 pub fn classify(old: &Config, new: &Config) -> (Vec<&'static str>, Vec<&'static str>) {
-    let mut live = Vec::new();
-    let mut restart = Vec::new();
-    let mut check = |changed: bool, key: &'static str, applies: bool| {
-        if changed {
-            if applies {
-                live.push(key);
-            } else {
-                restart.push(key);
-            }
-        }
-    };
-    check(
-        old.gateway.hybrid_pod_cidrs != new.gateway.hybrid_pod_cidrs,
-        "gateway.hybrid_pod_cidrs",
-        true,
-    );
-    check(
-        old.datapath.resync_interval != new.datapath.resync_interval,
-        "datapath.resync_interval",
-        true,
-    );
-    check(
-        old.datapath.filter != new.datapath.filter,
-        "datapath.filter",
-        false,
-    );
-    check(
-        old.aws.route_table_ids != new.aws.route_table_ids,
-        "aws.route_table_ids",
-        true,
-    );
-    check(
-        old.aws.route_table_tag != new.aws.route_table_tag,
-        "aws.route_table_tag",
-        true,
-    );
-    check(old.aws.takeover != new.aws.takeover, "aws.takeover", true);
-    check(
-        old.aws.gateway_instance_ids != new.aws.gateway_instance_ids,
-        "aws.gateway_instance_ids",
-        true,
-    );
-    check(
-        old.aws.resync_interval != new.aws.resync_interval,
-        "aws.resync_interval",
-        true,
-    );
-    check(
-        old.aws.cleanup_on_shutdown != new.aws.cleanup_on_shutdown,
-        "aws.cleanup_on_shutdown",
-        true,
-    );
-    check(
-        old.gateway.node_ip != new.gateway.node_ip,
-        "gateway.node_ip",
-        false,
-    );
-    check(
-        old.gateway.vpc_cidrs != new.gateway.vpc_cidrs,
-        "gateway.vpc_cidrs",
-        false,
-    );
-    check(
-        old.gateway.remote_node_cidrs != new.gateway.remote_node_cidrs,
-        "gateway.remote_node_cidrs",
-        false,
-    );
-    check(
-        old.vxlan.interface != new.vxlan.interface,
-        "vxlan.interface",
-        false,
-    );
-    check(old.vxlan.vni != new.vxlan.vni, "vxlan.vni", false);
-    check(old.vxlan.port != new.vxlan.port, "vxlan.port", false);
-    check(old.vxlan.mtu != new.vxlan.mtu, "vxlan.mtu", false);
-    check(
-        old.vxlan.underlay_mtu != new.vxlan.underlay_mtu,
-        "vxlan.underlay_mtu",
-        false,
-    );
-    check(old.kubernetes != new.kubernetes, "kubernetes", false);
-    check(old.election != new.election, "election", false);
-    check(old.aws.region != new.aws.region, "aws.region", false);
-    check(
-        old.aws.manage_source_dest_check != new.aws.manage_source_dest_check,
-        "aws.manage_source_dest_check",
-        false,
-    );
-    check(
-        old.telemetry != new.telemetry,
-        "metrics / health / log",
-        false,
-    );
+    let changed = || KEYS.iter().filter(|k| (k.differs)(old, new));
+    let live = changed()
+        .filter(|k| matches!(k.apply, Apply::Live(_)))
+        .map(|k| k.name)
+        .collect();
+    let restart = changed()
+        .filter(|k| matches!(k.apply, Apply::Restart(_)))
+        .map(|k| k.name)
+        .collect();
     (live, restart)
+}
+
+/// `running` with the live keys of `new` applied; the others keep their running values.
+pub fn merge(running: &Config, new: &Config) -> Config {
+    let mut merged = running.clone();
+    for k in KEYS {
+        if matches!(k.apply, Apply::Live(_)) && (k.differs)(running, new) {
+            (k.take)(&mut merged, new);
+        }
+    }
+    merged
+}
+
+/// Logs what a reload changes and returns the configuration to run with, if it differs
+/// from `running`.
+pub fn apply(running: &Config, new: &Config) -> Option<Config> {
+    let (live, restart) = classify(running, new);
+    if live.is_empty() && restart.is_empty() {
+        tracing::info!("configuration unchanged");
+    }
+    if !restart.is_empty() {
+        let why: Vec<String> = KEYS
+            .iter()
+            .filter(|k| restart.contains(&k.name))
+            .filter_map(|k| match k.apply {
+                Apply::Restart(why) => Some(format!("{} ({why})", k.name)),
+                Apply::Live(_) => None,
+            })
+            .collect();
+        tracing::warn!(keys = ?restart, "these changes need `systemctl restart hybrid-gateway` (the datapath is kept across restarts); running with the old values: {}", why.join("; "));
+    }
+    if live.is_empty() {
+        return None;
+    }
+    tracing::info!(keys = ?live, "configuration reloaded");
+    Some(merge(running, new))
 }
 
 #[cfg(test)]
@@ -128,5 +194,49 @@ mod tests {
         );
         assert_eq!(restart, vec!["vxlan.vni"]);
         assert_eq!(classify(&old, &cfg("")), (vec![], vec![]));
+    }
+
+    #[test]
+    fn merge_takes_exactly_the_live_keys() {
+        let old = cfg("");
+        let new = cfg("[vxlan]\nvni = 3\n[datapath]\nresync_interval = \"5s\"\n[aws]\nroute_table_tag = \"k=v\"\ntakeover = \"any\"\n[election.dynamodb]\ntable = \"locks\"\n");
+        let merged = merge(&old, &new);
+        assert_eq!(merged.datapath, new.datapath);
+        assert_eq!(merged.aws.route_table_tag, new.aws.route_table_tag);
+        assert_eq!(merged.aws.takeover, new.aws.takeover);
+        assert!(
+            merged.aws.manages_routes(),
+            "adding a tag starts route sync"
+        );
+        assert_eq!(merged.vxlan, old.vxlan, "restart-only");
+        assert_eq!(merged.election.dynamodb, None, "restart-only");
+        assert_eq!(classify(&merged, &new).0, Vec::<&str>::new());
+        assert_eq!(
+            classify(&merged, &new).1,
+            vec!["vxlan.vni", "election.dynamodb"]
+        );
+        // And back: removing the tag stops it.
+        assert!(!merge(&merged, &old).aws.manages_routes());
+    }
+
+    /// Every field of the configuration is in the table: a key added to the file without a
+    /// row would be silently ignored by a reload.
+    #[test]
+    fn every_field_has_a_row() {
+        let a = cfg("");
+        let b = cfg("[vxlan]\ninterface = \"x0\"\nvni = 3\nport = 4789\nmtu = 1400\nunderlay_mtu = 9000\n[datapath]\nresync_interval = \"5s\"\nfilter = false\n[kubernetes]\nrequest_timeout = \"2s\"\n[election]\nnamespace = \"n\"\nlease_name = \"l\"\nidentity = \"i\"\nlease_duration = \"9s\"\nrenew_deadline = \"6s\"\nretry_period = \"2s\"\n[election.dynamodb]\ntable = \"locks\"\n[metrics]\nlisten = \"127.0.0.1:1\"\n[aws]\nregion = \"us-west-2\"\nroute_table_ids = [\"rtb-01234567\"]\nroute_table_tag = \"k=v\"\ntakeover = \"any\"\ncleanup_on_shutdown = true\nmanage_source_dest_check = false\nresync_interval = \"1m\"\ngateway_instance_ids = [\"i-01234567\"]\n");
+        let mut b = b;
+        b.gateway.node_ip = Some("10.0.0.2".parse().unwrap());
+        b.gateway.vpc_cidrs = vec!["10.251.0.0/16".parse().unwrap()];
+        b.gateway.hybrid_pod_cidrs = vec!["192.168.40.0/24".parse().unwrap()];
+        b.gateway.remote_node_cidrs = vec!["10.80.0.0/16".parse().unwrap()];
+        // After taking every row, nothing but the path may differ.
+        let mut taken = a.clone();
+        for k in KEYS {
+            (k.take)(&mut taken, &b);
+        }
+        assert_eq!(taken, b);
+        let (live, restart) = classify(&a, &b);
+        assert_eq!(live.len() + restart.len(), KEYS.len());
     }
 }

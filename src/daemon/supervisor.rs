@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::node_sync::backoff;
+use super::node_sync::BACKOFF;
 use crate::telemetry::status::PartStatus;
 use crate::telemetry::DaemonStatus;
 
@@ -62,7 +62,7 @@ where
             });
             status.error(format!("{name} {why}"));
             tokio::select! {
-                _ = tokio::time::sleep(backoff(restarts)) => {}
+                _ = tokio::time::sleep(BACKOFF.delay(restarts - 1)) => {}
                 _ = cancel.cancelled() => return,
             }
         }

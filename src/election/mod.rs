@@ -5,6 +5,7 @@
 pub mod combined;
 pub mod dynamodb;
 pub mod elector;
+mod handle;
 pub mod lease;
 pub mod record;
 
@@ -17,6 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use elector::{Elector, Timings};
+pub use handle::Term;
 pub use record::{LeaderRecord, LockError, LockStore, Observed};
 
 use crate::config::JITTER_FACTOR;

@@ -31,7 +31,15 @@ pub enum ClientError {
     #[error("no Kubernetes credentials: set kubernetes.kubeconfig or [kubernetes.eks], or run with a service account ({0})")]
     InCluster(#[source] kube::config::InClusterError),
     #[error("EKS authentication: {0}")]
-    Eks(String),
+    EksSetup(&'static str),
+    #[error("EKS authentication: {0}")]
+    EksToken(#[source] super::eks_token::EksTokenError),
+    #[error("EKS authentication: reading kubernetes.eks.ca_file {}: {source}", path.display())]
+    EksCa {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("building the Kubernetes client: {0}")]
     Build(#[source] kube::Error),
 }
@@ -73,43 +81,59 @@ async fn eks_client(
     request_timeout: Duration,
     aws: Option<&aws_config::SdkConfig>,
 ) -> Result<kube::Client, ClientError> {
-    let aws = aws.ok_or_else(|| ClientError::Eks("no AWS configuration loaded".into()))?;
+    let aws = aws.ok_or(ClientError::EksSetup("no AWS configuration loaded"))?;
     let region = eks
         .region
         .clone()
         .or_else(|| aws.region().map(|r| r.to_string()))
-        .ok_or_else(|| {
-            ClientError::Eks(
-                "no AWS region for STS: set kubernetes.eks.region or aws.region".into(),
-            )
-        })?;
+        .ok_or(ClientError::EksSetup(
+            "no AWS region for STS: set kubernetes.eks.region or aws.region",
+        ))?;
     let credentials = aws
         .credentials_provider()
-        .ok_or_else(|| ClientError::Eks("no AWS credentials provider".into()))?;
+        .ok_or(ClientError::EksSetup("no AWS credentials provider"))?;
     let source = Arc::new(
         EksTokenSource::new(&eks.cluster_name, region, credentials)
-            .map_err(|e| ClientError::Eks(e.to_string()))?,
+            .map_err(ClientError::EksToken)?,
     );
-    let ca_pem = std::fs::read(&eks.ca_file).map_err(|e| {
-        ClientError::Eks(format!(
-            "reading kubernetes.eks.ca_file {}: {e}",
-            eks.ca_file.display()
-        ))
+    let ca_pem = std::fs::read(&eks.ca_file).map_err(|source| ClientError::EksCa {
+        path: eks.ca_file.clone(),
+        source,
     })?;
-    let name = eks.cluster_name.clone();
+    let mut config = eks_config(&eks.endpoint, &ca_pem, &eks.cluster_name)
+        .await
+        .map_err(|source| ClientError::Kubeconfig {
+            path: eks.ca_file.display().to_string(),
+            source,
+        })?;
+    apply_timeouts(&mut config, request_timeout);
+    Ok(kube::client::ClientBuilder::try_from(config)
+        .map_err(ClientError::Build)?
+        .with_layer(&EksAuthLayer::new(source))
+        .build())
+}
+
+/// The client configuration for an EKS cluster: an in-memory kubeconfig with the endpoint
+/// and CA, and a user without credentials of kube's own (they would overwrite the token
+/// the [`EksAuthLayer`] adds to every request).
+pub(super) async fn eks_config(
+    endpoint: &str,
+    ca_pem: &[u8],
+    cluster_name: &str,
+) -> Result<kube::Config, kube::config::KubeconfigError> {
+    let name = cluster_name.to_string();
     let kubeconfig = Kubeconfig {
         clusters: vec![NamedCluster {
             name: name.clone(),
             cluster: Some(Cluster {
-                server: Some(eks.endpoint.clone()),
+                server: Some(endpoint.to_string()),
                 certificate_authority_data: Some(
-                    base64::engine::general_purpose::STANDARD.encode(&ca_pem),
+                    base64::engine::general_purpose::STANDARD.encode(ca_pem),
                 ),
                 ..Default::default()
             }),
             ..Default::default()
         }],
-        // No credentials of kube's own: they would overwrite the layer's header.
         auth_infos: vec![NamedAuthInfo {
             name: name.clone(),
             auth_info: Some(AuthInfo::default()),
@@ -127,18 +151,7 @@ async fn eks_client(
         current_context: Some(name),
         ..Default::default()
     };
-    let mut config =
-        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-            .await
-            .map_err(|source| ClientError::Kubeconfig {
-                path: eks.ca_file.display().to_string(),
-                source,
-            })?;
-    apply_timeouts(&mut config, request_timeout);
-    Ok(kube::client::ClientBuilder::try_from(config)
-        .map_err(ClientError::Build)?
-        .with_layer(&EksAuthLayer::new(source))
-        .build())
+    kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await
 }
 
 pub(super) fn apply_timeouts(config: &mut kube::Config, request_timeout: Duration) {

@@ -6,14 +6,22 @@ pub mod client;
 pub mod eks_token;
 pub mod vtep_config;
 
-/// Run `fut` under `limit`, turning an elapsed deadline into a kube-style error message.
+/// A Kubernetes API call that failed or did not answer in time.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error(transparent)]
+    Api(#[from] kube::Error),
+    #[error("no answer within {0:?}")]
+    Timeout(std::time::Duration),
+}
+
+/// Runs `fut` under `limit`: every API call the daemon makes has a deadline.
 pub(crate) async fn timed<T>(
     limit: std::time::Duration,
     fut: impl std::future::Future<Output = kube::Result<T>>,
-) -> Result<T, String> {
+) -> Result<T, CallError> {
     match tokio::time::timeout(limit, fut).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer within {limit:?}")),
+        Ok(r) => Ok(r?),
+        Err(_) => Err(CallError::Timeout(limit)),
     }
 }

@@ -19,16 +19,19 @@ use kube::Api;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
+use super::CallError;
+use crate::backoff::Backoff;
 use crate::datapath::Mac;
-use crate::election::{ElectionHandle, Leadership};
+use crate::election::{ElectionHandle, Term};
+use crate::reconcile::{self, Outcome, Target, Wakeups};
 
 pub const NAME: &str = "hybrid-gateway";
 pub const FIELD_MANAGER: &str = "hybrid-gateway";
 pub const TERM_ANNOTATION: &str = "hybrid-gateway.io/term";
 pub const LEADER_ANNOTATION: &str = "hybrid-gateway.io/leader";
 const RESYNC: Duration = Duration::from_secs(30);
-const RETRY_MIN: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(5);
+/// After a failed write: 100-200 ms, doubling, at most 5 s.
+const BACKOFF: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
 
 pub fn api_resource() -> ApiResource {
     ApiResource::from_gvk(&GroupVersionKind::gvk(
@@ -123,18 +126,19 @@ pub enum VtepConfigError {
     #[error("not enough leadership left to write safely")]
     NoTimeLeft,
     #[error("CiliumVTEPConfig {NAME}: {0}")]
-    Api(String),
+    Api(#[source] CallError),
 }
 
-/// Reads, checks the fence, and applies if anything differs. Returns whether it wrote.
+/// Reads, checks the fence, and applies if anything differs, as leader of `election`'s
+/// term. Returns whether it wrote.
 pub async fn ensure(
     api: &Api<DynamicObject>,
     spec: &VtepSpec,
     identity: &str,
-    term: u32,
-    election: &ElectionHandle,
+    election: &Term,
     timeout: Duration,
 ) -> Result<bool, VtepConfigError> {
+    let term = election.number();
     let current = super::timed(timeout, api.get_opt(NAME))
         .await
         .map_err(VtepConfigError::Api)?;
@@ -167,85 +171,91 @@ pub async fn ensure(
     Ok(true)
 }
 
-/// Leader-only loop: whenever this process leads, keeps the CiliumVTEPConfig right, until
-/// leadership ends or `cancel`.
+/// Leader-only: whenever this process leads, keeps the CiliumVTEPConfig right — at once
+/// on taking office, within a second of anyone changing or deleting it, and every resync —
+/// until `cancel`.
 pub async fn run(
     client: kube::Client,
     spec: VtepSpec,
     identity: String,
-    mut election: ElectionHandle,
+    election: ElectionHandle,
     timeout: Duration,
     cancel: CancellationToken,
 ) {
     let api: Api<DynamicObject> = Api::all_with(client, &api_resource());
-    loop {
-        let term = loop {
-            if let Leadership::Leader { term, .. } = &*election.leadership.borrow_and_update() {
-                break *term;
-            }
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                r = election.leadership.changed() => if r.is_err() { return },
-            }
+    let start = |term: Term| {
+        let writer = Writer {
+            api: api.clone(),
+            spec: spec.clone(),
+            identity: identity.clone(),
+            term,
+            timeout,
         };
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = lead(&api, &spec, &identity, term, &mut election, timeout) => {}
-        }
-    }
+        (writer, Wakeups::new().on_stream(changes(api.clone())))
+    };
+    reconcile::while_leading(&election, start, BACKOFF, &cancel).await;
 }
 
-/// One term of office: apply now, then on every change of the object and every resync.
-async fn lead(
-    api: &Api<DynamicObject>,
-    spec: &VtepSpec,
-    identity: &str,
-    term: u32,
-    election: &mut ElectionHandle,
-    timeout: Duration,
-) {
+/// A wake-up for every change of the object; our own writes echo back here too, and the
+/// next pass finds them satisfied.
+fn changes(api: Api<DynamicObject>) -> impl futures::Stream<Item = ()> + Send + 'static {
     let config = watcher::Config::default()
         .fields(&format!("metadata.name={NAME}"))
         .timeout(30);
-    let mut changes = std::pin::pin!(watcher::watcher(api.clone(), config).default_backoff());
-    let mut failures = 0u32;
-    let mut next = tokio::time::Instant::now();
-    loop {
-        tokio::select! {
-            r = election.leadership.changed() => {
-                if r.is_err() || !election.leadership.borrow().is_leader() {
-                    return;
+    watcher::watcher(api, config)
+        .default_backoff()
+        .filter_map(|ev| async move {
+            match ev {
+                Ok(Event::Apply(_) | Event::Delete(_) | Event::InitDone) => Some(()),
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::debug!("CiliumVTEPConfig watch: {e}");
+                    None
                 }
             }
-            ev = changes.next() => match ev {
-                // Our own writes echo back here too; `ensure` sees them satisfied and stops.
-                Some(Ok(Event::Apply(_) | Event::Delete(_) | Event::InitDone)) => next = tokio::time::Instant::now(),
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => tracing::debug!("CiliumVTEPConfig watch: {e}"),
-                None => return,
-            },
-            _ = tokio::time::sleep_until(next) => {
-                match ensure(api, spec, identity, term, election, timeout).await {
-                    Ok(wrote) => {
-                        if wrote {
-                            tracing::info!(term, endpoint = %spec.tunnel_endpoint, mac = %spec.mac, "CiliumVTEPConfig {NAME} applied");
-                        }
-                        failures = 0;
-                        next = tokio::time::Instant::now() + RESYNC;
-                    }
-                    Err(e @ VtepConfigError::Fenced { .. }) => {
-                        tracing::warn!(term, "{e}; not writing");
-                        next = tokio::time::Instant::now() + RESYNC;
-                    }
-                    Err(e) => {
-                        failures += 1;
-                        let wait = RETRY_MIN.saturating_mul(2u32.saturating_pow(failures.min(10))).min(RETRY_MAX).mul_f64(0.5 + fastrand::f64() / 2.0);
-                        tracing::warn!(term, "{e}; retrying in {wait:?}");
-                        next = tokio::time::Instant::now() + wait;
-                    }
+        })
+}
+
+/// The CiliumVTEPConfig writer in one term of office.
+struct Writer {
+    api: Api<DynamicObject>,
+    spec: VtepSpec,
+    identity: String,
+    term: Term,
+    timeout: Duration,
+}
+
+impl Target for Writer {
+    type Error = VtepConfigError;
+
+    async fn pass(&mut self) -> Result<Outcome, VtepConfigError> {
+        let term = self.term.number();
+        match ensure(
+            &self.api,
+            &self.spec,
+            &self.identity,
+            &self.term,
+            self.timeout,
+        )
+        .await
+        {
+            Ok(wrote) => {
+                if wrote {
+                    tracing::info!(term, endpoint = %self.spec.tunnel_endpoint, mac = %self.spec.mac, "CiliumVTEPConfig {NAME} applied");
                 }
+                Ok(Outcome::resync(u64::from(wrote), RESYNC))
             }
+            // Not a failure to retry: someone newer owns it; look again at the resync.
+            Err(e @ VtepConfigError::Fenced { .. }) => {
+                tracing::warn!(term, "{e}; not writing");
+                Ok(Outcome::resync(0, RESYNC))
+            }
+            Err(e) => Err(e),
         }
+    }
+
+    fn failed(&mut self, e: &VtepConfigError) {
+        tracing::warn!(term = self.term.number(), "{e}; retrying");
     }
 }
 

@@ -2,9 +2,11 @@
 
 pub mod logging;
 pub mod metrics;
+pub mod report;
 pub mod server;
 pub mod status;
 pub mod status_client;
 
 pub use metrics::Metrics;
+pub use report::Telemetry;
 pub use status::{DaemonStatus, StatusSnapshot};

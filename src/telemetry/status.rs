@@ -16,12 +16,30 @@ pub struct PartStatus {
     pub last_error: Option<String>,
 }
 
+/// Whether this gateway acts for all. Serialised as `"leader"` / `"standby"` (the
+/// `/status` JSON and `hybrid-gateway status` keep their wording).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Leader,
+    #[default]
+    Standby,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Leader => "leader",
+            Role::Standby => "standby",
+        })
+    }
+}
+
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusSnapshot {
     pub version: String,
     pub identity: String,
-    /// "leader" or "standby".
-    pub role: String,
+    pub role: Role,
     pub leader: Option<String>,
     pub leader_since: Option<String>,
     pub term: Option<u32>,
@@ -68,7 +86,7 @@ impl StatusSnapshot {
                 waiting.push("first node sync");
             }
             parts.push(format!("starting: waiting for {}", waiting.join(", ")));
-        } else if self.role == "leader" {
+        } else if self.role == Role::Leader {
             parts.push(format!(
                 "leader since {}",
                 self.leader_since.as_deref().unwrap_or("?")
@@ -80,7 +98,7 @@ impl StatusSnapshot {
             ));
         }
         parts.push(nodes);
-        if self.role == "leader" && self.route_tables_total > 0 {
+        if self.role == Role::Leader && self.route_tables_total > 0 {
             parts.push(format!(
                 "{}/{} route tables in sync",
                 self.route_tables_in_sync, self.route_tables_total
@@ -115,7 +133,7 @@ impl DaemonStatus {
             inner: Mutex::new(StatusSnapshot {
                 version: env!("CARGO_PKG_VERSION").into(),
                 identity: identity.into(),
-                role: "standby".into(),
+                role: Role::Standby,
                 ..StatusSnapshot::default()
             }),
             changed: Notify::new(),

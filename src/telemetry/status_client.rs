@@ -7,36 +7,57 @@ use crate::config::Config;
 
 /// Exit codes: 0 ready, 1 running but not ready, 3 daemon not reachable (as systemctl).
 pub async fn run(config: &Config) -> u8 {
-    let url = format!("http://{}/status", config.telemetry.health_listen);
-    let client = match reqwest::Client::builder()
-        .timeout(Duration::from_secs(3))
-        .build()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("cannot build an HTTP client: {e}");
-            return 3;
-        }
-    };
-    let snap: StatusSnapshot = match client.get(&url).send().await {
-        Ok(r) => match r.json().await {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("{url}: unexpected answer: {e}");
-                return 3;
+    match fetch(config.telemetry.health_listen).await {
+        Ok(snap) => {
+            print(&snap);
+            if snap.ready() {
+                0
+            } else {
+                1
             }
-        },
-        Err(e) => {
-            eprintln!("hybrid-gateway is not answering on {url}: {e}");
-            return 3;
         }
-    };
-    print(&snap);
-    if snap.ready() {
-        0
-    } else {
-        1
+        Err(e) => {
+            eprintln!("{e}");
+            3
+        }
     }
+}
+
+/// The daemon's `/status` on `addr`, over a plain TCP connection with a hand-written
+/// HTTP/1.0 request. Deliberately not an HTTP client library: the listener is local
+/// (loopback by default), so there is no TLS to set up - reqwest's TLS setup fails on hosts
+/// without CA certificates (minimal images), found by the systemd box test - and no proxy to
+/// honour: an `HTTP_PROXY`/`ALL_PROXY` in an operator's environment must not send this call
+/// to a proxy, which cannot reach the gateway's loopback (and would see its state).
+pub async fn fetch(addr: std::net::SocketAddr) -> Result<StatusSnapshot, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The answer is a few hundred bytes; anything near this is not our daemon.
+    const MAX_ANSWER: u64 = 1 << 20;
+    let url = format!("http://{addr}/status");
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(format!("GET /status HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .await?;
+        let mut answer = Vec::new();
+        stream.take(MAX_ANSWER).read_to_end(&mut answer).await?;
+        Ok::<_, std::io::Error>(answer)
+    };
+    let answer = match tokio::time::timeout(Duration::from_secs(3), exchange).await {
+        Ok(Ok(a)) => a,
+        Ok(Err(e)) => return Err(format!("hybrid-gateway is not answering on {url}: {e}")),
+        Err(_) => return Err(format!("hybrid-gateway did not answer on {url} within 3 s")),
+    };
+    let text = String::from_utf8_lossy(&answer);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("{url}: unexpected answer (no HTTP header)"))?;
+    let status = head.lines().next().unwrap_or_default();
+    if status.split_whitespace().nth(1) != Some("200") {
+        return Err(format!("{url}: unexpected answer: {status}"));
+    }
+    serde_json::from_str(body).map_err(|e| format!("{url}: unexpected answer: {e}"))
 }
 
 fn print(s: &StatusSnapshot) {
@@ -85,5 +106,48 @@ fn print(s: &StatusSnapshot) {
     }
     for e in &s.last_errors {
         println!("  error:        {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::telemetry::{server, DaemonStatus, Metrics};
+
+    #[tokio::test]
+    async fn status_ignores_proxy_variables() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let status = Arc::new(DaemonStatus::new("proxy-test"));
+        let metrics = Arc::new(Metrics::new(
+            "proxy-test",
+            "hybrid_vxlan0",
+            Arc::new(crate::k8s::cilium_nodes::NodeWatchStats::default()),
+        ));
+        let cancel = CancellationToken::new();
+        tokio::spawn(server::serve(
+            listener,
+            server::health_router(metrics, status),
+            cancel.clone(),
+        ));
+        // A proxy that refuses every connection (port 9 on loopback: nothing listens):
+        // a client honouring these variables fails; ours must reach the daemon directly.
+        // Only this test in this binary builds a reqwest client from the environment.
+        for v in ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"] {
+            std::env::set_var(v, "http://127.0.0.1:9");
+        }
+        std::env::remove_var("NO_PROXY");
+        std::env::remove_var("no_proxy");
+        let got = fetch(addr).await;
+        for v in ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"] {
+            std::env::remove_var(v);
+        }
+        let snap = got.expect("status went through the proxy");
+        assert_eq!(snap.identity, "proxy-test");
+        cancel.cancel();
     }
 }

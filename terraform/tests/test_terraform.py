@@ -312,7 +312,9 @@ def module_policy_statements() -> dict[str, dict]:
 
 
 def resolve(s: str) -> str:
-    tag_key = default_of("route_table_tag").split("=", 1)[0]
+    # The derived default tag: hybrid-gateway.io/managed=<cluster_name>.
+    assert unq(LOCALS["route_table_tag"]).count("hybrid-gateway.io/managed=${var.cluster_name}") == 1, LOCALS["route_table_tag"]
+    tag_key = "hybrid-gateway.io/managed"
     return (s.replace("${local.route_table_tag_key}", tag_key)
              .replace("${local.gateway_eni_tag_key}", unq(LOCALS["gateway_eni_tag_key"])))
 
@@ -365,9 +367,9 @@ def t_iam_dynamodb_lock_table_only():
     assert all(a.startswith("dynamodb:") for a in s["actions"])
     (r,) = s["resources"]
     assert "aws_dynamodb_table.lock" in r and "local.lock_table_arn" in r, r
-    assert ":table/${var.lock_table_name}" in unq(LOCALS["lock_table_arn"])
+    assert ":table/${local.lock_table_name}" in unq(LOCALS["lock_table_arn"])
     (c,) = s["condition"]
-    assert c["variable"] == "dynamodb:LeadingKeys" and c["values"] == ["${var.lock_key}"], c
+    assert c["variable"] == "dynamodb:LeadingKeys" and c["values"] == ["${local.lock_key}"], c
 
 
 def t_eni_tagged_for_source_dest_permission():
@@ -405,13 +407,24 @@ def t_ami_from_ssm_parameter():
 
 def t_asg_size_subnets_refresh():
     asg = unq(RES["aws_autoscaling_group.this"])
-    for k in ("min_size", "max_size", "desired_capacity"):
+    for k in ("min_size", "desired_capacity"):
         assert asg[k] == "${var.gateway_count}", (k, asg[k])
+    # Room to launch every replacement before terminating an old gateway.
+    assert asg["max_size"] == "${var.gateway_count * 2}", asg["max_size"]
     assert default_of("gateway_count") == 2
     assert asg["vpc_zone_identifier"] == "${var.subnet_ids}"
     (ir,) = asg["instance_refresh"]
     assert ir["strategy"] == "Rolling"
-    assert ir["preferences"][0]["min_healthy_percentage"] == 50
+    prefs = ir["preferences"][0]
+    assert prefs["min_healthy_percentage"] == 100, prefs
+    assert prefs["max_healthy_percentage"] == 200, prefs
+    assert prefs["auto_rollback"] is True, prefs
+    # Readiness gate: a launch lifecycle hook that defaults to ABANDON, completed by user data.
+    (hook,) = asg["initial_lifecycle_hook"]
+    assert hook["lifecycle_transition"] == "autoscaling:EC2_INSTANCE_LAUNCHING", hook
+    assert hook["default_result"] == "ABANDON", hook
+    assert hook["heartbeat_timeout"] == "${var.ready_timeout}", hook
+    assert hook["name"] == "${local.launch_hook_name}", hook
     assert asg["launch_template"][0]["version"] == "${aws_launch_template.this.latest_version}"
 
 
@@ -495,9 +508,10 @@ CONFIG_CASES = {
     "defaults": dict(vpc_cidrs=["10.250.0.0/16"], hybrid_pod_cidrs=["192.168.32.0/23"], cluster_name="my-cluster",
                      endpoint="https://0123456789ABCDEF.gr7.us-west-2.eks.amazonaws.com",
                      ca_file="/etc/hybrid-gateway/eks-ca.pem", region="us-west-2", route_table_ids=[],
-                     route_table_tag="hybrid-gateway.io/managed=true", takeover="owned", cleanup_on_shutdown=False,
-                     election_namespace="hybrid-gateway", dynamodb_lock=True, lock_table_name="hybrid-gateway-lock",
-                     lock_key="hybrid-gateway-leader", metrics_listen="", extra_config=""),
+                     route_table_tag="hybrid-gateway.io/managed=my-cluster", takeover="owned", cleanup_on_shutdown=False,
+                     election_namespace="hybrid-gateway", dynamodb_lock=True,
+                     lock_table_name="my-cluster-hybrid-gateway-lock", lock_key="my-cluster/hybrid-gateway-leader",
+                     metrics_listen="", extra_config=""),
 }
 CONFIG_CASES["ids, no tag, no lock, cleanup"] = dict(
     CONFIG_CASES["defaults"], vpc_cidrs=["10.0.0.0/16", "100.64.0.0/16"], hybrid_pod_cidrs=["192.168.32.0/23", "192.168.64.0/22"],
@@ -527,6 +541,8 @@ def t_config_renders_and_daemon_accepts():
 
 def user_data_values(**over) -> dict:
     v = dict(package_url="https://example.com/hybrid-gateway-0.1.0-1.x86_64.rpm", package_s3_uri="", os="al2023",
+             package_sha256="0" * 64, region="us-west-2", hook_name="hybrid-gateway-ready", ready_timeout=600,
+             unhealthy_after=120,
              ca_pem="-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----",
              config_toml=render(MODULE / "templates" / "config.toml.tftpl", CONFIG_CASES["defaults"]))
     v.update(over)
@@ -538,8 +554,16 @@ def t_user_data_shell_valid():
         text = render(MODULE / "templates" / "user_data.sh.tftpl", user_data_values(**over))
         assert text.startswith("#!/bin/bash\n")
         assert "hybrid-gateway check-config /etc/hybrid-gateway/config.toml.new" in text
-        assert "systemctl enable --now hybrid-gateway.service" in text
-        assert text.index("check-config") < text.index("enable --now"), "starts before validating"
+        assert "systemctl start hybrid-gateway.service" in text
+        assert text.index("check-config /etc") < text.index("systemctl start"), "starts before validating"
+        # Nothing unverified is installed.
+        assert 'sha256sum -c' in text
+        install = text.index("dnf install") if "dnf install" in text else text.index("apt-get install")
+        assert text.index("sha256sum -c") < install, "installs before verifying the SHA-256"
+        # The hook is completed (CONTINUE) only after `hybrid-gateway status` succeeded.
+        assert text.index("until hybrid-gateway status") < text.rindex("hook_result CONTINUE")
+        assert "hook_result ABANDON" in text and "--lifecycle-action-result" in text
+        assert "set-instance-health" in text and "Unhealthy" in text
         p = subprocess.run(["bash", "-n"], input=text, capture_output=True, text=True)
         assert p.returncode == 0, p.stderr
         if shutil.which("shellcheck"):
@@ -569,6 +593,7 @@ GOOD_VARS = {
     "remote_node_cidrs": ["192.168.0.0/24"],
     "cluster_name": "my-cluster",
     "package_url": "https://example.com/hybrid-gateway-0.1.0-1.x86_64.rpm",
+    "package_sha256": "0123456789abcdef" * 4,
 }
 BAD_VARS = {
     "one subnet": ({"subnet_ids": ["subnet-0123456789abcdef0"]}, "at least 2 distinct subnets"),
@@ -589,6 +614,16 @@ BAD_VARS = {
     "tag without value": ({"route_table_tag": "managed"}, "key=value"),
     "bad architecture": ({"architecture": "armv7"}, "x86_64"),
     "system: group": ({"kubernetes_group": "system:masters"}, "system:"),
+    # What check-config rejects, rejected at plan time too.
+    "VPC CIDR with host bits": ({"vpc_cidrs": ["10.250.3.0/16"]}, "without host bits"),
+    "pod CIDR with host bits": ({"hybrid_pod_cidrs": ["192.168.33.0/23"]}, "without host bits"),
+    "VPC CIDRs of two lengths": ({"vpc_cidrs": ["10.250.0.0/16", "100.64.0.0/17"]}, "same prefix length"),
+    "overlapping VPC CIDRs": ({"vpc_cidrs": ["10.0.0.0/16", "10.0.0.0/16"]}, "must not overlap each other"),
+    "overlapping pod CIDRs": ({"hybrid_pod_cidrs": ["192.168.32.0/23", "192.168.33.0/24"]}, "must not overlap each other"),
+    "pod CIDR inside the VPC": ({"hybrid_pod_cidrs": ["10.250.32.0/23"]}, "must not overlap vpc_cidrs"),
+    "VPC inside a pod CIDR": ({"hybrid_pod_cidrs": ["10.0.0.0/8"]}, "must not overlap vpc_cidrs"),
+    "package SHA-256 missing digits": ({"package_sha256": "abc"}, "64 lowercase hex digits"),
+    "package SHA-256 upper case": ({"package_sha256": "0123456789ABCDEF" * 4}, "64 lowercase hex digits"),
 }
 
 
@@ -620,6 +655,50 @@ def t_variable_validations_with_terraform():
             assert msg in out, f"{name}: exit {p.returncode} without {msg!r}: {out[-600:]}"
 
 
+def t_per_cluster_defaults():
+    for v in ("route_table_tag", "lock_table_name", "lock_key"):
+        assert default_of(v) is None, f"{v}: default {default_of(v)!r} is the same for every cluster"
+    assert unq(LOCALS["lock_table_name"]).count("${var.cluster_name}-hybrid-gateway-lock") == 1
+    assert unq(LOCALS["lock_key"]).count("${var.cluster_name}/hybrid-gateway-leader") == 1
+    # Every use goes through the derived locals, never the raw (possibly null) variables.
+    text = sources_text(MODULE)
+    for v in ("route_table_tag", "lock_table_name", "lock_key"):
+        outside = re.sub(r"locals \{.*?\n\}", "", text, flags=re.S)
+        outside = re.sub(r'variable "\w+" \{.*?\n\}', "", outside, flags=re.S)
+        assert f"var.{v}" not in outside, f"var.{v} used outside locals"
+
+
+def t_iam_route_writes_in_own_vpc():
+    stmts = module_policy_statements()
+    for sid in ("WriteRoutesInTablesTaggedManaged", "WriteRoutesInListedTables"):
+        conds = {c["variable"]: c for c in stmts[sid].get("condition", [])}
+        assert "ec2:Vpc" in conds, sid
+        assert conds["ec2:Vpc"]["values"] == ["${local.vpc_arn}"], conds["ec2:Vpc"]
+    assert unq(LOCALS["vpc_arn"]).endswith(":vpc/${var.vpc_id}"), LOCALS["vpc_arn"]
+
+
+def t_iam_lifecycle_scoped():
+    pd = unq(DATA["aws_iam_policy_document.lifecycle"])
+    stmts = {s["sid"]: s for s in pd["statement"]}
+    w = stmts["CompleteLaunchHookAndReportHealth"]
+    assert set(w["actions"]) == {"autoscaling:CompleteLifecycleAction", "autoscaling:RecordLifecycleActionHeartbeat",
+                                 "autoscaling:SetInstanceHealth"}, w["actions"]
+    (r,) = w["resources"]
+    assert ":autoScalingGroup:*:autoScalingGroupName/${var.name}-*" in r, r
+    assert stmts["FindOwnAutoScalingGroup"]["actions"] == ["autoscaling:DescribeAutoScalingInstances"]
+    assert expr(RES["aws_iam_role_policy.lifecycle"]["policy"]) == "data.aws_iam_policy_document.lifecycle.json"
+
+
+def t_module_readme_documents_inputs_outputs():
+    text = (MODULE / "README.md").read_text()
+    for v in VARS:
+        assert re.search(rf"^\| `{v}` \|", text, re.M), f"README: input {v} missing"
+    for o in blocks(MOD, "output"):
+        assert re.search(rf"^\| `{o}` \|", text, re.M), f"README: output {o} missing"
+    for needed in ("VPC endpoint", "NAT", "autoscaling", "sts", "dynamodb", "ec2"):
+        assert needed in text, needed
+
+
 TESTS = [
     ("every .tf parses (python-hcl2)", t_parse_all),
     ("every module variable is used", t_every_variable_used),
@@ -639,7 +718,7 @@ TESTS = [
     ("IAM role, instance profile, launch template wiring", t_role_and_instance_profile),
     ("IMDSv2 required, hop limit 1", t_imdsv2_hop_limit_1),
     ("AMI from the public SSM parameter (AL2023 / Ubuntu)", t_ami_from_ssm_parameter),
-    ("ASG min = max = desired = gateway_count (2), subnets, instance refresh", t_asg_size_subnets_refresh),
+    ("ASG size, subnets, readiness hook, launch-before-terminate refresh with rollback", t_asg_size_subnets_refresh),
     ("UDP 8472 only from remote_node_cidrs", t_vxlan_rule_only_from_remote_node_cidrs),
     ("metrics port closed unless metrics_ingress_cidrs", t_metrics_closed_by_default),
     ("lock table PAY_PER_REQUEST, lock_key (S), TTL expires_at", t_lock_table),
@@ -649,7 +728,11 @@ TESTS = [
     ("rendered config.toml accepted by hybrid-gateway check-config", t_config_renders_and_daemon_accepts),
     ("rendered user data: bash -n, shellcheck, validates before starting", t_user_data_shell_valid),
     ("terraform console renders the templates identically", t_terraform_renders_the_same),
-    ("variable validations evaluated by terraform (good accepted, 18 bad rejected)", t_variable_validations_with_terraform),
+    ("per-cluster defaults: tag, lock table, lock key from cluster_name", t_per_cluster_defaults),
+    ("IAM: route writes only in the cluster's VPC (ec2:Vpc)", t_iam_route_writes_in_own_vpc),
+    ("IAM: lifecycle hook and health reporting scoped to this module's groups", t_iam_lifecycle_scoped),
+    ("module README lists every input and output, and the endpoints/NAT needed", t_module_readme_documents_inputs_outputs),
+    ("variable validations evaluated by terraform (good accepted, 27 bad rejected)", t_variable_validations_with_terraform),
 ]
 
 

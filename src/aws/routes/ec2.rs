@@ -87,13 +87,11 @@ impl RouteTables {
                 return Err(LEADERSHIP_ENDING.into());
             }
             counters.bump(DRT);
-            let call = self
-                .ec2
-                .describe_route_tables()
-                .filters(filter.clone())
-                .max_results(PAGE)
-                .set_next_token(token.take())
-                .send();
+            let mut call = self.ec2.describe_route_tables().filters(filter.clone());
+            if let Some(vpc) = &self.settings.vpc_id {
+                call = call.filters(Filter::builder().name("vpc-id").values(vpc).build());
+            }
+            let call = call.max_results(PAGE).set_next_token(token.take()).send();
             let resp = match tokio::time::timeout(self.settings.call_timeout, call).await {
                 Ok(Ok(r)) => r,
                 Ok(Err(e)) => {

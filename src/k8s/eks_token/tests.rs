@@ -554,50 +554,13 @@ lwMsr4dQE4o6+QOF0Ud1PM1a
 -----END CERTIFICATE-----
 ";
 
-/// The wiring the report hands to `k8s::client`, verbatim: an in-memory kubeconfig with
-/// the endpoint and CA and a user without credentials, so that kube adds no auth of its
-/// own underneath the layer.
+/// The production wiring (`k8s::client`): its in-memory kubeconfig under the layer.
 async fn eks_client(
     endpoint: &str,
     ca_pem: &[u8],
     source: Arc<EksTokenSource>,
 ) -> Result<kube::Client, BoxError> {
-    use kube::config::{
-        AuthInfo, Cluster, Context as KubeContext, KubeConfigOptions, Kubeconfig, NamedAuthInfo,
-        NamedCluster, NamedContext,
-    };
-    let name = source.cluster_name().to_string();
-    let kubeconfig = Kubeconfig {
-        clusters: vec![NamedCluster {
-            name: name.clone(),
-            cluster: Some(Cluster {
-                server: Some(endpoint.to_string()),
-                certificate_authority_data: Some(
-                    base64::engine::general_purpose::STANDARD.encode(ca_pem),
-                ),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }],
-        auth_infos: vec![NamedAuthInfo {
-            name: name.clone(),
-            auth_info: Some(AuthInfo::default()),
-            ..Default::default()
-        }],
-        contexts: vec![NamedContext {
-            name: name.clone(),
-            context: Some(KubeContext {
-                cluster: name.clone(),
-                user: Some(name.clone()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }],
-        current_context: Some(name),
-        ..Default::default()
-    };
-    let config =
-        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+    let config = crate::k8s::client::eks_config(endpoint, ca_pem, source.cluster_name()).await?;
     Ok(kube::client::ClientBuilder::try_from(config)?
         .with_layer(&EksAuthLayer::new(source))
         .build())

@@ -3,6 +3,7 @@ cluster_name      = "my-cluster"
 vpc_id            = "vpc-0123456789abcdef0"
 subnet_ids        = ["subnet-0123456789abcdef0", "subnet-0fedcba9876543210"]
 package_url       = "https://example.com/hybrid-gateway-0.1.0-1.x86_64.rpm"
+package_sha256    = "0000000000000000000000000000000000000000000000000000000000000000"
 vpc_cidrs         = ["10.250.0.0/16"]
 hybrid_pod_cidrs  = ["192.168.32.0/23"]
 remote_node_cidrs = ["192.168.0.0/24"]

@@ -6,11 +6,11 @@
 #   kubectl apply -f packaging/kubernetes/rbac.yaml
 
 terraform {
-  required_version = ">= 1.5.0"
+  required_version = ">= 1.9.0"
   required_providers {
     aws = {
       source  = "hashicorp/aws"
-      version = ">= 5.33.0, < 7.0.0"
+      version = ">= 5.40.0, < 7.0.0"
     }
   }
 }
@@ -29,14 +29,16 @@ module "hybrid_gateway" {
   gateway_count = 2
   os            = "al2023"
   architecture  = "x86_64"
-  package_url   = var.package_url
+  # The version the gateways run: bump both to upgrade (an instance refresh follows).
+  package_url    = var.package_url
+  package_sha256 = var.package_sha256
 
   vpc_cidrs         = var.vpc_cidrs
   hybrid_pod_cidrs  = var.hybrid_pod_cidrs
   remote_node_cidrs = var.remote_node_cidrs
 
+  # Tables are also found by the tag hybrid-gateway.io/managed=<cluster_name> (the default).
   route_table_ids = var.route_table_ids
-  route_table_tag = "hybrid-gateway.io/managed=true"
 
   enable_dynamodb_lock = true
   create_lock_table    = true
@@ -67,6 +69,11 @@ variable "subnet_ids" {
 
 variable "package_url" {
   description = "HTTPS URL of the hybrid-gateway .rpm (AL2023)."
+  type        = string
+}
+
+variable "package_sha256" {
+  description = "SHA-256 of that package (sha256sum)."
   type        = string
 }
 

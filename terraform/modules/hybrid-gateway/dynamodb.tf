@@ -2,7 +2,7 @@
 # lock_key (S), TTL on expires_at (garbage collection of locks abandoned for a week only).
 resource "aws_dynamodb_table" "lock" {
   count        = var.enable_dynamodb_lock && var.create_lock_table ? 1 : 0
-  name         = var.lock_table_name
+  name         = local.lock_table_name
   billing_mode = "PAY_PER_REQUEST"
   hash_key     = "lock_key"
 

@@ -41,7 +41,7 @@ data "aws_iam_policy_document" "daemon" {
 
   # Route writes only in tables tagged as managed ...
   dynamic "statement" {
-    for_each = var.route_table_tag == null ? [] : [1]
+    for_each = local.route_table_tag == null ? [] : [1]
     content {
       sid = "WriteRoutesInTablesTaggedManaged"
       actions = [
@@ -54,6 +54,12 @@ data "aws_iam_policy_document" "daemon" {
         test     = "StringEquals"
         variable = "ec2:ResourceTag/${local.route_table_tag_key}"
         values   = [local.route_table_tag_value]
+      }
+      # Only tables of the cluster's VPC, whatever else carries the tag.
+      condition {
+        test     = "StringEquals"
+        variable = "ec2:Vpc"
+        values   = [local.vpc_arn]
       }
     }
   }
@@ -69,6 +75,11 @@ data "aws_iam_policy_document" "daemon" {
         "ec2:DeleteRoute",
       ]
       resources = [for id in var.route_table_ids : "arn:${local.partition}:ec2:${local.region}:${local.account_id}:route-table/${id}"]
+      condition {
+        test     = "StringEquals"
+        variable = "ec2:Vpc"
+        values   = [local.vpc_arn]
+      }
     }
   }
 
@@ -97,7 +108,7 @@ data "aws_iam_policy_document" "daemon" {
       condition {
         test     = "ForAllValues:StringEquals"
         variable = "dynamodb:LeadingKeys"
-        values   = [var.lock_key]
+        values   = [local.lock_key]
       }
     }
   }
@@ -110,7 +121,7 @@ resource "aws_iam_role_policy" "daemon" {
 
   lifecycle {
     precondition {
-      condition     = var.route_table_tag != null || length(var.route_table_ids) > 0
+      condition     = local.route_table_tag != null || length(var.route_table_ids) > 0
       error_message = "Set route_table_ids and/or route_table_tag: without a managed route table the VPC cannot reach the hybrid pods."
     }
   }
@@ -131,6 +142,33 @@ resource "aws_iam_role_policy" "package" {
   name   = "hybrid-gateway-package"
   role   = aws_iam_role.this.id
   policy = data.aws_iam_policy_document.package[0].json
+}
+
+# Bootstrap and health reporting (user data, not the daemon): complete this instance's
+# launch lifecycle hook, and report the instance Unhealthy when the daemon is not. Scoped to
+# this module's Auto Scaling groups (name_prefix) by ARN.
+data "aws_iam_policy_document" "lifecycle" {
+  statement {
+    sid = "CompleteLaunchHookAndReportHealth"
+    actions = [
+      "autoscaling:CompleteLifecycleAction",
+      "autoscaling:RecordLifecycleActionHeartbeat",
+      "autoscaling:SetInstanceHealth",
+    ]
+    resources = ["arn:${local.partition}:autoscaling:${local.region}:${local.account_id}:autoScalingGroup:*:autoScalingGroupName/${var.name}-*"]
+  }
+  # Which group this instance is in (no resource-level permissions for this read).
+  statement {
+    sid       = "FindOwnAutoScalingGroup"
+    actions   = ["autoscaling:DescribeAutoScalingInstances"]
+    resources = ["*"]
+  }
+}
+
+resource "aws_iam_role_policy" "lifecycle" {
+  name   = "hybrid-gateway-lifecycle"
+  role   = aws_iam_role.this.id
+  policy = data.aws_iam_policy_document.lifecycle.json
 }
 
 # Session Manager and SSM Run Command (the upgrade document) for operators.

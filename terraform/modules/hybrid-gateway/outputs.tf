@@ -25,7 +25,7 @@ output "instance_profile_name" {
 
 output "lock_table_name" {
   description = "DynamoDB lock table, or null when the DynamoDB lock is off."
-  value       = var.enable_dynamodb_lock ? var.lock_table_name : null
+  value       = var.enable_dynamodb_lock ? local.lock_table_name : null
 }
 
 output "kubernetes_group" {
@@ -36,4 +36,19 @@ output "kubernetes_group" {
 output "config_toml" {
   description = "The /etc/hybrid-gateway/config.toml the user data writes."
   value       = local.config_toml
+}
+
+output "lock_key" {
+  description = "Key of the DynamoDB lock item, or null when the DynamoDB lock is off."
+  value       = var.enable_dynamodb_lock ? local.lock_key : null
+}
+
+output "route_table_tag" {
+  description = "The \"key=value\" tag of the route tables the gateways manage (null: route_table_ids only). Tag the tables of the cluster's VPC with it."
+  value       = local.route_table_tag
+}
+
+output "launch_lifecycle_hook_name" {
+  description = "Launch lifecycle hook completed by each instance once `hybrid-gateway status` reports ready."
+  value       = local.launch_hook_name
 }

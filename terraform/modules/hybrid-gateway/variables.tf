@@ -124,6 +124,16 @@ variable "package_url" {
   }
 }
 
+variable "package_sha256" {
+  description = "SHA-256 of the package file (sha256sum, 64 lowercase hex digits). User data verifies the download against it and installs nothing else. Together with package_url/package_s3_uri this is the package version the gateways run: an upgrade changes both, which makes a new launch template version and an instance refresh (see README \"Upgrades\")."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[0-9a-f]{64}$", var.package_sha256))
+    error_message = "package_sha256 must be the package's SHA-256: 64 lowercase hex digits (sha256sum FILE)."
+  }
+}
+
 variable "package_s3_uri" {
   description = "s3://bucket/key of the hybrid-gateway package; the instance role gets s3:GetObject on that object only. Set this or package_url."
   type        = string
@@ -151,6 +161,23 @@ variable "vpc_cidrs" {
     condition     = alltrue([for c in var.vpc_cidrs : can(cidrhost(c, 0)) && !strcontains(c, ":")])
     error_message = "Every vpc_cidrs entry must be an IPv4 CIDR such as 10.0.0.0/16."
   }
+  # The checks below mirror `hybrid-gateway check-config`, so a plan fails where the
+  # instances' user data would (after replacing a gateway).
+  validation {
+    condition     = try(alltrue([for c in var.vpc_cidrs : cidrhost(c, 0) == split("/", c)[0]]), false)
+    error_message = "Every vpc_cidrs entry must be a network address without host bits (10.250.0.0/16, not 10.250.3.0/16)."
+  }
+  validation {
+    condition     = try(length(distinct([for c in var.vpc_cidrs : split("/", c)[1]])) == 1, false)
+    error_message = "vpc_cidrs must all have the same prefix length: Cilium applies one mask to all VTEP CIDRs; list the VPC's ranges split to one length."
+  }
+  validation {
+    condition = try(alltrue(flatten([for i, a in var.vpc_cidrs : [for j, b in var.vpc_cidrs : j <= i || (
+      cidrhost("${split("/", a)[0]}/${min(tonumber(split("/", a)[1]), tonumber(split("/", b)[1]))}", 0) !=
+      cidrhost("${split("/", b)[0]}/${min(tonumber(split("/", a)[1]), tonumber(split("/", b)[1]))}", 0)
+    )]])), false)
+    error_message = "vpc_cidrs entries must not overlap each other: list each range once."
+  }
 }
 
 variable "hybrid_pod_cidrs" {
@@ -164,6 +191,25 @@ variable "hybrid_pod_cidrs" {
   validation {
     condition     = alltrue([for c in var.hybrid_pod_cidrs : can(cidrhost(c, 0)) && !strcontains(c, ":")])
     error_message = "Every hybrid_pod_cidrs entry must be an IPv4 CIDR such as 192.168.32.0/23."
+  }
+  validation {
+    condition     = try(alltrue([for c in var.hybrid_pod_cidrs : cidrhost(c, 0) == split("/", c)[0]]), false)
+    error_message = "Every hybrid_pod_cidrs entry must be a network address without host bits (192.168.32.0/23, not 192.168.33.0/23)."
+  }
+  validation {
+    condition = try(alltrue(flatten([for i, a in var.hybrid_pod_cidrs : [for j, b in var.hybrid_pod_cidrs : j <= i || (
+      cidrhost("${split("/", a)[0]}/${min(tonumber(split("/", a)[1]), tonumber(split("/", b)[1]))}", 0) !=
+      cidrhost("${split("/", b)[0]}/${min(tonumber(split("/", a)[1]), tonumber(split("/", b)[1]))}", 0)
+    )]])), false)
+    error_message = "hybrid_pod_cidrs entries must not overlap each other: list each range once."
+  }
+  # Cross-variable (Terraform >= 1.9).
+  validation {
+    condition = try(alltrue(flatten([for a in var.hybrid_pod_cidrs : [for b in var.vpc_cidrs :
+      cidrhost("${split("/", a)[0]}/${min(tonumber(split("/", a)[1]), tonumber(split("/", b)[1]))}", 0) !=
+      cidrhost("${split("/", b)[0]}/${min(tonumber(split("/", a)[1]), tonumber(split("/", b)[1]))}", 0)
+    ]])), false)
+    error_message = "hybrid_pod_cidrs must not overlap vpc_cidrs: hybrid pod CIDRs must lie outside the VPC, or VPC traffic would be sent into the tunnel."
   }
 }
 
@@ -255,13 +301,13 @@ variable "route_table_ids" {
 }
 
 variable "route_table_tag" {
-  description = "\"key=value\" tag naming further managed route tables (config aws.route_table_tag); null to manage only route_table_ids. The IAM policy's tag condition uses the same key and value."
+  description = "\"key=value\" tag naming further managed route tables (config aws.route_table_tag). null (default): \"hybrid-gateway.io/managed=<cluster_name>\", so two clusters in one account never manage each other's tables; \"\" to manage only route_table_ids. The daemon only considers tables of its own VPC, and the IAM policy's conditions use the same tag and the VPC."
   type        = string
-  default     = "hybrid-gateway.io/managed=true"
+  default     = null
 
   validation {
-    condition     = var.route_table_tag == null || can(regex("^[^=]+=.+$", var.route_table_tag))
-    error_message = "route_table_tag must be \"key=value\" (non-empty key and value), or null."
+    condition     = var.route_table_tag == null || var.route_table_tag == "" || can(regex("^[^=]+=.+$", var.route_table_tag))
+    error_message = "route_table_tag must be \"key=value\" (non-empty key and value), \"\" (no tag), or null (derived from cluster_name)."
   }
 }
 
@@ -299,23 +345,23 @@ variable "create_lock_table" {
 }
 
 variable "lock_table_name" {
-  description = "DynamoDB lock table name (config election.dynamodb.table)."
+  description = "DynamoDB lock table name (config election.dynamodb.table). null (default): \"<cluster_name>-hybrid-gateway-lock\", one table per cluster."
   type        = string
-  default     = "hybrid-gateway-lock"
+  default     = null
 
   validation {
-    condition     = can(regex("^[a-zA-Z0-9_.-]{3,255}$", var.lock_table_name))
+    condition     = var.lock_table_name == null || can(regex("^[a-zA-Z0-9_.-]{3,255}$", var.lock_table_name))
     error_message = "lock_table_name must be 3-255 characters of a-z, A-Z, 0-9, '_', '-', '.'."
   }
 }
 
 variable "lock_key" {
-  description = "Partition key value of the lock item (config election.dynamodb.key). The IAM policy limits the role to this one item."
+  description = "Partition key value of the lock item (config election.dynamodb.key). The IAM policy limits the role to this one item. null (default): \"<cluster_name>/hybrid-gateway-leader\", so clusters sharing a table never share a lock."
   type        = string
-  default     = "hybrid-gateway-leader"
+  default     = null
 
   validation {
-    condition     = length(var.lock_key) > 0 && length(var.lock_key) <= 1024
+    condition     = var.lock_key == null || try(length(var.lock_key) > 0 && length(var.lock_key) <= 1024, false)
     error_message = "lock_key must be 1-1024 characters."
   }
 }
@@ -330,8 +376,30 @@ variable "attach_ssm_managed_policy" {
   default     = true
 }
 
+variable "ready_timeout" {
+  description = "Seconds a new instance has to install the package and report ready (`hybrid-gateway status`) before its launch lifecycle hook is abandoned and the instance terminated (an instance refresh then fails and rolls back)."
+  type        = number
+  default     = 600
+
+  validation {
+    condition     = var.ready_timeout >= 120 && var.ready_timeout <= 3600 && floor(var.ready_timeout) == var.ready_timeout
+    error_message = "ready_timeout must be a whole number of seconds from 120 to 3600."
+  }
+}
+
+variable "unhealthy_after" {
+  description = "Seconds `hybrid-gateway status` may fail in a row on a running gateway before the instance reports itself Unhealthy to the Auto Scaling group (set-instance-health), which replaces it."
+  type        = number
+  default     = 120
+
+  validation {
+    condition     = var.unhealthy_after >= 30 && var.unhealthy_after <= 3600 && floor(var.unhealthy_after) == var.unhealthy_after
+    error_message = "unhealthy_after must be a whole number of seconds from 30 to 3600."
+  }
+}
+
 variable "instance_warmup" {
-  description = "Seconds an instance refresh waits after a new gateway is InService before replacing the next one (covers package install and the daemon becoming ready)."
+  description = "Seconds an instance refresh waits after a new gateway is InService before counting it healthy (it is InService only once ready: the launch lifecycle hook waits for that), and the grace period before its self-reported health counts."
   type        = number
   default     = 180
 

@@ -1,0 +1,130 @@
+//! What each pass of the daemon's loops tells operators: one call per pass updates the
+//! metrics and the status together, so the loops carry no bookkeeping of their own.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::aws::SyncReport;
+use crate::datapath::Reconciled;
+use crate::election::Leadership;
+
+use super::status::Role;
+use super::{DaemonStatus, Metrics};
+
+/// Where the daemon's parts report to. Cheap to clone.
+#[derive(Clone)]
+pub struct Telemetry {
+    pub status: Arc<DaemonStatus>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Telemetry {
+    /// A datapath reconcile pass ran (its per-entry errors included).
+    pub fn datapath_reconciled(&self, r: &Reconciled) {
+        let m = &self.metrics;
+        m.record_apply(&r.report);
+        m.reconcile_duration_seconds
+            .observe(r.elapsed.as_secs_f64());
+        m.hybrid_nodes_configured.set(r.nodes as i64);
+        m.record_rejections(&r.rejected);
+        if let Some(f) = &r.filter {
+            m.record_filter(f);
+        }
+        m.vxlan_route_count.set(r.routes as i64);
+        m.vxlan_fdb_entries.set(r.fdb as i64);
+        for e in &r.report.errors {
+            self.status.error(e.to_string());
+        }
+        let clean = r.report.errors.is_empty();
+        self.status.update(|s| {
+            s.nodes_programmed = r.nodes;
+            s.nodes_synced |= clean;
+        });
+        m.ready.set(i64::from(self.status.snapshot().ready()));
+    }
+
+    /// A datapath reconcile pass could not run at all.
+    pub fn datapath_failed(&self, error: &dyn std::fmt::Display) {
+        self.status.error(format!("reconcile: {error}"));
+    }
+
+    /// A VPC route sync pass ran. `setup`: the time from taking office, on the first pass
+    /// of a term that converged.
+    pub fn routes_synced(&self, report: &SyncReport, elapsed: Duration, setup: Option<Duration>) {
+        let m = &self.metrics;
+        m.aws_route_table_update_duration_seconds
+            .observe(elapsed.as_secs_f64());
+        m.aws_route_table_update.inc_by(u64::from(
+            report.created() + report.replaced() + report.deleted(),
+        ));
+        m.route_tables_degraded.set(report.degraded().len() as i64);
+        m.routes_left_alone.set(report.left_alone().count() as i64);
+        let degraded: Vec<String> = report.degraded().iter().map(|s| s.to_string()).collect();
+        let total = report.tables.len();
+        let in_sync = report.tables.iter().filter(|t| !t.degraded()).count();
+        self.status.update(|s| {
+            s.route_tables_total = total;
+            s.route_tables_in_sync = in_sync;
+            s.route_tables_degraded = degraded;
+        });
+        if report.converged() {
+            m.route_sync_last_success_timestamp_seconds
+                .set(jiff::Timestamp::now().as_millisecond() as f64 / 1000.0);
+            if let Some(setup) = setup {
+                m.leader_setup_duration_seconds.observe(setup.as_secs_f64());
+            }
+        } else {
+            m.aws_route_table_update_errors.inc();
+        }
+    }
+
+    /// No route tables are managed any more (a reload removed them).
+    pub fn routes_unmanaged(&self) {
+        self.metrics.route_tables_degraded.set(0);
+        self.metrics.routes_left_alone.set(0);
+        self.status.update(|s| {
+            s.route_tables_total = 0;
+            s.route_tables_in_sync = 0;
+            s.route_tables_degraded.clear();
+        });
+    }
+
+    /// A VPC route sync pass failed. Only a leader's failure is news: a deposed leader's
+    /// last pass failing for want of leadership is expected.
+    pub fn routes_failed(&self, error: &dyn std::fmt::Display, leading: bool) {
+        self.metrics.aws_route_table_update_errors.inc();
+        if leading {
+            tracing::warn!("VPC route sync: {error}");
+            self.status.error(format!("route sync: {error}"));
+        }
+    }
+
+    /// Leadership changed. `lock_in_use`: with the DynamoDB lock, leading means holding it.
+    pub fn leadership(&self, leadership: &Leadership, lock_in_use: bool) {
+        let m = &self.metrics;
+        match leadership {
+            Leadership::Leader { since, term } => {
+                m.leader_is_active.set(1);
+                m.dynamodb_lock_held.set(i64::from(lock_in_use));
+                m.election_term.set(i64::from(*term));
+                m.election_transitions.inc();
+                let since = since.strftime("%H:%M:%S").to_string();
+                self.status.update(|s| {
+                    s.role = Role::Leader;
+                    s.leader = Some(s.identity.clone());
+                    s.leader_since = Some(since);
+                    s.term = Some(*term);
+                });
+            }
+            Leadership::Standby { leader } => {
+                m.leader_is_active.set(0);
+                m.dynamodb_lock_held.set(0);
+                self.status.update(|s| {
+                    s.role = Role::Standby;
+                    s.leader = leader.clone();
+                    s.leader_since = None;
+                });
+            }
+        }
+    }
+}
