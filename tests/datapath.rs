@@ -1070,3 +1070,119 @@ fn filter_throughput() {
         mean(&[on, on2].concat())
     );
 }
+
+/// How long `broken` stays true after `breaking` ran, polled every 25 ms.
+fn time_to_repair(ns: &Netns, breaking: &str, repaired: impl Fn() -> bool) -> Duration {
+    ns.sh(breaking);
+    let t = std::time::Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(20), &repaired),
+        "not repaired after `{breaking}`"
+    );
+    t.elapsed()
+}
+
+#[test]
+fn drift_is_repaired_at_once_on_link_events_and_at_the_resync_otherwise() {
+    let t = topology();
+    let dir = tempdir();
+    let cfg_path = dir.join("config.toml");
+    let nodes_path = dir.join("nodes.toml");
+    std::fs::write(
+        &cfg_path,
+        format!("[gateway]\nnode_ip = \"{GW_IP}\"\nvpc_cidrs = [\"10.250.0.0/16\"]\nhybrid_pod_cidrs = [\"192.168.32.0/23\"]\n[datapath]\nresync_interval = \"5s\"\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        &nodes_path,
+        format!("[[node]]\nname = \"n1\"\nip = \"{NODE_IP}\"\npod_cidrs = [\"192.168.32.0/25\"]\n"),
+    )
+    .unwrap();
+    let daemon = t.gw.spawn(
+        env!("CARGO_BIN_EXE_hybrid-gateway"),
+        &[
+            "run",
+            "--config",
+            cfg_path.to_str().unwrap(),
+            "--static-nodes",
+            nodes_path.to_str().unwrap(),
+        ],
+    );
+    let programmed = || {
+        let out = t.gw.try_sh("ip route show dev hybrid_vxlan0");
+        String::from_utf8_lossy(&out.stdout).contains("192.168.32.0/25")
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), programmed),
+        "not programmed"
+    );
+    let up = || {
+        let out = t.gw.try_sh("ip -j link show hybrid_vxlan0");
+        String::from_utf8_lossy(&out.stdout).contains("\"UP\"") && programmed()
+    };
+    let forwards = || {
+        t.vpc
+            .try_sh("ping -c 1 -W 1 192.168.32.10")
+            .status
+            .success()
+    };
+    assert!(forwards());
+
+    // Link events: repaired well within the 5 s resync.
+    let deleted = time_to_repair(&t.gw, "ip link del hybrid_vxlan0", up);
+    assert!(
+        deleted < Duration::from_secs(2),
+        "device deletion repaired after {deleted:?}"
+    );
+    assert!(forwards(), "no forwarding after the device came back");
+    let down = time_to_repair(&t.gw, "ip link set hybrid_vxlan0 down", up);
+    assert!(
+        down < Duration::from_secs(2),
+        "device down repaired after {down:?}"
+    );
+
+    // No event for these: the resync puts them right.
+    let forwarding = time_to_repair(&t.gw, "sysctl -qw net.ipv4.ip_forward=0", || {
+        t.gw.sysctl("net.ipv4.ip_forward") == "1"
+    });
+    assert!(
+        forwarding < Duration::from_secs(7),
+        "ip_forward repaired after {forwarding:?}"
+    );
+    let filter = time_to_repair(
+        &t.gw,
+        "nft flush chain ip hybrid_gateway underlay_in",
+        || {
+            t.gw.sh("nft list chain ip hybrid_gateway underlay_in")
+                .contains("vxlan-from-nodes-only")
+        },
+    );
+    assert!(
+        filter < Duration::from_secs(7),
+        "filter repaired after {filter:?}"
+    );
+    assert!(forwards());
+    println!(
+        "repair times: device deleted {deleted:?}, set down {down:?}, ip_forward=0 {forwarding:?}, filter flushed {filter:?}"
+    );
+
+    let metrics = scrape(&t.gw);
+    let count = |what: &str| -> u64 {
+        let prefix = format!("hybrid_gateway_datapath_repairs_total{{what=\"{what}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(count("device") >= 2, "{metrics}");
+    assert!(count("sysctl") >= 1, "{metrics}");
+    assert!(count("filter") >= 1, "{metrics}");
+    assert!(metrics.contains("hybrid_gateway_vxlan_interface_up 1\n"));
+    assert!(
+        metrics.contains("hybrid_gateway_filter_packets_total{counter=\"vxlan_not_from_node\"}"),
+        "{metrics}"
+    );
+    drop(daemon);
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -18,22 +18,33 @@ use ipnet::Ipv4Net;
 pub use error::{DatapathError, Result};
 pub use filter::FilterSpec;
 pub use mac::Mac;
-pub use netlink::{ApplyReport, Netlink};
+pub use netlink::{ApplyReport, LinkEvents, Netlink};
 pub use sysctl::SysctlChange;
 pub use vtep::{AddressProblem, Desired, HybridNode, NodePolicy, Rejection};
 pub use vxlan::{Device, DeviceAction};
 
-use crate::config::Config;
+use crate::config::{Config, VxlanConfig};
 
 /// The set-up datapath: a netlink socket, the device, and the reconciler state.
 pub struct Datapath {
     nl: Netlink,
-    device: Device,
+    /// Replaced when a pass had to recreate the device (someone deleted it).
+    device: std::sync::Mutex<Device>,
+    vxlan: VxlanConfig,
+    node_ip: Ipv4Addr,
     /// What nodes must satisfy; its pod CIDRs are swapped by a config reload while the
     /// reconcile loop runs, its own addresses refreshed on every pass.
     policy: std::sync::Mutex<NodePolicy>,
     /// The nftables filter's fixed part (`None`: `[datapath] filter = false`).
     filter: Option<FilterSpec>,
+}
+
+/// Something a pass found broken and put right.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repair {
+    /// `device`, `sysctl` or `filter`: the `what` label of `datapath_repairs_total`.
+    pub what: &'static str,
+    pub detail: String,
 }
 
 /// What a pass did to the nftables filter.
@@ -61,6 +72,8 @@ pub struct Reconciled {
     /// `None` when the filter is off, or when it could not be read (the error is in
     /// `report.errors`).
     pub filter: Option<FilterReport>,
+    /// Drift found and repaired in this pass (device, sysctls, filter).
+    pub repairs: Vec<Repair>,
     pub elapsed: Duration,
 }
 
@@ -71,6 +84,10 @@ impl Datapath {
         let mut changes = sysctl::ensure_host()?;
         let nl = Netlink::open()?;
         let device = vxlan::ensure(&nl, &config.vxlan, node_ip).await?;
+        if let Some(w) = &device.mtu_warning {
+            tracing::warn!(device = %device.name, underlay = %device.underlay, "{w}");
+        }
+        changes.extend(device.sysctls.iter().cloned());
         changes.extend(sysctl::ensure_interface(&device.underlay, false)?);
         let policy = NodePolicy {
             pod_cidrs: config.gateway.hybrid_pod_cidrs.clone(),
@@ -97,7 +114,9 @@ impl Datapath {
         Ok((
             Datapath {
                 nl,
-                device,
+                device: std::sync::Mutex::new(device),
+                vxlan: config.vxlan.clone(),
+                node_ip,
                 policy: std::sync::Mutex::new(policy),
                 filter,
             },
@@ -105,8 +124,49 @@ impl Datapath {
         ))
     }
 
-    pub fn device(&self) -> &Device {
-        &self.device
+    /// The device as the last pass left it.
+    pub fn device(&self) -> Device {
+        self.device
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Link notifications about the device, to run a pass (and so a repair) at once.
+    pub fn link_events(&self) -> Result<LinkEvents> {
+        LinkEvents::open()
+    }
+
+    /// The device exists, is ours, up and right; forwarding and rp_filter still hold.
+    /// Whatever drifted is put right and listed.
+    async fn check_host(&self) -> Result<(Device, Vec<Repair>)> {
+        let mut repairs = Vec::new();
+        let device = vxlan::ensure(&self.nl, &self.vxlan, self.node_ip).await?;
+        match &device.action {
+            DeviceAction::Adopted => {}
+            DeviceAction::Created => repairs.push(Repair {
+                what: "device",
+                detail: format!("{} was gone; created again", device.name),
+            }),
+            other => repairs.push(Repair {
+                what: "device",
+                detail: format!("{} {other}", device.name),
+            }),
+        }
+        // A freshly created device's sysctls are set-up, not drift.
+        let mut sysctls = if device.action == DeviceAction::Created {
+            Vec::new()
+        } else {
+            device.sysctls.clone()
+        };
+        sysctls.extend(sysctl::ensure_host()?);
+        sysctls.extend(sysctl::ensure_interface(&device.underlay, false)?);
+        repairs.extend(sysctls.into_iter().map(|c| Repair {
+            what: "sysctl",
+            detail: c.to_string(),
+        }));
+        *self.device.lock().unwrap_or_else(|p| p.into_inner()) = device.clone();
+        Ok((device, repairs))
     }
 
     /// A changed `hybrid_pod_cidrs` takes effect at the next reconcile.
@@ -121,6 +181,7 @@ impl Datapath {
     /// difference. Failed entries are in the report and are retried by the next pass.
     pub async fn reconcile(&self, nodes: &[HybridNode]) -> Result<Reconciled> {
         let started = Instant::now();
+        let (device, mut repairs) = self.check_host().await?;
         // Addresses come and go (a second ENI, a container bridge): a node may never claim
         // one this host holds right now.
         let own = self.nl.local_ipv4s().await?;
@@ -131,7 +192,7 @@ impl Datapath {
             .clone();
         policy.own_addresses.extend(own);
         let (desired, rejected) = Desired::build_with(nodes, &policy);
-        let actual = self.nl.read_vtep(self.device.index).await?;
+        let actual = self.nl.read_vtep(device.index).await?;
         let plan = vtep::diff(&desired, &actual);
         // The filter learns a new node before its routes exist and forgets a removed one
         // before they go: its VXLAN is accepted exactly while the gateway forwards to it.
@@ -156,8 +217,14 @@ impl Datapath {
         let mut report = if plan.is_empty() {
             ApplyReport::default()
         } else {
-            self.nl.apply(self.device.index, &plan).await
+            self.nl.apply(device.index, &plan).await
         };
+        if let Some(f) = &filter {
+            repairs.extend(f.repaired.iter().map(|d| Repair {
+                what: "filter",
+                detail: d.clone(),
+            }));
+        }
         report.add_errors += filter_errors.len();
         report.errors.extend(filter_errors);
         Ok(Reconciled {
@@ -168,6 +235,7 @@ impl Datapath {
             rejected,
             report,
             filter,
+            repairs,
             elapsed: started.elapsed(),
         })
     }

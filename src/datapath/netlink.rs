@@ -663,3 +663,66 @@ fn parse_fdb(msg: &NeighbourMessage) -> Option<KernelFdb> {
         permanent: msg.header.state == NeighbourState::Permanent,
     })
 }
+
+/// Link notifications (`RTNLGRP_LINK`): the device deleted, set down or changed by someone
+/// else shows up here at once, so it is repaired without waiting for the next resync.
+pub struct LinkEvents {
+    rx: futures::channel::mpsc::UnboundedReceiver<(
+        rtnetlink::packet_core::NetlinkMessage<rtnetlink::packet_route::RouteNetlinkMessage>,
+        rtnetlink::sys::SocketAddr,
+    )>,
+    connection: JoinHandle<()>,
+}
+
+impl Drop for LinkEvents {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
+impl LinkEvents {
+    /// Subscribes; must be called inside a tokio runtime, in the datapath's namespace.
+    pub fn open() -> Result<Self> {
+        let (connection, _, rx) =
+            rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Link]).map_err(
+                |source| DatapathError::Io {
+                    context: "subscribing to link notifications".into(),
+                    source,
+                },
+            )?;
+        Ok(LinkEvents {
+            rx,
+            connection: tokio::spawn(connection),
+        })
+    }
+
+    /// Waits until a notification concerns the link called `name` (or with index `index`),
+    /// then swallows the rest of the burst (one `ip link` command sends several).
+    /// `None` when the subscription ended.
+    pub async fn next(&mut self, name: &str, index: u32) -> Option<()> {
+        use rtnetlink::packet_core::NetlinkPayload;
+        use rtnetlink::packet_route::RouteNetlinkMessage as M;
+        loop {
+            let (msg, _) = self.rx.next().await?;
+            let link = match msg.payload {
+                NetlinkPayload::InnerMessage(M::NewLink(l) | M::DelLink(l) | M::SetLink(l)) => l,
+                _ => continue,
+            };
+            let named = link
+                .attributes
+                .iter()
+                .any(|a| matches!(a, LinkAttribute::IfName(n) if n == name));
+            if link.header.index == index || named {
+                break;
+            }
+        }
+        let quiet = tokio::time::sleep(Duration::from_millis(20));
+        tokio::pin!(quiet);
+        loop {
+            tokio::select! {
+                _ = &mut quiet => return Some(()),
+                m = self.rx.next() => if m.is_none() { return Some(()) },
+            }
+        }
+    }
+}

@@ -48,6 +48,10 @@ pub struct Device {
     pub mtu: u32,
     pub underlay: String,
     pub action: DeviceAction,
+    /// Per-device sysctls `ensure` had to change (forwarding, rp_filter, IPv6 off).
+    pub sysctls: Vec<super::SysctlChange>,
+    /// Set when the tunnel MTU is more than the NIC can carry (logged once at start).
+    pub mtu_warning: Option<String>,
 }
 
 /// Creates, adopts or repairs the VXLAN device for `node_ip`.
@@ -57,10 +61,7 @@ pub async fn ensure(nl: &Netlink, cfg: &VxlanConfig, node_ip: Ipv4Addr) -> Resul
             "gateway.node_ip {node_ip} is not assigned to any interface on this host; it must be this gateway's own VPC address"
         ))
     })?;
-    let (mtu, warning) = tunnel_mtu(cfg, &underlay.name, underlay.mtu);
-    if let Some(w) = warning {
-        tracing::warn!(device = %cfg.interface, underlay = %underlay.name, "{w}");
-    }
+    let (mtu, mtu_warning) = tunnel_mtu(cfg, &underlay.name, underlay.mtu);
     let spec = VxlanSpec {
         name: cfg.interface.clone(),
         vni: cfg.vni,
@@ -70,11 +71,8 @@ pub async fn ensure(nl: &Netlink, cfg: &VxlanConfig, node_ip: Ipv4Addr) -> Resul
         mtu,
     };
 
-    let action = match nl.link(&spec.name).await? {
-        None => {
-            create(nl, &spec).await?;
-            DeviceAction::Created
-        }
+    let (action, sysctls) = match nl.link(&spec.name).await? {
+        None => (DeviceAction::Created, create(nl, &spec).await?),
         Some(link) => {
             let mut marked = Vec::new();
             match ownership(&link, &spec) {
@@ -95,8 +93,7 @@ pub async fn ensure(nl: &Netlink, cfg: &VxlanConfig, node_ip: Ipv4Addr) -> Resul
             match must_recreate(&link, &spec) {
                 Some(why) => {
                     nl.delete_link(link.index).await?;
-                    create(nl, &spec).await?;
-                    DeviceAction::Recreated(why)
+                    (DeviceAction::Recreated(why), create(nl, &spec).await?)
                 }
                 None => repair(nl, &link, &spec, marked).await?,
             }
@@ -116,6 +113,8 @@ pub async fn ensure(nl: &Netlink, cfg: &VxlanConfig, node_ip: Ipv4Addr) -> Resul
         mtu: link.mtu,
         underlay: underlay.name,
         action,
+        sysctls,
+        mtu_warning,
     })
 }
 
@@ -165,7 +164,7 @@ fn ownership(link: &LinkState, spec: &VxlanSpec) -> Ownership {
     }
 }
 
-async fn create(nl: &Netlink, spec: &VxlanSpec) -> Result<()> {
+async fn create(nl: &Netlink, spec: &VxlanSpec) -> Result<Vec<super::SysctlChange>> {
     if let Err(e) = nl.create_vxlan(spec).await {
         return Err(explain_create_error(nl, spec, e).await);
     }
@@ -175,8 +174,9 @@ async fn create(nl: &Netlink, spec: &VxlanSpec) -> Result<()> {
     nl.set_alias(link.index, DEVICE_ALIAS).await?;
     // Per-device sysctls exist only once the device does, and must be right before the
     // first packet crosses it.
-    super::sysctl::ensure_interface(&spec.name, true)?;
-    nl.set_link(link.index, None, None, true).await
+    let sysctls = super::sysctl::ensure_interface(&spec.name, true)?;
+    nl.set_link(link.index, None, None, true).await?;
+    Ok(sysctls)
 }
 
 /// The kernel answers a bare "File exists" when another VXLAN device already has our VNI
@@ -233,7 +233,7 @@ async fn repair(
     link: &LinkState,
     spec: &VxlanSpec,
     mut fixed: Vec<String>,
-) -> Result<DeviceAction> {
+) -> Result<(DeviceAction, Vec<super::SysctlChange>)> {
     let vx = link.vxlan.clone().unwrap_or_default();
     if vx.local != Some(spec.local) || vx.learning != Some(false) {
         if vx.local != Some(spec.local) {
@@ -259,15 +259,16 @@ async fn repair(
     if !link.up {
         fixed.push("was down, now up".to_string());
     }
-    super::sysctl::ensure_interface(&spec.name, true)?;
+    let sysctls = super::sysctl::ensure_interface(&spec.name, true)?;
     if mac.is_some() || mtu.is_some() || !link.up {
         nl.set_link(link.index, mac, mtu, true).await?;
     }
-    Ok(if fixed.is_empty() {
+    let action = if fixed.is_empty() {
         DeviceAction::Adopted
     } else {
         DeviceAction::Repaired(fixed)
-    })
+    };
+    Ok((action, sysctls))
 }
 
 fn opt<T: fmt::Display>(v: Option<T>) -> String {

@@ -220,16 +220,13 @@ impl Metrics {
         }
     }
 
-    /// Keeps the filter's counters for scrapes and counts a repair of the table.
+    /// Keeps the filter's counters for scrapes.
     pub fn record_filter(&self, f: &FilterReport) {
         if !f.counters.is_empty() {
             *self
                 .filter_counters
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()) = f.counters.clone();
-        }
-        if !f.repaired.is_empty() {
-            self.record_repair("filter");
         }
     }
 
