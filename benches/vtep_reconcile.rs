@@ -54,7 +54,10 @@ fn ours(nodes: &[HybridNode]) -> (Duration, Duration, usize) {
     let cfg = config();
     gw.run(|| async {
         let (dp, _) = Datapath::setup(&cfg, GW_IP.parse().unwrap()).await.unwrap();
-        let cold = dp.reconcile(nodes).await.unwrap();
+        let cold = dp
+            .reconcile(nodes, &cfg.gateway.hybrid_pod_cidrs)
+            .await
+            .unwrap();
         assert!(
             cold.report.errors.is_empty(),
             "{:?}",
@@ -62,7 +65,10 @@ fn ours(nodes: &[HybridNode]) -> (Duration, Duration, usize) {
         );
         let mut noops = Vec::new();
         for _ in 0..5 {
-            let r = dp.reconcile(nodes).await.unwrap();
+            let r = dp
+                .reconcile(nodes, &cfg.gateway.hybrid_pod_cidrs)
+                .await
+                .unwrap();
             assert_eq!(r.report.changes(), 0, "no-op pass changed something");
             noops.push(r.elapsed);
         }

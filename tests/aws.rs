@@ -20,7 +20,9 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use hybrid_gateway::aws::eni::{ensure_source_dest_check_disabled, EniError, SourceDestCheck};
 use hybrid_gateway::aws::imds::{self, Identity, ImdsError, ImdsSettings, Overrides};
 use hybrid_gateway::aws::route_diff::{Reason, Target};
-use hybrid_gateway::aws::{sdk_config, RouteError, RouteTables, RouteTablesSettings, SdkSettings};
+use hybrid_gateway::aws::{
+    sdk_config, Deadline, RouteError, RouteTables, RouteTablesSettings, SdkSettings,
+};
 use hybrid_gateway::config::{RouteTableTag, Takeover};
 use hybrid_gateway::election::dynamodb::DynamoDbLockStore;
 use hybrid_gateway::election::record::{LeaderRecord, LockError, LockStore};
@@ -630,6 +632,103 @@ fn routes_are_not_touched_without_enough_leadership() {
             ctx.calls().is_empty(),
             "no EC2 call may start: {:?}",
             ctx.calls()
+        );
+    });
+}
+
+/// Leadership that ends when the test says so, as the daemon's does when the election
+/// steps down (Standby published: no time left, at once).
+#[derive(Clone)]
+struct Revocable(std::sync::Arc<Mutex<Option<(Instant, std::time::SystemTime)>>>);
+
+impl Revocable {
+    fn new() -> Self {
+        Revocable(std::sync::Arc::new(Mutex::new(None)))
+    }
+    /// Ends leadership; returns the wall-clock instant it ended.
+    fn revoke(&self) -> std::time::SystemTime {
+        let at = std::time::SystemTime::now();
+        *self.0.lock().unwrap() = Some((Instant::now(), at));
+        at
+    }
+}
+
+impl Deadline for Revocable {
+    fn remaining(&self) -> Duration {
+        match *self.0.lock().unwrap() {
+            Some(_) => Duration::ZERO,
+            None => Duration::from_secs(3600),
+        }
+    }
+    fn to_shared(&self) -> std::sync::Arc<dyn Deadline + Send> {
+        std::sync::Arc::new(self.clone())
+    }
+    fn leading(&self) -> bool {
+        self.0.lock().unwrap().is_none()
+    }
+}
+
+/// Finding 2 of issue 10: leadership was checked once before a route write and the SDK's
+/// retries went out whenever they came. Here the first CreateRoute is held at the proxy
+/// and throttled; leadership ends while it is held. Asserted where it matters — at the
+/// proxy in front of EC2: no write arrives after leadership ended.
+#[test]
+fn no_route_write_attempt_reaches_ec2_after_leadership_ends() {
+    with_peers(|ctx| async move {
+        let w = ctx.seed(&["--route-tables", "1", "--no-lock-table"]);
+        let mut s = settings(w.tables(), Takeover::Owned);
+        s.concurrency = 1;
+        s.rounds = 1;
+        // Long enough that the SDK's retry backoff (up to 1 s) fits inside one call: only
+        // the leadership check can stop the retry.
+        s.call_timeout = Duration::from_secs(5);
+        let rt = RouteTables::new(ctx.ec2().await, s, w.instance("gw-a"));
+        ctx.peers.fault(json!({"action": "CreateRoute", "status": 503, "code": "RequestLimitExceeded", "count": 1, "delay_ms": 400}));
+        let lead = Revocable::new();
+        let l = lead.clone();
+        let ended = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            l.revoke()
+        });
+        let r = rt.sync(&nets(&[A]), &w.eni("gw-a"), &lead).await;
+        let ended = ended.await.unwrap();
+        // Give anything still in flight time to arrive.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let writes: Vec<_> = ctx
+            .peers
+            .arrivals()
+            .into_iter()
+            .filter(|(a, _)| a.ends_with("Route") && a != "DescribeRouteTables")
+            .collect();
+        let late: Vec<_> = writes
+            .iter()
+            .filter(|(_, t)| *t > ended)
+            .map(|(a, t)| format!("{a} {:?} after the end", t.duration_since(ended).unwrap()))
+            .collect();
+        println!("writes at the proxy: {}; sync: {r:?}", writes.len());
+        assert!(
+            late.is_empty(),
+            "route writes reached EC2 after leadership ended: {late:?}"
+        );
+        assert_eq!(
+            writes.len(),
+            1,
+            "only the throttled first attempt may arrive"
+        );
+
+        // Finding 6: once stepped down, a sync is refused at once — it used to wait the
+        // whole `lease_wait` (2 s) for a renewal that could not come, per call, which let
+        // a shutdown overrun its budget.
+        let start = Instant::now();
+        let err = rt
+            .sync(&nets(&[A]), &w.eni("gw-a"), &lead)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RouteError::LeadershipEnding { .. }), "{err}");
+        assert!(
+            start.elapsed() < Duration::from_millis(200),
+            "a stepped-down sync waited {:?}",
+            start.elapsed()
         );
     });
 }

@@ -293,12 +293,13 @@ fn reconcile_follows_nodes_through_their_lifecycle() {
         let (dp, _) = Datapath::setup(&cfg, ip(GW_IP)).await.unwrap();
         let step = |nodes: Vec<HybridNode>| {
             let dp = &dp;
+            let pods = &cfg.gateway.hybrid_pod_cidrs;
             async move {
-                let r = dp.reconcile(&nodes).await.unwrap();
+                let r = dp.reconcile(&nodes, pods).await.unwrap();
                 assert!(r.report.errors.is_empty(), "{:?}", r.report.errors);
                 assert!(r.rejected.is_empty(), "{:?}", r.rejected);
                 // Level-based: a second pass over the same input changes nothing.
-                let again = dp.reconcile(&nodes).await.unwrap();
+                let again = dp.reconcile(&nodes, pods).await.unwrap();
                 assert_eq!(again.report.changes(), 0, "second pass rewrote something");
                 r.report
             }
@@ -401,16 +402,22 @@ fn reconcile_cleans_a_polluted_kernel_and_spares_what_it_does_not_own() {
     gw.run(|| async {
         let (dp, _) = Datapath::setup(&cfg, ip(GW_IP)).await.unwrap();
         let r = dp
-            .reconcile(&[node("n1", "10.99.0.2", &["192.168.32.0/25"])])
+            .reconcile(
+                &[node("n1", "10.99.0.2", &["192.168.32.0/25"])],
+                &cfg.gateway.hybrid_pod_cidrs,
+            )
             .await
             .unwrap();
         assert!(r.report.errors.is_empty(), "{:?}", r.report.errors);
         assert_eq!(
-            dp.reconcile(&[node("n1", "10.99.0.2", &["192.168.32.0/25"])])
-                .await
-                .unwrap()
-                .report
-                .changes(),
+            dp.reconcile(
+                &[node("n1", "10.99.0.2", &["192.168.32.0/25"])],
+                &cfg.gateway.hybrid_pod_cidrs
+            )
+            .await
+            .unwrap()
+            .report
+            .changes(),
             0
         );
     });
@@ -441,7 +448,10 @@ fn nodes_that_conflict_are_skipped_without_disturbing_others() {
             node("thief", "10.99.0.3", &["192.168.32.0/26"]),
             node("outside", "10.99.0.4", &["10.250.9.0/24"]),
         ];
-        dp.reconcile(&nodes).await.unwrap().rejected
+        dp.reconcile(&nodes, &cfg.gateway.hybrid_pod_cidrs)
+            .await
+            .unwrap()
+            .rejected
     });
     assert_eq!(
         rejected.iter().map(|r| r.node()).collect::<Vec<_>>(),
@@ -495,9 +505,12 @@ fn packets_cross_the_tunnel_both_ways_and_stop_when_the_node_goes() {
     let cfg = config("");
     t.gw.run(|| async {
         let (dp, _) = Datapath::setup(&cfg, ip(GW_IP)).await.unwrap();
-        dp.reconcile(&[node("n1", NODE_IP, &["192.168.32.0/25"])])
-            .await
-            .unwrap();
+        dp.reconcile(
+            &[node("n1", NODE_IP, &["192.168.32.0/25"])],
+            &cfg.gateway.hybrid_pod_cidrs,
+        )
+        .await
+        .unwrap();
     });
     let gw_rx = rx_packets(&t.gw, "hybrid_vxlan0");
     let node_rx = rx_packets(&t.node, "vx");
@@ -518,7 +531,9 @@ fn packets_cross_the_tunnel_both_ways_and_stop_when_the_node_goes() {
 
     t.gw.run(|| async {
         let (dp, _) = Datapath::setup(&cfg, ip(GW_IP)).await.unwrap();
-        dp.reconcile(&[]).await.unwrap();
+        dp.reconcile(&[], &cfg.gateway.hybrid_pod_cidrs)
+            .await
+            .unwrap();
     });
     let ping = t.vpc.try_sh("ping -c 2 -i 0.2 -W 1 192.168.32.10");
     assert!(
@@ -838,7 +853,10 @@ fn captured(ns: &Netns, dev: &str, filter: &str, traffic: impl FnOnce()) -> Vec<
 fn set_up(gw: &Netns, cfg: &Config, nodes: &[HybridNode]) {
     gw.run(|| async {
         let (dp, _) = Datapath::setup(cfg, ip(GW_IP)).await.unwrap();
-        let r = dp.reconcile(nodes).await.unwrap();
+        let r = dp
+            .reconcile(nodes, &cfg.gateway.hybrid_pod_cidrs)
+            .await
+            .unwrap();
         assert!(r.report.errors.is_empty(), "{:?}", r.report.errors);
     });
 }
@@ -984,7 +1002,9 @@ fn the_filter_survives_a_restart_without_being_rebuilt_and_purge_removes_it() {
     let handle = t.gw.sh("nft -a list table ip hybrid_gateway | head -1");
     let r = t.gw.run(|| async {
         let (dp, _) = Datapath::setup(&cfg, ip(GW_IP)).await.unwrap();
-        dp.reconcile(&nodes).await.unwrap()
+        dp.reconcile(&nodes, &cfg.gateway.hybrid_pod_cidrs)
+            .await
+            .unwrap()
     });
     let f = r.filter.expect("filter report");
     assert!(!f.written && f.repaired.is_empty(), "{f:?}");
@@ -1025,7 +1045,7 @@ fn a_tampered_filter_is_repaired_on_the_next_pass() {
         t.gw.sh(tamper);
         let r = t.gw.run(|| async {
             let (dp, _) = Datapath::setup(&cfg, ip(GW_IP)).await.unwrap();
-            dp.reconcile(&nodes).await.unwrap()
+            dp.reconcile(&nodes, &cfg.gateway.hybrid_pod_cidrs).await.unwrap()
         });
         assert!(r.report.errors.is_empty(), "{:?}", r.report.errors);
         // Counters differ by packets; compare the table without them.

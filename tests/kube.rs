@@ -307,6 +307,7 @@ async fn leader_owns_the_vtep_config() {
         "gw-a_1".into(),
         handle,
         Duration::from_secs(1),
+        tokio::sync::watch::channel(None).0,
         cancel.clone(),
     ));
 
@@ -361,7 +362,9 @@ async fn leader_owns_the_vtep_config() {
     println!("recreated in {took:?}");
     assert!(took < Duration::from_secs(1), "recreate took {took:?}");
 
-    // A newer term written by someone else fences this leader out.
+    // A higher term written by hand (or left by a Lease that was since recreated) must
+    // not lock the leader out: it raises its Lease's term above it, then takes the
+    // object back within seconds.
     let fence = json!({"metadata": {"annotations": {vtep_config::TERM_ANNOTATION: "99"}}, "spec": {"endpoints": [{"name": "vpc-gateway", "tunnelEndpoint": "10.250.7.7", "cidr": "10.250.0.0/16", "mac": "02:00:00:00:00:07"}]}});
     api.patch(
         vtep_config::NAME,
@@ -370,11 +373,30 @@ async fn leader_owns_the_vtep_config() {
     )
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(
-        get().await.unwrap().data["spec"]["endpoints"][0]["tunnelEndpoint"],
-        "10.250.7.7",
-        "a fenced leader wrote"
+    let start = tokio::time::Instant::now();
+    let took = loop {
+        let o = get().await.unwrap();
+        if o.data["spec"]["endpoints"][0]["tunnelEndpoint"] == "10.250.3.111" {
+            break start.elapsed();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the leader never took the object back from term 99"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    println!("higher term taken over in {took:?}");
+    let o = get().await.unwrap();
+    let term: u32 = o.metadata.annotations.as_ref().unwrap()[vtep_config::TERM_ANNOTATION]
+        .parse()
+        .unwrap();
+    assert_eq!(term, 100, "the object's term must move above the one found");
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client(&server.admin_kubeconfig()).await, "hybrid-gateway");
+    let lease = leases.get("hybrid-gateway-leader").await.unwrap();
+    assert!(
+        lease.spec.unwrap().lease_transitions.unwrap_or(0) >= 100,
+        "the store's term must have been raised first"
     );
 
     cancel.cancel();

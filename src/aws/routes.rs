@@ -9,7 +9,7 @@ mod ec2;
 mod report;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_ec2::Client;
@@ -28,17 +28,31 @@ use report::{log_write, Counters};
 /// fixed instant in tests and tools.
 pub trait Deadline: Sync {
     fn remaining(&self) -> Duration;
+    /// An owned copy that follows the same deadline, for the check the SDK makes before
+    /// each attempt of a write.
+    fn to_shared(&self) -> Arc<dyn Deadline + Send>;
+    /// Whether there is any leadership to wait for: false once the caller stepped down, so
+    /// a call is refused at once instead of waiting for a renewal that cannot come.
+    fn leading(&self) -> bool {
+        true
+    }
 }
 
 impl Deadline for tokio::time::Instant {
     fn remaining(&self) -> Duration {
         self.saturating_duration_since(tokio::time::Instant::now())
     }
+    fn to_shared(&self) -> Arc<dyn Deadline + Send> {
+        Arc::new(*self)
+    }
 }
 
 impl Deadline for std::time::Instant {
     fn remaining(&self) -> Duration {
         self.saturating_duration_since(std::time::Instant::now())
+    }
+    fn to_shared(&self) -> Arc<dyn Deadline + Send> {
+        Arc::new(*self)
     }
 }
 
@@ -47,12 +61,25 @@ impl Deadline for crate::election::ElectionHandle {
     fn remaining(&self) -> Duration {
         crate::election::ElectionHandle::remaining(self)
     }
+    fn to_shared(&self) -> Arc<dyn Deadline + Send> {
+        Arc::new(self.clone())
+    }
+    fn leading(&self) -> bool {
+        self.leadership.borrow().is_leader()
+    }
 }
 
 /// Leadership in one term: nothing left once the term is over, even if a new one began.
 impl Deadline for crate::election::Term {
     fn remaining(&self) -> Duration {
         crate::election::Term::remaining(self)
+    }
+    fn to_shared(&self) -> Arc<dyn Deadline + Send> {
+        Arc::new(self.clone())
+    }
+    /// A term that is over has no renewal to wait for.
+    fn leading(&self) -> bool {
+        self.is_current()
     }
 }
 
@@ -368,7 +395,8 @@ impl RouteTables {
             if deadline.remaining() > self.settings.call_timeout {
                 return true;
             }
-            if tokio::time::Instant::now() >= give_up {
+            // Stepped down: no renewal is coming, and waiting would only delay shutdown.
+            if !deadline.leading() || tokio::time::Instant::now() >= give_up {
                 return false;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

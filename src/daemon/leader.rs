@@ -2,8 +2,10 @@
 //! DynamoDB lock — and the leader-only work that follows it.
 
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -42,25 +44,10 @@ pub struct LeaderInputs {
 }
 
 impl Election {
-    pub fn start(config: &Config, inputs: LeaderInputs) -> Self {
+    pub fn start(config: &Config, mut inputs: LeaderInputs) -> Self {
         let e = &config.election;
-        let timings = Timings {
-            lease_duration: e.lease_duration,
-            renew_deadline: e.renew_deadline,
-            retry_period: e.retry_period,
-        };
         // Half the renew deadline: a write must fit in the leadership time a renewal leaves.
         let request_timeout = config.kubernetes.request_timeout.min(e.renew_deadline / 2);
-        let lease = Elector::new(
-            LeaseLock::new(
-                inputs.kube.clone(),
-                &e.namespace,
-                &e.lease_name,
-                request_timeout,
-            ),
-            inputs.identity.clone(),
-            timings,
-        );
         let (publisher, handle) = election::channel();
         let election_cancel = CancellationToken::new();
         let leader_cancel = CancellationToken::new();
@@ -70,59 +57,27 @@ impl Election {
             &e.lease_name,
             election_cancel.clone(),
         );
-        let c = election_cancel.clone();
-        let contest = match (&e.dynamodb, inputs.dynamodb) {
-            (Some(d), Some(client)) => {
-                tracing::info!(identity = %inputs.identity, lease = %format!("{}/{}", e.namespace, e.lease_name), table = %d.table, "joining the election (Lease + DynamoDB lock)");
-                let lock_t = Timings {
-                    lease_duration: d.lease_duration,
-                    ..timings
-                };
-                let lock = Elector::new(
-                    DynamoDbLockStore::new(client, &d.table, &d.key, request_timeout),
-                    inputs.identity.clone(),
-                    lock_t,
-                );
-                let mut both = Combined { lease, lock };
-                Contest::Combined(tokio::spawn(async move {
-                    combined::run(&mut both, &publisher, Some(wake), c).await;
-                    both
-                }))
-            }
-            _ => {
-                tracing::info!(identity = %inputs.identity, lease = %format!("{}/{}", e.namespace, e.lease_name), "joining the election (Lease)");
-                let mut lease = lease;
-                Contest::Lease(tokio::spawn(async move {
-                    election::run(&mut lease, &publisher, Some(wake), c).await;
-                    lease
-                }))
-            }
-        };
-
-        let spec = vtep_config::VtepSpec {
-            tunnel_endpoint: inputs.node_ip,
-            mac: inputs.mac,
-            vpc_cidrs: config.gateway.vpc_cidrs.clone(),
-        };
-        let mut leader_work = vec![lease_watch];
-        leader_work.push(tokio::spawn(vtep_config::run(
-            inputs.kube,
-            spec,
-            inputs.identity,
-            handle.clone(),
+        let dynamodb = inputs.dynamodb.take();
+        let contest = spawn_contest(
+            config,
+            &inputs,
+            dynamodb,
             request_timeout,
-            leader_cancel.clone(),
-        )));
-        if let Some(r) = inputs.routes.clone() {
-            leader_work.push(tokio::spawn(r.run(handle.clone(), leader_cancel.clone())));
-        }
+            publisher,
+            wake,
+            election_cancel.clone(),
+        );
         let lock_in_use = matches!(contest, Contest::Combined(_));
-        leader_work.push(tokio::spawn(follow(
-            handle.clone(),
+        let routes = inputs.routes.clone();
+        let mut leader_work = vec![lease_watch];
+        leader_work.extend(spawn_leader_work(
+            config,
+            inputs,
+            &handle,
+            request_timeout,
             lock_in_use,
-            inputs.telemetry,
-            leader_cancel.clone(),
-        )));
+            &leader_cancel,
+        ));
         Election {
             contest,
             election_cancel,
@@ -130,7 +85,7 @@ impl Election {
             leader_cancel,
             request_timeout,
             handle,
-            routes: inputs.routes,
+            routes,
         }
     }
 
@@ -196,6 +151,106 @@ impl Election {
     }
 }
 
+/// The election itself: the Lease alone, or the Lease plus the DynamoDB lock.
+fn spawn_contest(
+    config: &Config,
+    inputs: &LeaderInputs,
+    dynamodb: Option<aws_sdk_dynamodb::Client>,
+    request_timeout: Duration,
+    publisher: election::ElectionPublisher,
+    wake: Arc<Notify>,
+    cancel: CancellationToken,
+) -> Contest {
+    let e = &config.election;
+    let timings = Timings {
+        lease_duration: e.lease_duration,
+        renew_deadline: e.renew_deadline,
+        retry_period: e.retry_period,
+    };
+    let lease = Elector::new(
+        LeaseLock::new(
+            inputs.kube.clone(),
+            &e.namespace,
+            &e.lease_name,
+            request_timeout,
+        ),
+        inputs.identity.clone(),
+        timings,
+    );
+    let name = format!("{}/{}", e.namespace, e.lease_name);
+    match (&e.dynamodb, dynamodb) {
+        (Some(d), Some(client)) => {
+            tracing::info!(identity = %inputs.identity, lease = %name, table = %d.table, "joining the election (Lease + DynamoDB lock)");
+            let lock_t = Timings {
+                lease_duration: d.lease_duration,
+                ..timings
+            };
+            let lock = Elector::new(
+                DynamoDbLockStore::new(client, &d.table, &d.key, request_timeout),
+                inputs.identity.clone(),
+                lock_t,
+            );
+            let mut both = Combined { lease, lock };
+            Contest::Combined(tokio::spawn(async move {
+                combined::run(&mut both, &publisher, Some(wake), cancel).await;
+                both
+            }))
+        }
+        _ => {
+            tracing::info!(identity = %inputs.identity, lease = %name, "joining the election (Lease)");
+            let mut lease = lease;
+            Contest::Lease(tokio::spawn(async move {
+                election::run(&mut lease, &publisher, Some(wake), cancel).await;
+                lease
+            }))
+        }
+    }
+}
+
+/// What the leader does (each part only while leading), and the status that follows it.
+fn spawn_leader_work(
+    config: &Config,
+    inputs: LeaderInputs,
+    handle: &ElectionHandle,
+    request_timeout: Duration,
+    lock_in_use: bool,
+    cancel: &CancellationToken,
+) -> Vec<JoinHandle<()>> {
+    let spec = vtep_config::VtepSpec {
+        tunnel_endpoint: inputs.node_ip,
+        mac: inputs.mac,
+        vpc_cidrs: config.gateway.vpc_cidrs.clone(),
+    };
+    let (fenced, fenced_rx) = tokio::sync::watch::channel(None);
+    let mut work = vec![
+        tokio::spawn(vtep_config::run(
+            inputs.kube,
+            spec,
+            inputs.identity,
+            handle.clone(),
+            request_timeout,
+            fenced,
+            cancel.clone(),
+        )),
+        tokio::spawn(follow_fence(
+            handle.clone(),
+            fenced_rx,
+            inputs.telemetry.clone(),
+            cancel.clone(),
+        )),
+    ];
+    if let Some(r) = inputs.routes {
+        work.push(tokio::spawn(r.run(handle.clone(), cancel.clone())));
+    }
+    work.push(tokio::spawn(follow(
+        handle.clone(),
+        lock_in_use,
+        inputs.telemetry,
+        cancel.clone(),
+    )));
+    work
+}
+
 /// Mirrors leadership into the status line and metrics.
 /// `lock_in_use`: with the DynamoDB lock, leading means holding it.
 async fn follow(
@@ -209,6 +264,32 @@ async fn follow(
         telemetry.leadership(&l, lock_in_use);
         tokio::select! {
             _ = cancel.cancelled() => return,
+            r = handle.leadership.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+/// Mirrors the CiliumVTEPConfig fence into readiness and the `vtepconfig_fenced` gauge;
+/// only a leader can be fenced.
+async fn follow_fence(
+    mut handle: ElectionHandle,
+    mut fenced: tokio::sync::watch::Receiver<Option<String>>,
+    telemetry: Telemetry,
+    cancel: CancellationToken,
+) {
+    loop {
+        let why = fenced
+            .borrow_and_update()
+            .clone()
+            .filter(|_| handle.leadership.borrow_and_update().is_leader());
+        telemetry
+            .metrics
+            .vtepconfig_fenced
+            .set(i64::from(why.is_some()));
+        telemetry.status.update(|s| s.vtepconfig_fenced = why);
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = fenced.changed() => if r.is_err() { return },
             r = handle.leadership.changed() => if r.is_err() { return },
         }
     }

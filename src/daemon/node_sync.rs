@@ -77,23 +77,21 @@ impl Target for NodeSync {
     type Error = DatapathError;
 
     async fn pass(&mut self) -> Result<Outcome, DatapathError> {
-        let resync = {
-            let c = self.config.borrow_and_update();
-            self.datapath
-                .set_pod_cidrs(c.gateway.hybrid_pod_cidrs.clone());
-            c.datapath.resync_interval
-        };
+        let config = self.config.borrow_and_update().clone();
         // Nothing is programmed before the first full node list: an empty set at start-up
         // would flush a kernel that is still forwarding for the previous process.
         let Some(set) = self.nodes.borrow_and_update().clone() else {
             return Ok(Outcome::idle());
         };
-        let r = self.datapath.reconcile(&set).await?;
+        let r = self
+            .datapath
+            .reconcile(&set, &config.gateway.hybrid_pod_cidrs)
+            .await?;
         self.reporter.report(&r);
         self.telemetry.datapath_reconciled(&r);
         let changes = r.report.changes() as u64;
         Ok(if r.report.errors.is_empty() {
-            Outcome::resync(changes, resync)
+            Outcome::resync(changes, config.datapath.resync_interval)
         } else {
             Outcome::retry(changes)
         })

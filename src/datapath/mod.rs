@@ -32,9 +32,9 @@ pub struct Datapath {
     device: std::sync::Mutex<Device>,
     vxlan: VxlanConfig,
     node_ip: Ipv4Addr,
-    /// What nodes must satisfy; its pod CIDRs are swapped by a config reload while the
-    /// reconcile loop runs, its own addresses refreshed on every pass.
-    policy: std::sync::Mutex<NodePolicy>,
+    /// What nodes must satisfy; each pass sets the pod CIDRs it is given and this host's
+    /// current addresses.
+    policy: NodePolicy,
     /// The nftables filter's fixed part (`None`: `[datapath] filter = false`).
     filter: Option<FilterSpec>,
 }
@@ -117,7 +117,7 @@ impl Datapath {
                 device: std::sync::Mutex::new(device),
                 vxlan: config.vxlan.clone(),
                 node_ip,
-                policy: std::sync::Mutex::new(policy),
+                policy,
                 filter,
             },
             changes,
@@ -169,27 +169,21 @@ impl Datapath {
         Ok((device, repairs))
     }
 
-    /// A changed `hybrid_pod_cidrs` takes effect at the next reconcile.
-    pub fn set_pod_cidrs(&self, pod_cidrs: Vec<Ipv4Net>) {
-        self.policy
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pod_cidrs = pod_cidrs;
-    }
-
     /// Makes the kernel match `nodes`: reads what is there, diffs, applies only the
     /// difference. Failed entries are in the report and are retried by the next pass.
-    pub async fn reconcile(&self, nodes: &[HybridNode]) -> Result<Reconciled> {
+    /// `pod_cidrs` is `gateway.hybrid_pod_cidrs` as the running configuration has it.
+    pub async fn reconcile(
+        &self,
+        nodes: &[HybridNode],
+        pod_cidrs: &[Ipv4Net],
+    ) -> Result<Reconciled> {
         let started = Instant::now();
         let (device, mut repairs) = self.check_host().await?;
         // Addresses come and go (a second ENI, a container bridge): a node may never claim
         // one this host holds right now.
         let own = self.nl.local_ipv4s().await?;
-        let mut policy = self
-            .policy
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let mut policy = self.policy.clone();
+        policy.pod_cidrs = pod_cidrs.to_vec();
         policy.own_addresses.extend(own);
         let (desired, rejected) = Desired::build_with(nodes, &policy);
         let actual = self.nl.read_vtep(device.index).await?;

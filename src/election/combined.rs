@@ -23,20 +23,8 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::decide::{self, Change, Lease, LockAction, LockState};
 use super::{jitter, ElectionPublisher, Elector, ErrorLog, LockError, LockStore};
-
-/// What the Lease loop last learned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Lease {
-    /// No round has finished yet: do not go for the lock on a guess.
-    Unknown,
-    /// We hold it.
-    Held,
-    /// The API answered and someone else validly holds it.
-    OtherHolds,
-    /// The API did not answer (or answered with an outage).
-    Unreachable,
-}
 
 #[derive(Debug, Clone)]
 struct LeaseView {
@@ -72,12 +60,7 @@ async fn lease_round<K: LockStore>(
     limit: Duration,
     errors: &mut ErrorLog,
 ) -> Lease {
-    match tokio::time::timeout(
-        limit,
-        lease.try_acquire_or_renew(Instant::now(), Timestamp::now()),
-    )
-    .await
-    {
+    match tokio::time::timeout(limit, lease.try_acquire_or_renew(Timestamp::now())).await {
         Ok(Ok(true)) => Lease::Held,
         Ok(Ok(false)) => Lease::OtherHolds,
         // An API that keeps answering with an error (RBAC) is reachable: it must not count
@@ -180,6 +163,8 @@ pub async fn run<K: LockStore, D: LockStore>(
     });
 }
 
+/// The DynamoDB lock's side. Only I/O and publishing here; every rule is in
+/// [`decide::LockState`].
 async fn lock_loop<D: LockStore>(
     lock: &mut Elector<D>,
     t: super::Timings,
@@ -193,132 +178,100 @@ async fn lock_loop<D: LockStore>(
         store: lock.store().describe(),
         last: None,
     };
-    // When the lock's current hold ends (start of the last successful renewal + renew deadline).
-    let mut acting_until: Option<Instant> = None;
-    let mut lease_without_lock_since: Option<Instant> = None;
+    let mut state = LockState::new(t, lock_t);
     loop {
         if cancel.is_cancelled() {
             publisher.standby(lock.observed_holder());
             return;
         }
         let v = view.borrow_and_update().clone();
-        let lease = match v.lease {
-            // The first Lease round has not finished: wait for it, but not forever.
-            Lease::Unknown if v.at.elapsed() <= t.renew_deadline => Lease::Unknown,
-            Lease::Unknown => Lease::Unreachable,
-            // What we learned long ago no longer says the API answers: treat it as unreachable.
-            _ if v.at.elapsed() > t.lease_duration => Lease::Unreachable,
-            l => l,
-        };
-        let acting = acting_until.is_some();
-
-        if lease == Lease::OtherHolds {
-            if acting || lock.is_leader() {
-                publisher.standby(v.holder.as_deref());
-                acting_until = None;
-                tracing::warn!(
-                    identity = lock.identity(),
-                    "stepped down: the Lease is held by {}",
-                    v.holder.as_deref().unwrap_or("someone else")
-                );
-                // Free the lock for the Lease holder now rather than at its expiry.
-                if let Ok(Err(e)) =
-                    tokio::time::timeout(lock_t.renew_deadline, lock.release(Timestamp::now()))
-                        .await
-                {
-                    errors.report(&e);
-                }
-            } else {
-                publisher.standby(v.holder.as_deref());
+        let started = Instant::now();
+        let lease = decide::judge_lease(v.lease, v.at, started, &t);
+        let action = state.action(lease, lock.is_leader(), started);
+        let round = match &action {
+            LockAction::Try { limit } => {
+                lock.raise_term(publisher.term_floor());
+                Some(super::round(lock, *limit, &mut errors).await)
+            }
+            LockAction::Observe => {
                 // Keep watching the lock: should this gateway get the Lease, its expiry
                 // clock for the old holder's lock is already running.
                 if let Ok(Err(e)) =
-                    tokio::time::timeout(lock_t.renew_deadline, lock.observe_only(Instant::now()))
-                        .await
+                    tokio::time::timeout(lock_t.renew_deadline, lock.observe_only()).await
                 {
                     errors.report(&e);
                 }
+                None
             }
-        } else if lease == Lease::Unknown {
-            // Nothing to do until the first Lease round reports.
-        } else {
-            let started = Instant::now();
-            let limit = acting_until.map_or(lock_t.renew_deadline, |u| {
-                u.saturating_duration_since(started)
-                    .min(lock_t.renew_deadline)
-            });
-            let held = match tokio::time::timeout(
-                limit,
-                lock.try_acquire_or_renew(started, Timestamp::now()),
-            )
-            .await
-            {
-                Ok(Ok(h)) => h,
-                Ok(Err(e)) => {
-                    errors.report(&e);
-                    false
-                }
-                Err(_) => {
-                    errors.report(&LockError::Unreachable(format!(
-                        "no answer within {limit:?}"
-                    )));
-                    false
-                }
-            };
-            if held {
-                let until = started + lock_t.renew_deadline;
-                if acting_until.is_none() {
-                    let term = lock.observed_term().unwrap_or(0);
-                    publisher.leader(Timestamp::now(), term, until);
-                    tracing::info!(identity = lock.identity(), term, lease = ?lease, "became leader (holding the DynamoDB lock)");
-                } else {
-                    publisher.extend(until);
-                }
-                acting_until = Some(until);
-                errors.last = None;
-            } else if !lock.is_leader() && acting_until.is_none() {
-                publisher.standby(lock.observed_holder());
-            }
-        }
-
-        // Stop acting the moment the hold runs out, whatever else happens.
-        if acting_until.is_some_and(|u| Instant::now() >= u) {
-            publisher.standby(lock.observed_holder().filter(|h| *h != lock.identity()));
-            acting_until = None;
-            tracing::warn!(
-                identity = lock.identity(),
-                "stepped down: could not renew the DynamoDB lock within the renew deadline"
-            );
-        }
-
-        // A Lease holder that cannot get the lock gives the Lease up after one lease.
-        if lease == Lease::Held && acting_until.is_none() {
-            let since = *lease_without_lock_since.get_or_insert_with(Instant::now);
-            // Longer than the lock's lease plus a round, so a lock that is just about to
-            // expire is taken rather than abandoned.
-            if since.elapsed() >= lock_t.lease_duration + t.retry_period {
-                give_up.notify_one();
-                lease_without_lock_since = None;
-            }
-        } else {
-            lease_without_lock_since = None;
-        }
-
-        let mut pause = if acting_until.is_some() {
-            lock_t.retry_period
-        } else {
-            jitter(lock_t.retry_period).min(t.retry_period)
+            LockAction::StepDown | LockAction::Wait => None,
         };
-        if let Some(u) = acting_until {
-            pause = pause.min(u.saturating_duration_since(Instant::now()));
+        let now = Instant::now();
+        let plan = state.settle(&action, lease, v.holder.as_deref(), started, round, now);
+        match &plan.change {
+            Change::None => {
+                if !state.acting() && !lock.is_leader() && matches!(action, LockAction::Try { .. })
+                {
+                    publisher.standby(lock.observed_holder());
+                } else if action == LockAction::Observe {
+                    publisher.standby(v.holder.as_deref());
+                }
+            }
+            Change::Became { until } => {
+                let term = lock.observed_term().unwrap_or(0);
+                publisher.leader(Timestamp::now(), term, *until);
+                tracing::info!(identity = lock.identity(), term, lease = ?lease, "became leader (holding the DynamoDB lock)");
+                errors.last = None;
+            }
+            Change::Extended { until } => {
+                let term = lock.observed_term().unwrap_or(0);
+                publisher.leader(Timestamp::now(), term, *until);
+                errors.last = None;
+            }
+            Change::SteppedDown(why) => {
+                let holder = match why {
+                    decide::StepDown::LeaseHeldBy(h) => h.clone(),
+                    _ => lock
+                        .observed_holder()
+                        .filter(|h| *h != lock.identity())
+                        .map(str::to_string),
+                };
+                publisher.standby(holder.as_deref());
+                tracing::warn!(identity = lock.identity(), "stepped down: {why}");
+            }
         }
-        if let Some(expiry) = lock.other_lease_expires_in(Instant::now()) {
-            pause = pause.min(expiry + Duration::from_millis(5));
+        if let Some(at) = plan.release_at {
+            // Free the lock for the Lease holder once nothing of ours can still be sent,
+            // rather than at its expiry.
+            tokio::select! {
+                _ = tokio::time::sleep_until(at) => {}
+                _ = cancel.cancelled() => continue,
+            }
+            if let Ok(Err(e)) =
+                tokio::time::timeout(lock_t.renew_deadline, lock.release(Timestamp::now())).await
+            {
+                errors.report(&e);
+            }
         }
+        if plan.give_up_lease {
+            give_up.notify_one();
+        }
+        let pause = state.pause(
+            jitter(lock_t.retry_period),
+            Instant::now(),
+            lock.other_lease_expires_in(Instant::now()),
+        );
+        let term_wanted = async {
+            match state.acting() {
+                true => publisher.term_requested().await,
+                false => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
             // A change of the Lease (e.g. we just got it, or lost it) is acted on at once.
             r = view.changed() => if r.is_err() { return },
+            // Leader work needs a higher term: renew now.
+            _ = term_wanted => {}
             _ = cancel.cancelled() => {}
         }
     }

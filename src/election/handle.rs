@@ -31,6 +31,12 @@ impl Term {
         }
     }
 
+    /// Asks the election to move the store's term above `seen` (see
+    /// [`ElectionHandle::raise_term_above`]); success ends this term and starts a higher one.
+    pub fn raise_term_above(&self, seen: u32) {
+        self.handle.raise_term_above(seen);
+    }
+
     /// Whether this process still leads, in this term.
     pub fn is_current(&self) -> bool {
         matches!(*self.handle.leadership.borrow(), Leadership::Leader { term, .. } if term == self.term)

@@ -20,6 +20,8 @@ pub struct LeaseLock {
     namespace: String,
     name: String,
     timeout: Duration,
+    /// Metadata of the Lease as last seen, carried into replaces.
+    kept: std::sync::Mutex<Option<Kept>>,
 }
 
 impl LeaseLock {
@@ -29,6 +31,7 @@ impl LeaseLock {
             namespace: namespace.to_string(),
             name: name.to_string(),
             timeout,
+            kept: std::sync::Mutex::new(None),
         }
     }
 
@@ -65,6 +68,29 @@ impl LeaseLock {
             ))),
         }
     }
+}
+
+impl LeaseLock {
+    /// The record of a Lease just read or written; remembers its metadata for the next
+    /// replace.
+    fn observed(&self, lease: Lease) -> Result<Observed, LockError> {
+        if let Ok(mut k) = self.kept.lock() {
+            *k = Some(Kept {
+                labels: lease.metadata.labels.clone(),
+                annotations: lease.metadata.annotations.clone(),
+                owner_references: lease.metadata.owner_references.clone(),
+            });
+        }
+        observed(lease)
+    }
+}
+
+/// What a Lease carries besides its spec that a replace must not drop.
+#[derive(Debug, Clone, Default)]
+struct Kept {
+    labels: Option<std::collections::BTreeMap<String, String>>,
+    annotations: Option<std::collections::BTreeMap<String, String>>,
+    owner_references: Option<Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>>,
 }
 
 fn observed(lease: Lease) -> Result<Observed, LockError> {
@@ -104,13 +130,13 @@ impl LockStore for LeaseLock {
     async fn get(&self) -> Result<Option<Observed>, LockError> {
         self.call(self.api.get_opt(&self.name))
             .await?
-            .map(observed)
+            .map(|l| self.observed(l))
             .transpose()
     }
 
     async fn create(&self, record: &LeaderRecord) -> Result<Observed, LockError> {
         let lease = self.lease(record, None);
-        observed(
+        self.observed(
             self.call(self.api.create(&PostParams::default(), &lease))
                 .await?,
         )
@@ -121,11 +147,27 @@ impl LockStore for LeaseLock {
         previous: &Observed,
         record: &LeaderRecord,
     ) -> Result<Observed, LockError> {
-        let lease = self.lease(record, Some(previous.version.clone()));
-        observed(
-            self.call(self.api.replace(&self.name, &PostParams::default(), &lease))
-                .await?,
-        )
+        let mut lease = self.lease(record, Some(previous.version.clone()));
+        // A replace sends the whole object: carry the labels, annotations and owners the
+        // Lease had when we last saw it, or they would be dropped. If they changed since,
+        // the resourceVersion makes this a 409 and the next round reads them afresh.
+        if let Some(kept) = self.kept.lock().ok().and_then(|k| k.clone()) {
+            lease.metadata.labels = kept.labels;
+            lease.metadata.annotations = kept.annotations;
+            lease.metadata.owner_references = kept.owner_references;
+        }
+        let params = PostParams::default();
+        let call = self.api.replace(&self.name, &params, &lease);
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(lease)) => self.observed(lease),
+            // Deleted since we read it: for us, as good as someone else having written.
+            Ok(Err(kube::Error::Api(s))) if s.code == 404 => Err(LockError::Conflict),
+            Ok(Err(e)) => Err(classify(e)),
+            Err(_) => Err(LockError::Unreachable(format!(
+                "no answer within {:?}",
+                self.timeout
+            ))),
+        }
     }
 
     fn describe(&self) -> String {

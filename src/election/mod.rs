@@ -3,12 +3,14 @@
 //! "am I leader, since when, which term" for leader-only work to follow.
 
 pub mod combined;
+pub mod decide;
 pub mod dynamodb;
 pub mod elector;
 mod handle;
 pub mod lease;
 pub mod record;
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +19,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use decide::{Change, Hold, Next, Round};
 pub use elector::{Elector, Timings};
 pub use handle::Term;
 pub use record::{LeaderRecord, LockError, LockStore, Observed};
@@ -39,11 +42,20 @@ impl Leadership {
 }
 
 /// What the election publishes. Leader work waits on `leadership` and, before every
-/// external write, checks [`ElectionHandle::remaining`] so no write can outlive the lease.
+/// external write, re-reads [`ElectionHandle::current`] (term and time left) so no write
+/// can outlive the lease or carry a term that is no longer ours.
 #[derive(Clone)]
 pub struct ElectionHandle {
     pub leadership: watch::Receiver<Leadership>,
     deadline: watch::Receiver<Option<Instant>>,
+    terms: Arc<TermRequests>,
+}
+
+/// Leader work asking the election to move the store's term above one it saw elsewhere.
+#[derive(Debug, Default)]
+struct TermRequests {
+    floor: AtomicU32,
+    bell: Notify,
 }
 
 impl ElectionHandle {
@@ -54,25 +66,53 @@ impl ElectionHandle {
             None => Duration::ZERO,
         }
     }
+
+    /// Leadership as of now: the term we act in and the time left, or `None` when not
+    /// acting. Read it right before each write, never once per term of office: a
+    /// Standby → Leader flap between two writes changes the term.
+    pub fn current(&self) -> Option<(u32, Duration)> {
+        // The publisher clears the deadline before it publishes Standby: time left read
+        // first and a Leader read second belong to one term of office.
+        let left = self.remaining();
+        match &*self.leadership.borrow() {
+            Leadership::Leader { term, .. } if !left.is_zero() => Some((*term, left)),
+            _ => None,
+        }
+    }
+
+    /// Asks the election to raise the store's term above `seen` (a term found on an
+    /// object we fence with) at its next renewal, which it makes at once. Only the holder
+    /// of the store's current version can do that, so a deposed leader asking gets
+    /// nothing: its conditional write fails and it steps down.
+    pub fn raise_term_above(&self, seen: u32) {
+        self.terms
+            .floor
+            .fetch_max(seen.saturating_add(1), Ordering::SeqCst);
+        self.terms.bell.notify_one();
+    }
 }
 
 /// The publishing side, owned by [`run`].
 pub struct ElectionPublisher {
     leadership: watch::Sender<Leadership>,
     deadline: watch::Sender<Option<Instant>>,
+    terms: Arc<TermRequests>,
 }
 
 pub fn channel() -> (ElectionPublisher, ElectionHandle) {
     let (ltx, lrx) = watch::channel(Leadership::Standby { leader: None });
     let (dtx, drx) = watch::channel(None);
+    let terms = Arc::new(TermRequests::default());
     (
         ElectionPublisher {
             leadership: ltx,
             deadline: dtx,
+            terms: terms.clone(),
         },
         ElectionHandle {
             leadership: lrx,
             deadline: drx,
+            terms,
         },
     )
 }
@@ -92,19 +132,38 @@ impl ElectionPublisher {
         });
     }
 
+    /// Acting until `until` in `term`. A term raised during office is published as such;
+    /// `since` stays that of the office.
     fn leader(&self, since: Timestamp, term: u32, until: Instant) {
-        self.deadline.send_replace(Some(until));
-        self.leadership.send_if_modified(|cur| {
-            if cur.is_leader() {
-                return false;
+        if let Leadership::Leader { term: cur, .. } = &*self.leadership.borrow() {
+            if *cur != term {
+                // The old term's writers must not see time left under the new term's
+                // deadline before they see the term change: clear, retitle, then extend.
+                self.deadline.send_replace(None);
             }
-            *cur = Leadership::Leader { since, term };
-            true
+        }
+        self.leadership.send_if_modified(|cur| match cur {
+            Leadership::Leader { term: t, .. } if *t == term => false,
+            Leadership::Leader { term: t, .. } => {
+                *t = term;
+                true
+            }
+            Leadership::Standby { .. } => {
+                *cur = Leadership::Leader { since, term };
+                true
+            }
         });
+        self.deadline.send_replace(Some(until));
     }
 
-    fn extend(&self, until: Instant) {
-        self.deadline.send_replace(Some(until));
+    /// The lowest term leader work asked for (see [`ElectionHandle::raise_term_above`]).
+    fn term_floor(&self) -> u32 {
+        self.terms.floor.load(Ordering::SeqCst)
+    }
+
+    /// Resolves when leader work asks for a higher term.
+    async fn term_requested(&self) {
+        self.terms.bell.notified().await
     }
 }
 
@@ -118,6 +177,8 @@ fn jitter(d: Duration) -> Duration {
 /// work told to stop (Standby published) but the lock *not* released: the caller releases
 /// it once leader work has actually stopped. `wake` (e.g. a watch on the Lease) makes a
 /// standby retry at once when the record changes, instead of at its next poll.
+///
+/// Only I/O and publishing here; every rule is in [`decide::solo`].
 pub async fn run<S: LockStore>(
     elector: &mut Elector<S>,
     publisher: &ElectionPublisher,
@@ -125,111 +186,109 @@ pub async fn run<S: LockStore>(
     cancel: CancellationToken,
 ) {
     let t = elector.timings();
-    let store = elector.store().describe();
-    let mut errors = ErrorLog { store, last: None };
+    let mut errors = ErrorLog {
+        store: elector.store().describe(),
+        last: None,
+    };
+    let mut hold = Hold::Standby;
     loop {
-        // Standby: try to acquire, every jittered retry period or when woken.
-        let acquired_at = loop {
-            if cancel.is_cancelled() {
+        if cancel.is_cancelled() {
+            publisher.standby(elector.observed_holder());
+            return;
+        }
+        let started = Instant::now();
+        let plan = match decide::round_limit(hold, started, &t) {
+            None => decide::deadline_passed(),
+            Some(limit) => {
+                elector.raise_term(publisher.term_floor());
+                let round = round(elector, limit, &mut errors).await;
+                decide::solo(hold, started, Instant::now(), round, &t)
+            }
+        };
+        hold = plan.hold;
+        publish(elector, publisher, &plan.change, &mut errors);
+        let pause = match plan.next {
+            Next::At(at) => at.saturating_duration_since(Instant::now()),
+            Next::Poll => decide::poll_pause(
+                jitter(t.retry_period),
+                elector.other_lease_expires_in(Instant::now()),
+            ),
+        };
+        // A standby retries when the Lease changes; a leader renews at once when leader
+        // work needs a higher term.
+        let woken = async {
+            match (&wake, hold) {
+                (Some(n), Hold::Standby) => n.notified().await,
+                (_, Hold::Leading { .. }) => publisher.term_requested().await,
+                (None, Hold::Standby) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = woken => {}
+            _ = cancel.cancelled() => {}
+        }
+    }
+}
+
+/// One try-acquire-or-renew within `limit`, errors logged.
+async fn round<S: LockStore>(
+    elector: &mut Elector<S>,
+    limit: Duration,
+    errors: &mut ErrorLog,
+) -> Round {
+    match tokio::time::timeout(limit, elector.try_acquire_or_renew(Timestamp::now())).await {
+        Ok(Ok(true)) => Round::Held,
+        Ok(Ok(false)) => Round::Lost,
+        Ok(Err(e)) => {
+            errors.report(&e);
+            Round::Failed
+        }
+        Err(_) => {
+            errors.report(&LockError::Unreachable(format!(
+                "no answer within {limit:?}"
+            )));
+            Round::TimedOut
+        }
+    }
+}
+
+/// Publishes a decision of the Lease-only loop and logs it.
+fn publish<S: LockStore>(
+    elector: &Elector<S>,
+    publisher: &ElectionPublisher,
+    change: &Change,
+    errors: &mut ErrorLog,
+) {
+    match change {
+        Change::None => {
+            if !elector.is_leader() {
                 publisher.standby(elector.observed_holder());
-                return;
             }
-            let started = Instant::now();
-            match tokio::time::timeout(
-                t.renew_deadline,
-                elector.try_acquire_or_renew(started, Timestamp::now()),
-            )
-            .await
-            {
-                Ok(Ok(true)) => break started,
-                Ok(Ok(false)) => publisher.standby(elector.observed_holder()),
-                Ok(Err(e)) => errors.report(&e),
-                Err(_) => errors.report(&LockError::Unreachable(format!(
-                    "no answer within {:?}",
-                    t.renew_deadline
-                ))),
-            }
-            let woken = async {
-                match &wake {
-                    Some(n) => n.notified().await,
-                    None => std::future::pending().await,
-                }
-            };
-            let mut pause = jitter(t.retry_period);
-            if let Some(expiry) = elector.other_lease_expires_in(Instant::now()) {
-                // A few ms past the expiry we measured, so the attempt is not early.
-                pause = pause.min(expiry + Duration::from_millis(5));
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
-                _ = woken => {}
-                _ = cancel.cancelled() => {}
-            }
-        };
-
-        let term = elector.observed_term().unwrap_or(0);
-        let mut valid_until = acquired_at + t.renew_deadline;
-        publisher.leader(Timestamp::now(), term, valid_until);
-        tracing::info!(identity = elector.identity(), term, "became leader");
-        errors.last = None;
-
-        // Leading: renew every retry period; stop acting when the renew deadline passes.
-        let mut next = acquired_at + t.retry_period;
-        let reason = loop {
-            tokio::select! {
-                _ = tokio::time::sleep_until(next.min(valid_until)) => {}
-                _ = cancel.cancelled() => {
-                    publisher.standby(Some(elector.identity()));
-                    return;
-                }
-            }
-            let started = Instant::now();
-            if started >= valid_until {
-                break format!(
-                    "could not renew within the renew deadline ({:?})",
-                    t.renew_deadline
-                );
-            }
-            match tokio::time::timeout(
-                valid_until - started,
-                elector.try_acquire_or_renew(started, Timestamp::now()),
-            )
-            .await
-            {
-                Ok(Ok(true)) => {
-                    valid_until = started + t.renew_deadline;
-                    publisher.extend(valid_until);
-                    next = started + t.retry_period;
-                    errors.last = None;
-                }
-                Ok(Ok(false)) => {
-                    break format!(
-                        "the lock is now held by {}",
-                        elector.observed_holder().unwrap_or("nobody")
-                    )
-                }
-                Ok(Err(e)) => {
-                    errors.report(&e);
-                    next = Instant::now() + t.retry_period;
-                }
-                Err(_) => {
-                    break format!(
-                        "could not renew within the renew deadline ({:?})",
-                        t.renew_deadline
-                    )
-                }
-            }
-        };
-        publisher.standby(
-            elector
-                .observed_holder()
-                .filter(|h| *h != elector.identity()),
-        );
-        tracing::warn!(
-            identity = elector.identity(),
-            term,
-            "stepped down: {reason}; still forwarding, campaigning again"
-        );
+        }
+        Change::Became { until } => {
+            let term = elector.observed_term().unwrap_or(0);
+            publisher.leader(Timestamp::now(), term, *until);
+            tracing::info!(identity = elector.identity(), term, "became leader");
+            errors.last = None;
+        }
+        Change::Extended { until } => {
+            let term = elector.observed_term().unwrap_or(0);
+            publisher.leader(Timestamp::now(), term, *until);
+            errors.last = None;
+        }
+        Change::SteppedDown(why) => {
+            publisher.standby(
+                elector
+                    .observed_holder()
+                    .filter(|h| *h != elector.identity()),
+            );
+            tracing::warn!(
+                identity = elector.identity(),
+                term = elector.observed_term().unwrap_or(0),
+                "stepped down: {why}; still forwarding, campaigning again"
+            );
+        }
     }
 }
 

@@ -4,19 +4,22 @@
 //!
 //! Written with server-side apply under our own field manager, so the `status` Cilium
 //! writes and fields other managers own are left alone. A term annotation fences out a
-//! deposed leader: nobody writes over a higher term, and the write carries the
-//! resourceVersion it checked.
+//! deposed leader: nobody writes over a term not below its own, and the write carries the
+//! resourceVersion it checked. A legitimate leader that finds a term at or above its own
+//! (its store was recreated or switched) raises the store's term above it first — see
+//! [`fence`].
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use futures::StreamExt;
 use ipnet::Ipv4Net;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::Api;
 use serde_json::{json, Value};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::CallError;
@@ -119,18 +122,50 @@ fn written_term(obj: &DynamicObject) -> Option<u32> {
         .ok()
 }
 
+/// The fence: may a leader in `term` named `identity` write over `obj`? Only over a lower
+/// term, or over its own writes in the same term. Anything else is either a newer leader
+/// (whose CR a deposed one must never overwrite) or a store that was reset under a
+/// legitimate leader (deleted Lease or lock item, another mode): in both cases the
+/// answer is to raise the store's term above the object's with a conditional write,
+/// which only the holder of the store's current version can make. The object's term
+/// therefore never goes backwards, and no reset can lock every future leader out.
+pub fn fence(obj: &DynamicObject, identity: &str, term: u32) -> Result<(), u32> {
+    let Some(found) = written_term(obj) else {
+        return Ok(());
+    };
+    let by = obj
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(LEADER_ANNOTATION))
+        .map(String::as_str);
+    if found < term || (found == term && by == Some(identity)) {
+        Ok(())
+    } else {
+        Err(found)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum VtepConfigError {
-    #[error("CiliumVTEPConfig {NAME} carries term {found}, newer than ours ({ours}): another gateway leads")]
+    #[error("CiliumVTEPConfig {NAME} carries term {found}, not below ours ({ours}): raising our term above it")]
     Fenced { found: u32, ours: u32 },
     #[error("not enough leadership left to write safely")]
     NoTimeLeft,
     #[error("CiliumVTEPConfig {NAME}: {0}")]
     Api(#[source] CallError),
+    #[error("CiliumVTEPConfig {NAME}: building the object: {0}")]
+    Body(#[source] serde_json::Error),
 }
 
-/// Reads, checks the fence, and applies if anything differs, as leader of `election`'s
+/// Reads, checks the fence, and writes if anything differs, as leader of `election`'s
 /// term. Returns whether it wrote.
+///
+/// The term's time left is read again right before the write: it is zero once that term
+/// is over (standby, or a Standby → Leader flap into a new term), so a term read once
+/// never writes after it ended. The write carries the resourceVersion it checked (or is a
+/// create that fails if someone created the object meanwhile), so nothing written since
+/// the check can be overwritten.
 pub async fn ensure(
     api: &Api<DynamicObject>,
     spec: &VtepSpec,
@@ -143,31 +178,44 @@ pub async fn ensure(
         .await
         .map_err(VtepConfigError::Api)?;
     if let Some(obj) = &current {
-        if let Some(found) = written_term(obj).filter(|t| *t > term) {
+        if let Err(found) = fence(obj, identity, term) {
+            election.raise_term_above(found);
             return Err(VtepConfigError::Fenced { found, ours: term });
         }
         if spec.satisfied_by(obj, identity, term) {
             return Ok(false);
         }
     }
-    if election.remaining() <= timeout {
+    // The moment of the write: this term still leads, with more time left than the write
+    // may take.
+    let left = election.remaining();
+    if left <= timeout {
         return Err(VtepConfigError::NoTimeLeft);
     }
     let mut body = spec.apply_body(identity, term);
-    if let Some(rv) = current
-        .as_ref()
-        .and_then(|o| o.metadata.resource_version.clone())
-    {
-        // Optimistic lock: if the object changed since we checked the fence, get 409 and retry.
-        body["metadata"]["resourceVersion"] = json!(rv);
+    let limit = timeout.min(left);
+    match current.and_then(|o| o.metadata.resource_version) {
+        Some(rv) => {
+            // Optimistic lock: if the object changed since we checked the fence, get 409 and retry.
+            body["metadata"]["resourceVersion"] = json!(rv);
+            let params = PatchParams::apply(FIELD_MANAGER).force();
+            super::timed(limit, api.patch(NAME, &params, &Patch::Apply(&body)))
+                .await
+                .map_err(VtepConfigError::Api)?;
+        }
+        None => {
+            // A create, not an apply: an apply would overwrite an object another leader
+            // created since our read; a create fails with 409 instead.
+            let obj: DynamicObject = serde_json::from_value(body).map_err(VtepConfigError::Body)?;
+            let params = PostParams {
+                field_manager: Some(FIELD_MANAGER.to_string()),
+                ..PostParams::default()
+            };
+            super::timed(limit, api.create(&params, &obj))
+                .await
+                .map_err(VtepConfigError::Api)?;
+        }
     }
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    super::timed(
-        timeout.min(election.remaining()),
-        api.patch(NAME, &params, &Patch::Apply(&body)),
-    )
-    .await
-    .map_err(VtepConfigError::Api)?;
     Ok(true)
 }
 
@@ -180,6 +228,7 @@ pub async fn run(
     identity: String,
     election: ElectionHandle,
     timeout: Duration,
+    fenced: watch::Sender<Option<String>>,
     cancel: CancellationToken,
 ) {
     let api: Api<DynamicObject> = Api::all_with(client, &api_resource());
@@ -190,6 +239,7 @@ pub async fn run(
             identity: identity.clone(),
             term,
             timeout,
+            fenced: fenced.clone(),
         };
         (writer, Wakeups::new().on_stream(changes(api.clone())))
     };
@@ -223,6 +273,8 @@ struct Writer {
     identity: String,
     term: Term,
     timeout: Duration,
+    /// Why the last pass was fenced; `None` once one was not.
+    fenced: watch::Sender<Option<String>>,
 }
 
 impl Target for Writer {
@@ -243,12 +295,16 @@ impl Target for Writer {
                 if wrote {
                     tracing::info!(term, endpoint = %self.spec.tunnel_endpoint, mac = %self.spec.mac, "CiliumVTEPConfig {NAME} applied");
                 }
+                self.fenced.send_replace(None);
                 Ok(Outcome::resync(u64::from(wrote), RESYNC))
             }
-            // Not a failure to retry: someone newer owns it; look again at the resync.
+            // The election raises the term at once, which ends this term and starts the
+            // next pass in the new one; if it cannot (deposed), it steps down. The retry
+            // is the fallback.
             Err(e @ VtepConfigError::Fenced { .. }) => {
-                tracing::warn!(term, "{e}; not writing");
-                Ok(Outcome::resync(0, RESYNC))
+                tracing::warn!(term, "{e}");
+                self.fenced.send_replace(Some(e.to_string()));
+                Ok(Outcome::retry(0))
             }
             Err(e) => Err(e),
         }

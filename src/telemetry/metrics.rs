@@ -38,6 +38,7 @@ pub struct Metrics {
     pub routes_left_alone: Gauge,
     pub leader_setup_duration_seconds: Histogram,
     pub dynamodb_lock_held: Gauge,
+    pub vtepconfig_fenced: Gauge,
     pub vxlan_interface_up: Gauge,
     pub vxlan_fdb_entries: Gauge,
     pub vxlan_route_count: Gauge,
@@ -160,6 +161,11 @@ impl Metrics {
             dynamodb_lock_held: reg!(
                 "dynamodb_lock_held",
                 "1 while this gateway holds the DynamoDB lock",
+                Gauge::default()
+            ),
+            vtepconfig_fenced: reg!(
+                "vtepconfig_fenced",
+                "1 while this leader may not write the CiliumVTEPConfig (its term is not above the one written there)",
                 Gauge::default()
             ),
             vxlan_interface_up: reg!(

@@ -50,15 +50,22 @@ pub struct StatusSnapshot {
     pub route_tables_total: usize,
     pub route_tables_in_sync: usize,
     pub route_tables_degraded: Vec<String>,
+    /// Why this leader may not write the CiliumVTEPConfig right now, if it may not.
+    #[serde(default)]
+    pub vtepconfig_fenced: Option<String>,
     pub parts: BTreeMap<String, PartStatus>,
     pub last_errors: VecDeque<String>,
 }
 
 impl StatusSnapshot {
-    /// Ready to carry traffic: the device is up, the first node sync is applied and we
-    /// know who we are.
+    /// Ready to carry traffic: the device is up, the first node sync is applied, we know
+    /// who we are, and — when leading — hybrid nodes can be pointed at us (the
+    /// CiliumVTEPConfig is not fenced against us).
     pub fn ready(&self) -> bool {
-        self.device_up && self.nodes_synced && self.identity_known
+        self.device_up
+            && self.nodes_synced
+            && self.identity_known
+            && self.vtepconfig_fenced.is_none()
     }
 
     /// Every supervised part is running.
@@ -74,7 +81,13 @@ impl StatusSnapshot {
             if self.nodes_programmed == 1 { "" } else { "s" }
         );
         let mut parts = Vec::new();
-        if !self.ready() {
+        if let Some(why) = self
+            .vtepconfig_fenced
+            .as_deref()
+            .filter(|_| self.role == Role::Leader)
+        {
+            parts.push(format!("leader, fenced: {why}"));
+        } else if !(self.device_up && self.nodes_synced && self.identity_known) {
             let mut waiting = Vec::new();
             if !self.device_up {
                 waiting.push("device");

@@ -15,7 +15,10 @@ Control endpoints (JSON):
   GET  /__calls  {"DescribeRouteTables": 2, ...} - every call since the last
         reset, faulted ones included (the daemon did make them).
   GET  /__faults {"pending": [rules...], "injected": {"ReplaceRoute": 1}}
-  POST /__reset  clears counts and pending rules.
+  GET  /__arrivals [{"action": "CreateRoute", "t": 1764460000.123, "from": "127.0.0.1"}, ...]
+        every call in arrival order with the wall-clock time (epoch seconds) the
+        whole request had arrived, so tests can assert *when* writes reached EC2.
+  POST /__reset  clears counts, arrivals and pending rules.
 """
 import argparse
 import http.client
@@ -37,10 +40,12 @@ class State:
     def __init__(self):
         self.lock = threading.Lock()
         self.calls, self.injected, self.rules = Counter(), Counter(), []
+        self.arrivals = []
 
-    def take_rule(self, action):
+    def take_rule(self, action, arrived, sender):
         with self.lock:
             self.calls[action] += 1
+            self.arrivals.append({"action": action, "t": arrived, "from": sender})
             for rule in self.rules:
                 if rule["action"] in ("*", action):
                     rule["count"] -= 1
@@ -87,6 +92,7 @@ class Handler(BaseHTTPRequestHandler):
     def handle_any(self):
         st = self.server.state
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        arrived = time.time()
         path = urllib.parse.urlsplit(self.path).path
 
         if path == "/__calls" and self.command == "GET":
@@ -95,9 +101,12 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/__faults" and self.command == "GET":
             with st.lock:
                 return self.send_json({"pending": st.rules, "injected": dict(st.injected)})
+        if path == "/__arrivals" and self.command == "GET":
+            with st.lock:
+                return self.send_json(list(st.arrivals))
         if path == "/__reset" and self.command == "POST":
             with st.lock:
-                st.calls.clear(); st.injected.clear(); st.rules.clear()
+                st.calls.clear(); st.injected.clear(); st.rules.clear(); st.arrivals.clear()
             return self.send_json({"ok": True})
         if path == "/__fault" and self.command == "POST":
             try:
@@ -112,7 +121,7 @@ class Handler(BaseHTTPRequestHandler):
             return self.send_json({"ok": True, "rule": rule})
 
         action = action_of(self.path, body)
-        rule = st.take_rule(action)
+        rule = st.take_rule(action, arrived, self.client_address[0])
         if rule:
             time.sleep(rule.get("delay_ms", 0) / 1000)
             if rule["status"]:

@@ -190,6 +190,28 @@ impl Peers {
         serde_json::from_str(&body).expect("/__calls is JSON")
     }
 
+    /// Every EC2 call through the fault proxy since the last reset, in arrival order:
+    /// (Action, wall-clock arrival time at the proxy).
+    pub fn arrivals(&self) -> Vec<(String, std::time::SystemTime)> {
+        let (status, body) = http(
+            "GET",
+            &format!("{}/__arrivals", self.var("FAULT_PROXY_URL")),
+            "",
+        );
+        assert_eq!(status, 200, "GET /__arrivals: {body}");
+        let list: Vec<serde_json::Value> =
+            serde_json::from_str(&body).expect("/__arrivals is JSON");
+        list.iter()
+            .map(|a| {
+                let t = a["t"].as_f64().expect("arrival time");
+                (
+                    a["action"].as_str().unwrap_or("-").to_string(),
+                    std::time::UNIX_EPOCH + Duration::from_secs_f64(t),
+                )
+            })
+            .collect()
+    }
+
     pub fn reset(&self) {
         let (status, body) = http(
             "POST",

@@ -1,8 +1,16 @@
 //! The EC2 calls of the reconciler: paginated, filtered reads of the managed tables and
 //! of the gateways the ownership guard trusts, and single route writes. Every call is
-//! bounded by the call timeout and starts only with enough leadership left.
+//! bounded by the call timeout and starts only with enough leadership left; every
+//! attempt of a write is sent only with enough leadership left.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_ec2::config::interceptors::BeforeTransmitInterceptorContextRef;
+use aws_sdk_ec2::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_sdk_ec2::error::BoxError;
 
 use aws_sdk_ec2::types::{Filter, Route, RouteOrigin, RouteState};
 use ipnet::Ipv4Net;
@@ -218,7 +226,8 @@ impl RouteTables {
     }
 
     /// One CreateRoute / ReplaceRoute / DeleteRoute, bounded by the call timeout and
-    /// refused when leadership would not outlast it.
+    /// refused when leadership would not outlast it — checked before the call and again by
+    /// [`LeadershipGate`] right before each attempt (the SDK's retries included) is sent.
     pub(super) async fn write(
         &self,
         kind: WriteKind,
@@ -233,6 +242,8 @@ impl RouteTables {
         }
         counters.bump(counter_of(kind));
         let timeout = self.settings.call_timeout;
+        let gate = LeadershipGate::new(deadline, timeout);
+        let withheld = gate.tripped.clone();
         let dest = cidr.to_string();
         let result = match kind {
             WriteKind::Create => {
@@ -242,6 +253,8 @@ impl RouteTables {
                     .route_table_id(table)
                     .destination_cidr_block(dest)
                     .network_interface_id(eni)
+                    .customize()
+                    .interceptor(gate)
                     .send();
                 tokio::time::timeout(timeout, call)
                     .await
@@ -254,6 +267,8 @@ impl RouteTables {
                     .route_table_id(table)
                     .destination_cidr_block(dest)
                     .network_interface_id(eni)
+                    .customize()
+                    .interceptor(gate)
                     .send();
                 tokio::time::timeout(timeout, call)
                     .await
@@ -265,13 +280,79 @@ impl RouteTables {
                     .delete_route()
                     .route_table_id(table)
                     .destination_cidr_block(dest)
+                    .customize()
+                    .interceptor(gate)
                     .send();
                 tokio::time::timeout(timeout, call)
                     .await
                     .map(|r| r.map(drop).map_err(|e| sdk_failure(&e)))
             }
         };
+        if withheld.load(Ordering::SeqCst) {
+            return Err(Failure::Withheld);
+        }
         result.unwrap_or_else(|_| Err(Failure::Other(format!("no answer within {timeout:?}"))))
+    }
+}
+
+/// Stops an attempt of a route write at the last moment before it is handed to the HTTP
+/// client — the first attempt or any SDK retry — unless leadership still outlasts a whole
+/// call. Checking only before `send()` is not enough: a retry after a throttled first
+/// attempt, or a process stopped or starved between the check and the send, would put
+/// the write on the wire after another gateway took over. (What no in-process check can
+/// close is a stop between this hook and the socket write: microseconds of CPU, not the
+/// seconds of a retry backoff or a call timeout.)
+struct LeadershipGate {
+    deadline: Arc<dyn Deadline + Send>,
+    needed: Duration,
+    tripped: Arc<AtomicBool>,
+}
+
+impl LeadershipGate {
+    fn new(deadline: &dyn Deadline, needed: Duration) -> Self {
+        LeadershipGate {
+            deadline: deadline.to_shared(),
+            needed,
+            tripped: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+impl std::fmt::Debug for LeadershipGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeadershipGate")
+            .field("needed", &self.needed)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("route write withheld: {left:?} of leadership left, an attempt may take {needed:?}")]
+struct AttemptWithheld {
+    left: Duration,
+    needed: Duration,
+}
+
+impl Intercept for LeadershipGate {
+    fn name(&self) -> &'static str {
+        "LeadershipGate"
+    }
+
+    fn read_before_transmit(
+        &self,
+        _context: &BeforeTransmitInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let left = self.deadline.remaining();
+        if left > self.needed {
+            return Ok(());
+        }
+        self.tripped.store(true, Ordering::SeqCst);
+        Err(Box::new(AttemptWithheld {
+            left,
+            needed: self.needed,
+        }))
     }
 }
 

@@ -1,3 +1,4 @@
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -13,6 +14,9 @@ struct MemStore {
 }
 
 impl MemStore {
+    fn delete(&self) {
+        *self.state.lock().unwrap() = None;
+    }
     fn overwrite(&self, f: impl FnOnce(&mut LeaderRecord)) {
         let mut s = self.state.lock().unwrap();
         let (rec, v) = s.as_mut().unwrap();
@@ -73,9 +77,7 @@ const T: Timings = Timings {
 };
 
 async fn tick<S: LockStore>(e: &mut Elector<S>) -> bool {
-    e.try_acquire_or_renew(Instant::now(), Timestamp::now())
-        .await
-        .unwrap()
+    e.try_acquire_or_renew(Timestamp::now()).await.unwrap()
 }
 
 #[tokio::test(start_paused = true)]
@@ -196,4 +198,169 @@ async fn creating_on_an_empty_store_and_losing_the_create_race() {
     assert!(tick(&mut a).await);
     assert!(a.is_leader());
     assert_eq!(a.observed_term(), Some(0));
+}
+
+/// A store whose reads take as long as the test says: the read happens (the record is
+/// taken) at the *end* of the delay, as a GET answered late reflects the store as of late.
+struct SlowReads<'a> {
+    inner: &'a MemStore,
+    delays: Mutex<VecDeque<Duration>>,
+}
+
+impl<'a> SlowReads<'a> {
+    fn new(inner: &'a MemStore, delays: &[Duration]) -> Self {
+        SlowReads {
+            inner,
+            delays: Mutex::new(delays.iter().copied().collect()),
+        }
+    }
+}
+
+impl LockStore for &SlowReads<'_> {
+    async fn get(&self) -> Result<Option<Observed>, LockError> {
+        let delay = self.delays.lock().unwrap().pop_front().unwrap_or_default();
+        tokio::time::sleep(delay).await;
+        LockStore::get(&self.inner).await
+    }
+    async fn create(&self, record: &LeaderRecord) -> Result<Observed, LockError> {
+        LockStore::create(&self.inner, record).await
+    }
+    async fn update(
+        &self,
+        previous: &Observed,
+        record: &LeaderRecord,
+    ) -> Result<Observed, LockError> {
+        LockStore::update(&self.inner, previous, record).await
+    }
+    fn describe(&self) -> String {
+        "slow memory".into()
+    }
+}
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+/// Finding 1 of issue 10. A standby's GET is sent at S = 0 and answered 1 s later (the
+/// store timeout with the default timings), after the leader renewed at 0.9 s. Had the
+/// standby stamped its observation at S, it would take over at 3 s while the leader —
+/// with `renew_deadline = "2.5s"`, which config used to accept — acts until 3.4 s. The
+/// observation is stamped when the read returns (1 s), so the standby waits until 4 s.
+#[tokio::test(start_paused = true)]
+async fn a_slow_read_starts_the_standbys_clock_when_it_returns_not_when_it_was_sent() {
+    const T25: Timings = Timings {
+        lease_duration: Duration::from_secs(3),
+        renew_deadline: Duration::from_millis(2500),
+        retry_period: Duration::from_secs(1),
+    };
+    let store = MemStore::default();
+    let slow = SlowReads::new(&store, &[ms(1000)]);
+    let mut a = Elector::new(&store, "a".into(), T25);
+    let mut b = Elector::new(&slow, "b".into(), T25);
+    let t0 = Instant::now();
+    assert!(tick(&mut a).await);
+    let (b_won, renewed_at) = tokio::join!(tick(&mut b), async {
+        tokio::time::sleep(ms(900)).await;
+        let started = Instant::now();
+        assert!(tick(&mut a).await);
+        started
+    });
+    assert!(!b_won);
+    assert_eq!(Instant::now() - t0, ms(1000));
+    // a now stops renewing (crashed or paused); it acts until its last renewal's start +
+    // renew deadline.
+    let a_acts_until = renewed_at + T25.renew_deadline;
+    tokio::time::sleep_until(t0 + ms(3050)).await;
+    assert!(Instant::now() < a_acts_until);
+    assert!(
+        !tick(&mut b).await,
+        "b took over at {:?} while a acts until {:?}",
+        Instant::now() - t0,
+        a_acts_until - t0
+    );
+    tokio::time::sleep_until(t0 + ms(4001)).await;
+    assert!(
+        tick(&mut b).await,
+        "b must take over one lease after its read returned"
+    );
+}
+
+/// Finding 6 of issue 10: an edit that changes only the object's version (a label on the
+/// Lease) is no renewal and must not restart the standby's clock (client-go compares the
+/// record, not the resourceVersion).
+#[tokio::test(start_paused = true)]
+async fn an_edit_that_leaves_the_record_alone_does_not_restart_the_clock() {
+    let store = MemStore::default();
+    let mut a = Elector::new(&store, "a".into(), T);
+    let mut b = Elector::new(&store, "b".into(), T);
+    assert!(tick(&mut a).await);
+    assert!(!tick(&mut b).await);
+    advance(ms(2000)).await;
+    store.overwrite(|_| {}); // new version, same record
+    assert!(!tick(&mut b).await);
+    advance(ms(1100)).await;
+    assert!(
+        tick(&mut b).await,
+        "the label edit restarted the clock: takeover delayed"
+    );
+}
+
+/// Finding 6 of issue 10: a renewal that timed out but landed leaves the leader a version
+/// behind; its release must still free the record instead of failing with a conflict.
+#[tokio::test(start_paused = true)]
+async fn release_after_a_renewal_that_landed_unseen_still_frees_the_record() {
+    let store = MemStore::default();
+    let mut a = Elector::new(&store, "a".into(), T);
+    assert!(tick(&mut a).await);
+    // The "lost" renewal: the store moved on, still naming a.
+    store.overwrite(|r| r.renew_time = Some(Timestamp::now()));
+    assert!(a.release(Timestamp::now()).await.unwrap());
+    assert_eq!(store.record().holder, "");
+}
+
+/// A deleted record (kubectl delete lease, the lock item gone) must not let a standby act
+/// while the holder it saw may still act; and the term carries on from what it saw.
+#[tokio::test(start_paused = true)]
+async fn a_deleted_record_is_recreated_only_after_the_holders_lease_and_keeps_counting() {
+    let store = MemStore::default();
+    let mut a = Elector::new(&store, "a".into(), T);
+    let mut b = Elector::new(&store, "b".into(), T);
+    assert!(tick(&mut a).await);
+    a.raise_term(6);
+    assert!(tick(&mut a).await);
+    assert_eq!(store.record().transitions, 6);
+    assert!(!tick(&mut b).await);
+    store.delete();
+    advance(ms(1000)).await;
+    assert!(
+        !tick(&mut b).await,
+        "b recreated the record while a may still act"
+    );
+    advance(ms(2100)).await;
+    assert!(tick(&mut b).await);
+    assert_eq!(
+        (store.record().holder.as_str(), store.record().transitions),
+        ("b", 7)
+    );
+}
+
+/// The fence's lever: a raised term is written at the next renewal (conditionally, like
+/// every write), and later holders count on from it.
+#[tokio::test(start_paused = true)]
+async fn a_raised_term_is_written_by_the_holder_and_counted_on_by_the_next() {
+    let store = MemStore::default();
+    let mut a = Elector::new(&store, "a".into(), T);
+    let mut b = Elector::new(&store, "b".into(), T);
+    assert!(tick(&mut a).await);
+    a.raise_term(41);
+    assert!(tick(&mut a).await);
+    assert_eq!(a.observed_term(), Some(41));
+    // A deposed holder cannot raise: its conditional write fails.
+    assert!(!tick(&mut b).await);
+    advance(ms(3100)).await;
+    assert!(tick(&mut b).await);
+    assert_eq!(store.record().transitions, 42);
+    a.raise_term(99);
+    assert!(!tick(&mut a).await);
+    assert_eq!(store.record().transitions, 42);
 }
