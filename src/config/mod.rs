@@ -124,9 +124,14 @@ impl Config {
             self.vxlan.interface,
             self.vxlan.vni,
             self.vxlan.port,
-            self.vxlan
-                .mtu
-                .map_or_else(|| "auto".to_string(), |m| m.to_string()),
+            self.vxlan.mtu.map_or_else(
+                || format!(
+                    "{} (underlay_mtu {})",
+                    self.vxlan.underlay_mtu - crate::datapath::vxlan::VXLAN_OVERHEAD,
+                    self.vxlan.underlay_mtu
+                ),
+                |m| m.to_string()
+            ),
         )
     }
 }
