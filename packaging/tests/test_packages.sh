@@ -124,7 +124,7 @@ for name in ("tokio", "rtnetlink", "aws-sdk-ec2", "kube-client", "axum", "hyper"
     assert c["licenses"] and c["hashes"][0]["content"] == lock[name]["checksum"], c
 assert all("licenses" in c for c in comps.values()), [n for n, c in comps.items() if "licenses" not in c]
 refs = {d["ref"] for d in b["dependencies"]}
-assert f"pkg:cargo/hybrid-gateway@{sys.argv[2]}" in refs and len(refs) == len(comps) + 1
+assert f"pkg:cargo/hybrid-gateway@{sys.argv[2]}" in refs and len(refs) == len(b["components"]) + 1
 PY
 for f in packaging/*.json packaging/*.yaml packaging/kubernetes/*.yaml; do
   [[ -e "$f" ]] || continue
