@@ -30,16 +30,16 @@ build() {
     [[ -x $goroot/bin/go ]] || die "no Go 1.19 at $goroot (set HGW_GOROOT)"
     [[ -f $tree/vendor/github.com/modern-go/reflect2/go_above_118.go ]] \
         || die "the tree lacks the reflect2 1.0.2 replacement of apiserver.sh"
-    local gopath
-    gopath=$(mktemp -d)
-    trap 'rm -rf "$gopath"' EXIT
-    mkdir -p "$gopath/src/k8s.io" "$tree/cmd/hgw-clientgo-peer"
-    ln -s "$tree" "$gopath/src/k8s.io/kubernetes"
+    # global: the EXIT trap runs after this function returned
+    GOPATH_DIR=$(mktemp -d)
+    trap 'rm -rf "$GOPATH_DIR"' EXIT
+    mkdir -p "$GOPATH_DIR/src/k8s.io" "$tree/cmd/hgw-clientgo-peer"
+    ln -s "$tree" "$GOPATH_DIR/src/k8s.io/kubernetes"
     cp "$SRC" "$tree/cmd/hgw-clientgo-peer/main.go"
     mkdir -p "$(dirname "$BIN")"
     (
-        cd "$gopath/src/k8s.io/kubernetes"
-        GOPATH="$gopath" GO111MODULE=off GOROOT="$goroot" CGO_ENABLED=0 GOFLAGS= \
+        cd "$GOPATH_DIR/src/k8s.io/kubernetes"
+        GOPATH="$GOPATH_DIR" GO111MODULE=off GOROOT="$goroot" CGO_ENABLED=0 GOFLAGS= \
             GOCACHE="$CACHE_ROOT/k8s/clientgo-gocache" \
             nice -n 10 "$goroot/bin/go" build -o "$BIN.tmp" ./cmd/hgw-clientgo-peer
     )
