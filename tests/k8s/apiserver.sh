@@ -98,6 +98,10 @@ binaries_ok() {
     "$BIN_DIR/kube-apiserver" --version 2>/dev/null | grep -qx "Kubernetes $K8S_VERSION" || return 1
     "$BIN_DIR/kubectl" version --client --short 2>/dev/null | grep -q "$K8S_VERSION" || return 1
     "$BIN_DIR/etcd" --version >/dev/null 2>&1 || return 1
+    # The client-go election peer (tests/interop.rs) is built from the same tree, which is
+    # deleted after the build: a missing or stale peer means building again.
+    [[ -x $BIN_DIR/clientgo-peer && -f $BIN_DIR/clientgo-peer.stamp ]] || return 1
+    [[ $(<"$BIN_DIR/clientgo-peer.stamp") == $(sha256sum "$REPO_ROOT/tests/k8s/clientgo-peer/main.go" | cut -d' ' -f1) ]] || return 1
 }
 
 cmd_build() {
@@ -230,6 +234,8 @@ EOF
     mv -f "$BIN_DIR/.etcd.tmp" "$BIN_DIR/etcd"
     printf '%s\n' "$BUILD_STAMP" >"$BIN_DIR/BUILD_STAMP"
 
+    # While the tree and its Go are here: the client-go leader-election peer.
+    HGW_K8S_TREE="$src" HGW_GOROOT="$goroot" "$REPO_ROOT/tests/k8s/clientgo.sh" build >/dev/null
     binaries_ok || die "built binaries do not run"
     if [[ ${HYBRID_GW_K8S_KEEP_WORK:-0} != 1 ]]; then
         rm -rf "$WORK"

@@ -5,9 +5,9 @@
 #
 #   clientgo.sh build   → prints the binary's path
 #
-# Needs the source tree and Go 1.19 that `tests/k8s/apiserver.sh build` unpacks: run that
-# with HYBRID_GW_K8S_KEEP_WORK=1 (it deletes its work dir otherwise), or point
-# HGW_K8S_TREE / HGW_GOROOT at a kept copy.
+# `tests/k8s/apiserver.sh build` builds it while it has the source tree and Go 1.19
+# unpacked (and rebuilds when this peer's source changed); called without a tree, this
+# script asks apiserver.sh to do so. HGW_K8S_TREE / HGW_GOROOT point at a kept copy.
 set -euo pipefail
 
 CACHE_ROOT="${HYBRID_GW_CACHE:-$HOME/.cache/hybrid-gateway}"
@@ -26,6 +26,14 @@ build() {
     fi
     local tree="${HGW_K8S_TREE:-}" goroot="${HGW_GOROOT:-$WORK/root/usr/lib/go-1.19}"
     [[ -n $tree ]] || tree=$(find "$WORK/src" -mindepth 1 -maxdepth 1 -type d -name 'kubernetes-*' 2>/dev/null | head -n1)
+    if [[ -z $tree && -z ${HGW_K8S_TREE:-} ]]; then
+        # No tree (apiserver.sh deletes it after building): its build builds this peer too,
+        # and a missing or stale peer makes it build again (once, under its lock).
+        "$HERE/apiserver.sh" build >&2
+        if [[ -x $BIN && -f $BIN.stamp && $(cat "$BIN.stamp") == "$stamp" ]]; then
+            echo "$BIN"; return
+        fi
+    fi
     [[ -n $tree && -d $tree/vendor/k8s.io/client-go ]] || die "no kubernetes source tree (run HYBRID_GW_K8S_KEEP_WORK=1 tests/k8s/apiserver.sh build, or set HGW_K8S_TREE)"
     [[ -x $goroot/bin/go ]] || die "no Go 1.19 at $goroot (set HGW_GOROOT)"
     [[ -f $tree/vendor/github.com/modern-go/reflect2/go_above_118.go ]] \
