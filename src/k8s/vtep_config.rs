@@ -525,4 +525,66 @@ mod tests {
         obj.data["spec"]["endpoints"][0]["mac"] = json!("02:00:00:00:00:02");
         assert!(!s.satisfied_by(&obj, "gw-a", 3), "drift must be seen");
     }
+
+    #[test]
+    fn names_follow_the_reference() {
+        assert_eq!(endpoint_name(0, 1), "vpc-gateway");
+        assert_eq!(endpoint_name(0, 3), "vpc-gateway-0");
+        assert_eq!(endpoint_name(2, 3), "vpc-gateway-2");
+        for n in [
+            "vpc-gateway",
+            "vpc-gateway-0",
+            "vpc-gateway-2",
+            "vpc-gateway-17",
+        ] {
+            assert!(is_gateway_name(n), "{n}");
+        }
+        for n in [
+            "vpc-gateway-",
+            "vpc-gateway-a",
+            "vpc-gatewayx",
+            "onprem",
+            "vpc-gateway-1-b",
+        ] {
+            assert!(!is_gateway_name(n), "{n}");
+        }
+    }
+
+    #[test]
+    fn foreign_and_earlier_gateway_entries_are_stale_unrelated_ones_stay() {
+        let s = spec();
+        let mut found = s.endpoints();
+        let go = json!({"name": "vpc-gateway", "tunnelEndpoint": "10.250.8.8", "cidr": "10.250.0.0/16", "mac": "b2:00:00:00:08:08"});
+        let dup = json!({"name": "legacy", "tunnelEndpoint": "10.250.8.8", "cidr": "10.251.0.0/16", "mac": "b2:00:00:00:08:08"});
+        let other = json!({"name": "onprem", "tunnelEndpoint": "192.0.2.1", "cidr": "10.9.0.0/16", "mac": "02:00:00:00:00:01"});
+        found.insert(0, go.clone());
+        found.push(dup.clone());
+        found.push(other.clone());
+        assert_eq!(s.stale(&found), vec![&go, &dup]);
+        let mut want = vec![other];
+        want.extend(s.endpoints());
+        assert_eq!(s.merged_endpoints(&found), want);
+        // Drift on one of our names is corrected in place by the apply, not removed.
+        let mut drift = s.endpoints();
+        drift[0]["mac"] = json!("02:00:00:00:00:09");
+        assert!(s.stale(&drift).is_empty());
+    }
+
+    #[test]
+    fn status_only_versions_do_not_wake() {
+        let mut obj = DynamicObject::new(NAME, &api_resource());
+        obj.metadata.uid = Some("u1".into());
+        obj.metadata.generation = Some(1);
+        let mut seen = SpecKey::default();
+        assert!(seen.update(&obj));
+        obj.metadata.resource_version = Some("7".into());
+        obj.data["status"] = json!({"endpointCount": 1});
+        assert!(!seen.update(&obj), "a status write");
+        obj.metadata.annotations = Some([(TERM_ANNOTATION.to_string(), "9".to_string())].into());
+        assert!(seen.update(&obj), "an annotation (the fence) changed");
+        obj.metadata.generation = Some(2);
+        assert!(seen.update(&obj), "the spec changed");
+        obj.metadata.uid = Some("u2".into());
+        assert!(seen.update(&obj), "recreated");
+    }
 }
