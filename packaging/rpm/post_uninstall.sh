@@ -12,3 +12,8 @@ elif [ "$1" -ge 1 ]; then
 else
     echo "hybrid-gateway: systemd is not running: skipped daemon-reload"
 fi
+# Final removal (RPM has no purge): the packet filter, kept across restarts and upgrades on
+# purpose, goes with the package. Only our own table is touched.
+if [ "$1" -eq 0 ] && command -v nft >/dev/null 2>&1 && nft list table ip hybrid_gateway >/dev/null 2>&1; then
+    nft delete table ip hybrid_gateway && echo "hybrid-gateway: deleted nftables table ip hybrid_gateway"
+fi

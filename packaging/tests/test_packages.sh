@@ -133,7 +133,7 @@ done
 check "deb binary is -rwxr-xr-x 0/0" contains "-rwxr-xr-x 0/0" "$(grep ' ./usr/bin/hybrid-gateway$' <<<"$contents")"
 check "deb version is Cargo.toml's ($cargo_version-1)" test "$base_version" = "$cargo_version-1"
 check "deb conffiles list config.toml and rt_protos.d" bash -c "dpkg-deb --ctrl-tarfile '$DEB_BASE' | tar -xO ./conffiles | sort | tr '\n' ' ' | grep -qx '/etc/hybrid-gateway/config.toml /etc/iproute2/rt_protos.d/hybrid-gateway.conf '"
-check "deb Depends names libc6, systemd and procps (ExecReload's /bin/kill)" bash -c "dpkg-deb -f '$DEB_BASE' Depends | grep -q 'libc6' && dpkg-deb -f '$DEB_BASE' Depends | grep -qw systemd && dpkg-deb -f '$DEB_BASE' Depends | grep -qw procps"
+check "deb Depends names libc6, systemd, procps (ExecReload's /bin/kill) and nftables (the packet filter)" bash -c "dpkg-deb -f '$DEB_BASE' Depends | grep -q 'libc6' && dpkg-deb -f '$DEB_BASE' Depends | grep -qw systemd && dpkg-deb -f '$DEB_BASE' Depends | grep -qw procps && dpkg-deb -f '$DEB_BASE' Depends | grep -qw nftables"
 lintian_out="$(lintian --fail-on error "$DEB_BASE" 2>&1)" && lintian_rc=0 || lintian_rc=$?
 printf '%s\n' "$lintian_out" | grep -E '^[EW]:' | sed 's/^/       lintian /' || true
 check "lintian: no errors" test "$lintian_rc" -eq 0
@@ -244,6 +244,7 @@ check "rpm version is Cargo.toml's" test "$(rpm -qp --qf '%{VERSION}-%{RELEASE}.
 check "rpm binary mode 0755" contains "-rwxr-xr-x" "$(rpm -qlvp "$RPM_BASE" 2>/dev/null | grep ' /usr/bin/hybrid-gateway$')"
 check "rpm requires systemd" grep -qx systemd <<<"$(rpm -qpR "$RPM_BASE" 2>/dev/null)"
 check "rpm requires /usr/bin/kill (ExecReload)" grep -qx /usr/bin/kill <<<"$(rpm -qpR "$RPM_BASE" 2>/dev/null)"
+check "rpm requires nftables (the packet filter)" grep -qx nftables <<<"$(rpm -qpR "$RPM_BASE" 2>/dev/null)"
 scripts="$(rpm -qp --scripts "$RPM_BASE" 2>/dev/null)"
 post="$(sed -n '/^postinstall scriptlet/,/^preuninstall scriptlet/p' <<<"$scripts")"
 preun="$(sed -n '/^preuninstall scriptlet/,/^postuninstall scriptlet/p' <<<"$scripts")"

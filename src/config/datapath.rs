@@ -11,12 +11,16 @@ use super::{ConfigError, Validator};
 pub struct DatapathConfig {
     /// How often the kernel state is re-read and repaired even when nothing changed.
     pub resync_interval: Duration,
+    /// The daemon's own nftables table (VXLAN only from nodes, tunnel only to the VPC, MSS
+    /// clamping). On by default; off removes the table.
+    pub filter: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawDatapath {
     pub resync_interval: Option<Spanned<String>>,
+    pub filter: Option<bool>,
 }
 
 impl Validator<'_> {
@@ -25,6 +29,9 @@ impl Validator<'_> {
             None => Duration::from_secs(30),
             Some(d) => self.duration("datapath.resync_interval", d, Duration::from_secs(1))?,
         };
-        Ok(DatapathConfig { resync_interval })
+        Ok(DatapathConfig {
+            resync_interval,
+            filter: raw.filter.unwrap_or(true),
+        })
     }
 }

@@ -24,6 +24,15 @@ pub struct ElectionConfig {
     pub dynamodb: Option<DynamoDbLockConfig>,
 }
 
+impl ElectionConfig {
+    /// The bound of one call to a lock store (the Lease, the DynamoDB lock):
+    /// `kubernetes.request_timeout`, but at most half the renew deadline so a failed
+    /// renewal can be retried once before the deadline.
+    pub fn store_timeout(&self, request_timeout: Duration) -> Duration {
+        request_timeout.min(self.renew_deadline / 2)
+    }
+}
+
 impl Default for ElectionConfig {
     fn default() -> Self {
         // The reference gateway's timings: 3 s lease, 2 s renew deadline, 1 s retry.
@@ -68,7 +77,13 @@ pub(super) struct RawDynamoDb {
 }
 
 impl Validator<'_> {
-    pub(super) fn election(&self, raw: RawElection) -> Result<ElectionConfig, ConfigError> {
+    /// `request_timeout` is `kubernetes.request_timeout`, which bounds the lock stores' calls
+    /// (see [`ElectionConfig::store_timeout`]).
+    pub(super) fn election(
+        &self,
+        raw: RawElection,
+        request_timeout: Duration,
+    ) -> Result<ElectionConfig, ConfigError> {
         let mut e = ElectionConfig::default();
         if let Some(ns) = raw.namespace {
             e.namespace = self.check("election.namespace", ns, |ns| dns_label(&ns).map(|()| ns))?;
@@ -140,6 +155,29 @@ impl Validator<'_> {
                 ),
             ));
         }
+        // A standby's expiry clock starts when its read returns, but a read may be
+        // answered up to one store call after it was sent: the time between the leader's
+        // stop (renew deadline) and anyone's takeover (lease duration) must cover one
+        // store call, or a slow read can leave no margin (issue 10, finding 1).
+        let store = e.store_timeout(request_timeout);
+        if e.lease_duration - e.renew_deadline < store {
+            let (key, span, shown) = match (&renew, &lease) {
+                (Some((s, _)), _) => ("election.renew_deadline", s.clone(), e.renew_deadline),
+                (None, Some((s, _))) => ("election.lease_duration", s.clone(), e.lease_duration),
+                _ => unreachable!("defaults are consistent"),
+            };
+            return Err(self.invalid(
+                key,
+                &span,
+                format!("\"{}\"", fmt(shown)),
+                format!(
+                    "lease_duration ({}) minus renew_deadline ({}) must be at least the lock store's request timeout ({}: kubernetes.request_timeout, at most half the renew deadline), or a standby's slow read leaves no margin before it takes over",
+                    fmt(e.lease_duration),
+                    fmt(e.renew_deadline),
+                    fmt(store)
+                ),
+            ));
+        }
         if let Some(d) = raw.dynamodb {
             let d = d.into_inner();
             let table = self.check("election.dynamodb.table", d.table, |table| {
@@ -171,14 +209,15 @@ impl Validator<'_> {
                 Some(ld) => {
                     let span = ld.span();
                     let v = self.duration("election.dynamodb.lease_duration", ld, min)?;
-                    if v <= e.renew_deadline {
+                    if v < e.renew_deadline + store {
                         return Err(self.invalid(
                             "election.dynamodb.lease_duration",
                             &span,
                             format!("\"{}\"", fmt(v)),
                             format!(
-                                "must be longer than election.renew_deadline ({})",
-                                fmt(e.renew_deadline)
+                                "must be longer than election.renew_deadline ({}) by at least the lock store's request timeout ({})",
+                                fmt(e.renew_deadline),
+                                fmt(store)
                             ),
                         ));
                     }

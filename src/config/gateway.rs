@@ -18,6 +18,8 @@ pub struct GatewayConfig {
     pub node_ip: Option<Ipv4Addr>,
     pub vpc_cidrs: Vec<Ipv4Net>,
     pub hybrid_pod_cidrs: Vec<Ipv4Net>,
+    /// The on-premises node networks (EKS `remoteNodeNetworks`); empty: not checked.
+    pub remote_node_cidrs: Vec<Ipv4Net>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -26,6 +28,7 @@ pub(super) struct RawGateway {
     pub node_ip: Option<Spanned<String>>,
     pub vpc_cidrs: Spanned<Vec<Spanned<String>>>,
     pub hybrid_pod_cidrs: Spanned<Vec<Spanned<String>>>,
+    pub remote_node_cidrs: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 impl Validator<'_> {
@@ -68,10 +71,29 @@ impl Validator<'_> {
             &vpc_cidrs,
         )?;
         self.one_prefix_length(&vpc_cidrs)?;
+        // Optional: without it, node addresses are only checked against the VPC, the pod
+        // ranges and this host. With it, a CiliumNode cannot point the tunnel anywhere else.
+        let remote_node_cidrs = match raw.remote_node_cidrs {
+            None => Vec::new(),
+            Some(list) => self.cidr_list("gateway.remote_node_cidrs", list)?,
+        };
+        self.no_overlap(
+            "gateway.remote_node_cidrs",
+            &remote_node_cidrs,
+            "gateway.vpc_cidrs",
+            &vpc_cidrs,
+        )?;
+        self.no_overlap(
+            "gateway.remote_node_cidrs",
+            &remote_node_cidrs,
+            "gateway.hybrid_pod_cidrs",
+            &pod_cidrs,
+        )?;
         Ok(GatewayConfig {
             node_ip,
             vpc_cidrs: vpc_cidrs.into_iter().map(|(n, _)| n).collect(),
             hybrid_pod_cidrs: pod_cidrs.into_iter().map(|(n, _)| n).collect(),
+            remote_node_cidrs: remote_node_cidrs.into_iter().map(|(n, _)| n).collect(),
         })
     }
 
@@ -119,6 +141,8 @@ impl Validator<'_> {
                         format!(
                             "overlaps {b_key}[{j}] = {nb}; list each range once, without overlaps"
                         )
+                    } else if a_key == "gateway.remote_node_cidrs" {
+                        format!("overlaps {b_key}[{j}] = {nb}; the on-premises node networks must lie outside the VPC and the hybrid pod ranges")
                     } else {
                         format!("overlaps {b_key}[{j}] = {nb}; hybrid pod CIDRs must lie outside the VPC, or VPC traffic would be sent into the tunnel")
                     };

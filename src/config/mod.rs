@@ -91,13 +91,15 @@ impl Config {
         let raw: RawConfig =
             toml::from_str(text).map_err(|e| ConfigError::syntax(path, text, &e))?;
         let v = Validator { path, text };
+        let kubernetes = v.kubernetes(raw.kubernetes.unwrap_or_default())?;
+        let request_timeout = kubernetes.request_timeout;
         Ok(Config {
             path: path.to_path_buf(),
             gateway: v.gateway(raw.gateway)?,
             vxlan: v.vxlan(raw.vxlan.unwrap_or_default())?,
             datapath: v.datapath(raw.datapath.unwrap_or_default())?,
-            kubernetes: v.kubernetes(raw.kubernetes.unwrap_or_default())?,
-            election: v.election(raw.election.unwrap_or_default())?,
+            kubernetes,
+            election: v.election(raw.election.unwrap_or_default(), request_timeout)?,
             telemetry: v.telemetry(raw.metrics, raw.health, raw.log)?,
             aws: v.aws(raw.aws.unwrap_or_default())?,
         })
@@ -122,9 +124,14 @@ impl Config {
             self.vxlan.interface,
             self.vxlan.vni,
             self.vxlan.port,
-            self.vxlan
-                .mtu
-                .map_or_else(|| "auto".to_string(), |m| m.to_string()),
+            self.vxlan.mtu.map_or_else(
+                || format!(
+                    "{} (underlay_mtu {})",
+                    self.vxlan.underlay_mtu - crate::datapath::vxlan::VXLAN_OVERHEAD,
+                    self.vxlan.underlay_mtu
+                ),
+                |m| m.to_string()
+            ),
         )
     }
 }

@@ -247,3 +247,89 @@ fn vpc_cidrs_share_one_prefix_length() {
     ))
     .is_ok());
 }
+
+/// Finding 1 of issue 10: `renew_deadline = "2.5s"` with the 3 s lease left half a second
+/// between the leader's stop and a standby's takeover, less than one store call (1.25 s):
+/// it used to be accepted.
+#[test]
+fn the_gap_between_renew_deadline_and_lease_must_cover_a_store_call() {
+    let text = format!("{GOOD}\n[election]\nrenew_deadline = \"2.5s\"\n");
+    rejects(
+        &text,
+        8,
+        &["election.renew_deadline", "request timeout", "1s 250ms"],
+    );
+    // A shorter request timeout makes it fit.
+    let text = format!(
+        "{GOOD}\n[kubernetes]\nrequest_timeout = \"400ms\"\n\n[election]\nrenew_deadline = \"2.5s\"\n"
+    );
+    parse(&text).expect("0.5 s of margin covers a 400 ms store call");
+    // The defaults (3 s / 2 s, store call 1 s) fit exactly.
+    parse(GOOD).expect("defaults");
+    let text = format!(
+        "{GOOD}\n[election]\n\n[election.dynamodb]\ntable = \"locks\"\nlease_duration = \"2500ms\"\n"
+    );
+    rejects(
+        &text,
+        11,
+        &["election.dynamodb.lease_duration", "request timeout"],
+    );
+}
+
+#[test]
+fn remote_node_cidrs_are_optional_and_kept_apart_from_vpc_and_pods() {
+    assert!(parse(GOOD).unwrap().gateway.remote_node_cidrs.is_empty());
+    let with = format!("{GOOD}remote_node_cidrs = [\"10.80.0.0/16\", \"172.16.0.0/20\"]\n");
+    assert_eq!(
+        parse(&with).unwrap().gateway.remote_node_cidrs,
+        vec![
+            "10.80.0.0/16".parse::<Ipv4Net>().unwrap(),
+            "172.16.0.0/20".parse().unwrap()
+        ]
+    );
+    rejects(
+        &format!("{GOOD}remote_node_cidrs = [\"10.250.8.0/24\"]\n"),
+        6,
+        &[
+            "gateway.remote_node_cidrs[0]",
+            "overlaps gateway.vpc_cidrs[0]",
+            "outside the VPC",
+        ],
+    );
+    rejects(
+        &format!("{GOOD}remote_node_cidrs = [\"10.80.0.0/16\", \"192.168.0.0/16\"]\n"),
+        6,
+        &[
+            "gateway.remote_node_cidrs[1]",
+            "overlaps gateway.hybrid_pod_cidrs[0]",
+        ],
+    );
+    rejects(
+        &format!("{GOOD}remote_node_cidrs = [\"10.80.0.1/16\"]\n"),
+        6,
+        &["gateway.remote_node_cidrs[0]", "host bits"],
+    );
+}
+
+#[test]
+fn underlay_mtu_defaults_to_the_internet_path() {
+    let with = |body: &str| format!("{GOOD}[vxlan]\n{body}\n");
+    assert_eq!(parse(GOOD).unwrap().vxlan.underlay_mtu, 1500);
+    assert!(parse(GOOD)
+        .unwrap()
+        .summary()
+        .contains("mtu=1450 (underlay_mtu 1500)"));
+    assert_eq!(
+        parse(&with("underlay_mtu = 8500"))
+            .unwrap()
+            .vxlan
+            .underlay_mtu,
+        8500
+    );
+    rejects(
+        &with("underlay_mtu = 100"),
+        7,
+        &["vxlan.underlay_mtu = 100", "118..=", "IPsec"],
+    );
+    rejects(&with("underlay_mtu = 70000"), 7, &["vxlan.underlay_mtu"]);
+}

@@ -15,14 +15,21 @@ const MAX_IFNAME_BYTES: usize = 15;
 /// VXLAN over IPv4 adds 50 bytes; anything below the IPv4 minimum cannot carry traffic.
 const MIN_MTU: u32 = 68;
 const MAX_MTU: u32 = 65_535 - 50;
+const VXLAN_OVERHEAD: u32 = crate::datapath::vxlan::VXLAN_OVERHEAD;
+/// What the path to on-premises carries unless the operator knows better (Internet,
+/// Direct Connect without jumbo frames); the tunnel then gets 1450.
+pub const DEFAULT_UNDERLAY_MTU: u32 = 1500;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct VxlanConfig {
     pub interface: String,
     pub vni: u32,
     pub port: u16,
-    /// `None` means "underlay MTU - 50".
+    /// `None` means "`underlay_mtu` - 50".
     pub mtu: Option<u32>,
+    /// The path MTU between this gateway and the hybrid nodes (VPN, Direct Connect,
+    /// Transit Gateway), not the NIC's: EC2's 9001 rarely survives the way on premises.
+    pub underlay_mtu: u32,
 }
 
 /// Integers are read as i64 so that a negative or oversized value gets our message,
@@ -34,6 +41,7 @@ pub(super) struct RawVxlan {
     pub vni: Option<Spanned<i64>>,
     pub port: Option<Spanned<i64>>,
     pub mtu: Option<Spanned<i64>>,
+    pub underlay_mtu: Option<Spanned<i64>>,
 }
 
 impl Validator<'_> {
@@ -74,8 +82,20 @@ impl Validator<'_> {
                     .filter(|m| (MIN_MTU..=MAX_MTU).contains(m))
                     .map(Some)
                     .ok_or_else(|| {
-                        format!("use 0 for underlay MTU - 50, or a value in {MIN_MTU}..={MAX_MTU}")
+                        format!("use 0 for underlay_mtu - 50, or a value in {MIN_MTU}..={MAX_MTU}")
                     }),
+            })?,
+        };
+        let underlay_mtu = match raw.underlay_mtu {
+            None => DEFAULT_UNDERLAY_MTU,
+            Some(m) => self.check("vxlan.underlay_mtu", m, |m| {
+                let (lo, hi) = (MIN_MTU + VXLAN_OVERHEAD, MAX_MTU + VXLAN_OVERHEAD);
+                u32::try_from(m)
+                    .ok()
+                    .filter(|m| (lo..=hi).contains(m))
+                    .ok_or_else(|| {
+                        format!("the path MTU to the hybrid nodes is {lo}..={hi}: 1500 for the Internet or Direct Connect, 8500 for jumbo Direct Connect / Transit Gateway, about 1400 through an IPsec VPN")
+                    })
             })?,
         };
         Ok(VxlanConfig {
@@ -83,6 +103,7 @@ impl Validator<'_> {
             vni,
             port,
             mtu,
+            underlay_mtu,
         })
     }
 }

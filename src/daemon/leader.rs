@@ -47,7 +47,7 @@ impl Election {
     pub fn start(config: &Config, mut inputs: LeaderInputs) -> Self {
         let e = &config.election;
         // Half the renew deadline: a write must fit in the leadership time a renewal leaves.
-        let request_timeout = config.kubernetes.request_timeout.min(e.renew_deadline / 2);
+        let request_timeout = e.store_timeout(config.kubernetes.request_timeout);
         let (publisher, handle) = election::channel();
         let election_cancel = CancellationToken::new();
         let leader_cancel = CancellationToken::new();

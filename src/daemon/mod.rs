@@ -64,7 +64,16 @@ pub fn main(config_path: &Path, static_nodes: Option<&Path>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
-            ExitCode::FAILURE
+            // A device in the way is for a person to fix: a restart loop would not help.
+            let operator = e.chain().any(|c| {
+                c.downcast_ref::<crate::datapath::DatapathError>()
+                    .is_some_and(crate::datapath::DatapathError::needs_operator)
+            });
+            if operator {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -47,6 +47,28 @@ impl NodeSync {
         let mut wakeups = Wakeups::new()
             .on_change(self.nodes.clone())
             .on_change(self.config.clone());
+        // The device deleted, set down or changed by someone else: repair it now, not at
+        // the next resync.
+        match self.datapath.link_events() {
+            Ok(events) => {
+                let dp = self.datapath.clone();
+                wakeups = wakeups.on_stream(futures::stream::unfold(
+                    (events, dp),
+                    |(mut events, dp)| async move {
+                        let d = dp.device();
+                        if events.next(&d.name, d.index).await.is_none() {
+                            // A lost subscription must not stop the node sync: the
+                            // resync still repairs.
+                            std::future::pending::<()>().await;
+                        }
+                        Some(((), (events, dp)))
+                    },
+                ));
+            }
+            Err(e) => tracing::warn!(
+                "no link notifications ({e}); the device is checked at every resync only"
+            ),
+        }
         reconcile::drive(&mut self, &mut wakeups, BACKOFF, &cancel).await;
     }
 }
@@ -106,6 +128,13 @@ impl Reporter {
         }
         for e in &rep.errors {
             tracing::warn!("{e}");
+        }
+        for repair in &r.repairs {
+            tracing::warn!(
+                what = repair.what,
+                "datapath drifted, repaired: {}",
+                repair.detail
+            );
         }
         let now: Vec<String> = r.rejected.iter().map(ToString::to_string).collect();
         for (rej, text) in r.rejected.iter().zip(&now) {

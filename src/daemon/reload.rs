@@ -44,7 +44,16 @@ const ELECTION: Apply =
 /// Every key of the file, in the order the log lists them.
 pub const KEYS: &[Key] = &[
     key!("gateway.hybrid_pod_cidrs", DATAPATH, gateway.hybrid_pod_cidrs),
-    key!("datapath", DATAPATH, datapath),
+    key!(
+        "datapath.resync_interval",
+        DATAPATH,
+        datapath.resync_interval
+    ),
+    key!(
+        "datapath.filter",
+        Apply::Restart("the nftables table is installed or removed at start"),
+        datapath.filter
+    ),
     key!("aws.route_table_ids", ROUTES, aws.route_table_ids),
     key!("aws.route_table_tag", ROUTES, aws.route_table_tag),
     key!("aws.takeover", ROUTES, aws.takeover),
@@ -65,10 +74,16 @@ pub const KEYS: &[Key] = &[
         Apply::Restart("the CiliumVTEPConfig's endpoints are built from it at start"),
         gateway.vpc_cidrs
     ),
+    key!(
+        "gateway.remote_node_cidrs",
+        Apply::Restart("the node address checks are fixed at start"),
+        gateway.remote_node_cidrs
+    ),
     key!("vxlan.interface", DEVICE, vxlan.interface),
     key!("vxlan.vni", DEVICE, vxlan.vni),
     key!("vxlan.port", DEVICE, vxlan.port),
     key!("vxlan.mtu", DEVICE, vxlan.mtu),
+    key!("vxlan.underlay_mtu", DEVICE, vxlan.underlay_mtu),
     key!(
         "kubernetes",
         Apply::Restart("the API client is built once at start"),
@@ -209,11 +224,12 @@ mod tests {
     #[test]
     fn every_field_has_a_row() {
         let a = cfg("");
-        let b = cfg("[vxlan]\ninterface = \"x0\"\nvni = 3\nport = 4789\nmtu = 1400\n[datapath]\nresync_interval = \"5s\"\n[kubernetes]\nrequest_timeout = \"2s\"\n[election]\nnamespace = \"n\"\nlease_name = \"l\"\nidentity = \"i\"\nlease_duration = \"9s\"\nrenew_deadline = \"6s\"\nretry_period = \"2s\"\n[election.dynamodb]\ntable = \"locks\"\n[metrics]\nlisten = \"127.0.0.1:1\"\n[aws]\nregion = \"us-west-2\"\nroute_table_ids = [\"rtb-01234567\"]\nroute_table_tag = \"k=v\"\ntakeover = \"any\"\ncleanup_on_shutdown = true\nmanage_source_dest_check = false\nresync_interval = \"1m\"\ngateway_instance_ids = [\"i-01234567\"]\n");
+        let b = cfg("[vxlan]\ninterface = \"x0\"\nvni = 3\nport = 4789\nmtu = 1400\nunderlay_mtu = 9000\n[datapath]\nresync_interval = \"5s\"\nfilter = false\n[kubernetes]\nrequest_timeout = \"2s\"\n[election]\nnamespace = \"n\"\nlease_name = \"l\"\nidentity = \"i\"\nlease_duration = \"9s\"\nrenew_deadline = \"6s\"\nretry_period = \"2s\"\n[election.dynamodb]\ntable = \"locks\"\n[metrics]\nlisten = \"127.0.0.1:1\"\n[aws]\nregion = \"us-west-2\"\nroute_table_ids = [\"rtb-01234567\"]\nroute_table_tag = \"k=v\"\ntakeover = \"any\"\ncleanup_on_shutdown = true\nmanage_source_dest_check = false\nresync_interval = \"1m\"\ngateway_instance_ids = [\"i-01234567\"]\n");
         let mut b = b;
         b.gateway.node_ip = Some("10.0.0.2".parse().unwrap());
         b.gateway.vpc_cidrs = vec!["10.251.0.0/16".parse().unwrap()];
         b.gateway.hybrid_pod_cidrs = vec!["192.168.40.0/24".parse().unwrap()];
+        b.gateway.remote_node_cidrs = vec!["10.80.0.0/16".parse().unwrap()];
         // After taking every row, nothing but the path may differ.
         let mut taken = a.clone();
         for k in KEYS {

@@ -19,6 +19,26 @@ pub enum DatapathError {
     },
     #[error("{0}")]
     Invalid(String),
+    /// `nft` ran and refused; `missing` when what it was asked about does not exist.
+    #[error("{context}: nft: {stderr}")]
+    Nft {
+        context: String,
+        stderr: String,
+        missing: bool,
+    },
+    /// The configured name is held by a device this daemon did not create.
+    #[error("vxlan.interface = {name:?}: {what}, not created by hybrid-gateway, already has this name; it is left alone. Delete it (ip link del {name}) if it is a leftover, or set vxlan.interface to a free name")]
+    ForeignDevice { name: String, what: String },
+    /// Linux allows one VXLAN device per VNI and UDP port; another one has ours.
+    #[error("creating VXLAN device {name}: device {other} already uses VNI {vni} on UDP port {port} (Linux allows one per VNI and port); delete it or change vxlan.vni / vxlan.port")]
+    VniInUse {
+        name: String,
+        other: String,
+        vni: u32,
+        port: u16,
+        #[source]
+        source: Box<DatapathError>,
+    },
 }
 
 impl DatapathError {
@@ -31,6 +51,14 @@ impl DatapathError {
             } => msg.code.map(|c| -c.get()),
             _ => None,
         }
+    }
+
+    /// Only a person can fix this (a device in the way): restarting will not help.
+    pub fn needs_operator(&self) -> bool {
+        matches!(
+            self,
+            DatapathError::ForeignDevice { .. } | DatapathError::VniInUse { .. }
+        )
     }
 
     /// The object was already absent: for a delete, the job is done.

@@ -2,30 +2,60 @@
 //! routes, ARP and FDB entries on it.
 
 pub mod error;
+pub mod filter;
 pub mod mac;
 pub mod netlink;
 pub mod sysctl;
 pub mod vtep;
 pub mod vxlan;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 
 pub use error::{DatapathError, Result};
+pub use filter::FilterSpec;
 pub use mac::Mac;
-pub use netlink::{ApplyReport, Netlink};
+pub use netlink::{ApplyReport, LinkEvents, Netlink};
 pub use sysctl::SysctlChange;
-pub use vtep::{Desired, HybridNode, Rejection};
+pub use vtep::{AddressProblem, Desired, HybridNode, NodePolicy, Rejection};
 pub use vxlan::{Device, DeviceAction};
 
-use crate::config::Config;
+use crate::config::{Config, VxlanConfig};
 
-/// The set-up datapath: a netlink socket and the device.
+/// The set-up datapath: a netlink socket, the device, and the reconciler state.
 pub struct Datapath {
     nl: Netlink,
-    device: Device,
+    /// Replaced when a pass had to recreate the device (someone deleted it).
+    device: std::sync::Mutex<Device>,
+    vxlan: VxlanConfig,
+    node_ip: Ipv4Addr,
+    /// What nodes must satisfy; each pass sets the pod CIDRs it is given and this host's
+    /// current addresses.
+    policy: NodePolicy,
+    /// The nftables filter's fixed part (`None`: `[datapath] filter = false`).
+    filter: Option<FilterSpec>,
+}
+
+/// Something a pass found broken and put right.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repair {
+    /// `device`, `sysctl` or `filter`: the `what` label of `datapath_repairs_total`.
+    pub what: &'static str,
+    pub detail: String,
+}
+
+/// What a pass did to the nftables filter.
+#[derive(Debug, Default)]
+pub struct FilterReport {
+    /// Counter name → (packets, bytes), as read at the start of the pass.
+    pub counters: BTreeMap<String, (u64, u64)>,
+    /// What had drifted and was rewritten (empty when only the node set changed).
+    pub repaired: Vec<String>,
+    /// The table was rewritten (node set change or repair).
+    pub written: bool,
 }
 
 /// What one reconcile pass found and did.
@@ -39,6 +69,11 @@ pub struct Reconciled {
     pub fdb: usize,
     pub rejected: Vec<Rejection>,
     pub report: ApplyReport,
+    /// `None` when the filter is off, or when it could not be read (the error is in
+    /// `report.errors`).
+    pub filter: Option<FilterReport>,
+    /// Drift found and repaired in this pass (device, sysctls, filter).
+    pub repairs: Vec<Repair>,
     pub elapsed: Duration,
 }
 
@@ -49,31 +84,143 @@ impl Datapath {
         let mut changes = sysctl::ensure_host()?;
         let nl = Netlink::open()?;
         let device = vxlan::ensure(&nl, &config.vxlan, node_ip).await?;
+        if let Some(w) = &device.mtu_warning {
+            tracing::warn!(device = %device.name, underlay = %device.underlay, "{w}");
+        }
+        changes.extend(device.sysctls.iter().cloned());
         changes.extend(sysctl::ensure_interface(&device.underlay, false)?);
-        Ok((Datapath { nl, device }, changes))
+        let policy = NodePolicy {
+            pod_cidrs: config.gateway.hybrid_pod_cidrs.clone(),
+            vpc_cidrs: config.gateway.vpc_cidrs.clone(),
+            remote_node_cidrs: config.gateway.remote_node_cidrs.clone(),
+            own_addresses: [node_ip].into(),
+            max_pod_cidrs: vtep::MAX_POD_CIDRS_PER_NODE,
+        };
+        let filter = if config.datapath.filter {
+            let base = FilterSpec {
+                device: device.name.clone(),
+                port: config.vxlan.port,
+                tunnel_mtu: device.mtu,
+                nodes: BTreeSet::new(),
+                pod_cidrs: config.gateway.hybrid_pod_cidrs.clone(),
+                vpc_cidrs: config.gateway.vpc_cidrs.clone(),
+            };
+            install_filter(&nl, &device, &base).await?;
+            Some(base)
+        } else {
+            filter::delete().await?;
+            None
+        };
+        Ok((
+            Datapath {
+                nl,
+                device: std::sync::Mutex::new(device),
+                vxlan: config.vxlan.clone(),
+                node_ip,
+                policy,
+                filter,
+            },
+            changes,
+        ))
     }
 
-    pub fn device(&self) -> &Device {
-        &self.device
+    /// The device as the last pass left it.
+    pub fn device(&self) -> Device {
+        self.device
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
-    /// Makes the kernel match `nodes`, within `pod_cidrs` (`gateway.hybrid_pod_cidrs`, as
-    /// the running configuration has it): reads what is there, diffs, applies only the
+    /// Link notifications about the device, to run a pass (and so a repair) at once.
+    pub fn link_events(&self) -> Result<LinkEvents> {
+        LinkEvents::open()
+    }
+
+    /// The device exists, is ours, up and right; forwarding and rp_filter still hold.
+    /// Whatever drifted is put right and listed.
+    async fn check_host(&self) -> Result<(Device, Vec<Repair>)> {
+        let mut repairs = Vec::new();
+        let device = vxlan::ensure(&self.nl, &self.vxlan, self.node_ip).await?;
+        match &device.action {
+            DeviceAction::Adopted => {}
+            DeviceAction::Created => repairs.push(Repair {
+                what: "device",
+                detail: format!("{} was gone; created again", device.name),
+            }),
+            other => repairs.push(Repair {
+                what: "device",
+                detail: format!("{} {other}", device.name),
+            }),
+        }
+        // A freshly created device's sysctls are set-up, not drift.
+        let mut sysctls = if device.action == DeviceAction::Created {
+            Vec::new()
+        } else {
+            device.sysctls.clone()
+        };
+        sysctls.extend(sysctl::ensure_host()?);
+        sysctls.extend(sysctl::ensure_interface(&device.underlay, false)?);
+        repairs.extend(sysctls.into_iter().map(|c| Repair {
+            what: "sysctl",
+            detail: c.to_string(),
+        }));
+        *self.device.lock().unwrap_or_else(|p| p.into_inner()) = device.clone();
+        Ok((device, repairs))
+    }
+
+    /// Makes the kernel match `nodes`: reads what is there, diffs, applies only the
     /// difference. Failed entries are in the report and are retried by the next pass.
+    /// `pod_cidrs` is `gateway.hybrid_pod_cidrs` as the running configuration has it.
     pub async fn reconcile(
         &self,
         nodes: &[HybridNode],
         pod_cidrs: &[Ipv4Net],
     ) -> Result<Reconciled> {
         let started = Instant::now();
-        let (desired, rejected) = Desired::build(nodes, pod_cidrs);
-        let actual = self.nl.read_vtep(self.device.index).await?;
+        let (device, mut repairs) = self.check_host().await?;
+        // Addresses come and go (a second ENI, a container bridge): a node may never claim
+        // one this host holds right now.
+        let own = self.nl.local_ipv4s().await?;
+        let mut policy = self.policy.clone();
+        policy.pod_cidrs = pod_cidrs.to_vec();
+        policy.own_addresses.extend(own);
+        let (desired, rejected) = Desired::build_with(nodes, &policy);
+        let actual = self.nl.read_vtep(device.index).await?;
         let plan = vtep::diff(&desired, &actual);
-        let report = if plan.is_empty() {
+        // The filter learns a new node before its routes exist and forgets a removed one
+        // before they go: its VXLAN is accepted exactly while the gateway forwards to it.
+        let mut filter_errors = Vec::new();
+        let filter = match &self.filter {
+            None => None,
+            Some(base) => {
+                let spec = FilterSpec {
+                    nodes: desired.neighbours.keys().copied().collect(),
+                    pod_cidrs: policy.pod_cidrs.clone(),
+                    ..base.clone()
+                };
+                match sync_filter(&spec).await {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        filter_errors.push(e);
+                        None
+                    }
+                }
+            }
+        };
+        let mut report = if plan.is_empty() {
             ApplyReport::default()
         } else {
-            self.nl.apply(self.device.index, &plan).await
+            self.nl.apply(device.index, &plan).await
         };
+        if let Some(f) = &filter {
+            repairs.extend(f.repaired.iter().map(|d| Repair {
+                what: "filter",
+                detail: d.clone(),
+            }));
+        }
+        report.add_errors += filter_errors.len();
+        report.errors.extend(filter_errors);
         Ok(Reconciled {
             desired_entries: desired.entry_count(),
             nodes: desired.neighbours.len(),
@@ -81,7 +228,69 @@ impl Datapath {
             fdb: desired.fdb.len(),
             rejected,
             report,
+            filter,
+            repairs,
             elapsed: started.elapsed(),
         })
     }
+}
+
+/// At start: keep the table a previous process left (its node set is what the kernel
+/// forwards to now) and fix only what drifted; with no table yet, fill the node set from
+/// the FDB entries on the device, so turning the filter on never cuts a working node off.
+async fn install_filter(nl: &Netlink, device: &Device, base: &FilterSpec) -> Result<()> {
+    let current = filter::read().await?;
+    let nodes: BTreeSet<Ipv4Addr> = match &current {
+        Some(state) => state
+            .sets
+            .get("nodes")
+            .map(|s| s.iter().map(|n| n.addr()).collect())
+            .unwrap_or_default(),
+        None => nl
+            .read_vtep(device.index)
+            .await?
+            .fdb
+            .iter()
+            .filter_map(|e| e.dst)
+            .collect(),
+    };
+    let spec = FilterSpec {
+        nodes,
+        ..base.clone()
+    };
+    match current {
+        Some(state) if state.drift(&spec).is_empty() => Ok(()),
+        Some(state) => {
+            tracing::info!(drift = ?state.drift(&spec), "rewriting nftables table ip {}", filter::TABLE);
+            filter::apply(&spec).await
+        }
+        None => {
+            tracing::info!(
+                nodes = spec.nodes.len(),
+                "creating nftables table ip {}",
+                filter::TABLE
+            );
+            filter::apply(&spec).await
+        }
+    }
+}
+
+/// Makes the table match `spec`, rewriting it (atomically) only when something differs.
+async fn sync_filter(spec: &FilterSpec) -> Result<FilterReport> {
+    let mut report = FilterReport::default();
+    match filter::read().await? {
+        None => report
+            .repaired
+            .push(format!("table ip {} was missing", filter::TABLE)),
+        Some(state) => {
+            report.repaired = state.drift(spec);
+            report.written = !state.nodes_match(spec);
+            report.counters = state.counters;
+        }
+    }
+    if !report.repaired.is_empty() || report.written {
+        filter::apply(spec).await?;
+        report.written = true;
+    }
+    Ok(report)
 }

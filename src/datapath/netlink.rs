@@ -56,6 +56,10 @@ pub struct LinkState {
     pub mac: Option<Mac>,
     pub mtu: u32,
     pub up: bool,
+    /// `ip link set … alias`: how the daemon marks the device it created.
+    pub alias: Option<String>,
+    /// The link kind (`vxlan`, `veth`, `bridge`…), when it has one.
+    pub kind: Option<String>,
     /// `None` when the link is not a VXLAN device at all.
     pub vxlan: Option<VxlanAttrs>,
 }
@@ -140,6 +144,13 @@ impl Netlink {
         .await
     }
 
+    /// Every link of this network namespace.
+    pub async fn links(&self) -> Result<Vec<LinkState>> {
+        let dump = self.handle.link().get().execute().try_collect::<Vec<_>>();
+        let msgs = timed(DUMP_TIMEOUT, || "dumping links".into(), dump).await?;
+        Ok(msgs.into_iter().map(parse_link).collect())
+    }
+
     /// A single-link lookup; "no such device" is an answer, not an error.
     async fn one_link(
         &self,
@@ -174,6 +185,26 @@ impl Netlink {
         }
     }
 
+    /// Every IPv4 address assigned on this host (network namespace).
+    pub async fn local_ipv4s(&self) -> Result<Vec<Ipv4Addr>> {
+        let dump = self
+            .handle
+            .address()
+            .get()
+            .execute()
+            .try_collect::<Vec<_>>();
+        let addrs = timed(DUMP_TIMEOUT, || "dumping interface addresses".into(), dump).await?;
+        Ok(addrs
+            .iter()
+            .flat_map(|a| a.attributes.iter())
+            .filter_map(|attr| match attr {
+                AddressAttribute::Local(IpAddr::V4(x))
+                | AddressAttribute::Address(IpAddr::V4(x)) => Some(*x),
+                _ => None,
+            })
+            .collect())
+    }
+
     pub async fn create_vxlan(&self, spec: &VxlanSpec) -> Result<()> {
         let msg = LinkVxlan::new(&spec.name, spec.vni)
             .port(spec.port)
@@ -199,6 +230,18 @@ impl Netlink {
             .index(index)
             .build();
         let ctx = || format!("changing local address / learning of {}", spec.name);
+        timed(
+            REQUEST_TIMEOUT,
+            ctx,
+            self.handle.link().change(msg).execute(),
+        )
+        .await
+    }
+
+    /// Sets the link's alias (IFLA_IFALIAS); the kernel takes it only on an existing link.
+    pub async fn set_alias(&self, index: u32, alias: &str) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index).alias(alias).build();
+        let ctx = || format!("setting the alias of link #{index} to {alias:?}");
         timed(
             REQUEST_TIMEOUT,
             ctx,
@@ -495,6 +538,8 @@ fn parse_link(msg: LinkMessage) -> LinkState {
         mac: None,
         mtu: 0,
         up: msg.header.flags.contains(LinkFlags::Up),
+        alias: None,
+        kind: None,
         vxlan: None,
     };
     for attr in msg.attributes {
@@ -502,7 +547,12 @@ fn parse_link(msg: LinkMessage) -> LinkState {
             LinkAttribute::IfName(n) => state.name = n,
             LinkAttribute::Address(a) => state.mac = Mac::from_slice(&a),
             LinkAttribute::Mtu(m) => state.mtu = m,
+            LinkAttribute::IfAlias(a) => state.alias = Some(a),
             LinkAttribute::LinkInfo(infos) => {
+                state.kind = infos.iter().find_map(|i| match i {
+                    LinkInfo::Kind(k) => Some(k.to_string()),
+                    _ => None,
+                });
                 let is_vxlan = infos
                     .iter()
                     .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Vxlan)));
@@ -612,4 +662,67 @@ fn parse_fdb(msg: &NeighbourMessage) -> Option<KernelFdb> {
         dst,
         permanent: msg.header.state == NeighbourState::Permanent,
     })
+}
+
+/// Link notifications (`RTNLGRP_LINK`): the device deleted, set down or changed by someone
+/// else shows up here at once, so it is repaired without waiting for the next resync.
+pub struct LinkEvents {
+    rx: futures::channel::mpsc::UnboundedReceiver<(
+        rtnetlink::packet_core::NetlinkMessage<rtnetlink::packet_route::RouteNetlinkMessage>,
+        rtnetlink::sys::SocketAddr,
+    )>,
+    connection: JoinHandle<()>,
+}
+
+impl Drop for LinkEvents {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
+impl LinkEvents {
+    /// Subscribes; must be called inside a tokio runtime, in the datapath's namespace.
+    pub fn open() -> Result<Self> {
+        let (connection, _, rx) =
+            rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Link]).map_err(
+                |source| DatapathError::Io {
+                    context: "subscribing to link notifications".into(),
+                    source,
+                },
+            )?;
+        Ok(LinkEvents {
+            rx,
+            connection: tokio::spawn(connection),
+        })
+    }
+
+    /// Waits until a notification concerns the link called `name` (or with index `index`),
+    /// then swallows the rest of the burst (one `ip link` command sends several).
+    /// `None` when the subscription ended.
+    pub async fn next(&mut self, name: &str, index: u32) -> Option<()> {
+        use rtnetlink::packet_core::NetlinkPayload;
+        use rtnetlink::packet_route::RouteNetlinkMessage as M;
+        loop {
+            let (msg, _) = self.rx.next().await?;
+            let link = match msg.payload {
+                NetlinkPayload::InnerMessage(M::NewLink(l) | M::DelLink(l) | M::SetLink(l)) => l,
+                _ => continue,
+            };
+            let named = link
+                .attributes
+                .iter()
+                .any(|a| matches!(a, LinkAttribute::IfName(n) if n == name));
+            if link.header.index == index || named {
+                break;
+            }
+        }
+        let quiet = tokio::time::sleep(Duration::from_millis(20));
+        tokio::pin!(quiet);
+        loop {
+            tokio::select! {
+                _ = &mut quiet => return Some(()),
+                m = self.rx.next() => if m.is_none() { return Some(()) },
+            }
+        }
+    }
 }

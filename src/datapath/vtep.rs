@@ -24,9 +24,147 @@ pub struct HybridNode {
     pub pod_cidrs: Vec<Ipv4Net>,
 }
 
+/// Pod CIDRs one node may claim. Cilium's cluster-pool hands out one or a few per node; a
+/// CiliumNode listing hundreds is a mistake or an attempt to grab address space, and each
+/// one costs a route.
+pub const MAX_POD_CIDRS_PER_NODE: usize = 64;
+
+/// What a node's address and pod CIDRs must satisfy, besides not clashing with other nodes.
+/// Every Cilium agent can write CiliumNodes, so nothing in one is trusted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodePolicy {
+    /// `gateway.hybrid_pod_cidrs`: node pod CIDRs must lie inside; node IPs must not.
+    pub pod_cidrs: Vec<Ipv4Net>,
+    /// `gateway.vpc_cidrs`: a node IP inside would divert VPC traffic into the tunnel.
+    pub vpc_cidrs: Vec<Ipv4Net>,
+    /// `gateway.remote_node_cidrs`: when not empty, node IPs must lie inside.
+    pub remote_node_cidrs: Vec<Ipv4Net>,
+    /// Every IPv4 address of this host (the gateway's `node_ip` among them).
+    pub own_addresses: BTreeSet<Ipv4Addr>,
+    pub max_pod_cidrs: usize,
+}
+
+impl NodePolicy {
+    /// Only the checks that need no configuration beyond the hybrid pod CIDRs.
+    pub fn for_pod_cidrs(pod_cidrs: &[Ipv4Net]) -> Self {
+        NodePolicy {
+            pod_cidrs: pod_cidrs.to_vec(),
+            vpc_cidrs: Vec::new(),
+            remote_node_cidrs: Vec::new(),
+            own_addresses: BTreeSet::new(),
+            max_pod_cidrs: MAX_POD_CIDRS_PER_NODE,
+        }
+    }
+
+    /// Whether `ip` may be a hybrid node's tunnel endpoint. The first problem found wins.
+    pub fn check_address(&self, ip: Ipv4Addr) -> Result<(), AddressProblem> {
+        let inside = |nets: &[Ipv4Net]| nets.iter().find(|n| n.contains(&ip)).copied();
+        let o = ip.octets();
+        if o[0] == 0 {
+            // 0.0.0.0/8 is "this network": never a unicast destination.
+            return Err(AddressProblem::Unspecified);
+        }
+        if ip.is_loopback() {
+            return Err(AddressProblem::Loopback);
+        }
+        if ip.is_multicast() {
+            return Err(AddressProblem::Multicast);
+        }
+        if ip.is_broadcast() {
+            return Err(AddressProblem::Broadcast);
+        }
+        if o[0] >= 240 {
+            return Err(AddressProblem::Reserved);
+        }
+        if ip.is_link_local() {
+            // 169.254.169.254 is the instance metadata service among others.
+            return Err(AddressProblem::LinkLocal);
+        }
+        if self.own_addresses.contains(&ip) {
+            return Err(AddressProblem::OwnAddress);
+        }
+        if let Some(net) = inside(&self.vpc_cidrs) {
+            return Err(AddressProblem::InsideVpc(net));
+        }
+        if let Some(net) = inside(&self.pod_cidrs) {
+            return Err(AddressProblem::InsidePodCidrs(net));
+        }
+        if !self.remote_node_cidrs.is_empty() && inside(&self.remote_node_cidrs).is_none() {
+            return Err(AddressProblem::OutsideRemoteNodeCidrs);
+        }
+        Ok(())
+    }
+}
+
+/// Why an address cannot be a hybrid node's tunnel endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressProblem {
+    Unspecified,
+    Loopback,
+    Multicast,
+    Broadcast,
+    Reserved,
+    LinkLocal,
+    OwnAddress,
+    InsideVpc(Ipv4Net),
+    InsidePodCidrs(Ipv4Net),
+    OutsideRemoteNodeCidrs,
+}
+
+impl AddressProblem {
+    /// The `reason` label of the `nodes_rejected` gauge.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AddressProblem::Unspecified => "unspecified_address",
+            AddressProblem::Loopback => "loopback_address",
+            AddressProblem::Multicast => "multicast_address",
+            AddressProblem::Broadcast => "broadcast_address",
+            AddressProblem::Reserved => "reserved_address",
+            AddressProblem::LinkLocal => "link_local_address",
+            AddressProblem::OwnAddress => "gateway_address",
+            AddressProblem::InsideVpc(_) => "address_inside_vpc_cidrs",
+            AddressProblem::InsidePodCidrs(_) => "address_inside_hybrid_pod_cidrs",
+            AddressProblem::OutsideRemoteNodeCidrs => "address_outside_remote_node_cidrs",
+        }
+    }
+}
+
+impl fmt::Display for AddressProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AddressProblem::Unspecified => f.write_str("is an unspecified (0.0.0.0/8) address"),
+            AddressProblem::Loopback => f.write_str("is a loopback address"),
+            AddressProblem::Multicast => f.write_str("is a multicast address"),
+            AddressProblem::Broadcast => f.write_str("is the limited broadcast address"),
+            AddressProblem::Reserved => f.write_str("is in the reserved range 240.0.0.0/4"),
+            AddressProblem::LinkLocal => {
+                f.write_str("is a link-local address (169.254.0.0/16, instance metadata)")
+            }
+            AddressProblem::OwnAddress => f.write_str("is an address of this gateway"),
+            AddressProblem::InsideVpc(net) => write!(f, "is inside gateway.vpc_cidrs ({net})"),
+            AddressProblem::InsidePodCidrs(net) => {
+                write!(f, "is inside gateway.hybrid_pod_cidrs ({net})")
+            }
+            AddressProblem::OutsideRemoteNodeCidrs => {
+                f.write_str("is outside gateway.remote_node_cidrs")
+            }
+        }
+    }
+}
+
 /// Why a node was left out of the desired state. The other nodes are unaffected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rejection {
+    BadAddress {
+        node: String,
+        ip: Ipv4Addr,
+        problem: AddressProblem,
+    },
+    TooManyPodCidrs {
+        node: String,
+        count: usize,
+        max: usize,
+    },
     DuplicateIp {
         node: String,
         ip: Ipv4Addr,
@@ -47,16 +185,56 @@ pub enum Rejection {
 impl Rejection {
     pub fn node(&self) -> &str {
         match self {
-            Rejection::DuplicateIp { node, .. }
+            Rejection::BadAddress { node, .. }
+            | Rejection::TooManyPodCidrs { node, .. }
+            | Rejection::DuplicateIp { node, .. }
             | Rejection::OverlappingCidr { node, .. }
             | Rejection::OutsidePodCidrs { node, .. } => node,
         }
     }
+
+    /// The `reason` label of the `nodes_rejected` gauge.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::BadAddress { problem, .. } => problem.reason(),
+            Rejection::TooManyPodCidrs { .. } => "too_many_pod_cidrs",
+            Rejection::DuplicateIp { .. } => "duplicate_address",
+            Rejection::OverlappingCidr { .. } => "overlapping_pod_cidr",
+            Rejection::OutsidePodCidrs { .. } => "pod_cidr_outside_hybrid_pod_cidrs",
+        }
+    }
+
+    /// Every `reason` label, so the gauge can show zeros instead of vanishing series.
+    pub const REASONS: [&'static str; 14] = [
+        "unspecified_address",
+        "loopback_address",
+        "multicast_address",
+        "broadcast_address",
+        "reserved_address",
+        "link_local_address",
+        "gateway_address",
+        "address_inside_vpc_cidrs",
+        "address_inside_hybrid_pod_cidrs",
+        "address_outside_remote_node_cidrs",
+        "too_many_pod_cidrs",
+        "duplicate_address",
+        "overlapping_pod_cidr",
+        "pod_cidr_outside_hybrid_pod_cidrs",
+    ];
 }
 
 impl fmt::Display for Rejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Rejection::BadAddress { node, ip, problem } => {
+                write!(f, "node {node}: InternalIP {ip} {problem}")
+            }
+            Rejection::TooManyPodCidrs { node, count, max } => {
+                write!(
+                    f,
+                    "node {node}: lists {count} pod CIDRs, more than the {max} a node may claim"
+                )
+            }
             Rejection::DuplicateIp { node, ip, owner } => {
                 write!(f, "node {node}: IP {ip} is already used by node {owner}")
             }
@@ -100,6 +278,14 @@ impl Desired {
     /// traffic from a working one. CIDRs outside `pod_cidrs` are refused because a route for
     /// them could capture VPC or Internet traffic.
     pub fn build(nodes: &[HybridNode], pod_cidrs: &[Ipv4Net]) -> (Desired, Vec<Rejection>) {
+        Self::build_with(nodes, &NodePolicy::for_pod_cidrs(pod_cidrs))
+    }
+
+    /// [`Desired::build`] with every address check of `policy`: a node whose IP could
+    /// steer traffic to the gateway itself, the VPC, a multicast group or the metadata
+    /// service is rejected as a whole before it can claim anything.
+    pub fn build_with(nodes: &[HybridNode], policy: &NodePolicy) -> (Desired, Vec<Rejection>) {
+        let pod_cidrs = &policy.pod_cidrs;
         let mut desired = Desired {
             unreachable: pod_cidrs.iter().copied().collect(),
             ..Desired::default()
@@ -110,6 +296,22 @@ impl Desired {
         let mut cidr_owner: BTreeMap<Ipv4Addr, (Ipv4Net, &str)> = BTreeMap::new();
 
         'nodes: for node in nodes {
+            if let Err(problem) = policy.check_address(node.ip) {
+                rejected.push(Rejection::BadAddress {
+                    node: node.name.clone(),
+                    ip: node.ip,
+                    problem,
+                });
+                continue;
+            }
+            if node.pod_cidrs.len() > policy.max_pod_cidrs {
+                rejected.push(Rejection::TooManyPodCidrs {
+                    node: node.name.clone(),
+                    count: node.pod_cidrs.len(),
+                    max: policy.max_pod_cidrs,
+                });
+                continue;
+            }
             if let Some(owner) = ip_owner.get(&node.ip) {
                 rejected.push(Rejection::DuplicateIp {
                     node: node.name.clone(),

@@ -12,7 +12,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::datapath::ApplyReport;
+use crate::datapath::{filter, ApplyReport, FilterReport, Rejection};
 use crate::k8s::cilium_nodes::NodeWatchStats;
 
 type Labels = Vec<(String, String)>;
@@ -20,6 +20,8 @@ type Labels = Vec<(String, String)>;
 pub struct Metrics {
     registry: Registry,
     pub hybrid_nodes_configured: Gauge,
+    /// Hybrid nodes the datapath refused in its last pass, by reason.
+    pub nodes_rejected: Family<Labels, Gauge>,
     pub leader_is_active: Gauge,
     pub election_term: Gauge,
     pub election_transitions: Counter,
@@ -41,6 +43,10 @@ pub struct Metrics {
     pub vxlan_fdb_entries: Gauge,
     pub vxlan_route_count: Gauge,
     pub ready: Gauge,
+    /// Things found broken and put right by the datapath, by what (`filter`, …).
+    pub datapath_repairs: Family<Labels, Counter>,
+    /// The nftables filter's counters as last read (name → packets, bytes).
+    filter_counters: Arc<std::sync::Mutex<std::collections::BTreeMap<String, (u64, u64)>>>,
 }
 
 impl Metrics {
@@ -71,6 +77,11 @@ impl Metrics {
                 "hybrid_nodes_configured",
                 "Hybrid nodes programmed into the datapath",
                 Gauge::default()
+            ),
+            nodes_rejected: reg!(
+                "nodes_rejected",
+                "Hybrid nodes left out of the datapath in the last pass, by reason",
+                Family::<Labels, Gauge>::default()
             ),
             leader_is_active: reg!(
                 "leader_is_active",
@@ -177,6 +188,12 @@ impl Metrics {
                 "1 when the gateway is ready (device up, nodes synced, identity known)",
                 Gauge::default()
             ),
+            datapath_repairs: reg!(
+                "datapath_repairs",
+                "Datapath drift found and repaired (device, sysctls, filter), by what",
+                Family::<Labels, Counter>::default()
+            ),
+            filter_counters: Arc::default(),
             registry,
         };
         let mut m = m;
@@ -184,6 +201,8 @@ impl Metrics {
             device: device.to_string(),
         }));
         m.registry.register_collector(Box::new(NodeCounters(nodes)));
+        m.registry
+            .register_collector(Box::new(FilterCounters(m.filter_counters.clone())));
         m
     }
 
@@ -195,6 +214,32 @@ impl Metrics {
             .inc_by((r.routes_deleted + r.neighbours_deleted + r.fdb_deleted) as u64);
         self.vtep_add_errors.inc_by(r.add_errors as u64);
         self.vtep_remove_errors.inc_by(r.remove_errors as u64);
+    }
+
+    /// Sets `nodes_rejected{reason}` from a pass's rejections; reasons with none read 0.
+    pub fn record_rejections(&self, rejected: &[Rejection]) {
+        for reason in Rejection::REASONS {
+            let n = rejected.iter().filter(|r| r.reason() == reason).count();
+            self.nodes_rejected
+                .get_or_create(&vec![("reason".to_string(), reason.to_string())])
+                .set(n as i64);
+        }
+    }
+
+    /// Keeps the filter's counters for scrapes.
+    pub fn record_filter(&self, f: &FilterReport) {
+        if !f.counters.is_empty() {
+            *self
+                .filter_counters
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = f.counters.clone();
+        }
+    }
+
+    pub fn record_repair(&self, what: &str) {
+        self.datapath_repairs
+            .get_or_create(&vec![("what".to_string(), what.to_string())])
+            .inc();
     }
 
     /// OpenMetrics text for `/metrics`.
@@ -265,6 +310,47 @@ impl Collector for SysfsStats {
             };
             let c = ConstCounter::new(v);
             c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
+
+/// `filter_packets_total{counter}` / `filter_bytes_total{counter}` from the nftables table.
+#[derive(Debug)]
+struct FilterCounters(Arc<std::sync::Mutex<std::collections::BTreeMap<String, (u64, u64)>>>);
+
+impl Collector for FilterCounters {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counters = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if counters.is_empty() {
+            return Ok(());
+        }
+        for (metric, help, pick) in [
+            (
+                "filter_packets",
+                "Packets counted by the nftables filter's rules (drops by reason, MSS clamps)",
+                0usize,
+            ),
+            (
+                "filter_bytes",
+                "Bytes counted by the nftables filter's rules",
+                1,
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(
+                metric,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for (name, _) in filter::COUNTERS {
+                let Some(&(packets, bytes)) = counters.get(name) else {
+                    continue;
+                };
+                let v = if pick == 0 { packets } else { bytes };
+                let labels = [("counter", name)];
+                ConstCounter::new(v).encode(family.encode_family(&labels)?)?;
+            }
         }
         Ok(())
     }

@@ -26,6 +26,15 @@ impl Telemetry {
         m.reconcile_duration_seconds
             .observe(r.elapsed.as_secs_f64());
         m.hybrid_nodes_configured.set(r.nodes as i64);
+        m.record_rejections(&r.rejected);
+        if let Some(f) = &r.filter {
+            m.record_filter(f);
+        }
+        for repair in &r.repairs {
+            m.record_repair(repair.what);
+        }
+        // The pass checked the device (and recreated or brought it up if needed).
+        m.vxlan_interface_up.set(1);
         m.vxlan_route_count.set(r.routes as i64);
         m.vxlan_fdb_entries.set(r.fdb as i64);
         for e in &r.report.errors {
@@ -35,6 +44,7 @@ impl Telemetry {
         self.status.update(|s| {
             s.nodes_programmed = r.nodes;
             s.nodes_synced |= clean;
+            s.device_up = true;
         });
         m.ready.set(i64::from(self.status.snapshot().ready()));
     }
@@ -42,6 +52,12 @@ impl Telemetry {
     /// A datapath reconcile pass could not run at all.
     pub fn datapath_failed(&self, error: &dyn std::fmt::Display) {
         self.status.error(format!("reconcile: {error}"));
+        // The device could not be checked or put right: not ready until a pass succeeds.
+        self.status.update(|s| s.device_up = false);
+        self.metrics.vxlan_interface_up.set(0);
+        self.metrics
+            .ready
+            .set(i64::from(self.status.snapshot().ready()));
     }
 
     /// A VPC route sync pass ran. `setup`: the time from taking office, on the first pass

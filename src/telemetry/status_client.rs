@@ -136,7 +136,7 @@ mod tests {
         ));
         // A proxy that refuses every connection (port 9 on loopback: nothing listens):
         // a client honouring these variables fails; ours must reach the daemon directly.
-        // Only this test in this binary builds a reqwest client from the environment.
+        // (Process-wide variables: removed again right after the call.)
         for v in ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"] {
             std::env::set_var(v, "http://127.0.0.1:9");
         }

@@ -21,7 +21,7 @@
 
 HYBRID_GW_CACHE="${HYBRID_GW_CACHE:-$HOME/.cache/hybrid-gateway}"
 # Bump when the package list or the setup below changes: a rootfs with another stamp is rebuilt.
-BOX_STAMP="bookworm minbase; systemd systemd-sysv dbus iproute2 iputils-ping procps adduser; networkd host0; v1"
+BOX_STAMP="bookworm minbase; systemd systemd-sysv dbus iproute2 iputils-ping procps adduser nftables; networkd host0; v2"
 BOX_DEBIAN_MIRROR="${BOX_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 BOX_PID=""
 BOX_NSPAWN_PID=""
@@ -55,7 +55,7 @@ box_rootfs() {
       box_log "debootstrap bookworm into $root (once; about a minute)"
       rm -rf "$root" "$root.tmp"
       debootstrap --variant=minbase \
-        --include=systemd,systemd-sysv,dbus,iproute2,iputils-ping,procps,adduser \
+        --include=systemd,systemd-sysv,dbus,iproute2,iputils-ping,procps,adduser,nftables \
         bookworm "$root.tmp" "$BOX_DEBIAN_MIRROR" >"$dir/debootstrap.log" 2>&1 ||
         { tail -n 20 "$dir/debootstrap.log" >&2; exit 1; }
       # host0 (the box's end of the veth) gets its address from the test, not from DHCP:

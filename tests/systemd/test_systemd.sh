@@ -208,6 +208,8 @@ check "it wrote the sysctls (ip_forward 0 -> 1, forwarding on $DEV)" \
   bash -c '[[ "$(box sysctl -n net.ipv4.ip_forward)" == 1 && "$(box sysctl -n net.ipv4.conf.'"$DEV"'.forwarding)" == 1 ]]'
 check "packets cross the tunnel: VPC address -> hybrid pod and back (3/3)" \
   box ping -c 3 -i 0.2 -W 1 -I "$VPC_SRC" "$POD_IP"
+check "under the hardening it loaded its packet filter (nft table ip hybrid_gateway, node $NODE_IP allowed)" \
+  bash -c 'box nft list table ip hybrid_gateway | grep -q "'"$NODE_IP"'"'
 
 journal_json="$(box journalctl -u hybrid-gateway -o json --no-pager 2>&1)"
 check "journalctl -u: structured fields (DEVICE, IFINDEX on the device line; TARGET, PRIORITY)" \
@@ -310,10 +312,14 @@ check "remove: succeeded; the unit is stopped and no longer enabled; binary gone
   bash -c '[[ '"$remove_rc"' == 0 ]] && ! box systemctl is-active -q hybrid-gateway &&
     ! box test -e /usr/bin/hybrid-gateway && ! box test -e /etc/systemd/system/multi-user.target.wants/'"$UNIT"' &&
     box test -f /etc/hybrid-gateway/config.toml'
+filter_after_remove=gone
+box nft list table ip hybrid_gateway >/dev/null 2>&1 && filter_after_remove=kept
 box dpkg -P hybrid-gateway >/dev/null 2>&1 && purge_rc=0 || purge_rc=$?
 check "purge: succeeded; /etc/hybrid-gateway and /var/lib/hybrid-gateway removed; systemd forgot the unit" \
   bash -c '[[ '"$purge_rc"' == 0 ]] && ! box test -e /etc/hybrid-gateway/config.toml && ! box test -e /var/lib/hybrid-gateway &&
     ! box systemctl cat '"$UNIT"' >/dev/null 2>&1'
+check "remove kept the packet filter; purge deleted it (only our table)" \
+  bash -c '[[ "$1" == kept ]] && ! box nft list table ip hybrid_gateway >/dev/null 2>&1' _ "$filter_after_remove"
 
 summary
 ((FAILED == 0))

@@ -152,7 +152,7 @@ out="$(playbook -e "hybrid_gateway_package_path=$DEB_UP" 2>&1)" && rc=0 || rc=$?
 check "wrong SHA-256 fails the run before installing" \
   bash -c '[ "$1" -ne 0 ] && grep -q "not the expected" <<<"$2" && ! grep -A1 "Install or upgrade the package (apt)" <<<"$2" | grep -q "^changed:"' _ "$rc" "$out"
 check "package still $base_version after the refused upgrade" test "$(dpkg-query -W -f='${Version}' hybrid-gateway 2>/dev/null)" = "$base_version"
-check "role has no disable_gpg_check" bash -c '! grep -rq disable_gpg_check packaging/ansible/'
+check "role has no disable_gpg_check" bash -c '! grep -rq disable_gpg_check packaging/ansible/roles packaging/ansible/site.yml'
 
 log "upgrade to $(basename "$DEB_UP") through the playbook"
 out="$(playbook -e "hybrid_gateway_package_path=$DEB_UP" -e "hybrid_gateway_package_sha256=$(sha256sum "$DEB_UP" | cut -d' ' -f1)" 2>&1)" && rc=0 || rc=$?

@@ -375,3 +375,109 @@ fn own_cidrs_overlapping_each_other_reject_the_node() {
     );
     assert_eq!(rej.len(), 1);
 }
+
+/// The gateway of the examples: node_ip 10.250.3.7 in VPC 10.250.0.0/16, hybrid nodes in
+/// 10.80.0.0/16 on premises, pods in 192.168.32.0/23.
+fn policy() -> NodePolicy {
+    NodePolicy {
+        pod_cidrs: pods(),
+        vpc_cidrs: vec![net("10.250.0.0/16")],
+        remote_node_cidrs: vec![net("10.80.0.0/16")],
+        own_addresses: [ip("10.250.3.7"), ip("127.0.0.1"), ip("172.17.0.1")].into(),
+        max_pod_cidrs: MAX_POD_CIDRS_PER_NODE,
+    }
+}
+
+#[test]
+fn bad_node_addresses_are_rejected_with_their_reason() {
+    let cases = [
+        ("0.0.0.0", "unspecified_address"),
+        ("0.1.2.3", "unspecified_address"),
+        ("127.0.0.1", "loopback_address"),
+        ("127.5.5.5", "loopback_address"),
+        ("224.0.0.5", "multicast_address"),
+        ("239.1.1.1", "multicast_address"),
+        ("255.255.255.255", "broadcast_address"),
+        ("240.0.0.1", "reserved_address"),
+        ("169.254.169.254", "link_local_address"),
+        ("10.250.3.7", "gateway_address"),
+        // an address of this host outside the VPC (a container bridge) is also refused
+        ("172.17.0.1", "gateway_address"),
+        ("10.250.9.9", "address_inside_vpc_cidrs"),
+        ("192.168.32.77", "address_inside_hybrid_pod_cidrs"),
+        ("10.81.0.2", "address_outside_remote_node_cidrs"),
+    ];
+    let p = policy();
+    let mut nodes: Vec<HybridNode> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (addr, _))| node(&format!("bad{i}"), addr, &[]))
+        .collect();
+    nodes.push(node("good", "10.80.0.2", &["192.168.32.0/25"]));
+    let (d, rej) = Desired::build_with(&nodes, &p);
+    let reasons: Vec<&str> = rej.iter().map(Rejection::reason).collect();
+    let want: Vec<&str> = cases.iter().map(|(_, r)| *r).collect();
+    assert_eq!(reasons, want);
+    for r in &rej {
+        assert!(Rejection::REASONS.contains(&r.reason()), "{}", r.reason());
+    }
+    // Only the good node reached the desired state.
+    assert_eq!(
+        d.neighbours.keys().collect::<Vec<_>>(),
+        vec![&ip("10.80.0.2")]
+    );
+    assert_eq!(d.fdb.len(), 1);
+    assert_eq!(d.routes.len(), 1);
+    assert_eq!(
+        rej[8].to_string(),
+        "node bad8: InternalIP 169.254.169.254 is a link-local address (169.254.0.0/16, instance metadata)"
+    );
+    assert_eq!(
+        rej[11].to_string(),
+        "node bad11: InternalIP 10.250.9.9 is inside gateway.vpc_cidrs (10.250.0.0/16)"
+    );
+}
+
+#[test]
+fn without_remote_node_cidrs_any_other_unicast_address_is_a_node() {
+    let mut p = policy();
+    p.remote_node_cidrs.clear();
+    for addr in ["10.81.0.2", "203.0.113.9", "100.64.1.1", "10.80.0.2"] {
+        assert_eq!(p.check_address(ip(addr)), Ok(()), "{addr}");
+    }
+    // The edges of the remote range are inside it.
+    let p = policy();
+    assert_eq!(p.check_address(ip("10.80.0.0")), Ok(()));
+    assert_eq!(p.check_address(ip("10.80.255.255")), Ok(()));
+    assert_eq!(
+        p.check_address(ip("10.79.255.255")),
+        Err(AddressProblem::OutsideRemoteNodeCidrs)
+    );
+}
+
+#[test]
+fn pod_cidrs_per_node_are_capped() {
+    let many: Vec<String> = (0..=MAX_POD_CIDRS_PER_NODE)
+        .map(|i| format!("192.168.{}.{}/32", 32 + i / 256, i % 256))
+        .collect();
+    let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+    let (d, rej) = Desired::build_with(
+        &[
+            node("greedy", "10.80.0.3", &refs),
+            node("fair", "10.80.0.4", &refs[..MAX_POD_CIDRS_PER_NODE]),
+        ],
+        &policy(),
+    );
+    assert_eq!(rej.len(), 1, "{rej:?}");
+    assert_eq!(rej[0].reason(), "too_many_pod_cidrs");
+    assert_eq!(
+        rej[0].to_string(),
+        format!(
+            "node greedy: lists {} pod CIDRs, more than the {MAX_POD_CIDRS_PER_NODE} a node may claim",
+            MAX_POD_CIDRS_PER_NODE + 1
+        )
+    );
+    // The capped node claimed nothing, so the next one may take the same CIDRs.
+    assert_eq!(d.routes.len(), MAX_POD_CIDRS_PER_NODE);
+    assert!(d.routes.values().all(|via| *via == ip("10.80.0.4")));
+}

@@ -50,6 +50,7 @@ locals {
   config_toml = templatefile("${path.module}/templates/config.toml.tftpl", {
     vpc_cidrs           = var.vpc_cidrs
     hybrid_pod_cidrs    = var.hybrid_pod_cidrs
+    remote_node_cidrs   = var.remote_node_cidrs
     cluster_name        = var.cluster_name
     endpoint            = data.aws_eks_cluster.this.endpoint
     ca_file             = "/etc/hybrid-gateway/eks-ca.pem"
