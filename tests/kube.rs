@@ -421,3 +421,381 @@ fn shipped_rbac_is_least_privilege() {
     );
     assert!(text.contains(" 0 failed"), "{text}");
 }
+
+/// A leader (real Lease election) running the CiliumVTEPConfig writer for `cidrs` as the
+/// daemon's identity; cancel to stop.
+struct Writer {
+    cancel: CancellationToken,
+    election: tokio::task::JoinHandle<()>,
+    worker: tokio::task::JoinHandle<()>,
+    spec: vtep_config::VtepSpec,
+}
+
+const NODE_IP: &str = "10.250.3.111";
+
+async fn start_writer(server: &ApiServer, cidrs: &[&str]) -> Writer {
+    let daemon_client = client(&server.daemon_kubeconfig()).await;
+    let lock = LeaseLock::new(
+        daemon_client.clone(),
+        "hybrid-gateway",
+        "hybrid-gateway-leader",
+        Duration::from_secs(1),
+    );
+    let mut elector = Elector::new(lock, "gw-a_1".into(), TIMINGS);
+    let (publisher, handle) = election::channel();
+    let cancel = CancellationToken::new();
+    let c = cancel.clone();
+    let election = tokio::spawn(async move {
+        let _ = election::run(&mut elector, &publisher, None, c).await;
+    });
+    let node_ip = NODE_IP.parse().unwrap();
+    let spec = vtep_config::VtepSpec {
+        tunnel_endpoint: node_ip,
+        mac: Mac::for_gateway(node_ip),
+        vpc_cidrs: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
+    };
+    let worker = tokio::spawn(vtep_config::run(
+        daemon_client,
+        spec.clone(),
+        "gw-a_1".into(),
+        handle,
+        Duration::from_secs(1),
+        tokio::sync::watch::channel(None).0,
+        cancel.clone(),
+    ));
+    Writer {
+        cancel,
+        election,
+        worker,
+        spec,
+    }
+}
+
+impl Writer {
+    async fn stop(self) {
+        self.cancel.cancel();
+        let _ = self.election.await;
+        let _ = self.worker.await;
+    }
+}
+
+/// Our endpoints for `cidrs`, as the writer must leave them.
+fn our_endpoints(cidrs: &[&str]) -> Vec<serde_json::Value> {
+    let mac = Mac::for_gateway(NODE_IP.parse().unwrap()).to_string();
+    cidrs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let name = if cidrs.len() == 1 {
+                "vpc-gateway".to_string()
+            } else {
+                format!("vpc-gateway-{i}")
+            };
+            json!({"name": name, "tunnelEndpoint": NODE_IP, "cidr": c, "mac": mac})
+        })
+        .collect()
+}
+
+/// The object as stored, without the bookkeeping that differs run to run (for the report).
+fn dump(o: &DynamicObject) -> String {
+    let mut v = serde_json::to_value(o).unwrap();
+    for k in [
+        "managedFields",
+        "uid",
+        "creationTimestamp",
+        "resourceVersion",
+    ] {
+        v["metadata"].as_object_mut().unwrap().remove(k);
+    }
+    serde_json::to_string_pretty(&v).unwrap()
+}
+
+/// Endpoint names as the reference gateway (v1.0.1+) writes them, and an upgrade from our
+/// earlier names (`vpc-gateway`, `vpc-gateway-2`, `-3`) leaves none of them behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_names_match_the_reference_and_migrate_from_ours() {
+    let server = ApiServer::start();
+    let admin = client(&server.admin_kubeconfig()).await;
+    let api: Api<DynamicObject> = Api::all_with(admin, &vtep_config::api_resource());
+    let mac = Mac::for_gateway(NODE_IP.parse().unwrap()).to_string();
+
+    // One VPC CIDR: `vpc-gateway`.
+    let one = ["10.250.0.0/16"];
+    let w = start_writer(&server, &one).await;
+    assert!(
+        satisfied_within(&api, &w.spec, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "never written"
+    );
+    let o = api.get(vtep_config::NAME).await.unwrap();
+    println!("as written for 1 VPC CIDR:\n{}", dump(&o));
+    assert_eq!(o.data["spec"]["endpoints"], json!(our_endpoints(&one)));
+    w.stop().await;
+    api.delete(vtep_config::NAME, &DeleteParams::default())
+        .await
+        .unwrap();
+
+    // The object as our previous version wrote it for three CIDRs (same field manager,
+    // server-side apply), then an upgrade: exactly `vpc-gateway-0..2` must remain.
+    let three = ["10.250.0.0/16", "10.251.0.0/16", "10.252.0.0/16"];
+    let old = json!({
+        "apiVersion": "cilium.io/v2", "kind": "CiliumVTEPConfig",
+        "metadata": {"name": vtep_config::NAME},
+        "spec": {"cidrMask": "255.255.0.0", "endpoints": [
+            {"name": "vpc-gateway", "tunnelEndpoint": NODE_IP, "cidr": three[0], "mac": mac},
+            {"name": "vpc-gateway-2", "tunnelEndpoint": NODE_IP, "cidr": three[1], "mac": mac},
+            {"name": "vpc-gateway-3", "tunnelEndpoint": NODE_IP, "cidr": three[2], "mac": mac},
+        ]},
+    });
+    api.patch(
+        vtep_config::NAME,
+        &PatchParams::apply(vtep_config::FIELD_MANAGER).force(),
+        &Patch::Apply(&old),
+    )
+    .await
+    .unwrap();
+    // Someone else applied the same old entry (a GitOps copy, `kubectl apply` of a dump):
+    // it is now co-owned, so server-side apply alone would keep it when we stop naming
+    // it. The migration must remove it by content.
+    let copy = json!({
+        "apiVersion": "cilium.io/v2", "kind": "CiliumVTEPConfig",
+        "metadata": {"name": vtep_config::NAME},
+        "spec": {"endpoints": [
+            {"name": "vpc-gateway-3", "tunnelEndpoint": NODE_IP, "cidr": three[2], "mac": mac},
+        ]},
+    });
+    api.patch(
+        vtep_config::NAME,
+        &PatchParams::apply("gitops"),
+        &Patch::Apply(&copy),
+    )
+    .await
+    .unwrap();
+    let w = start_writer(&server, &three).await;
+    assert!(
+        satisfied_within(&api, &w.spec, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "never written"
+    );
+    let o = api.get(vtep_config::NAME).await.unwrap();
+    println!("as written for 3 VPC CIDRs:\n{}", dump(&o));
+    assert_eq!(o.data["spec"]["endpoints"], json!(our_endpoints(&three)));
+    assert_eq!(o.data["spec"]["cidrMask"], "255.255.0.0");
+    w.stop().await;
+}
+
+/// Every `spec.endpoints` the object goes through from now on, as a watch sees it.
+async fn record_endpoints(
+    api: Api<DynamicObject>,
+) -> (
+    tokio::task::JoinHandle<()>,
+    std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+) {
+    use futures::StreamExt;
+    use kube::runtime::watcher;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let task = tokio::spawn(async move {
+        let cfg =
+            watcher::Config::default().fields(&format!("metadata.name={}", vtep_config::NAME));
+        let mut stream = watcher::watcher(api, cfg).boxed();
+        while let Some(ev) = stream.next().await {
+            if let Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) = ev {
+                s.lock().unwrap().push(o.data["spec"]["endpoints"].clone());
+            }
+        }
+    });
+    (task, seen)
+}
+
+fn duplicate_cidr(endpoints: &serde_json::Value) -> Option<String> {
+    let mut seen = std::collections::BTreeSet::new();
+    for e in endpoints.as_array().into_iter().flatten() {
+        let c = e["cidr"].as_str().unwrap_or_default().to_string();
+        if !seen.insert(c.clone()) {
+            return Some(c);
+        }
+    }
+    None
+}
+
+/// Taking over from the Go gateway: its endpoint (plain create/update under its own field
+/// manager, `vpc-gateway`, its own IP and MAC) is replaced; another writer's unrelated
+/// endpoint and the agent's status stay; no observed version holds a duplicate CIDR.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takes_over_the_go_gateways_object_without_duplicates() {
+    let server = ApiServer::start();
+    let admin = client(&server.admin_kubeconfig()).await;
+    let api: Api<DynamicObject> = Api::all_with(admin, &vtep_config::api_resource());
+
+    // As the Go gateway (controller-runtime client.Create / client.Update) writes it.
+    let go: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "cilium.io/v2", "kind": "CiliumVTEPConfig",
+        "metadata": {"name": vtep_config::NAME},
+        "spec": {"endpoints": [
+            {"name": "vpc-gateway", "tunnelEndpoint": "10.250.8.8", "cidr": "10.250.0.0/16", "mac": "b2:00:00:00:08:08"},
+        ]},
+    }))
+    .unwrap();
+    let go_manager = PostParams {
+        field_manager: Some("eks-hybrid-nodes-gateway".into()),
+        ..PostParams::default()
+    };
+    let mut o = api.create(&go_manager, &go).await.unwrap();
+    // A plain Update (PUT with the resourceVersion) by the Go gateway, as on every start.
+    o.data["spec"]["endpoints"][0]["tunnelEndpoint"] = json!("10.250.8.9");
+    let o = api
+        .replace(vtep_config::NAME, &go_manager, &o)
+        .await
+        .unwrap();
+    // Someone else's unrelated endpoint (another site), and the agent's status.
+    let mut other = o.clone();
+    other.data["spec"]["endpoints"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "onprem-dc", "tunnelEndpoint": "192.0.2.1", "cidr": "10.9.0.0/16", "mac": "02:00:c0:00:02:01"}));
+    let other_manager = PostParams {
+        field_manager: Some("other-tool".into()),
+        ..PostParams::default()
+    };
+    api.replace(vtep_config::NAME, &other_manager, &other)
+        .await
+        .unwrap();
+    let status = json!({"status": {"endpointCount": 2, "conditions": [{"type": "Ready", "status": "True", "reason": "Synced", "message": "", "lastTransitionTime": "2026-11-21T00:00:00Z"}]}});
+    api.patch_status(
+        vtep_config::NAME,
+        &PatchParams::default(),
+        &Patch::Merge(&status),
+    )
+    .await
+    .unwrap();
+
+    let (recorder, seen) = record_endpoints(api.clone()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Our VPC has three CIDRs; the Go gateway (before v1.0.1) advertised only the first.
+    let three = ["10.250.0.0/16", "10.251.0.0/16", "10.252.0.0/16"];
+    let w = start_writer(&server, &three).await;
+    assert!(
+        satisfied_within(&api, &w.spec, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "never written"
+    );
+    // Let any further pass run (it must find nothing to do).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let o = api.get(vtep_config::NAME).await.unwrap();
+    println!("after takeover:\n{}", dump(&o));
+    let mut want = vec![
+        json!({"name": "onprem-dc", "tunnelEndpoint": "192.0.2.1", "cidr": "10.9.0.0/16", "mac": "02:00:c0:00:02:01"}),
+    ];
+    want.extend(our_endpoints(&three));
+    assert_eq!(o.data["spec"]["endpoints"], json!(want));
+    assert_eq!(
+        o.data["status"]["endpointCount"], 2,
+        "status was overwritten"
+    );
+    w.stop().await;
+    recorder.abort();
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.len() >= 2, "the watch saw {seen:?}");
+    for (i, e) in seen.iter().enumerate() {
+        assert_eq!(
+            duplicate_cidr(e),
+            None,
+            "version {i} of the object has a duplicate CIDR: {e}"
+        );
+    }
+}
+
+/// GET requests for the CiliumVTEPConfig the apiserver has served (its own
+/// `apiserver_request_total`), so a test sees each writer pass at the apiserver: a pass
+/// always starts with one GET, a pass that finds nothing to do writes nothing.
+async fn vtep_gets(admin: &kube::Client) -> u64 {
+    let text = admin
+        .request_text(http::Request::get("/metrics").body(Vec::new()).unwrap())
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| {
+            l.starts_with("apiserver_request_total{")
+                && l.contains(r#"resource="ciliumvtepconfigs""#)
+                && l.contains(r#"verb="GET""#)
+                && l.contains(r#"subresource="""#)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// The agents' status writes do not wake the writer: while "agents" write status five
+/// times, the apiserver serves the writer no GET and sees no write from it; a spec change
+/// still wakes it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_writes_do_not_wake_the_writer() {
+    let server = ApiServer::start();
+    let admin = client(&server.admin_kubeconfig()).await;
+    let api: Api<DynamicObject> = Api::all_with(admin.clone(), &vtep_config::api_resource());
+    let one = ["10.250.0.0/16"];
+    let w = start_writer(&server, &one).await;
+    assert!(
+        satisfied_within(&api, &w.spec, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "never written"
+    );
+    // Let the writer settle (the echo of its own write is one more pass).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ours = |o: &DynamicObject| {
+        serde_json::to_string(
+            &o.metadata
+                .managed_fields
+                .iter()
+                .flatten()
+                .filter(|m| m.manager.as_deref() == Some(vtep_config::FIELD_MANAGER))
+                .collect::<Vec<_>>(),
+        )
+        .unwrap()
+    };
+    let before = api.get(vtep_config::NAME).await.unwrap();
+    let gets = vtep_gets(&admin).await;
+    for i in 0..5 {
+        let status = json!({"status": {"endpointCount": i, "conditions": [{"type": "Ready", "status": "True", "reason": "Synced", "message": format!("agent {i}"), "lastTransitionTime": "2026-11-21T00:00:00Z"}]}});
+        api.patch_status(
+            vtep_config::NAME,
+            &PatchParams::apply(&format!("cilium-agent-{i}")),
+            &Patch::Merge(&status),
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let passes = vtep_gets(&admin).await - gets;
+    let after = api.get(vtep_config::NAME).await.unwrap();
+    println!("GETs by the writer during 5 status writes: {passes}");
+    assert_eq!(passes, 0, "status writes woke the writer {passes} times");
+    assert_ne!(
+        before.metadata.resource_version, after.metadata.resource_version,
+        "the status writes happened"
+    );
+    assert_eq!(ours(&before), ours(&after), "the writer wrote");
+    assert_eq!(before.metadata.generation, after.metadata.generation);
+
+    // A spec change still wakes it: repaired long before the 30 s resync.
+    let drift = json!({"spec": {"endpoints": [{"name": "vpc-gateway", "tunnelEndpoint": "10.250.9.9", "cidr": "10.250.0.0/16", "mac": "02:00:00:00:00:09"}]}});
+    api.patch(
+        vtep_config::NAME,
+        &PatchParams::default(),
+        &Patch::Merge(&drift),
+    )
+    .await
+    .unwrap();
+    assert!(
+        satisfied_within(&api, &w.spec, Duration::from_secs(3))
+            .await
+            .is_some(),
+        "drift not repaired"
+    );
+    w.stop().await;
+}

@@ -44,8 +44,9 @@ pub fn api_resource() -> ApiResource {
     ))
 }
 
-/// The endpoints this gateway advertises: one per VPC CIDR, the first named `vpc-gateway`
-/// as the reference gateway names it, the others `vpc-gateway-2`, `-3`… in config order.
+/// The endpoints this gateway advertises: one per VPC CIDR, named as the reference gateway
+/// names them since its v1.0.1 — `vpc-gateway` for a single VPC CIDR, `vpc-gateway-0` …
+/// `vpc-gateway-<N-1>` for several, in config order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VtepSpec {
     pub tunnel_endpoint: Ipv4Addr,
@@ -53,15 +54,86 @@ pub struct VtepSpec {
     pub vpc_cidrs: Vec<Ipv4Net>,
 }
 
+/// The name of endpoint `i` of `n`, as the reference gateway (v1.0.1+) writes it.
+pub fn endpoint_name(i: usize, n: usize) -> String {
+    if n == 1 {
+        BASE_NAME.to_string()
+    } else {
+        format!("{BASE_NAME}-{i}")
+    }
+}
+
+const BASE_NAME: &str = "vpc-gateway";
+
+/// Whether `name` is one of the names a VPC gateway writes into this object: ours now,
+/// ours before (`vpc-gateway`, `vpc-gateway-2`, `-3`…) and the reference's (`vpc-gateway`,
+/// `vpc-gateway-0`…). Such entries describe the VPC gateway, so the leader replaces them.
+fn is_gateway_name(name: &str) -> bool {
+    match name.strip_prefix(BASE_NAME) {
+        Some("") => true,
+        Some(rest) => rest
+            .strip_prefix('-')
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())),
+        None => false,
+    }
+}
+
 impl VtepSpec {
     fn endpoints(&self) -> Vec<Value> {
+        let n = self.vpc_cidrs.len();
         self.vpc_cidrs
             .iter()
             .enumerate()
             .map(|(i, cidr)| {
-                let name = if i == 0 { "vpc-gateway".to_string() } else { format!("vpc-gateway-{}", i + 1) };
-                json!({ "name": name, "tunnelEndpoint": self.tunnel_endpoint.to_string(), "cidr": cidr.to_string(), "mac": self.mac.to_string() })
+                json!({ "name": endpoint_name(i, n), "tunnelEndpoint": self.tunnel_endpoint.to_string(), "cidr": cidr.to_string(), "mac": self.mac.to_string() })
             })
+            .collect()
+    }
+
+    /// Whether an endpoint found in the object is the VPC gateway's, i.e. must be replaced
+    /// by ours: it carries a gateway name (ours now, ours before this version, or the
+    /// reference's), or routes one of our VPC CIDRs (Cilium rejects an object with a
+    /// duplicate CIDR, or uses whichever entry it meets first). Whoever wrote it — the Go
+    /// gateway, an earlier version of us, a hand edit — does not matter.
+    fn is_gateway_endpoint(&self, e: &Value) -> bool {
+        if e.get("name")
+            .and_then(Value::as_str)
+            .is_some_and(is_gateway_name)
+        {
+            return true;
+        }
+        let Some(cidr) = e.get("cidr").and_then(Value::as_str) else {
+            return false;
+        };
+        // Compared as networks, so `10.250.0.0/16` and `10.250.1.0/16` are one CIDR.
+        cidr.parse::<Ipv4Net>()
+            .is_ok_and(|c| self.vpc_cidrs.iter().any(|o| o.trunc() == c.trunc()))
+    }
+
+    /// Endpoints in `actual` that are the gateway's but not exactly ours: the Go gateway's
+    /// or our earlier names' entries a takeover or an upgrade must remove.
+    fn stale<'a>(&self, actual: &'a [Value]) -> Vec<&'a Value> {
+        let ours = self.endpoints();
+        actual
+            .iter()
+            .filter(|e| self.is_gateway_endpoint(e) && !ours.contains(e))
+            .filter(|e| {
+                // Same name as one of ours (but different content) is drift that the apply
+                // corrects in place, not an entry to remove.
+                let name = e.get("name");
+                !ours.iter().any(|o| o.get("name") == name)
+            })
+            .collect()
+    }
+
+    /// The whole endpoint list to write when entries must go: everything in `actual` that
+    /// is not the gateway's, in its order, then ours.
+    fn merged_endpoints(&self, actual: &[Value]) -> Vec<Value> {
+        actual
+            .iter()
+            .filter(|e| !self.is_gateway_endpoint(e))
+            .cloned()
+            .chain(self.endpoints())
             .collect()
     }
 
@@ -87,7 +159,9 @@ impl VtepSpec {
     }
 
     /// Whether `obj` already says what we would write (our endpoints by name, the mask, the
-    /// annotations). Endpoints owned by someone else are not ours to judge.
+    /// annotations) and holds no other gateway entry (the Go gateway's, our earlier names,
+    /// a duplicate of one of our CIDRs). Unrelated endpoints of other writers are not ours
+    /// to judge.
     pub fn satisfied_by(&self, obj: &DynamicObject, identity: &str, term: u32) -> bool {
         let annotations = obj.metadata.annotations.clone().unwrap_or_default();
         if annotations.get(TERM_ANNOTATION) != Some(&term.to_string())
@@ -101,15 +175,23 @@ impl VtepSpec {
         {
             return false;
         }
-        let actual = spec
-            .and_then(|s| s.get("endpoints"))
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        self.endpoints()
-            .iter()
-            .all(|want| actual.iter().any(|have| have == want))
+        let actual = endpoints_of(obj);
+        self.stale(&actual).is_empty()
+            && self
+                .endpoints()
+                .iter()
+                .all(|want| actual.iter().any(|have| have == want))
     }
+}
+
+/// `spec.endpoints` of an object as found (empty when absent or malformed).
+fn endpoints_of(obj: &DynamicObject) -> Vec<Value> {
+    obj.data
+        .get("spec")
+        .and_then(|s| s.get("endpoints"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// The term annotation of an existing object, if any.
@@ -194,7 +276,41 @@ pub async fn ensure(
     }
     let mut body = spec.apply_body(identity, term);
     let limit = timeout.min(left);
+    let found = current.as_ref().map(endpoints_of).unwrap_or_default();
+    let stale = !spec.stale(&found).is_empty();
     match current.and_then(|o| o.metadata.resource_version) {
+        // Takeover (from the Go gateway, or from our own earlier endpoint names): the object
+        // holds gateway entries that are not ours. Server-side apply cannot remove them —
+        // an apply drops only list items its own manager alone owned, and the Go gateway's
+        // plain Update made it the owner of its entry — and `force` only takes over items
+        // with the same key (name), so `vpc-gateway` for our first CIDR would stay next to
+        // our `vpc-gateway-0`. Two writes (apply, then remove) would also show Cilium an
+        // object with a duplicate CIDR in between. So this one write replaces the whole
+        // endpoint list: what others wrote for unrelated CIDRs, in their order, then ours,
+        // with the resourceVersion we read as a precondition (a 409 if anything changed
+        // since, and the next pass recomputes). A merge patch replaces the list whole for a
+        // custom resource and leaves every other field alone; the status subresource is
+        // not writable through the main resource, so Cilium's status stays. Later passes
+        // find the object satisfied, and drift goes through the apply below again.
+        Some(rv) if stale => {
+            let patch = json!({
+                "metadata": {
+                    "resourceVersion": rv,
+                    "annotations": body["metadata"]["annotations"].take(),
+                },
+                "spec": {
+                    "cidrMask": spec.cidr_mask(),
+                    "endpoints": spec.merged_endpoints(&found),
+                },
+            });
+            let params = PatchParams {
+                field_manager: Some(FIELD_MANAGER.to_string()),
+                ..PatchParams::default()
+            };
+            super::timed(limit, api.patch(NAME, &params, &Patch::Merge(&patch)))
+                .await
+                .map_err(VtepConfigError::Api)?;
+        }
         Some(rv) => {
             // Optimistic lock: if the object changed since we checked the fence, get 409 and retry.
             body["metadata"]["resourceVersion"] = json!(rv);
@@ -246,24 +362,65 @@ pub async fn run(
     reconcile::while_leading(&election, start, BACKOFF, &cancel).await;
 }
 
-/// A wake-up for every change of the object; our own writes echo back here too, and the
-/// next pass finds them satisfied.
+/// A wake-up for every change of the object's spec or metadata; our own writes echo back
+/// here too, and the next pass finds them satisfied.
+///
+/// Status writes do not wake us: every hybrid node's Cilium agent writes the object's
+/// status, and a pass per write would be one GET per agent write for nothing (the status
+/// is not ours and a pass never changes it). With the status subresource a status write
+/// leaves `metadata.generation` alone, and the annotations (our term fence) are not
+/// covered by generation, so an event wakes us only when uid, generation or annotations
+/// differ from the last version seen. A delete, and the end of every (re)list, always do.
 fn changes(api: Api<DynamicObject>) -> impl futures::Stream<Item = ()> + Send + 'static {
     let config = watcher::Config::default()
         .fields(&format!("metadata.name={NAME}"))
         .timeout(30);
+    let mut seen = SpecKey::default();
     watcher::watcher(api, config)
         .default_backoff()
-        .filter_map(|ev| async move {
-            match ev {
-                Ok(Event::Apply(_) | Event::Delete(_) | Event::InitDone) => Some(()),
-                Ok(_) => None,
+        .filter_map(move |ev| {
+            let wake = match ev {
+                Ok(Event::Apply(obj)) => seen.update(&obj),
+                Ok(Event::InitApply(obj)) => {
+                    seen.update(&obj);
+                    false
+                }
+                Ok(Event::Delete(_)) => {
+                    seen = SpecKey::default();
+                    true
+                }
+                Ok(Event::Init) => false,
+                Ok(Event::InitDone) => true,
                 Err(e) => {
                     tracing::debug!("CiliumVTEPConfig watch: {e}");
-                    None
+                    false
                 }
-            }
+            };
+            futures::future::ready(wake.then_some(()))
         })
+}
+
+/// What of the object a pass depends on (everything but status and bookkeeping).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct SpecKey {
+    uid: Option<String>,
+    generation: Option<i64>,
+    annotations: Option<std::collections::BTreeMap<String, String>>,
+}
+
+impl SpecKey {
+    /// Records `obj`'s key; whether it differs from the one before. Without a generation
+    /// (a CRD without the status subresource bumps it too, but be safe) every event counts.
+    fn update(&mut self, obj: &DynamicObject) -> bool {
+        let key = SpecKey {
+            uid: obj.metadata.uid.clone(),
+            generation: obj.metadata.generation,
+            annotations: obj.metadata.annotations.clone(),
+        };
+        let changed = key.generation.is_none() || key != *self;
+        *self = key;
+        changed
+    }
 }
 
 /// The CiliumVTEPConfig writer in one term of office.
@@ -339,9 +496,10 @@ mod tests {
         let e = &b["spec"]["endpoints"];
         assert_eq!(
             e[0],
-            json!({"name": "vpc-gateway", "tunnelEndpoint": "10.250.3.111", "cidr": "10.250.0.0/16", "mac": spec().mac.to_string()})
+            json!({"name": "vpc-gateway-0", "tunnelEndpoint": "10.250.3.111", "cidr": "10.250.0.0/16", "mac": spec().mac.to_string()})
         );
-        assert_eq!(e[1]["name"], "vpc-gateway-2");
+        assert_eq!(e[0]["name"], "vpc-gateway-0");
+        assert_eq!(e[1]["name"], "vpc-gateway-1");
         assert_eq!(e[1]["cidr"], "10.251.0.0/16");
         assert!(b.get("status").is_none(), "status is Cilium's");
     }
@@ -366,5 +524,67 @@ mod tests {
         );
         obj.data["spec"]["endpoints"][0]["mac"] = json!("02:00:00:00:00:02");
         assert!(!s.satisfied_by(&obj, "gw-a", 3), "drift must be seen");
+    }
+
+    #[test]
+    fn names_follow_the_reference() {
+        assert_eq!(endpoint_name(0, 1), "vpc-gateway");
+        assert_eq!(endpoint_name(0, 3), "vpc-gateway-0");
+        assert_eq!(endpoint_name(2, 3), "vpc-gateway-2");
+        for n in [
+            "vpc-gateway",
+            "vpc-gateway-0",
+            "vpc-gateway-2",
+            "vpc-gateway-17",
+        ] {
+            assert!(is_gateway_name(n), "{n}");
+        }
+        for n in [
+            "vpc-gateway-",
+            "vpc-gateway-a",
+            "vpc-gatewayx",
+            "onprem",
+            "vpc-gateway-1-b",
+        ] {
+            assert!(!is_gateway_name(n), "{n}");
+        }
+    }
+
+    #[test]
+    fn foreign_and_earlier_gateway_entries_are_stale_unrelated_ones_stay() {
+        let s = spec();
+        let mut found = s.endpoints();
+        let go = json!({"name": "vpc-gateway", "tunnelEndpoint": "10.250.8.8", "cidr": "10.250.0.0/16", "mac": "b2:00:00:00:08:08"});
+        let dup = json!({"name": "legacy", "tunnelEndpoint": "10.250.8.8", "cidr": "10.251.0.0/16", "mac": "b2:00:00:00:08:08"});
+        let other = json!({"name": "onprem", "tunnelEndpoint": "192.0.2.1", "cidr": "10.9.0.0/16", "mac": "02:00:00:00:00:01"});
+        found.insert(0, go.clone());
+        found.push(dup.clone());
+        found.push(other.clone());
+        assert_eq!(s.stale(&found), vec![&go, &dup]);
+        let mut want = vec![other];
+        want.extend(s.endpoints());
+        assert_eq!(s.merged_endpoints(&found), want);
+        // Drift on one of our names is corrected in place by the apply, not removed.
+        let mut drift = s.endpoints();
+        drift[0]["mac"] = json!("02:00:00:00:00:09");
+        assert!(s.stale(&drift).is_empty());
+    }
+
+    #[test]
+    fn status_only_versions_do_not_wake() {
+        let mut obj = DynamicObject::new(NAME, &api_resource());
+        obj.metadata.uid = Some("u1".into());
+        obj.metadata.generation = Some(1);
+        let mut seen = SpecKey::default();
+        assert!(seen.update(&obj));
+        obj.metadata.resource_version = Some("7".into());
+        obj.data["status"] = json!({"endpointCount": 1});
+        assert!(!seen.update(&obj), "a status write");
+        obj.metadata.annotations = Some([(TERM_ANNOTATION.to_string(), "9".to_string())].into());
+        assert!(seen.update(&obj), "an annotation (the fence) changed");
+        obj.metadata.generation = Some(2);
+        assert!(seen.update(&obj), "the spec changed");
+        obj.metadata.uid = Some("u2".into());
+        assert!(seen.update(&obj), "recreated");
     }
 }
