@@ -188,68 +188,22 @@ async fn lock_loop<D: LockStore>(
         let started = Instant::now();
         let lease = decide::judge_lease(v.lease, v.at, started, &t);
         let action = state.action(lease, lock.is_leader(), started);
-        let round = match &action {
-            LockAction::Try { limit } => {
-                lock.raise_term(publisher.term_floor());
-                Some(super::round(lock, *limit, &mut errors).await)
-            }
-            LockAction::Observe => {
-                // Keep watching the lock: should this gateway get the Lease, its expiry
-                // clock for the old holder's lock is already running.
-                if let Ok(Err(e)) =
-                    tokio::time::timeout(lock_t.renew_deadline, lock.observe_only()).await
-                {
-                    errors.report(&e);
-                }
-                None
-            }
-            LockAction::StepDown | LockAction::Wait => None,
-        };
-        let now = Instant::now();
-        let plan = state.settle(&action, lease, v.holder.as_deref(), started, round, now);
-        match &plan.change {
-            Change::None => {
-                if !state.acting() && !lock.is_leader() && matches!(action, LockAction::Try { .. })
-                {
-                    publisher.standby(lock.observed_holder());
-                } else if action == LockAction::Observe {
-                    publisher.standby(v.holder.as_deref());
-                }
-            }
-            Change::Became { until } => {
-                let term = lock.observed_term().unwrap_or(0);
-                publisher.leader(Timestamp::now(), term, *until);
-                tracing::info!(identity = lock.identity(), term, lease = ?lease, "became leader (holding the DynamoDB lock)");
-                errors.last = None;
-            }
-            Change::Extended { until } => {
-                let term = lock.observed_term().unwrap_or(0);
-                publisher.leader(Timestamp::now(), term, *until);
-                errors.last = None;
-            }
-            Change::SteppedDown(why) => {
-                let holder = match why {
-                    decide::StepDown::LeaseHeldBy(h) => h.clone(),
-                    _ => lock
-                        .observed_holder()
-                        .filter(|h| *h != lock.identity())
-                        .map(str::to_string),
-                };
-                publisher.standby(holder.as_deref());
-                tracing::warn!(identity = lock.identity(), "stepped down: {why}");
-            }
+        let round = perform(lock, &action, lock_t, publisher, &mut errors).await;
+        let plan = state.settle(
+            &action,
+            lease,
+            v.holder.as_deref(),
+            started,
+            round,
+            Instant::now(),
+        );
+        publish(lock, publisher, &plan.change, &action, &state, &v, lease);
+        if matches!(plan.change, Change::Became { .. } | Change::Extended { .. }) {
+            errors.last = None;
         }
         if let Some(at) = plan.release_at {
-            // Free the lock for the Lease holder once nothing of ours can still be sent,
-            // rather than at its expiry.
-            tokio::select! {
-                _ = tokio::time::sleep_until(at) => {}
-                _ = cancel.cancelled() => continue,
-            }
-            if let Ok(Err(e)) =
-                tokio::time::timeout(lock_t.renew_deadline, lock.release(Timestamp::now())).await
-            {
-                errors.report(&e);
+            if !release_at(lock, at, lock_t, &cancel, &mut errors).await {
+                continue;
             }
         }
         if plan.give_up_lease {
@@ -275,4 +229,95 @@ async fn lock_loop<D: LockStore>(
             _ = cancel.cancelled() => {}
         }
     }
+}
+
+/// The store I/O an action calls for: a round on the lock when trying, a read when
+/// observing, nothing otherwise.
+async fn perform<D: LockStore>(
+    lock: &mut Elector<D>,
+    action: &LockAction,
+    lock_t: super::Timings,
+    publisher: &ElectionPublisher,
+    errors: &mut ErrorLog,
+) -> Option<decide::Round> {
+    match action {
+        LockAction::Try { limit } => {
+            lock.raise_term(publisher.term_floor());
+            Some(super::round(lock, *limit, errors).await)
+        }
+        LockAction::Observe => {
+            // Keep watching the lock: should this gateway get the Lease, its expiry
+            // clock for the old holder's lock is already running.
+            if let Ok(Err(e)) =
+                tokio::time::timeout(lock_t.renew_deadline, lock.observe_only()).await
+            {
+                errors.report(&e);
+            }
+            None
+        }
+        LockAction::StepDown | LockAction::Wait => None,
+    }
+}
+
+/// Publishes what a decision changed: leader until a new instant, or standby.
+fn publish<D: LockStore>(
+    lock: &Elector<D>,
+    publisher: &ElectionPublisher,
+    change: &Change,
+    action: &LockAction,
+    state: &LockState,
+    view: &LeaseView,
+    lease: Lease,
+) {
+    match change {
+        Change::None => {
+            if !state.acting() && !lock.is_leader() && matches!(action, LockAction::Try { .. }) {
+                publisher.standby(lock.observed_holder());
+            } else if *action == LockAction::Observe {
+                publisher.standby(view.holder.as_deref());
+            }
+        }
+        Change::Became { until } => {
+            let term = lock.observed_term().unwrap_or(0);
+            publisher.leader(Timestamp::now(), term, *until);
+            tracing::info!(identity = lock.identity(), term, lease = ?lease, "became leader (holding the DynamoDB lock)");
+        }
+        Change::Extended { until } => {
+            let term = lock.observed_term().unwrap_or(0);
+            publisher.leader(Timestamp::now(), term, *until);
+        }
+        Change::SteppedDown(why) => {
+            let holder = match why {
+                decide::StepDown::LeaseHeldBy(h) => h.clone(),
+                _ => lock
+                    .observed_holder()
+                    .filter(|h| *h != lock.identity())
+                    .map(str::to_string),
+            };
+            publisher.standby(holder.as_deref());
+            tracing::warn!(identity = lock.identity(), "stepped down: {why}");
+        }
+    }
+}
+
+/// Frees the lock for the Lease holder at `at`, once nothing of ours can still be sent,
+/// rather than at its expiry. `false`: cancelled while waiting (nothing released; the
+/// caller's shutdown path releases).
+async fn release_at<D: LockStore>(
+    lock: &mut Elector<D>,
+    at: Instant,
+    lock_t: super::Timings,
+    cancel: &CancellationToken,
+    errors: &mut ErrorLog,
+) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep_until(at) => {}
+        _ = cancel.cancelled() => return false,
+    }
+    if let Ok(Err(e)) =
+        tokio::time::timeout(lock_t.renew_deadline, lock.release(Timestamp::now())).await
+    {
+        errors.report(&e);
+    }
+    true
 }
