@@ -505,7 +505,8 @@ def t_templatefile_arguments_complete():
 
 
 CONFIG_CASES = {
-    "defaults": dict(vpc_cidrs=["10.250.0.0/16"], hybrid_pod_cidrs=["192.168.32.0/23"], cluster_name="my-cluster",
+    "defaults": dict(vpc_cidrs=["10.250.0.0/16"], hybrid_pod_cidrs=["192.168.32.0/23"],
+                     remote_node_cidrs=["192.168.0.0/24"], cluster_name="my-cluster",
                      endpoint="https://0123456789ABCDEF.gr7.us-west-2.eks.amazonaws.com",
                      ca_file="/etc/hybrid-gateway/eks-ca.pem", region="us-west-2", route_table_ids=[],
                      route_table_tag="hybrid-gateway.io/managed=my-cluster", takeover="owned", cleanup_on_shutdown=False,
