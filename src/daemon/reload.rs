@@ -23,8 +23,13 @@ pub struct Key {
     take: fn(&mut Config, &Config),
 }
 
+/// A row whose key is its field's path in [`Config`] (`key!(apply, datapath.filter)`), or
+/// with the name the log shows given first where the file's key differs from the field.
 macro_rules! key {
-    ($name:literal, $apply:expr, $($field:ident).+) => {
+    ($apply:expr, $first:ident $(. $rest:ident)*) => {
+        key!(concat!(stringify!($first) $(, ".", stringify!($rest))*), $apply, $first $(. $rest)*)
+    };
+    ($name:expr, $apply:expr, $($field:ident).+) => {
         Key {
             name: $name,
             apply: $apply,
@@ -43,73 +48,33 @@ const ELECTION: Apply =
 
 /// Every key of the file, in the order the log lists them.
 pub const KEYS: &[Key] = &[
-    key!("gateway.hybrid_pod_cidrs", DATAPATH, gateway.hybrid_pod_cidrs),
-    key!(
-        "datapath.resync_interval",
-        DATAPATH,
-        datapath.resync_interval
-    ),
-    key!(
-        "datapath.filter",
-        Apply::Restart("the nftables table is installed or removed at start"),
-        datapath.filter
-    ),
-    key!("aws.route_table_ids", ROUTES, aws.route_table_ids),
-    key!("aws.route_table_tag", ROUTES, aws.route_table_tag),
-    key!("aws.takeover", ROUTES, aws.takeover),
-    key!("aws.gateway_instance_ids", ROUTES, aws.gateway_instance_ids),
-    key!("aws.resync_interval", ROUTES, aws.resync_interval),
-    key!(
-        "aws.cleanup_on_shutdown",
-        Apply::Live("read at shutdown"),
-        aws.cleanup_on_shutdown
-    ),
-    key!(
-        "gateway.node_ip",
-        Apply::Restart("the device and the CiliumVTEPConfig are built from it at start"),
-        gateway.node_ip
-    ),
-    key!(
-        "gateway.vpc_cidrs",
-        Apply::Restart("the CiliumVTEPConfig's endpoints are built from it at start"),
-        gateway.vpc_cidrs
-    ),
-    key!(
-        "gateway.remote_node_cidrs",
-        Apply::Restart("the node address checks are fixed at start"),
-        gateway.remote_node_cidrs
-    ),
-    key!("vxlan.interface", DEVICE, vxlan.interface),
-    key!("vxlan.vni", DEVICE, vxlan.vni),
-    key!("vxlan.port", DEVICE, vxlan.port),
-    key!("vxlan.mtu", DEVICE, vxlan.mtu),
-    key!("vxlan.underlay_mtu", DEVICE, vxlan.underlay_mtu),
-    key!(
-        "kubernetes",
-        Apply::Restart("the API client is built once at start"),
-        kubernetes
-    ),
-    key!("election.namespace", ELECTION, election.namespace),
-    key!("election.lease_name", ELECTION, election.lease_name),
-    key!("election.identity", ELECTION, election.identity),
-    key!("election.lease_duration", ELECTION, election.lease_duration),
-    key!("election.renew_deadline", ELECTION, election.renew_deadline),
-    key!("election.retry_period", ELECTION, election.retry_period),
-    key!(
-        "election.dynamodb",
-        Apply::Restart("Lease-only or Lease + DynamoDB lock is chosen at start; restart every gateway to switch"),
-        election.dynamodb
-    ),
-    key!(
-        "aws.region",
-        Apply::Restart("the AWS clients are built once"),
-        aws.region
-    ),
-    key!(
-        "aws.manage_source_dest_check",
-        Apply::Restart("the ENI is checked at start"),
-        aws.manage_source_dest_check
-    ),
+    key!(DATAPATH, gateway.hybrid_pod_cidrs),
+    key!(DATAPATH, datapath.resync_interval),
+    key!(Apply::Restart("the nftables table is installed or removed at start"), datapath.filter),
+    key!(ROUTES, aws.route_table_ids),
+    key!(ROUTES, aws.route_table_tag),
+    key!(ROUTES, aws.takeover),
+    key!(ROUTES, aws.gateway_instance_ids),
+    key!(ROUTES, aws.resync_interval),
+    key!(Apply::Live("read at shutdown"), aws.cleanup_on_shutdown),
+    key!(Apply::Restart("the device and the CiliumVTEPConfig are built from it at start"), gateway.node_ip),
+    key!(Apply::Restart("the CiliumVTEPConfig's endpoints are built from it at start"), gateway.vpc_cidrs),
+    key!(Apply::Restart("the node address checks are fixed at start"), gateway.remote_node_cidrs),
+    key!(DEVICE, vxlan.interface),
+    key!(DEVICE, vxlan.vni),
+    key!(DEVICE, vxlan.port),
+    key!(DEVICE, vxlan.mtu),
+    key!(DEVICE, vxlan.underlay_mtu),
+    key!(Apply::Restart("the API client is built once at start"), kubernetes),
+    key!(ELECTION, election.namespace),
+    key!(ELECTION, election.lease_name),
+    key!(ELECTION, election.identity),
+    key!(ELECTION, election.lease_duration),
+    key!(ELECTION, election.renew_deadline),
+    key!(ELECTION, election.retry_period),
+    key!(Apply::Restart("Lease-only or Lease + DynamoDB lock is chosen at start; restart every gateway to switch"), election.dynamodb),
+    key!(Apply::Restart("the AWS clients are built once"), aws.region),
+    key!(Apply::Restart("the ENI is checked at start"), aws.manage_source_dest_check),
     key!(
         "metrics / health / log",
         Apply::Restart("listeners and logging are set up at start"),
