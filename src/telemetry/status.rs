@@ -53,6 +53,14 @@ pub struct StatusSnapshot {
     /// Why this leader may not write the CiliumVTEPConfig right now, if it may not.
     #[serde(default)]
     pub vtepconfig_fenced: Option<String>,
+    /// Why this leader cannot write the CiliumVTEPConfig at all: the cluster serves no
+    /// shape it writes (CRD missing, other versions).
+    #[serde(default)]
+    pub vtepconfig_unserved: Option<String>,
+    /// The CiliumVTEPConfig shape the cluster serves (`cilium.io/v2 spec.endpoints …`), or
+    /// why there is none.
+    #[serde(default)]
+    pub vtepconfig_shape: Option<String>,
     pub parts: BTreeMap<String, PartStatus>,
     pub last_errors: VecDeque<String>,
 }
@@ -60,12 +68,13 @@ pub struct StatusSnapshot {
 impl StatusSnapshot {
     /// Ready to carry traffic: the device is up, the first node sync is applied, we know
     /// who we are, and — when leading — hybrid nodes can be pointed at us (the
-    /// CiliumVTEPConfig is not fenced against us).
+    /// CiliumVTEPConfig is not fenced against us, and the cluster serves a shape we write).
     pub fn ready(&self) -> bool {
         self.device_up
             && self.nodes_synced
             && self.identity_known
             && self.vtepconfig_fenced.is_none()
+            && self.vtepconfig_unserved.is_none()
     }
 
     /// Every supervised part is running.
@@ -87,6 +96,12 @@ impl StatusSnapshot {
             .filter(|_| self.role == Role::Leader)
         {
             parts.push(format!("leader, fenced: {why}"));
+        } else if let Some(why) = self
+            .vtepconfig_unserved
+            .as_deref()
+            .filter(|_| self.role == Role::Leader)
+        {
+            parts.push(format!("leader, {why}"));
         } else if !(self.device_up && self.nodes_synced && self.identity_known) {
             let mut waiting = Vec::new();
             if !self.device_up {
