@@ -195,8 +195,7 @@ impl Daemon {
         );
         let (publisher, handle) = election::channel();
         let cancel = CancellationToken::new();
-        let (wake, watch) =
-            election::lease::watch_changes(kube.clone(), NS, LEASE, cancel.clone());
+        let (wake, watch) = election::lease::watch_changes(kube.clone(), NS, LEASE, cancel.clone());
         let c = cancel.clone();
         let task = tokio::spawn(async move {
             election::run(&mut e, &publisher, Some(wake), c).await;
@@ -404,7 +403,10 @@ async fn migration_from_the_go_gateway_takes_the_lease_and_the_object_without_du
     // The Go gateway leads and writes its object (controller-runtime Create, then a plain
     // Update on its next start).
     let go = GoPeer::start(&bin, &server, "go-gw-a", tl.clone());
-    assert!(until(limit, || leading("go-gw-a")).await, "client-go never led");
+    assert!(
+        until(limit, || leading("go-gw-a")).await,
+        "client-go never led"
+    );
     let go_ip = "10.250.8.8";
     let go_mac = Mac::for_gateway(go_ip.parse().unwrap()).to_string();
     let go_obj: DynamicObject = serde_json::from_value(json!({
@@ -428,13 +430,20 @@ async fn migration_from_the_go_gateway_takes_the_lease_and_the_object_without_du
     let mut daemons = Vec::new();
     for (id, ip) in ours {
         let ip4 = ip.parse().unwrap();
-        let spec = vtep_config::VtepSpec::new(ip4, Mac::for_gateway(ip4), vec![vpc.parse().unwrap()]);
+        let spec =
+            vtep_config::VtepSpec::new(ip4, Mac::for_gateway(ip4), vec![vpc.parse().unwrap()]);
         daemons.push(Daemon::start_as(&server, id, Some(spec), tl.clone()).await);
     }
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert!(!leading("gw-a") && !leading("gw-b"), "a standby took the Go gateway's Lease");
+    assert!(
+        !leading("gw-a") && !leading("gw-b"),
+        "a standby took the Go gateway's Lease"
+    );
     let before = api.get(vtep_config::NAME).await.unwrap();
-    assert_eq!(before.data["spec"], go_obj.data["spec"], "a standby wrote the object");
+    assert_eq!(
+        before.data["spec"], go_obj.data["spec"],
+        "a standby wrote the object"
+    );
 
     // The Go gateway stops as the reference does (helm uninstall / node loss: the Lease is
     // not released).
@@ -448,13 +457,18 @@ async fn migration_from_the_go_gateway_takes_the_lease_and_the_object_without_du
     let led = tl.lock().unwrap().started_after(new_id, killed).unwrap();
     let want = json!({"cidrMask": "255.255.0.0", "endpoints": [{"name": "vpc-gateway", "tunnelEndpoint": new_ip, "cidr": vpc, "mac": Mac::for_gateway(new_ip.parse().unwrap()).to_string()}]});
     assert!(
-        until(limit, || versions.lock().unwrap().last().map(|v| &v.1) == Some(&want)).await,
+        until(limit, || versions.lock().unwrap().last().map(|v| &v.1)
+            == Some(&want))
+        .await,
         "the object never became ours: {:?}",
         versions.lock().unwrap().last()
     );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let after = api.get(vtep_config::NAME).await.unwrap();
-    assert_eq!(after.data["spec"], want, "the object does not end with exactly our endpoint");
+    assert_eq!(
+        after.data["spec"], want,
+        "the object does not end with exactly our endpoint"
+    );
     recorder.abort();
 
     let versions = versions.lock().unwrap().clone();
@@ -465,13 +479,23 @@ async fn migration_from_the_go_gateway_takes_the_lease_and_the_object_without_du
         .unwrap();
     println!("migration timeline (seconds after the Go leader was killed):");
     println!("  {:>7.3}  Go gateway killed (Lease not released)", 0.0);
-    println!("  {:>7.3}  {new_id} leads (Lease expired and taken)", led - killed);
+    println!(
+        "  {:>7.3}  {new_id} leads (Lease expired and taken)",
+        led - killed
+    );
     for (t, spec) in &versions {
         println!("  {:>7.3}  CiliumVTEPConfig spec: {spec}", t - killed);
     }
-    println!("  {:>7.3}  CiliumVTEPConfig holds {new_id}'s endpoint", written - killed);
+    println!(
+        "  {:>7.3}  CiliumVTEPConfig holds {new_id}'s endpoint",
+        written - killed
+    );
     for (i, (_, spec)) in versions.iter().enumerate() {
-        assert_eq!(duplicate_cidr(spec), None, "version {i} has a duplicate CIDR: {spec}");
+        assert_eq!(
+            duplicate_cidr(spec),
+            None,
+            "version {i} has a duplicate CIDR: {spec}"
+        );
     }
     for d in daemons {
         d.stop(&tl).await;

@@ -241,7 +241,10 @@ async fn assert_unknown_fields_pruned(admin: &kube::Client, shape: Shape, mut sp
             .entry("cidrMask")
             .or_insert(json!("255.255.255.0"));
     }
-    assert_eq!(back.data["spec"], spec, "{shape}: unknown fields not pruned");
+    assert_eq!(
+        back.data["spec"], spec,
+        "{shape}: unknown fields not pruned"
+    );
     assert_eq!(created.data["spec"], spec);
     api.delete("pruning-check", &DeleteParams::default())
         .await
@@ -314,7 +317,12 @@ async fn follows_the_served_shape_and_says_why_when_none() {
     let by_discovery = vtep_shape::detect_by_discovery(&daemon, timeout)
         .await
         .unwrap();
-    assert_eq!(by_discovery.shape(), Some(v2), "{}", by_discovery.describe());
+    assert_eq!(
+        by_discovery.shape(),
+        Some(v2),
+        "{}",
+        by_discovery.describe()
+    );
 
     // Neither served: the leader says why, and keeps at it.
     let gone = Instant::now();
@@ -335,8 +343,14 @@ async fn follows_the_served_shape_and_says_why_when_none() {
         "CRD removed: not-ready reason after {:?}: {reason}",
         gone.elapsed()
     );
-    assert!(reason.contains("ciliumvtepconfigs.cilium.io is not installed"), "{reason}");
-    match vtep_shape::detect_by_discovery(&daemon, timeout).await.unwrap() {
+    assert!(
+        reason.contains("ciliumvtepconfigs.cilium.io is not installed"),
+        "{reason}"
+    );
+    match vtep_shape::detect_by_discovery(&daemon, timeout)
+        .await
+        .unwrap()
+    {
         Served::Neither(why) => println!("discovery: {why}"),
         other => panic!("discovery without the CRD: {other:?}"),
     }

@@ -218,11 +218,7 @@ fn spawn_leader_work(
 ) -> Vec<JoinHandle<()>> {
     let spec = vtep_config::VtepSpec {
         node_selector: config.kubernetes.vtep_node_selector.clone(),
-        ..vtep_config::VtepSpec::new(
-            inputs.node_ip,
-            inputs.mac,
-            config.gateway.vpc_cidrs.clone(),
-        )
+        ..vtep_config::VtepSpec::new(inputs.node_ip, inputs.mac, config.gateway.vpc_cidrs.clone())
     };
     let (fenced, fenced_rx) = tokio::sync::watch::channel(None);
     // The served CiliumVTEPConfig shape, looked up on every gateway (leader or not) so

@@ -418,12 +418,7 @@ pub async fn run(
     cancel: CancellationToken,
 ) {
     let (tx, served) = watch::channel(Served::Unknown);
-    let detect = tokio::spawn(vtep_shape::run(
-        client.clone(),
-        timeout,
-        tx,
-        cancel.clone(),
-    ));
+    let detect = tokio::spawn(vtep_shape::run(client.clone(), timeout, tx, cancel.clone()));
     run_with_shape(
         client, spec, identity, election, timeout, served, blocked, cancel,
     )
@@ -453,8 +448,7 @@ pub async fn run_with_shape(
         };
         let (api, changes) = match now.shape() {
             Some(shape) => {
-                let api: Api<DynamicObject> =
-                    Api::all_with(client.clone(), &shape.api_resource());
+                let api: Api<DynamicObject> = Api::all_with(client.clone(), &shape.api_resource());
                 (Some(api.clone()), changes(api).boxed())
             }
             None => (None, futures::stream::pending().boxed()),
