@@ -51,6 +51,8 @@ pub const KEYS: &[Key] = &[
     key!(DATAPATH, gateway.hybrid_pod_cidrs),
     key!(DATAPATH, datapath.resync_interval),
     key!(Apply::Restart("the nftables table is installed or removed at start"), datapath.filter),
+    key!(Apply::Restart("the node set snapshot is set up at start"), datapath.state_dir),
+    key!(Apply::Restart("only the start waits for the first node list"), datapath.cold_start_wait),
     key!(ROUTES, aws.route_table_ids),
     key!(ROUTES, aws.route_table_tag),
     key!(ROUTES, aws.takeover),
