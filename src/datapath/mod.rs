@@ -113,13 +113,7 @@ impl Datapath {
         }
         changes.extend(device.sysctls.iter().cloned());
         changes.extend(sysctl::ensure_interface(&device.underlay, false)?);
-        let policy = NodePolicy {
-            pod_cidrs: config.gateway.hybrid_pod_cidrs.clone(),
-            vpc_cidrs: config.gateway.vpc_cidrs.clone(),
-            remote_node_cidrs: config.gateway.remote_node_cidrs.clone(),
-            own_addresses: [node_ip].into(),
-            max_pod_cidrs: vtep::MAX_POD_CIDRS_PER_NODE,
-        };
+        let policy = NodePolicy::from_config(config, node_ip);
         let filter = if config.datapath.filter {
             let base = FilterSpec {
                 device: device.name.clone(),

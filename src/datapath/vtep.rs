@@ -45,6 +45,18 @@ pub struct NodePolicy {
 }
 
 impl NodePolicy {
+    /// Every check the configuration asks for, for a gateway at `node_ip` (the pass adds
+    /// the host's other addresses as it finds them).
+    pub fn from_config(config: &crate::config::Config, node_ip: Ipv4Addr) -> Self {
+        NodePolicy {
+            pod_cidrs: config.gateway.hybrid_pod_cidrs.clone(),
+            vpc_cidrs: config.gateway.vpc_cidrs.clone(),
+            remote_node_cidrs: config.gateway.remote_node_cidrs.clone(),
+            own_addresses: [node_ip].into(),
+            max_pod_cidrs: MAX_POD_CIDRS_PER_NODE,
+        }
+    }
+
     /// Only the checks that need no configuration beyond the hybrid pod CIDRs.
     pub fn for_pod_cidrs(pod_cidrs: &[Ipv4Net]) -> Self {
         NodePolicy {

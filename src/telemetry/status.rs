@@ -56,6 +56,10 @@ pub struct StatusSnapshot {
     /// Why this leader may not write the CiliumVTEPConfig right now, if it may not.
     #[serde(default)]
     pub vtepconfig_fenced: Option<String>,
+    /// While the node set programmed is the snapshot from the state directory (the API
+    /// did not list in time at start): when it was written, in Unix seconds.
+    #[serde(default)]
+    pub nodes_from_snapshot: Option<i64>,
     pub parts: BTreeMap<String, PartStatus>,
     pub last_errors: VecDeque<String>,
 }
@@ -114,6 +118,15 @@ impl StatusSnapshot {
             ));
         }
         parts.push(nodes);
+        if let Some(written) = self.nodes_from_snapshot {
+            let age = jiff::Timestamp::now().as_second() - written;
+            parts.push(format!(
+                "from snapshot, age {}",
+                humantime::format_duration(std::time::Duration::from_secs(
+                    u64::try_from(age).unwrap_or(0)
+                ))
+            ));
+        }
         if self.role == Role::Leader && self.route_tables_total > 0 {
             parts.push(format!(
                 "{}/{} route tables in sync",
