@@ -651,16 +651,39 @@ fn tempdir() -> std::path::PathBuf {
 
 /// `/metrics` of a daemon running in `ns` (default listen address 127.0.0.1:10080).
 fn scrape(ns: &Netns) -> String {
+    http_get(ns, 10080, "/metrics").1
+}
+
+/// `GET path` on 127.0.0.1:`port` inside `ns`: (status code, whole response).
+fn http_get(ns: &Netns, port: u16, path: &str) -> (u16, String) {
     ns.run(|| async {
         use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect("127.0.0.1:10080").expect("metrics listener");
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("daemon listener");
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
             .unwrap();
         let mut text = String::new();
         s.read_to_string(&mut text).unwrap();
-        text
+        let code = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (code, text)
     })
+}
+
+/// `/readyz` of a daemon in `ns` (default health listener 127.0.0.1:8088) says ready.
+fn ready(ns: &Netns) -> bool {
+    http_get(ns, 8088, "/readyz").0 == 200
+}
+
+/// The value of an unlabelled gauge in a scrape.
+fn gauge(metrics: &str, name: &str) -> Option<i64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 #[test]
@@ -1092,15 +1115,30 @@ fn filter_throughput() {
     );
 }
 
-/// How long `broken` stays true after `breaking` ran, polled every 25 ms.
-fn time_to_repair(ns: &Netns, breaking: &str, repaired: impl Fn() -> bool) -> Duration {
+/// What was seen between breaking something and its repair.
+struct Repaired {
+    after: Duration,
+    /// `/readyz` answered 503 at least once meanwhile.
+    saw_unready: bool,
+}
+
+/// Runs `breaking`, then polls `/readyz` and `repaired` until the latter holds: how long
+/// that took, and whether readiness said so meanwhile.
+fn watch_repair(ns: &Netns, breaking: &str, repaired: impl Fn() -> bool) -> Repaired {
     ns.sh(breaking);
     let t = std::time::Instant::now();
+    let mut saw_unready = false;
+    let ok = wait_until(Duration::from_secs(20), || {
+        saw_unready |= !ready(ns);
+        repaired()
+    });
+    assert!(ok, "not repaired after `{breaking}`");
+    let after = t.elapsed();
     assert!(
-        wait_until(Duration::from_secs(20), &repaired),
-        "not repaired after `{breaking}`"
+        wait_until(Duration::from_secs(2), || ready(ns)),
+        "not ready again after repairing `{breaking}`"
     );
-    t.elapsed()
+    Repaired { after, saw_unready }
 }
 
 #[test]
@@ -1148,43 +1186,94 @@ fn drift_is_repaired_at_once_on_link_events_and_at_the_resync_otherwise() {
             .success()
     };
     assert!(forwards());
+    assert!(
+        wait_until(Duration::from_secs(5), || ready(&t.gw)),
+        "never ready"
+    );
 
     // Link events: repaired well within the 5 s resync.
-    let deleted = time_to_repair(&t.gw, "ip link del hybrid_vxlan0", up);
+    let deleted = watch_repair(&t.gw, "ip link del hybrid_vxlan0", up);
     assert!(
-        deleted < Duration::from_secs(2),
-        "device deletion repaired after {deleted:?}"
+        deleted.after < Duration::from_secs(2),
+        "device deletion repaired after {:?}",
+        deleted.after
     );
     assert!(forwards(), "no forwarding after the device came back");
-    let down = time_to_repair(&t.gw, "ip link set hybrid_vxlan0 down", up);
+    let down = watch_repair(&t.gw, "ip link set hybrid_vxlan0 down", up);
     assert!(
-        down < Duration::from_secs(2),
-        "device down repaired after {down:?}"
+        down.after < Duration::from_secs(2),
+        "device down repaired after {:?}",
+        down.after
     );
 
-    // No event for these: the resync puts them right.
-    let forwarding = time_to_repair(&t.gw, "sysctl -qw net.ipv4.ip_forward=0", || {
+    // A device the daemon cannot put back (a foreign one took the name): not ready and
+    // the interface gauge down for as long as that lasts; back at once when it goes.
+    // One `ip -batch`, once the daemon is quiet (its own repair's link events wake it
+    // too): it must not recreate its device between the two steps.
+    std::thread::sleep(Duration::from_millis(300));
+    t.gw.sh("ip link add fgn1 type veth peer name fgn0 && \
+         printf 'link del hybrid_vxlan0\\nlink set fgn1 name hybrid_vxlan0\\n' | ip -batch -");
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..4 {
+        let (code, body) = http_get(&t.gw, 8088, "/readyz");
+        assert_eq!(
+            code, 503,
+            "ready while a foreign device holds the name: {body}"
+        );
+        let m = scrape(&t.gw);
+        assert_eq!(
+            gauge(&m, "hybrid_gateway_vxlan_interface_up"),
+            Some(0),
+            "{m}"
+        );
+        assert_eq!(gauge(&m, "hybrid_gateway_ready"), Some(0), "{m}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let foreign = watch_repair(&t.gw, "ip link del hybrid_vxlan0", up);
+    assert!(
+        foreign.after < Duration::from_secs(2),
+        "device repaired {:?} after the foreign one went",
+        foreign.after
+    );
+    assert!(forwards(), "no forwarding after the foreign device went");
+
+    // No event for these: the resync puts them right. Readiness looks at the kernel when
+    // asked, so it says so from the moment forwarding is off.
+    let forwarding = watch_repair(&t.gw, "sysctl -qw net.ipv4.ip_forward=0", || {
         t.gw.sysctl("net.ipv4.ip_forward") == "1"
     });
     assert!(
-        forwarding < Duration::from_secs(7),
-        "ip_forward repaired after {forwarding:?}"
-    );
-    let filter = time_to_repair(
-        &t.gw,
-        "nft flush chain ip hybrid_gateway underlay_in",
-        || {
-            t.gw.sh("nft list chain ip hybrid_gateway underlay_in")
-                .contains("vxlan-from-nodes-only")
-        },
+        forwarding.after < Duration::from_secs(7),
+        "ip_forward repaired after {:?}",
+        forwarding.after
     );
     assert!(
-        filter < Duration::from_secs(7),
-        "filter repaired after {filter:?}"
+        forwarding.saw_unready,
+        "/readyz said ready while ip_forward was 0"
+    );
+    let filter = watch_repair(&t.gw, "nft flush table ip hybrid_gateway", || {
+        t.gw.sh("nft list chain ip hybrid_gateway underlay_in")
+            .contains("vxlan-from-nodes-only")
+    });
+    assert!(
+        filter.after < Duration::from_secs(7),
+        "filter repaired after {:?}",
+        filter.after
     );
     assert!(forwards());
     println!(
-        "repair times: device deleted {deleted:?}, set down {down:?}, ip_forward=0 {forwarding:?}, filter flushed {filter:?}"
+        "repair times (readiness false seen meanwhile): device deleted {:?} ({}), set down {:?} ({}), \
+         foreign device removed {:?} ({}), ip_forward=0 {:?} ({}), filter table flushed {:?} ({})",
+        deleted.after,
+        deleted.saw_unready,
+        down.after,
+        down.saw_unready,
+        foreign.after,
+        foreign.saw_unready,
+        forwarding.after,
+        forwarding.saw_unready,
+        filter.after,
+        filter.saw_unready,
     );
 
     let metrics = scrape(&t.gw);

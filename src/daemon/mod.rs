@@ -131,7 +131,7 @@ impl Context {
 }
 
 /// Who we are, and the datapath set up: what every part needs before it can start.
-async fn set_up(config: Config, static_mode: bool) -> anyhow::Result<(Context, Datapath)> {
+async fn set_up(config: Config, static_mode: bool) -> anyhow::Result<(Context, Arc<Datapath>)> {
     let (aws, node_ip, identity) = identify(&config, static_mode).await?;
     let (datapath, changes) = Datapath::setup(&config, node_ip)
         .await
@@ -146,6 +146,14 @@ async fn set_up(config: Config, static_mode: bool) -> anyhow::Result<(Context, D
         status: Arc::new(DaemonStatus::new(&identity)),
         metrics: Arc::new(Metrics::new(&identity, &device.name, node_stats.clone())),
     };
+    let datapath = Arc::new(datapath);
+    let dp = datapath.clone();
+    telemetry
+        .status
+        .set_live_check(telemetry::status::LiveCheck(Arc::new(move || {
+            let dp = dp.clone();
+            Box::pin(async move { dp.live().await })
+        })));
     telemetry.metrics.vxlan_interface_up.set(1);
     telemetry.status.update(|s| {
         s.device_up = true;
@@ -260,8 +268,7 @@ impl Daemon {
     }
 
     /// The kernel follows the node set and the configuration.
-    fn start_node_sync(&mut self, datapath: Datapath) {
-        let datapath = Arc::new(datapath);
+    fn start_node_sync(&mut self, datapath: Arc<Datapath>) {
         let ctx = self.ctx.clone();
         self.tasks.push(supervise(
             "datapath",

@@ -2,15 +2,16 @@
 //! runs on every change of the nodes or the configuration, every
 //! `datapath.resync_interval` (drift repair), and with backoff after failures.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::config::Config;
-use crate::datapath::{Datapath, DatapathError, Reconciled};
+use crate::datapath::{Datapath, DatapathError, Reconciled, Scope};
 use crate::k8s::cilium_nodes::NodeSet;
 use crate::reconcile::{self, Outcome, Target, Wakeups};
 use crate::telemetry::Telemetry;
@@ -24,6 +25,12 @@ pub struct NodeSync {
     pub config: watch::Receiver<Arc<Config>>,
     pub telemetry: Telemetry,
     reporter: Reporter,
+    /// Set by the link notification stream: the next pass looks at everything.
+    link_event: Arc<AtomicBool>,
+    /// When the last full pass (device, sysctls, every entry, the filter) ran and whether
+    /// the last pass went wrong: both call for the next pass to be full.
+    last_full: Option<Instant>,
+    last_failed: bool,
 }
 
 impl NodeSync {
@@ -39,6 +46,9 @@ impl NodeSync {
             config,
             telemetry,
             reporter: Reporter::default(),
+            link_event: Arc::new(AtomicBool::new(false)),
+            last_full: None,
+            last_failed: false,
         }
     }
 
@@ -52,16 +62,18 @@ impl NodeSync {
         match self.datapath.link_events() {
             Ok(events) => {
                 let dp = self.datapath.clone();
+                let flag = self.link_event.clone();
                 wakeups = wakeups.on_stream(futures::stream::unfold(
-                    (events, dp),
-                    |(mut events, dp)| async move {
+                    (events, dp, flag),
+                    |(mut events, dp, flag)| async move {
                         let d = dp.device();
                         if events.next(&d.name, d.index).await.is_none() {
                             // A lost subscription must not stop the node sync: the
                             // resync still repairs.
                             std::future::pending::<()>().await;
                         }
-                        Some(((), (events, dp)))
+                        flag.store(true, Ordering::SeqCst);
+                        Some(((), (events, dp, flag)))
                     },
                 ));
             }
@@ -77,21 +89,38 @@ impl Target for NodeSync {
     type Error = DatapathError;
 
     async fn pass(&mut self) -> Result<Outcome, DatapathError> {
+        let config_changed = self.config.has_changed().unwrap_or(true);
         let config = self.config.borrow_and_update().clone();
         // Nothing is programmed before the first full node list: an empty set at start-up
         // would flush a kernel that is still forwarding for the previous process.
         let Some(set) = self.nodes.borrow_and_update().clone() else {
             return Ok(Outcome::idle());
         };
+        let resync = config.datapath.resync_interval;
+        let link_event = self.link_event.swap(false, Ordering::SeqCst);
+        // A node event only costs its change; everything is read back and compared on
+        // the resync, on link events, after anything went wrong and when the
+        // configuration changed.
+        let full = link_event
+            || config_changed
+            || self.last_failed
+            || self.last_full.is_none_or(|t| t.elapsed() >= resync);
+        let scope = if full { Scope::Full } else { Scope::Changes };
+        self.last_failed = true;
         let r = self
             .datapath
-            .reconcile(&set, &config.gateway.hybrid_pod_cidrs)
+            .reconcile_scoped(&set, &config.gateway.hybrid_pod_cidrs, scope)
             .await?;
+        if full {
+            self.last_full = Some(Instant::now());
+        }
         self.reporter.report(&r);
         self.telemetry.datapath_reconciled(&r);
         let changes = r.report.changes() as u64;
+        self.last_failed = !r.report.errors.is_empty();
         Ok(if r.report.errors.is_empty() {
-            Outcome::resync(changes, config.datapath.resync_interval)
+            let since_full = self.last_full.map_or(Duration::ZERO, |t| t.elapsed());
+            Outcome::resync(changes, resync.saturating_sub(since_full))
         } else {
             Outcome::retry(changes)
         })

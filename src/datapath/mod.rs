@@ -24,6 +24,7 @@ pub use vtep::{AddressProblem, Desired, HybridNode, NodePolicy, Rejection};
 pub use vxlan::{Device, DeviceAction};
 
 use crate::config::{Config, VxlanConfig};
+use crate::telemetry::status as telemetry_live;
 
 /// The set-up datapath: a netlink socket, the device, and the reconciler state.
 pub struct Datapath {
@@ -37,6 +38,29 @@ pub struct Datapath {
     policy: NodePolicy,
     /// The nftables filter's fixed part (`None`: `[datapath] filter = false`).
     filter: Option<FilterSpec>,
+    /// What the last passes left in the kernel, so a node event costs its change only.
+    known: std::sync::Mutex<Known>,
+}
+
+/// The kernel as this process last left it. Cleared whenever a write failed: the next
+/// pass then reads the kernel again.
+#[derive(Default)]
+struct Known {
+    /// Routes, ARP and FDB: exactly this [`Desired`] was applied without an error.
+    vtep: Option<Desired>,
+    /// The filter table was last written (or found) as this spec.
+    filter: Option<FilterSpec>,
+}
+
+/// How much of the kernel a pass looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Everything read back and compared: the device, the sysctls, every route, ARP and
+    /// FDB entry, the filter table. For the resync, link events and after errors.
+    Full,
+    /// Only the node set's change, against what the previous passes left (falls back to a
+    /// read of the entries when that is not known). For node and configuration events.
+    Changes,
 }
 
 /// Something a pass found broken and put right.
@@ -119,6 +143,7 @@ impl Datapath {
                 node_ip,
                 policy,
                 filter,
+                known: std::sync::Mutex::new(Known::default()),
             },
             changes,
         ))
@@ -130,6 +155,63 @@ impl Datapath {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// The device and the forwarding sysctls as the kernel holds them now, without
+    /// repairing anything: a few netlink and /proc/sys reads, cheap enough for every
+    /// `/readyz` and scrape. The filter is not read here (that costs an `nft` run); its
+    /// drift is found by the full passes.
+    pub async fn live(&self) -> telemetry_live::Live {
+        let device = self.device();
+        let mut problems = Vec::new();
+        let device_up = match self.nl.link(&device.name).await {
+            Ok(Some(l)) if l.alias.as_deref() != Some(vxlan::DEVICE_ALIAS) => {
+                problems.push(format!(
+                    "{} is not the device this daemon made",
+                    device.name
+                ));
+                false
+            }
+            Ok(Some(l)) if !l.up => {
+                problems.push(format!("{} is down", device.name));
+                false
+            }
+            Ok(Some(_)) => true,
+            Ok(None) => {
+                problems.push(format!("{} is missing", device.name));
+                false
+            }
+            Err(e) => {
+                problems.push(e.to_string());
+                false
+            }
+        };
+        let wants = [
+            ("net.ipv4.ip_forward".to_string(), "1"),
+            (format!("net.ipv4.conf.{}.forwarding", device.underlay), "1"),
+        ];
+        for (key, want) in wants {
+            match sysctl::read(&key) {
+                Ok(v) if v == want => {}
+                Ok(v) => problems.push(format!("{key} is {v}")),
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        if device_up {
+            let key = format!("net.ipv4.conf.{}.forwarding", device.name);
+            match sysctl::read(&key) {
+                Ok(v) if v == "1" => {}
+                Ok(v) => problems.push(format!("{key} is {v}")),
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        if sysctl::read("net.ipv4.conf.all.rp_filter").is_ok_and(|v| v == "1") {
+            problems.push("net.ipv4.conf.all.rp_filter is 1 (strict)".into());
+        }
+        telemetry_live::Live {
+            device_up,
+            problems,
+        }
     }
 
     /// Link notifications about the device, to run a pass (and so a repair) at once.
@@ -172,13 +254,31 @@ impl Datapath {
     /// Makes the kernel match `nodes`: reads what is there, diffs, applies only the
     /// difference. Failed entries are in the report and are retried by the next pass.
     /// `pod_cidrs` is `gateway.hybrid_pod_cidrs` as the running configuration has it.
+    /// A [`Scope::Full`] pass: the device, sysctls and filter are checked too.
     pub async fn reconcile(
         &self,
         nodes: &[HybridNode],
         pod_cidrs: &[Ipv4Net],
     ) -> Result<Reconciled> {
+        self.reconcile_scoped(nodes, pod_cidrs, Scope::Full).await
+    }
+
+    /// [`Datapath::reconcile`] looking only as far as `scope` says.
+    pub async fn reconcile_scoped(
+        &self,
+        nodes: &[HybridNode],
+        pod_cidrs: &[Ipv4Net],
+        scope: Scope,
+    ) -> Result<Reconciled> {
         let started = Instant::now();
-        let (device, mut repairs) = self.check_host().await?;
+        let known = std::mem::take(&mut *self.known.lock().unwrap_or_else(|p| p.into_inner()));
+        let (device, mut repairs, known) = match scope {
+            Scope::Full => {
+                let (device, repairs) = self.check_host().await?;
+                (device, repairs, Known::default())
+            }
+            Scope::Changes => (self.device(), Vec::new(), known),
+        };
         // Addresses come and go (a second ENI, a container bridge): a node may never claim
         // one this host holds right now.
         let own = self.nl.local_ipv4s().await?;
@@ -186,11 +286,14 @@ impl Datapath {
         policy.pod_cidrs = pod_cidrs.to_vec();
         policy.own_addresses.extend(own);
         let (desired, rejected) = Desired::build_with(nodes, &policy);
-        let actual = self.nl.read_vtep(device.index).await?;
-        let plan = vtep::diff(&desired, &actual);
+        let plan = match &known.vtep {
+            Some(before) => vtep::diff_known(before, &desired),
+            None => vtep::diff(&desired, &self.nl.read_vtep(device.index).await?),
+        };
         // The filter learns a new node before its routes exist and forgets a removed one
         // before they go: its VXLAN is accepted exactly while the gateway forwards to it.
         let mut filter_errors = Vec::new();
+        let mut filter_known = None;
         let filter = match &self.filter {
             None => None,
             Some(base) => {
@@ -199,8 +302,19 @@ impl Datapath {
                     pod_cidrs: policy.pod_cidrs.clone(),
                     ..base.clone()
                 };
-                match sync_filter(&spec).await {
-                    Ok(r) => Some(r),
+                let synced = match &known.filter {
+                    // Reading the table back costs an `nft` run and a JSON parse of every
+                    // element: node events only write when the node set changed.
+                    Some(before) if scope == Scope::Changes => {
+                        write_filter_if_changed(before, &spec).await
+                    }
+                    _ => sync_filter(&spec).await,
+                };
+                match synced {
+                    Ok(r) => {
+                        filter_known = Some(spec);
+                        Some(r)
+                    }
                     Err(e) => {
                         filter_errors.push(e);
                         None
@@ -219,13 +333,23 @@ impl Datapath {
                 detail: d.clone(),
             }));
         }
+        let (nodes_n, routes, fdb, entries) = (
+            desired.neighbours.len(),
+            desired.routes.len(),
+            desired.fdb.len(),
+            desired.entry_count(),
+        );
+        *self.known.lock().unwrap_or_else(|p| p.into_inner()) = Known {
+            vtep: report.errors.is_empty().then_some(desired),
+            filter: filter_known,
+        };
         report.add_errors += filter_errors.len();
         report.errors.extend(filter_errors);
         Ok(Reconciled {
-            desired_entries: desired.entry_count(),
-            nodes: desired.neighbours.len(),
-            routes: desired.routes.len(),
-            fdb: desired.fdb.len(),
+            desired_entries: entries,
+            nodes: nodes_n,
+            routes,
+            fdb,
             rejected,
             report,
             filter,
@@ -273,6 +397,17 @@ async fn install_filter(nl: &Netlink, device: &Device, base: &FilterSpec) -> Res
             filter::apply(&spec).await
         }
     }
+}
+
+/// Rewrites the table (atomically) when the node set or the pod CIDRs differ from what was
+/// last written; reads nothing. Drift is the full pass's business.
+async fn write_filter_if_changed(before: &FilterSpec, spec: &FilterSpec) -> Result<FilterReport> {
+    let mut report = FilterReport::default();
+    if before != spec {
+        filter::apply(spec).await?;
+        report.written = true;
+    }
+    Ok(report)
 }
 
 /// Makes the table match `spec`, rewriting it (atomically) only when something differs.

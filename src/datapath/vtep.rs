@@ -605,5 +605,109 @@ fn diff_fdb(desired: &Desired, actual: &Actual, plan: &mut Plan) {
     }
 }
 
+/// The plan that turns a kernel known to hold exactly `old` (a previous [`Desired`] applied
+/// without errors) into `new`, without reading the kernel: what a node event costs is the
+/// size of its change, not of the node set. Walks the two ordered maps side by side, so it
+/// is O(n) in comparisons but allocates only for the ops it returns.
+pub fn diff_known(old: &Desired, new: &Desired) -> Plan {
+    let mut plan = Plan::default();
+    merge(&old.routes, &new.routes, |dst, was, now| match (was, now) {
+        (Some(via), None) => plan.phases[DEL_ROUTES].push(Op::DelRoute(KernelRoute {
+            dst: *dst,
+            metric: 0,
+            protocol: ROUTE_PROTOCOL,
+            kind: KernelRouteKind::Device {
+                gateway: Some(*via),
+                onlink: true,
+                universe: true,
+            },
+        })),
+        (_, Some(via)) => plan.phases[SET_ROUTES].push(Op::SetRoute {
+            dst: *dst,
+            via: *via,
+        }),
+        (None, None) => {}
+    });
+    let unit = |set: &BTreeSet<Ipv4Net>| -> BTreeMap<Ipv4Net, ()> {
+        set.iter().map(|n| (*n, ())).collect()
+    };
+    if old.unreachable != new.unreachable {
+        merge(
+            &unit(&old.unreachable),
+            &unit(&new.unreachable),
+            |dst, was, now| match (was, now) {
+                (Some(()), None) => plan.phases[DEL_ROUTES].push(Op::DelRoute(KernelRoute {
+                    dst: *dst,
+                    metric: UNREACHABLE_METRIC,
+                    protocol: ROUTE_PROTOCOL,
+                    kind: KernelRouteKind::Unreachable,
+                })),
+                (None, Some(())) => plan.phases[SET_ROUTES].push(Op::SetUnreachable { dst: *dst }),
+                _ => {}
+            },
+        );
+    }
+    merge(&old.neighbours, &new.neighbours, |ip, was, now| {
+        match (was, now) {
+            (Some(_), None) => plan.phases[DEL_L2].push(Op::DelNeighbour { ip: *ip }),
+            (_, Some(mac)) => plan.phases[SET_L2].push(Op::SetNeighbour { ip: *ip, mac: *mac }),
+            (None, None) => {}
+        }
+    });
+    merge(&old.fdb, &new.fdb, |mac, was, now| match (was, now) {
+        (Some(dst), None) => plan.phases[DEL_L2].push(Op::DelFdb {
+            mac: *mac,
+            dst: Some(*dst),
+        }),
+        // A replace rewrites the entry's one destination in place.
+        (_, Some(dst)) => plan.phases[SET_L2].push(Op::SetFdb {
+            mac: *mac,
+            dst: *dst,
+        }),
+        (None, None) => {}
+    });
+    plan
+}
+
+/// Calls `f(key, old, new)` for every key whose value differs between `old` and `new`
+/// (absent on one side counts as different), in key order.
+fn merge<K: Ord, V: PartialEq>(
+    old: &BTreeMap<K, V>,
+    new: &BTreeMap<K, V>,
+    mut f: impl FnMut(&K, Option<&V>, Option<&V>),
+) {
+    let (mut a, mut b) = (old.iter().peekable(), new.iter().peekable());
+    loop {
+        match (a.peek(), b.peek()) {
+            (None, None) => return,
+            (Some((k, v)), None) => {
+                f(k, Some(v), None);
+                a.next();
+            }
+            (None, Some((k, v))) => {
+                f(k, None, Some(v));
+                b.next();
+            }
+            (Some((ka, va)), Some((kb, vb))) => match ka.cmp(kb) {
+                std::cmp::Ordering::Less => {
+                    f(ka, Some(va), None);
+                    a.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    f(kb, None, Some(vb));
+                    b.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    if va != vb {
+                        f(ka, Some(va), Some(vb));
+                    }
+                    a.next();
+                    b.next();
+                }
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -33,6 +33,14 @@ pub fn health_router(metrics: Arc<Metrics>, status: Arc<DaemonStatus>) -> Router
 }
 
 async fn metrics_text(State(s): State<Shared>) -> impl IntoResponse {
+    // The device and readiness gauges say what the kernel holds now, not what the last
+    // pass found.
+    if let Some(live) = s.status.live().await {
+        s.metrics.vxlan_interface_up.set(i64::from(live.device_up));
+        s.metrics.ready.set(i64::from(
+            s.status.snapshot().ready() && live.problems.is_empty(),
+        ));
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -61,15 +69,22 @@ async fn healthz(State(s): State<Shared>) -> impl IntoResponse {
     }
 }
 
-/// Ready: device up, first node sync applied, identity known.
+/// Ready: device up, first node sync applied, identity known — and the kernel, looked at
+/// now, still has the device up and forwarding on (drift since the last pass counts).
 async fn readyz(State(s): State<Shared>) -> impl IntoResponse {
     let snap = s.status.snapshot();
-    if snap.ready() {
+    let live = s.status.live().await.unwrap_or_default();
+    if snap.ready() && live.problems.is_empty() {
         (StatusCode::OK, "ready\n".to_string())
-    } else {
+    } else if !snap.ready() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {}\n", snap.line()),
+        )
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: datapath broken: {}\n", live.problems.join("; ")),
         )
     }
 }

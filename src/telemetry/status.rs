@@ -2,7 +2,10 @@
 //! systemd's STATUS= line are made of.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -166,11 +169,37 @@ impl StatusSnapshot {
     }
 }
 
+/// The datapath as the kernel holds it right now, looked at when asked (`/readyz`,
+/// `/metrics`): drift that happened since the last pass shows at once, not at the pass
+/// that repairs it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Live {
+    /// The device exists, is ours and is up.
+    pub device_up: bool,
+    /// What is wrong (empty: nothing), for the `/readyz` body.
+    pub problems: Vec<String>,
+}
+
+/// Produces a [`Live`] view; set once by the daemon when the datapath is up.
+#[derive(Clone)]
+pub struct LiveCheck(pub Arc<dyn Fn() -> BoxFuture<'static, Live> + Send + Sync>);
+
+impl std::fmt::Debug for LiveCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LiveCheck")
+    }
+}
+
+/// A live check that takes longer than this counts as failed: the kernel answers netlink
+/// and /proc/sys reads in microseconds.
+const LIVE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Shared, updated by the parts, read by the endpoints and the systemd notifier.
 #[derive(Debug, Default)]
 pub struct DaemonStatus {
     inner: Mutex<StatusSnapshot>,
     pub changed: Notify,
+    live: OnceLock<LiveCheck>,
 }
 
 impl DaemonStatus {
@@ -183,7 +212,28 @@ impl DaemonStatus {
                 ..StatusSnapshot::default()
             }),
             changed: Notify::new(),
+            live: OnceLock::new(),
         }
+    }
+
+    /// Installs the live datapath check (once; later calls are ignored).
+    pub fn set_live_check(&self, check: LiveCheck) {
+        let _ = self.live.set(check);
+    }
+
+    /// The datapath as the kernel holds it now; `None` before the check is installed.
+    pub async fn live(&self) -> Option<Live> {
+        let check = self.live.get()?.clone();
+        Some(
+            tokio::time::timeout(LIVE_CHECK_TIMEOUT, (check.0)())
+                .await
+                .unwrap_or_else(|_| Live {
+                    device_up: false,
+                    problems: vec![format!(
+                        "the datapath check did not answer within {LIVE_CHECK_TIMEOUT:?}"
+                    )],
+                }),
+        )
     }
 
     pub fn snapshot(&self) -> StatusSnapshot {

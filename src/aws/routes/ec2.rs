@@ -256,9 +256,13 @@ impl RouteTables {
                     .customize()
                     .interceptor(gate)
                     .send();
-                tokio::time::timeout(timeout, call)
+                tokio::time::timeout(timeout, while_leading(deadline, &withheld, call))
                     .await
-                    .map(|r| r.map(drop).map_err(|e| sdk_failure(&e)))
+                    .map(|r| {
+                        r.map_or(Err(Failure::Withheld), |r| {
+                            r.map(drop).map_err(|e| sdk_failure(&e))
+                        })
+                    })
             }
             WriteKind::Replace => {
                 let call = self
@@ -270,9 +274,13 @@ impl RouteTables {
                     .customize()
                     .interceptor(gate)
                     .send();
-                tokio::time::timeout(timeout, call)
+                tokio::time::timeout(timeout, while_leading(deadline, &withheld, call))
                     .await
-                    .map(|r| r.map(drop).map_err(|e| sdk_failure(&e)))
+                    .map(|r| {
+                        r.map_or(Err(Failure::Withheld), |r| {
+                            r.map(drop).map_err(|e| sdk_failure(&e))
+                        })
+                    })
             }
             WriteKind::Delete => {
                 let call = self
@@ -283,9 +291,13 @@ impl RouteTables {
                     .customize()
                     .interceptor(gate)
                     .send();
-                tokio::time::timeout(timeout, call)
+                tokio::time::timeout(timeout, while_leading(deadline, &withheld, call))
                     .await
-                    .map(|r| r.map(drop).map_err(|e| sdk_failure(&e)))
+                    .map(|r| {
+                        r.map_or(Err(Failure::Withheld), |r| {
+                            r.map(drop).map_err(|e| sdk_failure(&e))
+                        })
+                    })
             }
         };
         if withheld.load(Ordering::SeqCst) {
@@ -293,6 +305,31 @@ impl RouteTables {
         }
         result.unwrap_or_else(|_| Err(Failure::Other(format!("no answer within {timeout:?}"))))
     }
+}
+
+/// Polls a route write only while leadership lasts: `None` (and `tripped`) as soon as a
+/// poll finds it over. The gate below checks once per attempt, before the HTTP client
+/// takes the request; between that check and the bytes on the wire the call still
+/// connects and hands the request over across several polls, and a process stopped or
+/// starved in between would, once resumed, finish sending as a deposed leader (found by
+/// tests/faults.rs: a SIGSTOP right after a throttled first attempt, or during a sync's
+/// second write, put a route write on the wire seconds after the other gateway took
+/// over). Checking on every poll, before the call makes progress, drops it instead.
+/// (`tokio::time::timeout` polls its future before its timer, so it cannot do this.)
+async fn while_leading<F: std::future::Future>(
+    deadline: &dyn Deadline,
+    tripped: &AtomicBool,
+    call: F,
+) -> Option<F::Output> {
+    let mut call = std::pin::pin!(call);
+    std::future::poll_fn(|cx| {
+        if deadline.remaining().is_zero() {
+            tripped.store(true, Ordering::SeqCst);
+            return std::task::Poll::Ready(None);
+        }
+        call.as_mut().poll(cx).map(Some)
+    })
+    .await
 }
 
 /// Stops an attempt of a route write at the last moment before it is handed to the HTTP

@@ -482,3 +482,55 @@ fn pod_cidrs_per_node_are_capped() {
     assert_eq!(d.routes.len(), MAX_POD_CIDRS_PER_NODE);
     assert!(d.routes.values().all(|via| *via == ip("10.80.0.4")));
 }
+
+/// `diff_known` from a converged kernel must be what the full diff against a dump of that
+/// kernel would do (op order within a phase aside): the two paths must never disagree.
+#[test]
+fn delta_plan_matches_the_full_diff_of_a_converged_kernel() {
+    let sets: Vec<Vec<HybridNode>> = vec![
+        vec![],
+        vec![node("a", "10.80.0.2", &["192.168.32.0/26"])],
+        vec![
+            node("a", "10.80.0.2", &["192.168.32.0/26"]),
+            node("b", "10.80.0.3", &["192.168.32.64/26", "192.168.33.0/26"]),
+        ],
+        // a moves to a new IP, b loses a CIDR, c arrives with b's old one
+        vec![
+            node("a", "10.80.0.9", &["192.168.32.0/26"]),
+            node("b", "10.80.0.3", &["192.168.32.64/26"]),
+            node("c", "10.80.0.4", &["192.168.33.0/26"]),
+        ],
+        // a CIDR changes hands between nodes
+        vec![
+            node("b", "10.80.0.3", &["192.168.32.0/26"]),
+            node("c", "10.80.0.4", &["192.168.33.0/26"]),
+        ],
+        vec![],
+    ];
+    let pod_sets = [pods(), vec![net("192.168.32.0/23"), net("192.168.40.0/24")]];
+    let sorted = |p: Plan| -> Vec<Vec<String>> {
+        p.phases
+            .iter()
+            .map(|ph| {
+                let mut v: Vec<String> = ph.iter().map(|o| format!("{o:?}")).collect();
+                v.sort();
+                v
+            })
+            .collect()
+    };
+    for (i, old_nodes) in sets.iter().enumerate() {
+        for new_nodes in &sets {
+            for (j, new_pods) in pod_sets.iter().enumerate() {
+                let (old, _) = Desired::build(old_nodes, &pod_sets[i % 2]);
+                let (new, _) = Desired::build(new_nodes, new_pods);
+                assert_eq!(
+                    sorted(diff_known(&old, &new)),
+                    sorted(diff(&new, &converged(&old))),
+                    "from set {i} to {new_nodes:?} with pods {j}"
+                );
+            }
+        }
+    }
+    let (d, _) = Desired::build(&sets[3], &pods());
+    assert!(diff_known(&d, &d).is_empty());
+}

@@ -1,0 +1,903 @@
+//! Fault injection that observes effects (issue 10, item 2): two real `hybrid-gateway run`
+//! processes, each in its own network namespace, each reaching the kube-apiserver, moto
+//! (EC2), DynamoDB Local and its IMDS only through proxies of its own that listen on its
+//! namespace's loopback. The proxies record, on one clock, every request that reaches a
+//! peer: who sent it, when it arrived, what it was (Lease and lock writes with the holder
+//! they set, CiliumVTEPConfig writes, EC2 route writes) and what the peer answered; and
+//! they delay, stall, drop or fail selected requests.
+//!
+//! The safety invariant is asserted from that record alone (`record::violations`): no
+//! mutation from gateway X arrives after another gateway's acquisition that follows X's
+//! last acquisition. Liveness after each scenario: the CiliumVTEPConfig and every managed
+//! route table name the current leader within [`BOUND`].
+//!
+//! Needs root, the cached apiserver build and the AWS peers (tests/aws/peers.sh).
+
+#[path = "support/aws.rs"]
+mod peers;
+#[path = "support/record.rs"]
+mod record;
+#[path = "support/recorder.rs"]
+mod recorder;
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::Api;
+
+use record::{Event, Kind};
+use recorder::{Effect, Peer, Recorder, RecordingProxy, Rule};
+use support::k8s::{client, ApiServer};
+use support::Netns;
+
+const NS: &str = "hybrid-gateway";
+const LEASE: &str = "hybrid-gateway-leader";
+const CIDR: &str = "192.168.32.0/23";
+/// The daemons' election timings (the reference's and the defaults).
+const LEASE_DURATION: Duration = Duration::from_secs(3);
+/// The daemons' `aws.resync_interval` (the smallest accepted).
+const RESYNC: Duration = Duration::from_secs(5);
+/// Liveness: after a scenario heals, the CR and every managed route table name the current
+/// leader within a lease (a dead holder is waited out) + a route resync (a drifted table
+/// is repaired) + 4 s for the election rounds, the writes and a loaded machine.
+const BOUND: Duration = Duration::from_secs(12);
+/// How many times each scenario runs.
+const RUNS: usize = 3;
+
+// ------------------------------------------------------------------ invariant tests ---
+
+fn ev(at_ms: u64, gw: &str, kind: Kind, holder: Option<&str>) -> Event {
+    Event {
+        at: Duration::from_millis(at_ms),
+        gw: gw.to_string(),
+        kind,
+        holder: holder.map(String::from),
+        status: 200,
+        faulted: false,
+        detail: "test".to_string(),
+    }
+}
+
+#[test]
+fn invariant_holds_for_a_clean_handover() {
+    let r = vec![
+        ev(0, "gw-a", Kind::LeaseWrite, Some("gw-a_1")),
+        ev(10, "gw-a", Kind::Route, None),
+        ev(1000, "gw-a", Kind::LeaseWrite, Some("gw-a_1")),
+        ev(1500, "gw-a", Kind::Cr, None),
+        ev(5000, "gw-b", Kind::LeaseWrite, Some("gw-b_1")),
+        ev(5100, "gw-b", Kind::Route, None),
+        // gw-a's renewal conflicts (409): not an acquisition, and not an effect.
+        Event {
+            status: 409,
+            ..ev(5200, "gw-a", Kind::LeaseWrite, Some("gw-a_1"))
+        },
+        ev(9000, "gw-a", Kind::LeaseWrite, Some("gw-a_2")),
+        ev(9100, "gw-a", Kind::Cr, None),
+    ];
+    assert_eq!(
+        record::violations(&r, &Kind::LeaseWrite),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        record::acquisitions(&r, &Kind::LeaseWrite)
+            .iter()
+            .map(|(_, g)| g.as_str())
+            .collect::<Vec<_>>(),
+        ["gw-a", "gw-b", "gw-a"]
+    );
+}
+
+#[test]
+fn invariant_catches_a_write_from_a_deposed_leader() {
+    let r = vec![
+        ev(0, "gw-a", Kind::LeaseWrite, Some("gw-a_1")),
+        ev(5000, "gw-b", Kind::LeaseWrite, Some("gw-b_1")),
+        // Sent before the takeover, arrived after it: the finding-2 write.
+        ev(5001, "gw-a", Kind::Route, None),
+    ];
+    let v = record::violations(&r, &Kind::LeaseWrite);
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert!(v[0].contains("after gw-b acquired"), "{v:?}");
+    // The same with the lock as the authority: Lease writes then decide nothing.
+    let lock: Vec<Event> = r
+        .iter()
+        .map(|e| Event {
+            kind: if e.kind == Kind::LeaseWrite {
+                Kind::LockWrite
+            } else {
+                e.kind.clone()
+            },
+            ..e.clone()
+        })
+        .collect();
+    assert_eq!(record::violations(&lock, &Kind::LockWrite).len(), 1);
+    assert_eq!(
+        record::violations(&r, &Kind::LockWrite).len(),
+        1,
+        "never acquired the lock"
+    );
+}
+
+#[test]
+fn invariant_ignores_faulted_writes_and_counts_rejected_ones() {
+    let base = vec![
+        ev(0, "gw-a", Kind::LockWrite, Some("gw-a_1")),
+        ev(3000, "gw-b", Kind::LockWrite, Some("gw-b_1")),
+    ];
+    let mut faulted = base.clone();
+    faulted.push(Event {
+        faulted: true,
+        status: 503,
+        ..ev(3500, "gw-a", Kind::Route, None)
+    });
+    assert!(record::violations(&faulted, &Kind::LockWrite).is_empty());
+    // A write the peer refused still arrived from a deposed leader.
+    let mut rejected = base;
+    rejected.push(Event {
+        status: 409,
+        ..ev(3500, "gw-a", Kind::Cr, None)
+    });
+    assert_eq!(record::violations(&rejected, &Kind::LockWrite).len(), 1);
+    // A release does not make anyone holder; re-taking after it is an acquisition.
+    let r = vec![
+        ev(0, "gw-a", Kind::LockWrite, Some("gw-a_1")),
+        ev(100, "gw-a", Kind::LockWrite, None),
+        ev(200, "gw-b", Kind::LockWrite, Some("gw-b_1")),
+        ev(300, "gw-b", Kind::LockWrite, None),
+        ev(400, "gw-a", Kind::LockWrite, Some("gw-a_1")),
+        ev(500, "gw-a", Kind::Route, None),
+        ev(600, "gw-b", Kind::Route, None),
+    ];
+    let v = record::violations(&r, &Kind::LockWrite);
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert!(v[0].starts_with("gw-b"), "{v:?}");
+}
+
+// ----------------------------------------------------------------------------- fleet ---
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    LeaseOnly,
+    Combined,
+}
+
+impl Mode {
+    fn authority(self) -> Kind {
+        match self {
+            Mode::LeaseOnly => Kind::LeaseWrite,
+            Mode::Combined => Kind::LockWrite,
+        }
+    }
+}
+
+struct Gateway {
+    name: &'static str,
+    ns: Netns,
+    ip: String,
+    eni: String,
+    dir: PathBuf,
+    kube: RecordingProxy,
+    ec2: RecordingProxy,
+    ddb: RecordingProxy,
+    _imds: RecordingProxy,
+    child: Option<Child>,
+}
+
+impl Gateway {
+    fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(0, |c| c.id() as i32)
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    fn clear(&self) {
+        for p in [&self.kube, &self.ec2, &self.ddb] {
+            p.clear();
+            p.set_cut(false);
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+struct Fleet {
+    _server: ApiServer,
+    _aws: peers::Peers,
+    admin: kube::Client,
+    ec2: aws_sdk_ec2::Client,
+    ddb: aws_sdk_dynamodb::Client,
+    lock_table: String,
+    tables: Vec<String>,
+    gws: Vec<Gateway>,
+    recorder: Arc<Recorder>,
+    mode: Mode,
+    env: BTreeMap<String, String>,
+    kubeconfig: String,
+}
+
+fn daemon_config(g: &Gateway, mode: Mode, table: &str) -> String {
+    let lock = match mode {
+        Mode::LeaseOnly => String::new(),
+        Mode::Combined => format!("[election.dynamodb]\ntable = \"{table}\"\n"),
+    };
+    format!(
+        "[gateway]\nvpc_cidrs = [\"10.250.0.0/16\"]\nhybrid_pod_cidrs = [\"{CIDR}\"]\n\
+         [datapath]\nresync_interval = \"10s\"\nfilter = false\n\
+         [kubernetes]\nkubeconfig = \"{dir}/kubeconfig\"\nrequest_timeout = \"1s\"\n\
+         [election]\nidentity = \"{name}\"\nlease_duration = \"3s\"\nrenew_deadline = \"2s\"\nretry_period = \"1s\"\n\
+         {lock}\
+         [aws]\nroute_table_tag = \"hybrid-gateway.io/managed=true\"\nresync_interval = \"5s\"\n\
+         [log]\nlevel = \"info\"\n",
+        dir = g.dir.display(),
+        name = g.name,
+    )
+}
+
+fn socket(url: &str) -> std::net::SocketAddr {
+    url.trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap_or_else(|e| panic!("{url}: {e}"))
+}
+
+impl Fleet {
+    async fn start(tag: &str, mode: Mode) -> Fleet {
+        hybrid_gateway::k8s::client::install_crypto_provider();
+        let server = ApiServer::start();
+        let aws = peers::Peers::start();
+        let lock_table = format!("hgw-faults-{tag}-{}", std::process::id());
+        let seed = aws.seed(&["--route-tables", "2", "--lock-table", &lock_table]);
+        aws.imds("gw-b", "Name=gw-b", &[]);
+        let recorder = Recorder::new();
+        let api = socket(&format!("127.0.0.1:{}", server.env["K8S_API_PORT"]));
+        let moto = socket(&aws.var("MOTO_URL"));
+        let dynamo = socket(&aws.var("AWS_ENDPOINT_URL_DYNAMODB"));
+        let pki = server.dir.join("pki");
+        let kubeconfig = std::fs::read_to_string(server.daemon_kubeconfig()).unwrap();
+        let mut gws = Vec::new();
+        for name in ["gw-a", "gw-b"] {
+            let inst = &seed["instances"][name];
+            let ip = inst["private_ip"].as_str().unwrap().to_string();
+            let ns = Netns::new(&format!("f{tag}{}", &name[3..]));
+            ns.sh(&format!(
+                "ip link add eth0 type veth peer name eth0p && ip addr add {ip}/16 dev eth0 \
+                 && ip link set eth0 up && ip link set eth0p up"
+            ));
+            let imds_url = aws.var(&format!(
+                "IMDS_{}_URL",
+                name.to_uppercase().replace('-', "_")
+            ));
+            let proxy = |peer, up, pki: Option<&std::path::Path>| {
+                RecordingProxy::start(name, peer, up, Some(&ns.name), pki, recorder.clone())
+            };
+            let dir = std::env::temp_dir().join(format!("{}-{name}", ns.name));
+            std::fs::create_dir_all(&dir).unwrap();
+            let g = Gateway {
+                name,
+                ip,
+                eni: inst["eni_id"].as_str().unwrap().to_string(),
+                dir,
+                kube: proxy(Peer::Kube, api, Some(&pki)),
+                ec2: proxy(Peer::Ec2, moto, None),
+                ddb: proxy(Peer::Dynamo, dynamo, None),
+                _imds: proxy(Peer::Plain, socket(&imds_url), None),
+                ns,
+                child: None,
+            };
+            gws.push(g);
+        }
+        let admin = client(&server.admin_kubeconfig()).await;
+        // The test's own clients (credentials, region) read moto and DynamoDB Local directly.
+        aws.export_sdk_env();
+        let sdk = hybrid_gateway::aws::sdk_config("us-west-2", &Default::default()).await;
+        let ec2 = aws_sdk_ec2::Client::from_conf(
+            aws_sdk_ec2::config::Builder::from(&sdk)
+                .endpoint_url(aws.var("MOTO_URL"))
+                .build(),
+        );
+        let ddb = aws_sdk_dynamodb::Client::from_conf(
+            aws_sdk_dynamodb::config::Builder::from(&sdk)
+                .endpoint_url(aws.var("AWS_ENDPOINT_URL_DYNAMODB"))
+                .build(),
+        );
+        let env = [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_REGION",
+            "AWS_CONFIG_FILE",
+            "AWS_SHARED_CREDENTIALS_FILE",
+        ]
+        .iter()
+        .map(|k| (k.to_string(), aws.var(k)))
+        .collect();
+        let tables = seed["route_tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap().to_string())
+            .collect();
+        let mut f = Fleet {
+            _server: server,
+            _aws: aws,
+            admin,
+            ec2,
+            ddb,
+            lock_table,
+            tables,
+            gws,
+            recorder,
+            mode,
+            env,
+            kubeconfig,
+        };
+        for i in 0..f.gws.len() {
+            f.spawn(i);
+        }
+        f
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let g = &self.gws[i];
+        let kc = self
+            .kubeconfig
+            .lines()
+            .map(|l| {
+                if l.trim_start().starts_with("server:") {
+                    format!("    server: https://{}", g.kube.addr)
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(g.dir.join("kubeconfig"), kc).unwrap();
+        let cfg = g.dir.join("config.toml");
+        std::fs::write(&cfg, daemon_config(g, self.mode, &self.lock_table)).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(g.dir.join("daemon.log"))
+            .unwrap();
+        let child = Command::new("/usr/sbin/ip")
+            .args(["netns", "exec", &g.ns.name])
+            .arg(env!("CARGO_BIN_EXE_hybrid-gateway"))
+            .arg("run")
+            .arg("--config")
+            .arg(&cfg)
+            .env_clear()
+            .envs(&self.env)
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
+            .env("NO_COLOR", "1")
+            .env("AWS_ENDPOINT_URL_EC2", format!("http://{}", g.ec2.addr))
+            .env(
+                "AWS_ENDPOINT_URL_DYNAMODB",
+                format!("http://{}", g.ddb.addr),
+            )
+            .env(
+                "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+                format!("http://{}", g._imds.addr),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting hybrid-gateway run");
+        self.gws[i].child = Some(child);
+    }
+
+    /// SIGTERM and wait (a graceful stop releases what it holds).
+    fn stop(&mut self, i: usize) {
+        let g = &mut self.gws[i];
+        g.signal(libc::SIGCONT);
+        g.signal(libc::SIGTERM);
+        if let Some(mut c) = g.child.take() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn index(&self, name: &str) -> usize {
+        self.gws.iter().position(|g| g.name == name).unwrap()
+    }
+
+    /// Who the authority store names now (read directly from the peer).
+    async fn holder(&self) -> Option<String> {
+        match self.mode {
+            Mode::LeaseOnly => {
+                let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+                    Api::namespaced(self.admin.clone(), NS);
+                let l = leases.get_opt(LEASE).await.ok()??;
+                l.spec?.holder_identity.filter(|h| !h.is_empty())
+            }
+            Mode::Combined => {
+                let item = self
+                    .ddb
+                    .get_item()
+                    .table_name(&self.lock_table)
+                    .key("lock_key", AttributeValue::S(LEASE.to_string()))
+                    .consistent_read(true)
+                    .send()
+                    .await
+                    .ok()?
+                    .item?;
+                if matches!(item.get("released"), Some(AttributeValue::Bool(true))) {
+                    return None;
+                }
+                item.get("owner")?.as_s().ok().cloned()
+            }
+        }
+    }
+
+    /// The leader when the CR and every managed route table name it, else what differs.
+    async fn converged(&self) -> Result<&'static str, String> {
+        let holder = self.holder().await.ok_or("no holder")?;
+        let g = self
+            .gws
+            .iter()
+            .find(|g| g.name == record::gateway_of(&holder))
+            .ok_or_else(|| format!("holder {holder} is no gateway"))?;
+        let crs: Api<DynamicObject> = Api::all_with(
+            self.admin.clone(),
+            &hybrid_gateway::k8s::vtep_config::api_resource(),
+        );
+        let cr = crs
+            .get_opt("hybrid-gateway")
+            .await
+            .map_err(|e| format!("reading the CR: {e}"))?
+            .ok_or("no CR")?;
+        let eps = cr.data["spec"]["endpoints"].clone();
+        let eps = eps.as_array().cloned().unwrap_or_default();
+        if eps.is_empty() || eps.iter().any(|e| e["tunnelEndpoint"] != g.ip.as_str()) {
+            return Err(format!("holder {holder}, CR endpoints {eps:?}"));
+        }
+        let out = self
+            .ec2
+            .describe_route_tables()
+            .set_route_table_ids(Some(self.tables.clone()))
+            .send()
+            .await
+            .map_err(|e| format!("DescribeRouteTables: {e:?}"))?;
+        let targets: Vec<Option<&str>> = out
+            .route_tables()
+            .iter()
+            .map(|t| {
+                t.routes()
+                    .iter()
+                    .find(|r| r.destination_cidr_block() == Some(CIDR))
+                    .and_then(|r| r.network_interface_id())
+            })
+            .collect();
+        if targets.len() == self.tables.len() && targets.iter().all(|t| *t == Some(g.eni.as_str()))
+        {
+            Ok(g.name)
+        } else {
+            Err(format!("holder {holder} ({}), routes {targets:?}", g.eni))
+        }
+    }
+
+    /// Waits for convergence (up to 3 × BOUND, to report what it took) and returns the
+    /// leader and how long it took.
+    async fn converge(&self, since: Instant) -> (Option<&'static str>, Duration) {
+        loop {
+            match self.converged().await {
+                Ok(l) => return (Some(l), since.elapsed()),
+                Err(why) if since.elapsed() > BOUND * 3 => {
+                    println!("not converged after {:?}: {why}", since.elapsed());
+                    return (None, since.elapsed());
+                }
+                Err(_) => {}
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Deletes every managed table's route behind the daemons' backs (drift the leader
+    /// repairs at its next resync with CreateRoute).
+    async fn delete_routes(&self) {
+        for t in &self.tables {
+            self.ec2
+                .delete_route()
+                .route_table_id(t)
+                .destination_cidr_block(CIDR)
+                .send()
+                .await
+                .expect("deleting a route in moto");
+        }
+    }
+
+    /// Points every managed table's route at `eni` behind the daemons' backs (drift the
+    /// leader repairs at its next resync).
+    async fn drift_routes(&self, eni: &str) {
+        for t in &self.tables {
+            self.ec2
+                .replace_route()
+                .route_table_id(t)
+                .destination_cidr_block(CIDR)
+                .network_interface_id(eni)
+                .send()
+                .await
+                .expect("drifting a route in moto");
+        }
+    }
+
+    /// Edits the CR's spec every `period` while the returned flag is true: the leader's
+    /// watch sees each edit and writes the CR back, so a leader that still acts keeps
+    /// sending CR writes that the record would show.
+    fn churn_cr(&self, period: Duration) -> Arc<AtomicBool> {
+        let on = Arc::new(AtomicBool::new(true));
+        let (flag, admin) = (on.clone(), self.admin.clone());
+        tokio::spawn(async move {
+            let crs: Api<DynamicObject> =
+                Api::all_with(admin, &hybrid_gateway::k8s::vtep_config::api_resource());
+            let mut n = 0u32;
+            while flag.load(Ordering::Relaxed) {
+                n += 1;
+                let patch = serde_json::json!({"spec": {"endpoints": [{
+                    "name": "vpc-gateway", "tunnelEndpoint": format!("10.250.9.{}", n % 200 + 1),
+                    "cidr": "10.250.0.0/16", "mac": "02:00:00:00:00:01"}]}});
+                let _ = crs
+                    .patch(
+                        "hybrid-gateway",
+                        &PatchParams::default(),
+                        &Patch::Merge(&patch),
+                    )
+                    .await;
+                tokio::time::sleep(period).await;
+            }
+        });
+        on
+    }
+
+    fn violations(&self) -> Vec<String> {
+        record::violations(&self.recorder.events(), &self.mode.authority())
+    }
+
+    fn logs(&self) -> String {
+        self.gws
+            .iter()
+            .map(|g| format!("--- {} daemon.log (tail)\n{}", g.name, g.log_tail()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for i in 0..self.gws.len() {
+            self.stop(i);
+        }
+        for g in &self.gws {
+            let _ = std::fs::remove_dir_all(&g.dir);
+        }
+    }
+}
+
+/// Waits for `flag`, up to `limit`.
+async fn fired(flag: &AtomicBool, limit: Duration) -> bool {
+    let t = Instant::now();
+    while !flag.load(Ordering::SeqCst) {
+        if t.elapsed() > limit {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
+fn flag() -> Arc<AtomicBool> {
+    Arc::new(AtomicBool::new(false))
+}
+
+fn sigstop_hook(pid: i32, flag: &Arc<AtomicBool>) -> impl Fn() + Send + Sync + 'static {
+    let f = flag.clone();
+    move || {
+        if !f.swap(true, Ordering::SeqCst) {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(pid, libc::SIGSTOP) };
+        }
+    }
+}
+
+const ROUTE_WRITES: &[&str] = &["CreateRoute", "ReplaceRoute", "DeleteRoute"];
+
+/// One scenario's figures.
+struct Outcome {
+    name: &'static str,
+    runs: usize,
+    violations: usize,
+    max_converge: Duration,
+}
+
+/// Runs `scenario` RUNS times; after each, asserts liveness within BOUND and counts the
+/// invariant violations the record gained.
+async fn run_scenario<'a, F, Fut>(f: &'a Fleet, name: &'static str, scenario: F) -> Outcome
+where
+    F: Fn(&'a Fleet, &'static str, &'static str) -> Fut,
+    Fut: std::future::Future<Output = Instant> + 'a,
+{
+    let mut out = Outcome {
+        name,
+        runs: 0,
+        violations: 0,
+        max_converge: Duration::ZERO,
+    };
+    for run in 0..RUNS {
+        let before = f.violations().len();
+        let (leader, _) = f.converge(Instant::now()).await;
+        let leader = leader.unwrap_or_else(|| {
+            panic!("{name}: no converged leader before run {run}\n{}", f.logs())
+        });
+        let standby = if leader == "gw-a" { "gw-b" } else { "gw-a" };
+        let healed = scenario(f, leader, standby).await;
+        let (now, took) = f.converge(healed).await;
+        for g in &f.gws {
+            g.clear();
+            g.signal(libc::SIGCONT);
+        }
+        // Late writes of a deposed leader would arrive now: give them time to show.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let v = f.violations();
+        println!(
+            "{name} run {run}: leader {leader} -> {now:?} converged after {took:?}, new violations {}",
+            v.len() - before
+        );
+        assert!(
+            now.is_some() && took <= BOUND,
+            "{name} run {run}: CR and route tables did not name the leader within {BOUND:?} (took {took:?}, leader {now:?})\n{}",
+            f.logs()
+        );
+        out.violations += v.len() - before;
+        out.max_converge = out.max_converge.max(took);
+        out.runs += 1;
+    }
+    out
+}
+
+fn report(mode: Mode, outcomes: &[Outcome], f: &Fleet, started: Instant) {
+    println!("--- {mode:?}: {} s", started.elapsed().as_secs());
+    for o in outcomes {
+        println!(
+            "{:<48} runs {} violations {} max convergence {:.1} s (bound {:?})",
+            o.name,
+            o.runs,
+            o.violations,
+            o.max_converge.as_secs_f64(),
+            BOUND
+        );
+    }
+    let events = f.recorder.events();
+    println!(
+        "record: {} requests; {}",
+        events.len(),
+        record::summary(&events)
+    );
+    let v = f.violations();
+    assert!(
+        v.is_empty(),
+        "invariant violated:\n{}\n{}",
+        v.join("\n"),
+        f.logs()
+    );
+}
+
+// ------------------------------------------------------------------------- scenarios ---
+
+/// SIGSTOP the leader as its first route write of a sync arrives (≥ a lease), SIGCONT.
+async fn stop_leader_mid_route_sync(f: &Fleet, leader: &str, standby: &str) -> Instant {
+    let l = &f.gws[f.index(leader)];
+    let hit = flag();
+    l.ec2.add(
+        Rule::new(Effect::Pass)
+            .actions(ROUTE_WRITES)
+            .count(1)
+            .before(sigstop_hook(l.pid(), &hit)),
+    );
+    f.drift_routes(&f.gws[f.index(standby)].eni).await;
+    assert!(
+        fired(&hit, RESYNC * 3).await,
+        "{leader} did not repair drifted routes\n{}",
+        f.logs()
+    );
+    tokio::time::sleep(LEASE_DURATION + Duration::from_secs(2)).await;
+    l.signal(libc::SIGCONT);
+    Instant::now()
+}
+
+/// EC2 throttles the first attempt of every route write on both gateways; the leader is
+/// stopped in the SDK's backoff after its throttled attempt, for more than a lease.
+async fn throttled_writes_and_a_stop_in_the_backoff(
+    f: &Fleet,
+    leader: &str,
+    standby: &str,
+) -> Instant {
+    let l = &f.gws[f.index(leader)];
+    let s = &f.gws[f.index(standby)];
+    let hit = flag();
+    l.ec2.add(
+        Rule::new(Effect::Fail(503))
+            .actions(ROUTE_WRITES)
+            .count(1)
+            .after(sigstop_hook(l.pid(), &hit)),
+    );
+    s.ec2
+        .add(Rule::new(Effect::Fail(503)).actions(ROUTE_WRITES).count(2));
+    // Deleted, so whoever leads next must write too (its first attempts throttled).
+    f.delete_routes().await;
+    assert!(
+        fired(&hit, RESYNC * 3).await,
+        "{leader} did not repair drifted routes\n{}",
+        f.logs()
+    );
+    tokio::time::sleep(LEASE_DURATION + Duration::from_secs(2)).await;
+    l.signal(libc::SIGCONT);
+    Instant::now()
+}
+
+/// `kubectl delete lease` while the CR churns.
+async fn delete_the_lease(f: &Fleet, _leader: &str, _standby: &str) -> Instant {
+    let churn = f.churn_cr(Duration::from_millis(300));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(f.admin.clone(), NS);
+    leases
+        .delete(LEASE, &DeleteParams::default())
+        .await
+        .expect("deleting the Lease");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    churn.store(false, Ordering::Relaxed);
+    Instant::now()
+}
+
+/// The standby's Lease reads are answered 800 ms late, and right after one renewal the
+/// leader's renewals start failing; the CR churns, so the leader writes while it acts.
+async fn delayed_standby_reads_after_a_renewal(f: &Fleet, leader: &str, standby: &str) -> Instant {
+    let l = &f.gws[f.index(leader)];
+    let s = &f.gws[f.index(standby)];
+    let churn = f.churn_cr(Duration::from_millis(200));
+    s.kube.add(
+        Rule::new(Effect::DelayResponse(Duration::from_millis(800)))
+            .method("GET")
+            .path("/leases/"),
+    );
+    let rules = l.kube.rules();
+    let hit = flag();
+    let h = hit.clone();
+    l.kube.add(
+        Rule::new(Effect::Pass)
+            .method("PUT")
+            .path("/leases/")
+            .count(1)
+            .after(move || {
+                rules.add(Rule::new(Effect::Fail(500)).path("/leases/"));
+                h.store(true, Ordering::SeqCst);
+            }),
+    );
+    assert!(fired(&hit, Duration::from_secs(10)).await, "no renewal");
+    tokio::time::sleep(LEASE_DURATION * 2 + Duration::from_secs(1)).await;
+    churn.store(false, Ordering::Relaxed);
+    l.clear();
+    s.clear();
+    Instant::now()
+}
+
+/// The lock item deleted from DynamoDB while the CR churns.
+async fn delete_the_lock_item(f: &Fleet, _leader: &str, _standby: &str) -> Instant {
+    let churn = f.churn_cr(Duration::from_millis(300));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    f.ddb
+        .delete_item()
+        .table_name(&f.lock_table)
+        .key("lock_key", AttributeValue::S(LEASE.to_string()))
+        .send()
+        .await
+        .expect("deleting the lock item");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    churn.store(false, Ordering::Relaxed);
+    Instant::now()
+}
+
+/// Combined mode: the lock holder loses Kubernetes (the other gateway takes the Lease
+/// while the holder keeps the lock), its EC2 writes become slow (600 ms in), and its
+/// Kubernetes access heals right as a route write of its is on the way.
+async fn heal_kubernetes_while_ec2_is_slow(f: &Fleet, leader: &str, standby: &str) -> Instant {
+    let l = &f.gws[f.index(leader)];
+    let s = &f.gws[f.index(standby)];
+    l.kube.set_cut(true);
+    tokio::time::sleep(LEASE_DURATION + Duration::from_secs(2)).await;
+    let hit = flag();
+    let h = hit.clone();
+    l.ec2.add(
+        Rule::new(Effect::DelayRequest(Duration::from_millis(600)))
+            .actions(ROUTE_WRITES)
+            .before(move || h.store(true, Ordering::SeqCst)),
+    );
+    f.drift_routes(&s.eni).await;
+    let wrote = fired(&hit, RESYNC * 3).await;
+    l.kube.set_cut(false);
+    assert!(
+        wrote,
+        "{leader} did not repair drifted routes\n{}",
+        f.logs()
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    l.clear();
+    Instant::now()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_mode_faults_no_write_from_a_deposed_leader() {
+    let started = Instant::now();
+    let f = Fleet::start("l", Mode::LeaseOnly).await;
+    let mut out = Vec::new();
+    out.push(
+        run_scenario(&f, "SIGSTOP leader mid route sync", |f, l, s| {
+            stop_leader_mid_route_sync(f, l, s)
+        })
+        .await,
+    );
+    out.push(
+        run_scenario(
+            &f,
+            "EC2 throttles first attempts + stop in backoff",
+            |f, l, s| throttled_writes_and_a_stop_in_the_backoff(f, l, s),
+        )
+        .await,
+    );
+    out.push(
+        run_scenario(&f, "standby reads delayed after a renewal", |f, l, s| {
+            delayed_standby_reads_after_a_renewal(f, l, s)
+        })
+        .await,
+    );
+    out.push(run_scenario(&f, "delete the Lease", |f, l, s| delete_the_lease(f, l, s)).await);
+    report(Mode::LeaseOnly, &out, &f, started);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn combined_mode_faults_no_write_from_a_deposed_leader() {
+    let started = Instant::now();
+    let f = Fleet::start("c", Mode::Combined).await;
+    let mut out = Vec::new();
+    out.push(
+        run_scenario(&f, "SIGSTOP leader mid route sync", |f, l, s| {
+            stop_leader_mid_route_sync(f, l, s)
+        })
+        .await,
+    );
+    out.push(
+        run_scenario(&f, "heal Kubernetes while EC2 is slow", |f, l, s| {
+            heal_kubernetes_while_ec2_is_slow(f, l, s)
+        })
+        .await,
+    );
+    out.push(
+        run_scenario(&f, "delete the lock item", |f, l, s| {
+            delete_the_lock_item(f, l, s)
+        })
+        .await,
+    );
+    report(Mode::Combined, &out, &f, started);
+}
