@@ -31,6 +31,7 @@ fn nodes() -> Vec<HybridNode> {
                     26,
                 )
                 .unwrap()],
+                probe_ip: None,
             }
         })
         .collect()
