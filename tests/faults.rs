@@ -689,8 +689,11 @@ fn report(mode: Mode, outcomes: &[Outcome], f: &Fleet, started: Instant) {
         );
     }
     let events = f.recorder.events();
+    let dump = std::env::temp_dir().join(format!("hgw-faults-{mode:?}.record"));
+    f.recorder.dump(&dump);
     println!(
-        "record: {} requests; {}",
+        "record ({}): {} requests; {}",
+        dump.display(),
         events.len(),
         record::summary(&events)
     );
@@ -837,21 +840,30 @@ async fn delete_the_lock_item(f: &Fleet, _leader: &str, _standby: &str) -> Insta
     Instant::now()
 }
 
-/// Combined mode: the lock holder loses Kubernetes (the other gateway takes the Lease
-/// while the holder keeps the lock), its EC2 writes become slow (600 ms in), and its
-/// Kubernetes access heals right as a route write of its is on the way.
+/// Combined mode: the lock holder loses Kubernetes, and the other gateway takes the Lease
+/// while the holder keeps the lock (DynamoDB still answers it). Every EC2 call of the
+/// holder is slow (600 ms on the way in, under its 900 ms call timeout), and its
+/// Kubernetes access heals the moment a route write of its is on the way: the holder then
+/// learns that the other gateway holds the Lease and steps down with that write in
+/// flight, and must not free the lock before the write has landed or timed out.
 async fn heal_kubernetes_while_ec2_is_slow(f: &Fleet, leader: &str, standby: &str) -> Instant {
     let l = &f.gws[f.index(leader)];
     let s = &f.gws[f.index(standby)];
-    l.kube.set_cut(true);
-    tokio::time::sleep(LEASE_DURATION + Duration::from_secs(2)).await;
     let hit = flag();
-    let h = hit.clone();
+    let (h, kube) = (hit.clone(), l.kube.rules());
     l.ec2.add(
         Rule::new(Effect::DelayRequest(Duration::from_millis(600)))
             .actions(ROUTE_WRITES)
-            .before(move || h.store(true, Ordering::SeqCst)),
+            .before(move || {
+                kube.set_cut(false);
+                h.store(true, Ordering::SeqCst);
+            }),
     );
+    l.ec2
+        .add(Rule::new(Effect::DelayRequest(Duration::from_millis(600))));
+    l.kube.set_cut(true);
+    // The other gateway takes the Lease once it expires, a lease after the cut.
+    tokio::time::sleep(LEASE_DURATION + Duration::from_millis(500)).await;
     f.drift_routes(&s.eni).await;
     let wrote = fired(&hit, RESYNC * 3).await;
     l.kube.set_cut(false);
