@@ -697,6 +697,22 @@ fn report(mode: Mode, outcomes: &[Outcome], f: &Fleet, started: Instant) {
         events.len(),
         record::summary(&events)
     );
+    // Election writes stay at the renewal rate: with a 1 s retry period a gateway renews
+    // about once a second, so three a second is far beyond anything legitimate (the
+    // combined mode's Lease holder once renewed as fast as the API server answered).
+    let secs = f.recorder.now().as_secs_f64();
+    for g in ["gw-a", "gw-b"] {
+        for kind in [Kind::LeaseWrite, Kind::LockWrite] {
+            let n = events
+                .iter()
+                .filter(|e| e.gw == g && e.kind == kind)
+                .count();
+            assert!(
+                n as f64 <= 3.0 * secs,
+                "{g} made {n} {kind:?}s in {secs:.0} s: an election write loop"
+            );
+        }
+    }
     let v = f.violations();
     assert!(
         v.is_empty(),
