@@ -56,6 +56,14 @@ pub struct StatusSnapshot {
     /// Why this leader may not write the CiliumVTEPConfig right now, if it may not.
     #[serde(default)]
     pub vtepconfig_fenced: Option<String>,
+    /// Why this leader cannot write the CiliumVTEPConfig at all: the cluster serves no
+    /// shape it writes (CRD missing, other versions).
+    #[serde(default)]
+    pub vtepconfig_unserved: Option<String>,
+    /// The CiliumVTEPConfig shape the cluster serves (`cilium.io/v2 spec.endpoints …`), or
+    /// why there is none.
+    #[serde(default)]
+    pub vtepconfig_shape: Option<String>,
     /// While the node set programmed is the snapshot from the state directory (the API
     /// did not list in time at start): when it was written, in Unix seconds.
     #[serde(default)]
@@ -93,12 +101,13 @@ pub struct NodeTunnel {
 impl StatusSnapshot {
     /// Ready to carry traffic: the device is up, the first node sync is applied, we know
     /// who we are, and — when leading — hybrid nodes can be pointed at us (the
-    /// CiliumVTEPConfig is not fenced against us).
+    /// CiliumVTEPConfig is not fenced against us, and the cluster serves a shape we write).
     pub fn ready(&self) -> bool {
         self.device_up
             && self.nodes_synced
             && self.identity_known
             && self.vtepconfig_fenced.is_none()
+            && self.vtepconfig_unserved.is_none()
     }
 
     /// Every supervised part is running.
@@ -120,6 +129,12 @@ impl StatusSnapshot {
             .filter(|_| self.role == Role::Leader)
         {
             parts.push(format!("leader, fenced: {why}"));
+        } else if let Some(why) = self
+            .vtepconfig_unserved
+            .as_deref()
+            .filter(|_| self.role == Role::Leader)
+        {
+            parts.push(format!("leader, {why}"));
         } else if !(self.device_up && self.nodes_synced && self.identity_known) {
             let mut waiting = Vec::new();
             if !self.device_up {
@@ -274,5 +289,29 @@ impl DaemonStatus {
                 s.last_errors.pop_front();
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leader_without_a_served_vtep_shape_is_not_ready_and_says_why() {
+        let mut s = StatusSnapshot {
+            device_up: true,
+            nodes_synced: true,
+            identity_known: true,
+            role: Role::Leader,
+            ..StatusSnapshot::default()
+        };
+        assert!(s.ready());
+        s.vtepconfig_unserved = Some("CiliumVTEPConfig not served".into());
+        assert!(!s.ready());
+        assert!(
+            s.line().starts_with("leader, CiliumVTEPConfig not served"),
+            "{}",
+            s.line()
+        );
     }
 }
