@@ -68,8 +68,34 @@ pub struct StatusSnapshot {
     /// did not list in time at start): when it was written, in Unix seconds.
     #[serde(default)]
     pub nodes_from_snapshot: Option<i64>,
+    /// The tunnel probes' view (`None`: probes off or no round yet).
+    #[serde(default)]
+    pub tunnel: Option<TunnelStatus>,
     pub parts: BTreeMap<String, PartStatus>,
     pub last_errors: VecDeque<String>,
+}
+
+/// What the tunnel probes found in their last round.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TunnelStatus {
+    /// Share of settled nodes that answer (`None` while none is settled).
+    pub ratio: Option<f64>,
+    pub up: usize,
+    pub down: usize,
+    pub unknown: usize,
+    /// The nodes to look at first: down, unknown, then slowest.
+    pub worst: Vec<NodeTunnel>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeTunnel {
+    pub node: String,
+    pub target: String,
+    /// `up`, `down` or `unknown`.
+    pub state: String,
+    pub rtt_ms: Option<f64>,
+    /// Rounds lost in a row.
+    pub lost: u32,
 }
 
 impl StatusSnapshot {
@@ -150,6 +176,13 @@ impl StatusSnapshot {
         }
         if !self.route_tables_degraded.is_empty() {
             parts.push(format!("{} degraded", self.route_tables_degraded.len()));
+        }
+        if let Some(t) = self.tunnel.as_ref().filter(|t| t.down > 0) {
+            parts.push(format!(
+                "tunnel down to {}/{} nodes",
+                t.down,
+                t.up + t.down + t.unknown
+            ));
         }
         let down: Vec<&str> = self
             .parts
