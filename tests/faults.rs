@@ -942,6 +942,29 @@ async fn delete_the_lock_item(f: &Fleet, _leader: &str, _standby: &str) -> Insta
 async fn heal_kubernetes_while_ec2_is_slow(f: &Fleet, leader: &str, standby: &str) -> Instant {
     let l = &f.gws[f.index(leader)];
     let s = &f.gws[f.index(standby)];
+    // Timed on the holder's route resync (every RESYNC): a sync starts at D; the routes
+    // drift after it; the cut at D + 1.5 s lets the other gateway take the Lease about a
+    // lease later (D + 4.5 s), and it keeps it a lease without the lock (to D + 7.5 s):
+    // the holder's next sync, at D + 5 s, falls inside.
+    let since = f.recorder.now();
+    let sync = async {
+        loop {
+            let d = f.recorder.events().iter().find_map(|e| {
+                (e.gw == leader && e.at > since && e.detail.starts_with("DescribeRouteTables"))
+                    .then_some(e.at)
+            });
+            if let Some(d) = d {
+                return d;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let d = tokio::time::timeout(RESYNC * 3, sync)
+        .await
+        .unwrap_or_else(|_| panic!("{leader} made no route sync\n{}", f.logs()));
+    tokio::time::sleep((d + Duration::from_secs(1)).saturating_sub(f.recorder.now())).await;
+    f.drift_routes(&s.eni).await;
+    tokio::time::sleep((d + Duration::from_millis(1500)).saturating_sub(f.recorder.now())).await;
     let hit = flag();
     let (h, kube) = (hit.clone(), l.kube.rules());
     l.ec2.add(
@@ -955,9 +978,6 @@ async fn heal_kubernetes_while_ec2_is_slow(f: &Fleet, leader: &str, standby: &st
     l.ec2
         .add(Rule::new(Effect::DelayRequest(Duration::from_millis(600))));
     l.kube.set_cut(true);
-    // The other gateway takes the Lease once it expires, a lease after the cut.
-    tokio::time::sleep(LEASE_DURATION + Duration::from_millis(500)).await;
-    f.drift_routes(&s.eni).await;
     let wrote = fired(&hit, RESYNC * 3).await;
     l.kube.set_cut(false);
     assert!(
