@@ -583,8 +583,7 @@ impl Fleet {
         let mode_at = |gw: &str, t: Duration| {
             self.processes
                 .iter()
-                .filter(|(start, g, _)| *g == gw && *start <= t)
-                .last()
+                .rfind(|(start, g, _)| *g == gw && *start <= t)
                 .map(|(_, _, m)| *m)
         };
         let mut acq: Vec<(Duration, String)> = [Mode::LeaseOnly, Mode::Combined]
@@ -1049,38 +1048,39 @@ async fn lease_mode_faults_no_write_from_a_deposed_leader() {
     let f = Fleet::start("l", Mode::LeaseOnly).await;
     let mut out = Vec::new();
     out.push(
-        run_scenario(&f, "SIGSTOP leader mid route sync", |f, l, s| {
-            stop_leader_mid_route_sync(f, l, s)
-        })
+        run_scenario(
+            &f,
+            "SIGSTOP leader mid route sync",
+            stop_leader_mid_route_sync,
+        )
         .await,
     );
     out.push(
         run_scenario(
             &f,
             "EC2 throttles first attempts + stop in backoff",
-            |f, l, s| throttled_writes_and_a_stop_in_the_backoff(f, l, s),
+            throttled_writes_and_a_stop_in_the_backoff,
         )
         .await,
     );
     out.push(
-        run_scenario(&f, "standby reads delayed after a renewal", |f, l, s| {
-            delayed_standby_reads_after_a_renewal(f, l, s)
-        })
+        run_scenario(
+            &f,
+            "standby reads delayed after a renewal",
+            delayed_standby_reads_after_a_renewal,
+        )
         .await,
     );
     out.push(
-        run_scenario(&f, "SIGSTOP standby after a fresh read", |f, l, s| {
-            stop_standby_after_a_fresh_read(f, l, s)
-        })
+        run_scenario(
+            &f,
+            "SIGSTOP standby after a fresh read",
+            stop_standby_after_a_fresh_read,
+        )
         .await,
     );
-    out.push(
-        run_scenario(&f, "fast Standby -> Leader flap", |f, l, s| {
-            fast_standby_leader_flap(f, l, s)
-        })
-        .await,
-    );
-    out.push(run_scenario(&f, "delete the Lease", |f, l, s| delete_the_lease(f, l, s)).await);
+    out.push(run_scenario(&f, "fast Standby -> Leader flap", fast_standby_leader_flap).await);
+    out.push(run_scenario(&f, "delete the Lease", delete_the_lease).await);
     report(Mode::LeaseOnly, &out, &f, started);
 }
 
@@ -1090,9 +1090,11 @@ async fn combined_mode_faults_no_write_from_a_deposed_leader() {
     let mut f = Fleet::start("c", Mode::Combined).await;
     let mut out = Vec::new();
     out.push(
-        run_scenario(&f, "SIGSTOP leader mid route sync", |f, l, s| {
-            stop_leader_mid_route_sync(f, l, s)
-        })
+        run_scenario(
+            &f,
+            "SIGSTOP leader mid route sync",
+            stop_leader_mid_route_sync,
+        )
         .await,
     );
     out.push(
@@ -1101,12 +1103,7 @@ async fn combined_mode_faults_no_write_from_a_deposed_leader() {
         })
         .await,
     );
-    out.push(
-        run_scenario(&f, "delete the lock item", |f, l, s| {
-            delete_the_lock_item(f, l, s)
-        })
-        .await,
-    );
+    out.push(run_scenario(&f, "delete the lock item", delete_the_lock_item).await);
     out.push(rolling_switches(&mut f).await);
     report(Mode::Combined, &out, &f, started);
 }
