@@ -41,6 +41,7 @@ fn node(i: usize) -> HybridNode {
             26,
         )
         .unwrap()],
+        probe_ip: None,
     }
 }
 

@@ -10,5 +10,6 @@ pub mod daemon;
 pub mod datapath;
 pub mod election;
 pub mod k8s;
+pub mod probe;
 pub mod reconcile;
 pub mod telemetry;

@@ -29,6 +29,7 @@ fn node(name: &str, addr: &str, cidrs: &[&str]) -> HybridNode {
         name: name.into(),
         ip: ip(addr),
         pod_cidrs: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
+        probe_ip: None,
     }
 }
 
@@ -1541,4 +1542,140 @@ fn node_events_apply_their_delta_and_full_passes_still_repair_drift() {
         set.contains("10.99.0.2") && set.contains("10.99.0.3"),
         "{set}"
     );
+}
+
+/// The body of `GET path` from a daemon listening on `addr` inside `ns`.
+fn http_body(ns: &Netns, addr: &str, path: &str) -> String {
+    ns.run(|| async {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).expect("listener");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or(text)
+    })
+}
+
+/// A metric's value in a scrape (the first line starting with `series `).
+fn metric(text: &str, series: &str) -> Option<f64> {
+    let prefix = format!("{series} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Tunnel probes go through the node's VTEP: the daemon pings the node's pod-side address
+/// (what a CiliumNode's CiliumInternalIP is) and sees it up; the node dropping VXLAN from
+/// the gateway takes it down only after `fall` lost rounds, and it comes back after `rise`.
+/// Probes use the unprivileged ping socket, as under systemd.
+#[test]
+fn tunnel_probes_see_the_vtep_go_down_and_come_back() {
+    let t = topology();
+    // systemd sets this on every host it boots; a fresh namespace has "1 0" (no one).
+    t.gw.sh("sysctl -qw net.ipv4.ping_group_range='0 2147483647'");
+    let dir = tempdir();
+    let cfg_path = dir.join("config.toml");
+    let nodes_path = dir.join("nodes.toml");
+    std::fs::write(
+        &cfg_path,
+        format!("[gateway]\nnode_ip = \"{GW_IP}\"\nvpc_cidrs = [\"10.250.0.0/16\"]\nhybrid_pod_cidrs = [\"192.168.32.0/23\"]\n\n[probe]\ninterval = \"200ms\"\ntimeout = \"100ms\"\nrise = 2\nfall = 3\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        &nodes_path,
+        format!("[[node]]\nname = \"n1\"\nip = \"{NODE_IP}\"\npod_cidrs = [\"192.168.32.0/25\"]\nprobe_ip = \"192.168.32.10\"\n"),
+    )
+    .unwrap();
+    let bin = env!("CARGO_BIN_EXE_hybrid-gateway");
+    let daemon = t.gw.spawn(
+        bin,
+        &[
+            "run",
+            "--config",
+            cfg_path.to_str().unwrap(),
+            "--static-nodes",
+            nodes_path.to_str().unwrap(),
+        ],
+    );
+    let up = |want: f64| {
+        let text =
+            t.gw.try_sh("curl -s --max-time 2 http://127.0.0.1:10080/metrics");
+        metric(
+            &String::from_utf8_lossy(&text.stdout),
+            "hybrid_gateway_node_tunnel_up{node=\"n1\"}",
+        ) == Some(want)
+    };
+    let node_rx = rx_packets(&t.node, "vx");
+    assert!(
+        wait_until(Duration::from_secs(10), || up(1.0)),
+        "the node never came up: {}",
+        scrape(&t.gw)
+    );
+    let metrics = scrape(&t.gw);
+    assert_eq!(
+        metric(&metrics, "hybrid_gateway_tunnel_health_ratio"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(
+        rx_packets(&t.node, "vx") > node_rx,
+        "the echoes did not arrive through the node's VTEP"
+    );
+    // The replies came back through the tunnel and the filter's probe rule accepted them.
+    let probe_replies =
+        t.gw.sh("nft list counter ip hybrid_gateway probe_replies")
+            .split_whitespace()
+            .skip_while(|w| *w != "packets")
+            .nth(1)
+            .and_then(|n| n.parse::<u64>().ok());
+    assert!(
+        probe_replies.is_some_and(|n| n >= 1),
+        "probe_replies: {probe_replies:?}"
+    );
+
+    // The node drops every VXLAN packet from the gateway: the tunnel is cut one way, the
+    // underlay still works (a ping to the node's IP would still answer).
+    t.node.sh("nft add table ip cut && nft add chain ip cut in '{ type filter hook input priority -200; }' && nft add rule ip cut in udp dport 8472 drop");
+    let cut = std::time::Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(10), || up(0.0)),
+        "the node never went down"
+    );
+    let down_after = cut.elapsed();
+    // Hysteresis: three lost rounds of 200 ms, not one lost echo.
+    assert!(
+        down_after >= Duration::from_millis(400),
+        "down after {down_after:?}: faster than fall = 3 rounds"
+    );
+    assert!(
+        t.gw.try_sh("ping -c 1 -W 1 10.99.0.2").status.success(),
+        "the underlay still answers"
+    );
+    let metrics = scrape(&t.gw);
+    assert_eq!(
+        metric(&metrics, "hybrid_gateway_tunnel_health_ratio"),
+        Some(0.0),
+        "{metrics}"
+    );
+    let status = http_body(&t.gw, "127.0.0.1:8088", "/status");
+    let s: serde_json::Value = serde_json::from_str(&status).expect(&status);
+    assert_eq!(s["tunnel"]["down"], 1, "{status}");
+    assert_eq!(s["tunnel"]["worst"][0]["node"], "n1", "{status}");
+    assert_eq!(s["tunnel"]["worst"][0]["state"], "down", "{status}");
+
+    t.node.sh("nft delete table ip cut");
+    let healed = std::time::Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(10), || up(1.0)),
+        "the node never came back"
+    );
+    println!(
+        "tunnel probes: down {down_after:?} after the cut, up {:?} after the repair",
+        healed.elapsed()
+    );
+    drop(daemon);
+    std::fs::remove_dir_all(&dir).ok();
 }

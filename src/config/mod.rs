@@ -9,6 +9,7 @@ mod election;
 mod error;
 mod gateway;
 mod kubernetes;
+mod probe;
 mod telemetry;
 mod validate;
 mod vxlan;
@@ -27,6 +28,7 @@ pub use election::{DynamoDbLockConfig, ElectionConfig, JITTER_FACTOR};
 pub use error::ConfigError;
 pub use gateway::{GatewayConfig, MAX_VPC_CIDRS};
 pub use kubernetes::{EksConfig, KubernetesConfig};
+pub use probe::{ProbeConfig, ProbeTarget};
 pub use telemetry::TelemetryConfig;
 use validate::Validator;
 pub use vxlan::{VxlanConfig, DEFAULT_INTERFACE, DEFAULT_PORT, DEFAULT_VNI};
@@ -46,6 +48,7 @@ pub struct Config {
     pub datapath: DatapathConfig,
     pub kubernetes: KubernetesConfig,
     pub election: ElectionConfig,
+    pub probe: ProbeConfig,
     pub telemetry: TelemetryConfig,
     pub aws: AwsConfig,
 }
@@ -60,6 +63,7 @@ struct RawConfig {
     datapath: Option<datapath::RawDatapath>,
     kubernetes: Option<kubernetes::RawKubernetes>,
     election: Option<election::RawElection>,
+    probe: Option<probe::RawProbe>,
     metrics: Option<telemetry::RawListen>,
     health: Option<telemetry::RawListen>,
     log: Option<telemetry::RawLog>,
@@ -100,6 +104,7 @@ impl Config {
             datapath: v.datapath(raw.datapath.unwrap_or_default())?,
             kubernetes,
             election: v.election(raw.election.unwrap_or_default(), request_timeout)?,
+            probe: v.probe(raw.probe.unwrap_or_default())?,
             telemetry: v.telemetry(raw.metrics, raw.health, raw.log)?,
             aws: v.aws(raw.aws.unwrap_or_default())?,
         })

@@ -333,3 +333,38 @@ fn underlay_mtu_defaults_to_the_internet_path() {
     );
     rejects(&with("underlay_mtu = 70000"), 7, &["vxlan.underlay_mtu"]);
 }
+
+#[test]
+fn probe_defaults_and_limits() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.probe, crate::config::ProbeConfig::default());
+    assert_eq!(c.probe.interval, Duration::from_secs(1));
+    assert_eq!(c.probe.timeout, Duration::from_millis(500));
+    let c = parse(&format!(
+        "{GOOD}\n[probe]\ntarget = \"none\"\ninterval = \"200ms\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.probe.target, crate::config::ProbeTarget::None);
+    // The default timeout shrinks to half a short interval, so a round still fits.
+    assert_eq!(c.probe.timeout, Duration::from_millis(100));
+    rejects(
+        &format!("{GOOD}\n[probe]\ntarget = \"node-ip\"\n"),
+        8,
+        &["probe.target", "cilium-internal-ip"],
+    );
+    rejects(
+        &format!("{GOOD}\n[probe]\ninterval = \"1s\"\ntimeout = \"1s\"\n"),
+        9,
+        &["probe.timeout", "less than probe.interval"],
+    );
+    rejects(
+        &format!("{GOOD}\n[probe]\nfall = 0\n"),
+        8,
+        &["probe.fall", "1 to 100"],
+    );
+    rejects(
+        &format!("{GOOD}\n[probe]\nmax_in_flight = 70000\n"),
+        8,
+        &["probe.max_in_flight"],
+    );
+}

@@ -36,6 +36,7 @@ pub use crate::config::EXIT_CONFIG;
 use crate::datapath::{Datapath, Mac};
 use crate::k8s::cilium_nodes::{self, NodeSet, NodeWatchStats};
 use crate::k8s::client;
+use crate::probe::{health::Score, Prober};
 use crate::telemetry::{self, DaemonStatus, Metrics, Telemetry};
 
 /// Created by the package's removal script just before it stops the service.
@@ -100,6 +101,7 @@ async fn run(config: Config, static_nodes: Option<PathBuf>) -> anyhow::Result<()
     };
     daemon.serve_telemetry().await?;
     daemon.start_node_sync(datapath);
+    daemon.start_prober();
     daemon.start_node_source().await?;
     while signals.next().await == Wanted::Reload {
         daemon.reload();
@@ -123,6 +125,8 @@ struct Context {
     config: watch::Sender<Arc<Config>>,
     /// The hybrid nodes, from Kubernetes or the static file; `None` until the first list.
     nodes: watch::Sender<Option<NodeSet>>,
+    /// This gateway's tunnel health after each probe round (`None`: no opinion).
+    tunnel_score: watch::Sender<Option<Score>>,
     cancel: CancellationToken,
 }
 
@@ -174,6 +178,7 @@ async fn set_up(config: Config, static_mode: bool) -> anyhow::Result<(Context, A
         node_stats,
         config: watch::Sender::new(Arc::new(config)),
         nodes: watch::Sender::new(None),
+        tunnel_score: watch::Sender::new(None),
         cancel: CancellationToken::new(),
     };
     Ok((ctx, datapath))
@@ -291,6 +296,25 @@ impl Daemon {
                     ctx.telemetry.clone(),
                     keeper.clone(),
                 )
+                .run(ctx.cancel.clone())
+            },
+        ));
+    }
+
+    /// Tunnel probes to every hybrid node, leader or not.
+    fn start_prober(&mut self) {
+        let ctx = self.ctx.clone();
+        self.tasks.push(supervise(
+            "tunnel-probes",
+            ctx.status(),
+            ctx.cancel.clone(),
+            move || {
+                Prober {
+                    nodes: ctx.nodes.subscribe(),
+                    config: ctx.config.subscribe(),
+                    telemetry: ctx.telemetry.clone(),
+                    score: ctx.tunnel_score.clone(),
+                }
                 .run(ctx.cancel.clone())
             },
         ));

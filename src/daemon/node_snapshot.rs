@@ -62,6 +62,9 @@ struct Node {
     name: String,
     ip: Ipv4Addr,
     pod_cidrs: Vec<Ipv4Net>,
+    /// The tunnel prober's target (absent in snapshots of nodes without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    probe_ip: Option<Ipv4Addr>,
 }
 
 /// A snapshot read back and checked.
@@ -95,6 +98,7 @@ pub fn save(dir: &Path, nodes: &[HybridNode]) -> Result<(), SnapshotError> {
                 name: n.name.clone(),
                 ip: n.ip,
                 pod_cidrs: n.pod_cidrs.clone(),
+                probe_ip: n.probe_ip,
             })
             .collect(),
     };
@@ -155,6 +159,7 @@ pub fn load(dir: &Path, policy: &NodePolicy) -> Result<Option<Loaded>, SnapshotE
             name: n.name,
             ip: n.ip,
             pod_cidrs: n.pod_cidrs,
+            probe_ip: n.probe_ip,
         })
         .collect();
     let (desired, rejected) = Desired::build_with(&nodes, policy);
@@ -261,6 +266,7 @@ mod tests {
             name: name.into(),
             ip: ip.parse().unwrap(),
             pod_cidrs: vec![cidr.parse().unwrap()],
+            probe_ip: None,
         }
     }
 

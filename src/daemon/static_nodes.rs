@@ -6,6 +6,7 @@
 //! name = "hybrid-1"
 //! ip = "10.80.0.2"
 //! pod_cidrs = ["192.168.32.0/25"]
+//! probe_ip = "192.168.32.1"   # optional: what the tunnel prober pings
 //! ```
 
 use std::net::Ipv4Addr;
@@ -31,6 +32,8 @@ struct Entry {
     ip: Ipv4Addr,
     #[serde(default)]
     pod_cidrs: Vec<Ipv4Net>,
+    /// What the tunnel prober pings (a CiliumNode's CiliumInternalIP).
+    probe_ip: Option<Ipv4Addr>,
 }
 
 pub fn load(path: &Path) -> anyhow::Result<Vec<HybridNode>> {
@@ -43,6 +46,7 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<HybridNode>> {
             name: e.name,
             ip: e.ip,
             pod_cidrs: e.pod_cidrs,
+            probe_ip: e.probe_ip,
         })
         .collect())
 }

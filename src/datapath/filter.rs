@@ -6,7 +6,11 @@
 //! - traffic leaving the tunnel is forwarded only from hybrid pod CIDRs or node IPs, and only
 //!   to the VPC CIDRs;
 //! - TCP SYNs in and out of the tunnel get their MSS clamped to the tunnel MTU, so large
-//!   transfers never depend on PMTU discovery through security groups that drop ICMP.
+//!   transfers never depend on PMTU discovery through security groups that drop ICMP;
+//! - the tunnel probes ([`crate::probe`]) are allowed explicitly: echo replies from the pod
+//!   CIDRs through the tunnel are accepted, and an echo request of this host to a pod CIDR
+//!   that would leave by any other interface is dropped (a probe never tests, or loads, the
+//!   VPC or the underlay instead of the tunnel).
 //!
 //! Stateless on purpose (no conntrack): during a failover, or with one gateway per AZ, the
 //! two directions of a flow may cross different gateways. Base chains at priority -10 drop
@@ -43,12 +47,19 @@ pub const TABLE: &str = "hybrid_gateway";
 const PRIORITY: i32 = -10;
 const UNDERLAY_CHAIN: &str = "underlay_in";
 const TUNNEL_CHAIN: &str = "tunnel_forward";
+const PROBE_CHAIN: &str = "probe_out";
+/// Each chain with its hook, in the order they are created and checked.
+const CHAINS: [(&str, NfHook, &str); 3] = [
+    (UNDERLAY_CHAIN, NfHook::Input, "input"),
+    (TUNNEL_CHAIN, NfHook::Forward, "forward"),
+    (PROBE_CHAIN, NfHook::Output, "output"),
+];
 const NFT_TIMEOUT: Duration = Duration::from_secs(10);
 /// IPv4 (20) + TCP (20) headers: the MSS that fills a tunnel packet.
 const TCP_IP_HEADERS: u32 = 40;
 
 /// The named counters, with what each one counts (exported as metrics).
-pub const COUNTERS: [(&str, &str); 4] = [
+pub const COUNTERS: [(&str, &str); 6] = [
     (
         "vxlan_not_from_node",
         "VXLAN packets dropped because their outer source is no current hybrid node",
@@ -64,6 +75,14 @@ pub const COUNTERS: [(&str, &str); 4] = [
     (
         "syn_mss_clamped",
         "TCP SYNs into or out of the tunnel whose MSS was clamped to the tunnel MTU",
+    ),
+    (
+        "probe_replies",
+        "Echo replies from hybrid pod CIDRs through the tunnel (tunnel probes), accepted",
+    ),
+    (
+        "probe_not_via_tunnel",
+        "Echo requests of this host to hybrid pod CIDRs dropped because they would not go through the tunnel",
     ),
 ];
 
@@ -117,6 +136,28 @@ impl FilterSpec {
                     ),
                     ne(payload("ip", "saddr"), string("@nodes")),
                     counter("vxlan_not_from_node"),
+                    Statement::Drop(None),
+                ],
+            ),
+            (
+                UNDERLAY_CHAIN,
+                format!("probe-replies-through-tunnel dev={dev}"),
+                vec![
+                    eq(meta(MetaKey::Iifname), string(&dev)),
+                    eq(payload("icmp", "type"), string("echo-reply")),
+                    eq(payload("ip", "saddr"), string("@pod_cidrs")),
+                    counter("probe_replies"),
+                    Statement::Accept(None),
+                ],
+            ),
+            (
+                PROBE_CHAIN,
+                format!("probes-only-through-tunnel dev={dev}"),
+                vec![
+                    eq(payload("icmp", "type"), string("echo-request")),
+                    eq(payload("ip", "daddr"), string("@pod_cidrs")),
+                    ne(meta(MetaKey::Oifname), string(&dev)),
+                    counter("probe_not_via_tunnel"),
                     Statement::Drop(None),
                 ],
             ),
@@ -233,10 +274,7 @@ pub fn transaction(spec: &FilterSpec) -> Nftables<'static> {
             ..Set::default()
         }))));
     }
-    for (name, hook) in [
-        (UNDERLAY_CHAIN, NfHook::Input),
-        (TUNNEL_CHAIN, NfHook::Forward),
-    ] {
+    for (name, hook, _) in CHAINS {
         cmds.push(add(NfListObject::Chain(Chain {
             family: NfFamily::IP,
             table: TABLE.into(),
@@ -370,7 +408,7 @@ impl FilterState {
     /// The `nodes` set is left out: it changes with the node set, which is no drift.
     pub fn drift(&self, spec: &FilterSpec) -> Vec<String> {
         let mut wrong = Vec::new();
-        for (name, hook) in [(UNDERLAY_CHAIN, "input"), (TUNNEL_CHAIN, "forward")] {
+        for (name, _, hook) in CHAINS {
             let want: Vec<String> = spec
                 .rules()
                 .into_iter()
@@ -401,7 +439,7 @@ impl FilterState {
         for extra in self
             .chains
             .keys()
-            .filter(|k| ![UNDERLAY_CHAIN, TUNNEL_CHAIN].contains(&k.as_str()))
+            .filter(|k| !CHAINS.iter().any(|(c, _, _)| c == k))
         {
             wrong.push(format!("unexpected chain {extra}"));
         }
@@ -611,7 +649,7 @@ mod tests {
             .iter()
             .all(|k| !k.ends_with("rule") && !k.ends_with("element")));
         assert_eq!(kinds.iter().filter(|k| *k == "flush set").count(), 3);
-        assert_eq!(kinds.iter().filter(|k| *k == "add rule").count(), 5);
+        assert_eq!(kinds.iter().filter(|k| *k == "add rule").count(), 7);
         let text = json.to_string();
         for want in [
             r#"{"mangle":{"key":{"tcp option":{"field":"size","name":"maxseg"}},"value":1410}}"#,
@@ -619,6 +657,8 @@ mod tests {
             r#"{"prefix":{"addr":"192.168.32.0","len":23}}"#,
             r#""hook":"forward""#,
             r#""prio":-10"#,
+            r#""hook":"output""#,
+            r#"{"match":{"left":{"payload":{"field":"type","protocol":"icmp"}},"op":"==","right":"echo-reply"}}"#,
         ] {
             assert!(text.contains(want), "{want} not in {text}");
         }
@@ -628,9 +668,9 @@ mod tests {
     fn drift_names_what_is_wrong_and_ignores_the_node_set() {
         let s = spec();
         let good = FilterState {
-            chains: [(UNDERLAY_CHAIN, "input"), (TUNNEL_CHAIN, "forward")]
+            chains: CHAINS
                 .into_iter()
-                .map(|(name, hook)| {
+                .map(|(name, _, hook)| {
                     (
                         name.to_string(),
                         ChainState {

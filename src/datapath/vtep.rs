@@ -22,6 +22,10 @@ pub struct HybridNode {
     pub name: String,
     pub ip: Ipv4Addr,
     pub pod_cidrs: Vec<Ipv4Net>,
+    /// An address behind the node's VTEP that answers ICMP echo (its `CiliumInternalIP`):
+    /// what the tunnel prober pings. Not trusted: the prober uses it only inside the node's
+    /// own pod CIDRs, so an echo to it can only go through the tunnel.
+    pub probe_ip: Option<Ipv4Addr>,
 }
 
 /// Pod CIDRs one node may claim. Cilium's cluster-pool hands out one or a few per node; a

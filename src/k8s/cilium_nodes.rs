@@ -73,11 +73,25 @@ pub fn parse(obj: &DynamicObject) -> Result<HybridNode, String> {
     if pod_cidrs.is_empty() && saw_ipv6 {
         return Err("has only IPv6 pod CIDRs; the gateway tunnels IPv4 only".into());
     }
+    let probe_ip = cilium_internal_ipv4(spec);
     Ok(HybridNode {
         name,
         ip,
         pod_cidrs,
+        probe_ip,
     })
+}
+
+/// The node's first IPv4 `CiliumInternalIP` (the address of its `cilium_host`, inside its
+/// pod CIDR): reachable only through the node's VTEP, so an echo to it tests the tunnel.
+/// Optional: a node without one is simply not probed.
+fn cilium_internal_ipv4(spec: &Value) -> Option<Ipv4Addr> {
+    spec.get("addresses")?
+        .as_array()?
+        .iter()
+        .filter(|a| a.get("type").and_then(Value::as_str) == Some("CiliumInternalIP"))
+        .filter_map(|a| a.get("ip").and_then(Value::as_str))
+        .find_map(|text| text.parse::<Ipv4Addr>().ok())
 }
 
 fn internal_ipv4(spec: &Value) -> Result<Ipv4Addr, String> {

@@ -49,6 +49,13 @@ pub struct Metrics {
     pub nodes_snapshot_age_seconds: Gauge,
     /// Things found broken and put right by the datapath, by what (`filter`, …).
     pub datapath_repairs: Family<Labels, Counter>,
+    /// 1 while the tunnel to a hybrid node answers probes, 0 while it is down, by node.
+    pub node_tunnel_up: Family<Labels, Gauge>,
+    pub node_tunnel_rtt_seconds: Histogram,
+    pub tunnel_probes_sent: Counter,
+    pub tunnel_probes_lost: Counter,
+    /// The share of probed nodes reachable (`None`: no opinion yet, not exported).
+    pub tunnel_health_ratio: Arc<std::sync::Mutex<Option<f64>>>,
     /// The nftables filter's counters as last read (name → packets, bytes).
     filter_counters: Arc<std::sync::Mutex<std::collections::BTreeMap<String, (u64, u64)>>>,
 }
@@ -207,6 +214,27 @@ impl Metrics {
                 "Datapath drift found and repaired (device, sysctls, filter), by what",
                 Family::<Labels, Counter>::default()
             ),
+            node_tunnel_up: reg!(
+                "node_tunnel_up",
+                "1 while the tunnel to the hybrid node answers this gateway's probes, 0 while down",
+                Family::<Labels, Gauge>::default()
+            ),
+            node_tunnel_rtt_seconds: reg!(
+                "node_tunnel_rtt_seconds",
+                "Round trip of tunnel probes to hybrid nodes",
+                Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+            ),
+            tunnel_probes_sent: reg!(
+                "tunnel_probes_sent",
+                "ICMP echoes sent through the tunnel to hybrid nodes",
+                Counter::default()
+            ),
+            tunnel_probes_lost: reg!(
+                "tunnel_probes_lost",
+                "Tunnel probes not answered in time",
+                Counter::default()
+            ),
+            tunnel_health_ratio: Arc::default(),
             filter_counters: Arc::default(),
             registry,
         };
@@ -217,6 +245,8 @@ impl Metrics {
         m.registry.register_collector(Box::new(NodeCounters(nodes)));
         m.registry
             .register_collector(Box::new(FilterCounters(m.filter_counters.clone())));
+        m.registry
+            .register_collector(Box::new(HealthRatio(m.tunnel_health_ratio.clone())));
         m
     }
 
@@ -367,6 +397,26 @@ impl Collector for FilterCounters {
             }
         }
         Ok(())
+    }
+}
+
+/// `tunnel_health_ratio`, only once the prober has an opinion: a gauge reading 0 before the
+/// first round would look like a site outage.
+#[derive(Debug)]
+struct HealthRatio(Arc<std::sync::Mutex<Option<f64>>>);
+
+impl Collector for HealthRatio {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(ratio) = *self.0.lock().unwrap_or_else(|p| p.into_inner()) else {
+            return Ok(());
+        };
+        let g = prometheus_client::metrics::gauge::ConstGauge::new(ratio);
+        g.encode(encoder.encode_descriptor(
+            "tunnel_health_ratio",
+            "Share of probed hybrid nodes whose tunnel answers this gateway (its health score)",
+            None,
+            g.metric_type(),
+        )?)
     }
 }
 

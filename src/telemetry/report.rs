@@ -7,8 +7,10 @@ use std::time::Duration;
 use crate::aws::SyncReport;
 use crate::datapath::Reconciled;
 use crate::election::Leadership;
+use crate::probe::health::{Score, TunnelState};
+use crate::probe::{Tracker, WORST_SHOWN};
 
-use super::status::Role;
+use super::status::{NodeTunnel, Role, TunnelStatus};
 use super::{DaemonStatus, Metrics};
 
 /// Where the daemon's parts report to. Cheap to clone.
@@ -47,6 +49,73 @@ impl Telemetry {
             s.device_up = true;
         });
         m.ready.set(i64::from(self.status.snapshot().ready()));
+    }
+
+    /// One node's probe result in a round, after hysteresis.
+    pub fn tunnel_probed(&self, node: &str, state: TunnelState, result: Option<Duration>) {
+        let m = &self.metrics;
+        m.tunnel_probes_sent.inc();
+        match result {
+            Some(rtt) => m.node_tunnel_rtt_seconds.observe(rtt.as_secs_f64()),
+            None => {
+                m.tunnel_probes_lost.inc();
+            }
+        }
+        let labels = vec![("node".to_string(), node.to_string())];
+        match state {
+            TunnelState::Up => {
+                m.node_tunnel_up.get_or_create(&labels).set(1);
+            }
+            TunnelState::Down => {
+                m.node_tunnel_up.get_or_create(&labels).set(0);
+            }
+            // Not settled yet: no series rather than a false 0 or 1.
+            TunnelState::Unknown => {
+                m.node_tunnel_up.remove(&labels);
+            }
+        }
+    }
+
+    /// A node left the probe set: its series goes with it.
+    pub fn tunnel_node_gone(&self, node: &str) {
+        self.metrics
+            .node_tunnel_up
+            .remove(&vec![("node".to_string(), node.to_string())]);
+    }
+
+    /// A probe round ended: the score and the worst nodes for `status`.
+    pub fn tunnel_round(&self, tracker: &Tracker, score: &Score) {
+        *self
+            .metrics
+            .tunnel_health_ratio
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = score.ratio();
+        let worst = tracker
+            .worst(WORST_SHOWN)
+            .into_iter()
+            .map(|(name, h)| NodeTunnel {
+                node: name.clone(),
+                target: h.target.to_string(),
+                state: match h.state {
+                    TunnelState::Up => "up",
+                    TunnelState::Down => "down",
+                    TunnelState::Unknown => "unknown",
+                }
+                .to_string(),
+                rtt_ms: h.last_rtt.map(|d| d.as_secs_f64() * 1000.0),
+                lost: h.lost(),
+            })
+            .collect();
+        let total = score.up + score.down + score.unknown;
+        self.status.update(|s| {
+            s.tunnel = (total > 0).then(|| TunnelStatus {
+                ratio: score.ratio(),
+                up: score.up,
+                down: score.down,
+                unknown: score.unknown,
+                worst,
+            });
+        });
     }
 
     /// A datapath reconcile pass could not run at all.

@@ -56,23 +56,58 @@ pub struct StatusSnapshot {
     /// Why this leader may not write the CiliumVTEPConfig right now, if it may not.
     #[serde(default)]
     pub vtepconfig_fenced: Option<String>,
+    /// Why this leader cannot write the CiliumVTEPConfig at all: the cluster serves no
+    /// shape it writes (CRD missing, other versions).
+    #[serde(default)]
+    pub vtepconfig_unserved: Option<String>,
+    /// The CiliumVTEPConfig shape the cluster serves (`cilium.io/v2 spec.endpoints …`), or
+    /// why there is none.
+    #[serde(default)]
+    pub vtepconfig_shape: Option<String>,
     /// While the node set programmed is the snapshot from the state directory (the API
     /// did not list in time at start): when it was written, in Unix seconds.
     #[serde(default)]
     pub nodes_from_snapshot: Option<i64>,
+    /// The tunnel probes' view (`None`: probes off or no round yet).
+    #[serde(default)]
+    pub tunnel: Option<TunnelStatus>,
     pub parts: BTreeMap<String, PartStatus>,
     pub last_errors: VecDeque<String>,
+}
+
+/// What the tunnel probes found in their last round.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TunnelStatus {
+    /// Share of settled nodes that answer (`None` while none is settled).
+    pub ratio: Option<f64>,
+    pub up: usize,
+    pub down: usize,
+    pub unknown: usize,
+    /// The nodes to look at first: down, unknown, then slowest.
+    pub worst: Vec<NodeTunnel>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeTunnel {
+    pub node: String,
+    pub target: String,
+    /// `up`, `down` or `unknown`.
+    pub state: String,
+    pub rtt_ms: Option<f64>,
+    /// Rounds lost in a row.
+    pub lost: u32,
 }
 
 impl StatusSnapshot {
     /// Ready to carry traffic: the device is up, the first node sync is applied, we know
     /// who we are, and — when leading — hybrid nodes can be pointed at us (the
-    /// CiliumVTEPConfig is not fenced against us).
+    /// CiliumVTEPConfig is not fenced against us, and the cluster serves a shape we write).
     pub fn ready(&self) -> bool {
         self.device_up
             && self.nodes_synced
             && self.identity_known
             && self.vtepconfig_fenced.is_none()
+            && self.vtepconfig_unserved.is_none()
     }
 
     /// Every supervised part is running.
@@ -94,6 +129,12 @@ impl StatusSnapshot {
             .filter(|_| self.role == Role::Leader)
         {
             parts.push(format!("leader, fenced: {why}"));
+        } else if let Some(why) = self
+            .vtepconfig_unserved
+            .as_deref()
+            .filter(|_| self.role == Role::Leader)
+        {
+            parts.push(format!("leader, {why}"));
         } else if !(self.device_up && self.nodes_synced && self.identity_known) {
             let mut waiting = Vec::new();
             if !self.device_up {
@@ -135,6 +176,13 @@ impl StatusSnapshot {
         }
         if !self.route_tables_degraded.is_empty() {
             parts.push(format!("{} degraded", self.route_tables_degraded.len()));
+        }
+        if let Some(t) = self.tunnel.as_ref().filter(|t| t.down > 0) {
+            parts.push(format!(
+                "tunnel down to {}/{} nodes",
+                t.down,
+                t.up + t.down + t.unknown
+            ));
         }
         let down: Vec<&str> = self
             .parts
@@ -241,5 +289,29 @@ impl DaemonStatus {
                 s.last_errors.pop_front();
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leader_without_a_served_vtep_shape_is_not_ready_and_says_why() {
+        let mut s = StatusSnapshot {
+            device_up: true,
+            nodes_synced: true,
+            identity_known: true,
+            role: Role::Leader,
+            ..StatusSnapshot::default()
+        };
+        assert!(s.ready());
+        s.vtepconfig_unserved = Some("CiliumVTEPConfig not served".into());
+        assert!(!s.ready());
+        assert!(
+            s.line().starts_with("leader, CiliumVTEPConfig not served"),
+            "{}",
+            s.line()
+        );
     }
 }

@@ -85,6 +85,9 @@ fn print(s: &StatusSnapshot) {
         s.identity_known
     );
     println!("  hybrid nodes: {}", s.nodes_programmed);
+    if let Some(shape) = &s.vtepconfig_shape {
+        println!("  vtep shape:   {shape}");
+    }
     if s.route_tables_total > 0 {
         println!(
             "  route tables: {}/{} in sync",
@@ -93,6 +96,27 @@ fn print(s: &StatusSnapshot) {
     }
     for t in &s.route_tables_degraded {
         println!("  degraded:     {t}");
+    }
+    if let Some(t) = &s.tunnel {
+        println!(
+            "  tunnel:       {} up, {} down, {} unknown (health {})",
+            t.up,
+            t.down,
+            t.unknown,
+            t.ratio
+                .map_or_else(|| "unknown".to_string(), |r| format!("{:.0} %", r * 100.0))
+        );
+        for n in &t.worst {
+            println!(
+                "    {:<24} {:<15} {:<7} rtt {} lost {}",
+                n.node,
+                n.target,
+                n.state,
+                n.rtt_ms
+                    .map_or_else(|| "-".to_string(), |ms| format!("{ms:.2} ms")),
+                n.lost
+            );
+        }
     }
     for (name, p) in &s.parts {
         if !p.alive || p.restarts > 0 {

@@ -11,6 +11,7 @@ fn node(name: &str, addr: &str, cidrs: &[&str]) -> HybridNode {
         name: name.into(),
         ip: ip(addr),
         pod_cidrs: cidrs.iter().map(|c| net(c)).collect(),
+        probe_ip: None,
     }
 }
 fn pods() -> Vec<Ipv4Net> {

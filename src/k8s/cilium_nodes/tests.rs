@@ -30,13 +30,31 @@ fn parses_internal_ip_and_every_ipv4_cidr() {
     .unwrap();
     assert_eq!(n.ip, "10.80.0.2".parse::<Ipv4Addr>().unwrap());
     assert_eq!(n.pod_cidrs.len(), 2);
+    assert_eq!(n.probe_ip, Some("192.168.32.1".parse().unwrap()));
     let dual = json!({"addresses": [{"type": "InternalIP", "ip": "fd00::2"}, {"type": "InternalIP", "ip": "10.80.0.3"}]});
     assert_eq!(
-        parse(&obj("n2", "2026-01-01T00:00:00Z", dual))
+        parse(&obj("n2", "2026-01-01T00:00:00Z", dual.clone()))
             .unwrap()
             .ip
             .to_string(),
         "10.80.0.3"
+    );
+    assert_eq!(
+        parse(&obj("n2", "2026-01-01T00:00:00Z", dual))
+            .unwrap()
+            .probe_ip,
+        None
+    );
+    // The prober pings IPv4 only; an IPv6 router address first does not hide the IPv4 one.
+    let v6_first = json!({"addresses": [
+        {"type": "CiliumInternalIP", "ip": "fd00::1"},
+        {"type": "CiliumInternalIP", "ip": "192.168.32.7"},
+        {"type": "InternalIP", "ip": "10.80.0.4"}]});
+    assert_eq!(
+        parse(&obj("n3", "2026-01-01T00:00:00Z", v6_first))
+            .unwrap()
+            .probe_ip,
+        Some("192.168.32.7".parse().unwrap())
     );
 }
 
