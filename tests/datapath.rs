@@ -1472,6 +1472,78 @@ fn cold_boot_without_the_api_forwards_from_the_snapshot_until_the_live_set_wins(
     println!("cold boot with the API down: snapshot programmed {programmed:?} after start (cold_start_wait 2s)");
 }
 
+/// A node event applies its delta only (nothing read back), so drift it did not cause
+/// stays until a full pass, which still finds and repairs it exactly.
+#[test]
+fn node_events_apply_their_delta_and_full_passes_still_repair_drift() {
+    use hybrid_gateway::datapath::Scope;
+    let (gw, _peer) = gateway();
+    let cfg = config("");
+    let pods = cfg.gateway.hybrid_pod_cidrs.clone();
+    let a = node("a", "10.99.0.2", &["192.168.32.0/26"]);
+    let b = node("b", "10.99.0.3", &["192.168.32.64/26"]);
+    let nodes_set = || gw.sh("nft list set ip hybrid_gateway nodes");
+    gw.run(|| async {
+        let (dp, _) = Datapath::setup(&cfg, ip(GW_IP)).await.unwrap();
+        dp.reconcile(std::slice::from_ref(&a), &pods).await.unwrap();
+        // Drift no event reports: a's route removed by hand.
+        gw.sh("ip route del 192.168.32.0/26 dev hybrid_vxlan0");
+        let r = dp
+            .reconcile_scoped(&[a.clone(), b.clone()], &pods, Scope::Changes)
+            .await
+            .unwrap();
+        assert!(r.report.errors.is_empty(), "{:?}", r.report.errors);
+        assert_eq!(
+            (
+                r.report.routes_set,
+                r.report.neighbours_set,
+                r.report.fdb_set
+            ),
+            (1, 1, 1),
+            "b's entries only"
+        );
+        assert!(nodes_set().contains("10.99.0.3"), "{}", nodes_set());
+        let r = dp
+            .reconcile_scoped(&[a.clone(), b.clone()], &pods, Scope::Full)
+            .await
+            .unwrap();
+        assert_eq!(r.report.changes(), 1, "the full pass puts a's route back");
+        // a goes: its entries and its filter element, by delta.
+        let r = dp
+            .reconcile_scoped(std::slice::from_ref(&b), &pods, Scope::Changes)
+            .await
+            .unwrap();
+        assert!(r.report.errors.is_empty(), "{:?}", r.report.errors);
+        assert_eq!(r.report.changes(), 3);
+        assert!(!nodes_set().contains("10.99.0.2"), "{}", nodes_set());
+        // The filter's node set edited behind its back: removing b's element fails, so
+        // the table is rewritten whole instead of the event failing.
+        gw.sh("nft flush set ip hybrid_gateway nodes");
+        let r = dp
+            .reconcile_scoped(&[], &pods, Scope::Changes)
+            .await
+            .unwrap();
+        assert!(r.report.errors.is_empty(), "{:?}", r.report.errors);
+        let r = dp
+            .reconcile_scoped(&[b.clone(), a.clone()], &pods, Scope::Changes)
+            .await
+            .unwrap();
+        assert!(r.report.errors.is_empty(), "{:?}", r.report.errors);
+    });
+    assert_eq!(
+        kernel(&gw),
+        expected(&[
+            ("10.99.0.3", &["192.168.32.64/26"]),
+            ("10.99.0.2", &["192.168.32.0/26"])
+        ])
+    );
+    let set = nodes_set();
+    assert!(
+        set.contains("10.99.0.2") && set.contains("10.99.0.3"),
+        "{set}"
+    );
+}
+
 /// The body of `GET path` from a daemon listening on `addr` inside `ns`.
 fn http_body(ns: &Netns, addr: &str, path: &str) -> String {
     ns.run(|| async {
