@@ -1297,6 +1297,181 @@ fn drift_is_repaired_at_once_on_link_events_and_at_the_resync_otherwise() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+fn hybrid_cilium_node(name: &str, ip: &str, cidrs: &[&str]) -> kube::api::DynamicObject {
+    use hybrid_gateway::k8s::cilium_nodes;
+    let mut o = kube::api::DynamicObject::new(name, &cilium_nodes::api_resource()).data(
+        serde_json::json!({
+            "spec": {"addresses": [{"type": "InternalIP", "ip": ip}], "ipam": {"podCIDRs": cidrs}}
+        }),
+    );
+    o.metadata.labels = Some(
+        [(
+            "eks.amazonaws.com/compute-type".to_string(),
+            "hybrid".to_string(),
+        )]
+        .into(),
+    );
+    o
+}
+
+/// A gateway rebooted while the Kubernetes API is unreachable forwards from the node set
+/// snapshot it kept, says so, and lets the live set win once the API answers.
+#[test]
+fn cold_boot_without_the_api_forwards_from_the_snapshot_until_the_live_set_wins() {
+    use hybrid_gateway::k8s::cilium_nodes;
+    use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
+    use support::k8s::{client, ApiServer};
+
+    let t = topology();
+    let server = ApiServer::start_in(Some(&t.gw));
+    let state = server.dir.join("state");
+    let cfg = server.dir.join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[gateway]\nnode_ip = \"{GW_IP}\"\nvpc_cidrs = [\"10.250.0.0/16\"]\nhybrid_pod_cidrs = [\"192.168.32.0/23\"]\n\
+             [datapath]\nstate_dir = \"{}\"\ncold_start_wait = \"2s\"\n[kubernetes]\nkubeconfig = \"{}\"\n",
+            state.display(),
+            server.daemon_kubeconfig().display()
+        ),
+    )
+    .unwrap();
+    let admin_cfg = server.admin_kubeconfig();
+    let api = |f: fn(Api<DynamicObject>) -> futures::future::BoxFuture<'static, ()>| {
+        let admin_cfg = admin_cfg.clone();
+        t.gw.run(|| async move {
+            let admin = client(&admin_cfg).await;
+            f(Api::all_with(admin, &cilium_nodes::api_resource())).await
+        })
+    };
+    // n1 is the real node of the topology; n2 exists only in the API, and only until the
+    // gateway is down.
+    api(|api| {
+        Box::pin(async move {
+            for o in [
+                hybrid_cilium_node("n1", NODE_IP, &["192.168.32.0/25"]),
+                hybrid_cilium_node("n2", "10.99.0.7", &["192.168.33.0/26"]),
+            ] {
+                api.create(&PostParams::default(), &o).await.unwrap();
+            }
+        })
+    });
+    let routes = || {
+        String::from_utf8_lossy(&t.gw.try_sh("ip route show dev hybrid_vxlan0").stdout).to_string()
+    };
+    let run = || {
+        t.gw.spawn(
+            env!("CARGO_BIN_EXE_hybrid-gateway"),
+            &["run", "--config", cfg.to_str().unwrap()],
+        )
+    };
+    let stop = |d: support::Proc| {
+        d.signal(libc::SIGTERM);
+        let out = d.wait(Duration::from_secs(10));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+
+    // First life: programs both nodes from the API and keeps them in the state directory.
+    let daemon = run();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let r = routes();
+            r.contains("192.168.32.0/25") && r.contains("192.168.33.0/26")
+        }),
+        "first life never programmed: {}",
+        routes()
+    );
+    let snapshot = state.join("nodes.json");
+    assert!(
+        wait_until(Duration::from_secs(10), || std::fs::read_to_string(
+            &snapshot
+        )
+        .is_ok_and(|s| s.contains("\"n1\"") && s.contains("\"n2\""))),
+        "no snapshot with both nodes in {}",
+        state.display()
+    );
+    stop(daemon);
+
+    // While it is down n2 goes away; then the API becomes unreachable, and the host
+    // reboots: no device, no routes, no filter.
+    api(|api| {
+        Box::pin(async move {
+            api.delete("n2", &DeleteParams::default()).await.unwrap();
+        })
+    });
+    server.pause();
+    t.gw.sh("ip link del hybrid_vxlan0 && nft delete table ip hybrid_gateway");
+
+    let started = std::time::Instant::now();
+    let daemon = run();
+    assert!(
+        wait_until(Duration::from_secs(15), || routes()
+            .contains("192.168.32.0/25")),
+        "nothing programmed from the snapshot: {}",
+        routes()
+    );
+    let programmed = started.elapsed();
+    assert!(
+        routes().contains("192.168.33.0/26"),
+        "the snapshot's whole set is programmed: {}",
+        routes()
+    );
+    assert!(
+        t.vpc
+            .try_sh("ping -c 3 -i 0.2 -W 2 192.168.32.10")
+            .status
+            .success(),
+        "no forwarding from the snapshot"
+    );
+    assert!(ready(&t.gw), "not ready while forwarding from the snapshot");
+    let m = scrape(&t.gw);
+    assert_eq!(
+        gauge(&m, "hybrid_gateway_nodes_from_snapshot"),
+        Some(1),
+        "{m}"
+    );
+    assert!(
+        gauge(&m, "hybrid_gateway_nodes_snapshot_age_seconds").is_some_and(|a| a >= 1),
+        "{m}"
+    );
+    let status = http_get(&t.gw, 8088, "/status").1;
+    assert!(!status.contains("\"nodes_from_snapshot\":null"), "{status}");
+
+    // The API answers again: the live set (n1 only) replaces the snapshot.
+    server.resume();
+    assert!(
+        wait_until(Duration::from_secs(30), || !routes()
+            .contains("192.168.33.0/26")),
+        "n2, gone from the live set, is still programmed: {}",
+        routes()
+    );
+    assert!(routes().contains("192.168.32.0/25"));
+    assert!(
+        wait_until(Duration::from_secs(5), || gauge(
+            &scrape(&t.gw),
+            "hybrid_gateway_nodes_from_snapshot"
+        ) == Some(0)),
+        "still says it runs from the snapshot"
+    );
+    assert!(t
+        .vpc
+        .try_sh("ping -c 2 -i 0.2 -W 2 192.168.32.10")
+        .status
+        .success());
+    let log = stop(daemon);
+    assert!(log.contains("programming the node set snapshot"), "{log}");
+    assert!(
+        log.contains("the live CiliumNode set replaces the snapshot"),
+        "{log}"
+    );
+    println!("cold boot with the API down: snapshot programmed {programmed:?} after start (cold_start_wait 2s)");
+}
+
 /// The body of `GET path` from a daemon listening on `addr` inside `ns`.
 fn http_body(ns: &Netns, addr: &str, path: &str) -> String {
     ns.run(|| async {

@@ -98,11 +98,11 @@ impl Gw {
                 }))
             }
         };
-        let spec = vtep_config::VtepSpec {
-            tunnel_endpoint: ip.parse().unwrap(),
-            mac: Mac::for_gateway(ip.parse().unwrap()),
-            vpc_cidrs: vec!["10.250.0.0/16".parse().unwrap()],
-        };
+        let spec = vtep_config::VtepSpec::new(
+            ip.parse().unwrap(),
+            Mac::for_gateway(ip.parse().unwrap()),
+            vec!["10.250.0.0/16".parse().unwrap()],
+        );
         let writer = tokio::spawn(vtep_config::run(
             kube,
             spec,

@@ -12,7 +12,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use hybrid_gateway::datapath::Mac;
 use hybrid_gateway::election::{self, lease::LeaseLock, ElectionHandle, Elector, Timings};
+use hybrid_gateway::k8s::vtep_config;
+use kube::api::{DynamicObject, PostParams};
+use kube::Api;
+use serde_json::json;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -165,10 +170,23 @@ struct Daemon {
     cancel: CancellationToken,
     task: JoinHandle<Elector<LeaseLock>>,
     sampler: JoinHandle<()>,
+    /// The CiliumVTEPConfig writer, when started as a gateway.
+    writer: Option<JoinHandle<()>>,
 }
 
 impl Daemon {
     async fn start(server: &ApiServer, identity: &str, timeline: Shared) -> Daemon {
+        Self::start_as(server, identity, None, timeline).await
+    }
+
+    /// The elector plus the leader's CiliumVTEPConfig writer (served-shape look-up
+    /// included) for `spec`, as in the daemon.
+    async fn start_as(
+        server: &ApiServer,
+        identity: &str,
+        spec: Option<vtep_config::VtepSpec>,
+        timeline: Shared,
+    ) -> Daemon {
         let kube = client(&server.daemon_kubeconfig()).await;
         let mut e = Elector::new(
             LeaseLock::new(kube.clone(), NS, LEASE, Duration::from_secs(1)),
@@ -177,12 +195,23 @@ impl Daemon {
         );
         let (publisher, handle) = election::channel();
         let cancel = CancellationToken::new();
-        let (wake, watch) = election::lease::watch_changes(kube, NS, LEASE, cancel.clone());
+        let (wake, watch) = election::lease::watch_changes(kube.clone(), NS, LEASE, cancel.clone());
         let c = cancel.clone();
         let task = tokio::spawn(async move {
             election::run(&mut e, &publisher, Some(wake), c).await;
             watch.abort();
             e
+        });
+        let writer = spec.map(|spec| {
+            tokio::spawn(vtep_config::run(
+                kube.clone(),
+                spec,
+                identity.to_string(),
+                handle.clone(),
+                Duration::from_secs(1),
+                tokio::sync::watch::channel(None).0,
+                cancel.clone(),
+            ))
         });
         let sampler = tokio::spawn(sample(identity.to_string(), handle, timeline));
         Daemon {
@@ -190,12 +219,16 @@ impl Daemon {
             cancel,
             task,
             sampler,
+            writer,
         }
     }
 
     async fn stop(self, timeline: &Shared) {
         self.cancel.cancel();
         let mut e = self.task.await.unwrap();
+        if let Some(w) = self.writer {
+            let _ = w.await;
+        }
         self.sampler.abort();
         timeline.lock().unwrap().stop(&self.identity, now());
         e.release(jiff::Timestamp::now()).await.unwrap();
@@ -203,6 +236,9 @@ impl Daemon {
 
     fn crash(self, timeline: &Shared) {
         self.task.abort();
+        if let Some(w) = &self.writer {
+            w.abort();
+        }
         self.cancel.cancel();
         self.sampler.abort();
         timeline.lock().unwrap().stop(&self.identity, now());
@@ -311,4 +347,160 @@ async fn client_go_and_the_daemon_share_one_lease_and_hand_over_both_ways() {
     }
     let overlaps = tl.lock().unwrap().overlaps();
     assert!(overlaps.is_empty(), "both led at once: {overlaps:?}");
+}
+
+/// Every version of the CiliumVTEPConfig a watch sees, with the wall-clock time it arrived.
+type Versions = Arc<Mutex<Vec<(f64, serde_json::Value)>>>;
+
+fn record_versions(api: Api<DynamicObject>) -> (JoinHandle<()>, Versions) {
+    use futures::StreamExt;
+    use kube::runtime::watcher;
+    let seen: Versions = Arc::default();
+    let s = seen.clone();
+    let task = tokio::spawn(async move {
+        let cfg =
+            watcher::Config::default().fields(&format!("metadata.name={}", vtep_config::NAME));
+        let mut stream = watcher::watcher(api, cfg).boxed();
+        while let Some(ev) = stream.next().await {
+            if let Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) = ev {
+                s.lock().unwrap().push((now(), o.data["spec"].clone()));
+            }
+        }
+    });
+    (task, seen)
+}
+
+fn duplicate_cidr(spec: &serde_json::Value) -> Option<String> {
+    let mut seen = std::collections::BTreeSet::new();
+    spec["endpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| e["cidr"].as_str().unwrap_or_default().to_string())
+        .find(|c| !seen.insert(c.clone()))
+}
+
+/// Migrating from the Helm-deployed Go gateway, as the README's guide does it: the Go
+/// gateway (a client-go elector on the reference's Lease) leads and has written the
+/// CiliumVTEPConfig its way (its own field manager, create then a plain Update, endpoint
+/// `vpc-gateway` with its node IP and MAC). Our two gateways join the same Lease and stay
+/// standby (writing nothing) while it renews. The Go leader then dies without releasing
+/// the Lease (the reference never releases): one of ours takes the Lease after it
+/// expires and the object in the same pass. Every version of the object a watch sees
+/// holds no duplicate CIDR; it ends with exactly our endpoint; never two leaders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_from_the_go_gateway_takes_the_lease_and_the_object_without_duplicates() {
+    let t0 = std::time::Instant::now();
+    let bin = tokio::task::spawn_blocking(peer_binary).await.unwrap();
+    let server = ApiServer::start();
+    let admin = client(&server.admin_kubeconfig()).await;
+    let api: Api<DynamicObject> = Api::all_with(admin, &vtep_config::api_resource());
+    let tl: Shared = Arc::default();
+    let leading = |who: &str| tl.lock().unwrap().leading(who);
+    let limit = Duration::from_secs(10);
+    let vpc = "10.250.0.0/16";
+
+    // The Go gateway leads and writes its object (controller-runtime Create, then a plain
+    // Update on its next start).
+    let go = GoPeer::start(&bin, &server, "go-gw-a", tl.clone());
+    assert!(
+        until(limit, || leading("go-gw-a")).await,
+        "client-go never led"
+    );
+    let go_ip = "10.250.8.8";
+    let go_mac = Mac::for_gateway(go_ip.parse().unwrap()).to_string();
+    let go_obj: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "cilium.io/v2", "kind": "CiliumVTEPConfig",
+        "metadata": {"name": vtep_config::NAME},
+        "spec": {"endpoints": [{"name": "vpc-gateway", "tunnelEndpoint": go_ip, "cidr": vpc, "mac": go_mac}]},
+    }))
+    .unwrap();
+    let go_manager = PostParams {
+        field_manager: Some("eks-hybrid-nodes-gateway".into()),
+        ..PostParams::default()
+    };
+    let o = api.create(&go_manager, &go_obj).await.unwrap();
+    api.replace(vtep_config::NAME, &go_manager, &o)
+        .await
+        .unwrap();
+    let (recorder, versions) = record_versions(api.clone());
+
+    // Our gateways join as standbys: nothing written while the Go gateway renews.
+    let ours = [("gw-a", "10.250.3.111"), ("gw-b", "10.250.3.112")];
+    let mut daemons = Vec::new();
+    for (id, ip) in ours {
+        let ip4 = ip.parse().unwrap();
+        let spec =
+            vtep_config::VtepSpec::new(ip4, Mac::for_gateway(ip4), vec![vpc.parse().unwrap()]);
+        daemons.push(Daemon::start_as(&server, id, Some(spec), tl.clone()).await);
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        !leading("gw-a") && !leading("gw-b"),
+        "a standby took the Go gateway's Lease"
+    );
+    let before = api.get(vtep_config::NAME).await.unwrap();
+    assert_eq!(
+        before.data["spec"], go_obj.data["spec"],
+        "a standby wrote the object"
+    );
+
+    // The Go gateway stops as the reference does (helm uninstall / node loss: the Lease is
+    // not released).
+    let killed = now();
+    go.crash(&tl);
+    assert!(
+        until(limit, || leading("gw-a") || leading("gw-b")).await,
+        "none of ours took over"
+    );
+    let (new_id, new_ip) = *ours.iter().find(|(id, _)| leading(id)).unwrap();
+    let led = tl.lock().unwrap().started_after(new_id, killed).unwrap();
+    let want = json!({"cidrMask": "255.255.0.0", "endpoints": [{"name": "vpc-gateway", "tunnelEndpoint": new_ip, "cidr": vpc, "mac": Mac::for_gateway(new_ip.parse().unwrap()).to_string()}]});
+    assert!(
+        until(limit, || versions.lock().unwrap().last().map(|v| &v.1)
+            == Some(&want))
+        .await,
+        "the object never became ours: {:?}",
+        versions.lock().unwrap().last()
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = api.get(vtep_config::NAME).await.unwrap();
+    assert_eq!(
+        after.data["spec"], want,
+        "the object does not end with exactly our endpoint"
+    );
+    recorder.abort();
+
+    let versions = versions.lock().unwrap().clone();
+    let written = versions
+        .iter()
+        .find(|(_, spec)| spec == &want)
+        .map(|(t, _)| *t)
+        .unwrap();
+    println!("migration timeline (seconds after the Go leader was killed):");
+    println!("  {:>7.3}  Go gateway killed (Lease not released)", 0.0);
+    println!(
+        "  {:>7.3}  {new_id} leads (Lease expired and taken)",
+        led - killed
+    );
+    for (t, spec) in &versions {
+        println!("  {:>7.3}  CiliumVTEPConfig spec: {spec}", t - killed);
+    }
+    println!(
+        "  {:>7.3}  CiliumVTEPConfig holds {new_id}'s endpoint",
+        written - killed
+    );
+    for (i, (_, spec)) in versions.iter().enumerate() {
+        assert_eq!(
+            duplicate_cidr(spec),
+            None,
+            "version {i} has a duplicate CIDR: {spec}"
+        );
+    }
+    for d in daemons {
+        d.stop(&tl).await;
+    }
+    let overlaps = tl.lock().unwrap().overlaps();
+    assert!(overlaps.is_empty(), "two leaders at once: {overlaps:?}");
+    println!("wall time: {:?}", t0.elapsed());
 }

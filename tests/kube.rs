@@ -296,11 +296,11 @@ async fn leader_owns_the_vtep_config() {
     let election =
         tokio::spawn(async move { election::run(&mut elector, &publisher, None, c).await });
     let node_ip = "10.250.3.111".parse().unwrap();
-    let spec = vtep_config::VtepSpec {
-        tunnel_endpoint: node_ip,
-        mac: Mac::for_gateway(node_ip),
-        vpc_cidrs: vec!["10.250.0.0/16".parse().unwrap()],
-    };
+    let spec = vtep_config::VtepSpec::new(
+        node_ip,
+        Mac::for_gateway(node_ip),
+        vec!["10.250.0.0/16".parse().unwrap()],
+    );
     let worker = tokio::spawn(vtep_config::run(
         daemon_client,
         spec.clone(),
@@ -449,11 +449,11 @@ async fn start_writer(server: &ApiServer, cidrs: &[&str]) -> Writer {
         let _ = election::run(&mut elector, &publisher, None, c).await;
     });
     let node_ip = NODE_IP.parse().unwrap();
-    let spec = vtep_config::VtepSpec {
-        tunnel_endpoint: node_ip,
-        mac: Mac::for_gateway(node_ip),
-        vpc_cidrs: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
-    };
+    let spec = vtep_config::VtepSpec::new(
+        node_ip,
+        Mac::for_gateway(node_ip),
+        cidrs.iter().map(|c| c.parse().unwrap()).collect(),
+    );
     let worker = tokio::spawn(vtep_config::run(
         daemon_client,
         spec.clone(),

@@ -3,10 +3,18 @@
 //! cuttable proxy, driven through every combination of {Kubernetes, DynamoDB} ×
 //! {reachable, unreachable} per gateway, with crashes in between. Asserts that at no
 //! instant two gateways act, and that a leader exists whenever a live gateway can reach
-//! DynamoDB. Needs root and the cached apiserver build.
+//! DynamoDB. "Acting" is sampled twice: from each gateway's published leadership, and
+//! from what arrived at the peers — each gateway runs the real CiliumVTEPConfig writer,
+//! and its proxies record every lock write and CR write with its sender, on which the
+//! no-write-after-deposition invariant of tests/faults.rs is asserted.
+//! Needs root and the cached apiserver build.
 
 #[path = "support/aws.rs"]
 mod peers;
+#[path = "support/record.rs"]
+mod record;
+#[path = "support/recorder.rs"]
+mod recorder;
 mod support;
 
 use std::sync::{Arc, Mutex};
@@ -21,8 +29,10 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use hybrid_gateway::datapath::Mac;
+use hybrid_gateway::k8s::vtep_config;
+use recorder::{Peer, Recorder, RecordingProxy as CutProxy};
 use support::k8s::ApiServer;
-use support::proxy::CutProxy;
 
 const T: Timings = Timings {
     lease_duration: Duration::from_secs(1),
@@ -45,6 +55,7 @@ struct Gateway {
     handle: ElectionHandle,
     cancel: CancellationToken,
     task: Option<JoinHandle<Gw>>,
+    writer: JoinHandle<()>,
 }
 
 impl Gateway {
@@ -61,6 +72,19 @@ struct World {
     apiserver: std::net::SocketAddr,
     dynamodb: std::net::SocketAddr,
     generation: u32,
+    recorder: Arc<Recorder>,
+}
+
+impl World {
+    /// A gateway's recording proxies to the API server (TLS both ways) and DynamoDB.
+    fn proxies(&self, name: &str) -> (CutProxy, CutProxy) {
+        let pki = self.server.dir.join("pki");
+        let r = || self.recorder.clone();
+        (
+            CutProxy::start(name, Peer::Kube, self.apiserver, None, Some(&pki), r()),
+            CutProxy::start(name, Peer::Dynamo, self.dynamodb, None, None, r()),
+        )
+    }
 }
 
 async fn gateway(w: &mut World, name: &'static str, k8s: CutProxy, ddb: CutProxy) -> Gateway {
@@ -74,6 +98,7 @@ async fn gateway(w: &mut World, name: &'static str, k8s: CutProxy, ddb: CutProxy
     cfg.connect_timeout = Some(Duration::from_millis(300));
     cfg.read_timeout = Some(Duration::from_secs(40));
     let kube = kube::Client::try_from(cfg).unwrap();
+    let (writer_kube, writer_identity) = (kube.clone(), identity.clone());
     let sdk = sdk_config("us-west-2", &SdkSettings::default()).await;
     let ddb_conf = aws_sdk_dynamodb::config::Builder::from(&sdk)
         .endpoint_url(format!("http://{}", ddb.addr))
@@ -115,6 +140,26 @@ async fn gateway(w: &mut World, name: &'static str, k8s: CutProxy, ddb: CutProxy
         watch.abort();
         c
     });
+    // The real CR writer: what it sends while it believes it leads is in the record.
+    let ip = if name == "A" {
+        "10.250.1.4"
+    } else {
+        "10.250.2.4"
+    };
+    let spec = vtep_config::VtepSpec {
+        tunnel_endpoint: ip.parse().unwrap(),
+        mac: Mac::for_gateway(ip.parse().unwrap()),
+        vpc_cidrs: vec!["10.250.0.0/16".parse().unwrap()],
+    };
+    let writer = tokio::spawn(vtep_config::run(
+        writer_kube,
+        spec,
+        writer_identity,
+        handle.clone(),
+        Duration::from_millis(300),
+        tokio::sync::watch::channel(None).0,
+        cancel.clone(),
+    ));
     Gateway {
         name,
         k8s,
@@ -122,6 +167,7 @@ async fn gateway(w: &mut World, name: &'static str, k8s: CutProxy, ddb: CutProxy
         handle,
         cancel,
         task: Some(task),
+        writer,
     }
 }
 
@@ -130,6 +176,7 @@ async fn crash_and_restart(w: &mut World, g: Gateway) -> Gateway {
     if let Some(t) = &g.task {
         t.abort();
     }
+    g.writer.abort();
     g.cancel.cancel();
     let (k8s, ddb, name) = (g.k8s, g.ddb, g.name);
     gateway(w, name, k8s, ddb).await
@@ -160,20 +207,15 @@ async fn no_two_leaders_under_any_partition_and_a_leader_whenever_dynamodb_is_re
         apiserver,
         dynamodb,
         generation: 0,
+        recorder: Recorder::new(),
     };
 
     let mut a = {
-        let (k, d) = (
-            CutProxy::start(w.apiserver).await,
-            CutProxy::start(w.dynamodb).await,
-        );
+        let (k, d) = w.proxies("A");
         gateway(&mut w, "A", k, d).await
     };
     let mut b = {
-        let (k, d) = (
-            CutProxy::start(w.apiserver).await,
-            CutProxy::start(w.dynamodb).await,
-        );
+        let (k, d) = w.proxies("B");
         gateway(&mut w, "B", k, d).await
     };
 
@@ -255,6 +297,10 @@ async fn no_two_leaders_under_any_partition_and_a_leader_whenever_dynamodb_is_re
             got
         );
         println!("{line}");
+        if someone_can && at_end.len() != 1 {
+            w.recorder
+                .dump(&std::env::temp_dir().join("hgw-partition.record"));
+        }
         if someone_can {
             assert_eq!(
                 at_end.len(),
@@ -278,10 +324,46 @@ async fn no_two_leaders_under_any_partition_and_a_leader_whenever_dynamodb_is_re
     );
     for g in [a, b] {
         g.cancel.cancel();
+        g.writer.abort();
         if let Some(t) = g.task {
             t.abort();
         }
     }
+    // Acting as the peers saw it: every CR write came from the lock holder of its time.
+    let events = w.recorder.events();
+    let acquisitions = record::acquisitions(&events, &record::Kind::LockWrite);
+    let cr_writes = events.iter().filter(|e| e.kind.is_effect()).count();
+    println!(
+        "record: {} lock acquisitions, {cr_writes} CR writes; {}",
+        acquisitions.len(),
+        record::summary(&events)
+    );
+    assert!(
+        cr_writes >= 2 && acquisitions.len() >= 2,
+        "the record shows too little to judge: {}",
+        record::summary(&events)
+    );
+    // Renewals at the renewal rate (retry period 250 ms: four a second), not in a loop.
+    let secs = w.recorder.now().as_secs_f64();
+    for g in ["A", "B"] {
+        for kind in [record::Kind::LeaseWrite, record::Kind::LockWrite] {
+            let n = events
+                .iter()
+                .filter(|e| e.gw == g && e.kind == kind)
+                .count();
+            assert!(
+                n as f64 <= 12.0 * secs,
+                "{g} made {n} {kind:?}s in {secs:.0} s: an election write loop"
+            );
+        }
+    }
+    let v = record::violations(&events, &record::Kind::LockWrite);
+    assert!(
+        v.is_empty(),
+        "a write from a deposed lock holder reached the API server:\n{}\n{}",
+        v.join("\n"),
+        results.join("\n")
+    );
 }
 
 fn up(b: bool) -> &'static str {

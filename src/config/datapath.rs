@@ -1,5 +1,6 @@
 //! `[datapath]`: how the kernel state is kept matching the hybrid nodes.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -14,6 +15,13 @@ pub struct DatapathConfig {
     /// The daemon's own nftables table (VXLAN only from nodes, tunnel only to the VPC, MSS
     /// clamping). On by default; off removes the table.
     pub filter: bool,
+    /// Where the last applied node set is kept for a cold boot without the API. `None`:
+    /// systemd's `$STATE_DIRECTORY` (StateDirectory=, /var/lib/hybrid-gateway) when set,
+    /// else no snapshot.
+    pub state_dir: Option<PathBuf>,
+    /// How long start-up waits for the first CiliumNode list before it programs the
+    /// snapshot instead.
+    pub cold_start_wait: Duration,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -21,6 +29,8 @@ pub struct DatapathConfig {
 pub(super) struct RawDatapath {
     pub resync_interval: Option<Spanned<String>>,
     pub filter: Option<bool>,
+    pub state_dir: Option<PathBuf>,
+    pub cold_start_wait: Option<Spanned<String>>,
 }
 
 impl Validator<'_> {
@@ -29,9 +39,15 @@ impl Validator<'_> {
             None => Duration::from_secs(30),
             Some(d) => self.duration("datapath.resync_interval", d, Duration::from_secs(1))?,
         };
+        let cold_start_wait = match raw.cold_start_wait {
+            None => Duration::from_secs(5),
+            Some(d) => self.duration("datapath.cold_start_wait", d, Duration::ZERO)?,
+        };
         Ok(DatapathConfig {
             resync_interval,
             filter: raw.filter.unwrap_or(true),
+            state_dir: raw.state_dir,
+            cold_start_wait,
         })
     }
 }

@@ -1,5 +1,6 @@
 //! `[kubernetes]`: how the daemon reaches the API server.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -16,6 +17,10 @@ pub struct KubernetesConfig {
     pub eks: Option<EksConfig>,
     /// Deadline of every API request (watches excepted: they are long polls by design).
     pub request_timeout: Duration,
+    /// `matchLabels` of the `nodeSelector` written when the cluster serves the
+    /// `cilium.io/v2alpha1` CiliumVTEPConfig (v2 has no selector). Default: hybrid nodes
+    /// (`eks.amazonaws.com/compute-type = "hybrid"`); an empty table writes none (all nodes).
+    pub vtep_node_selector: BTreeMap<String, String>,
 }
 
 impl Default for KubernetesConfig {
@@ -24,6 +29,7 @@ impl Default for KubernetesConfig {
             kubeconfig: None,
             eks: None,
             request_timeout: Duration::from_secs(5),
+            vtep_node_selector: crate::k8s::vtep_config::default_node_selector(),
         }
     }
 }
@@ -45,6 +51,7 @@ pub(super) struct RawKubernetes {
     pub kubeconfig: Option<Spanned<String>>,
     pub request_timeout: Option<Spanned<String>>,
     pub eks: Option<Spanned<RawEks>>,
+    pub vtep_node_selector: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -69,6 +76,9 @@ impl Validator<'_> {
         if let Some(t) = raw.request_timeout {
             k.request_timeout =
                 self.duration("kubernetes.request_timeout", t, Duration::from_millis(100))?;
+        }
+        if let Some(sel) = raw.vtep_node_selector {
+            k.vtep_node_selector = sel;
         }
         if let Some(eks) = raw.eks {
             let span = eks.span();

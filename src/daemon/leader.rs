@@ -15,7 +15,7 @@ use crate::datapath::Mac;
 use crate::election::combined::{self, Combined};
 use crate::election::dynamodb::DynamoDbLockStore;
 use crate::election::{self, lease::LeaseLock, ElectionHandle, Elector, Timings};
-use crate::k8s::vtep_config;
+use crate::k8s::{vtep_config, vtep_shape};
 use crate::telemetry::Telemetry;
 
 enum Contest {
@@ -217,18 +217,32 @@ fn spawn_leader_work(
     cancel: &CancellationToken,
 ) -> Vec<JoinHandle<()>> {
     let spec = vtep_config::VtepSpec {
-        tunnel_endpoint: inputs.node_ip,
-        mac: inputs.mac,
-        vpc_cidrs: config.gateway.vpc_cidrs.clone(),
+        node_selector: config.kubernetes.vtep_node_selector.clone(),
+        ..vtep_config::VtepSpec::new(inputs.node_ip, inputs.mac, config.gateway.vpc_cidrs.clone())
     };
     let (fenced, fenced_rx) = tokio::sync::watch::channel(None);
+    // The served CiliumVTEPConfig shape, looked up on every gateway (leader or not) so
+    // `status` shows it before a takeover needs it.
+    let (shape_tx, shape_rx) = tokio::sync::watch::channel(vtep_shape::Served::Unknown);
     let mut work = vec![
-        tokio::spawn(vtep_config::run(
+        tokio::spawn(vtep_shape::run(
+            inputs.kube.clone(),
+            request_timeout,
+            shape_tx,
+            cancel.clone(),
+        )),
+        tokio::spawn(follow_shape(
+            shape_rx.clone(),
+            inputs.telemetry.clone(),
+            cancel.clone(),
+        )),
+        tokio::spawn(vtep_config::run_with_shape(
             inputs.kube,
             spec,
             inputs.identity,
             handle.clone(),
             request_timeout,
+            shape_rx,
             fenced,
             cancel.clone(),
         )),
@@ -269,27 +283,52 @@ async fn follow(
     }
 }
 
-/// Mirrors the CiliumVTEPConfig fence into readiness and the `vtepconfig_fenced` gauge;
-/// only a leader can be fenced.
-async fn follow_fence(
-    mut handle: ElectionHandle,
-    mut fenced: tokio::sync::watch::Receiver<Option<String>>,
+/// Mirrors the served CiliumVTEPConfig shape into `status`.
+async fn follow_shape(
+    mut served: tokio::sync::watch::Receiver<vtep_shape::Served>,
     telemetry: Telemetry,
     cancel: CancellationToken,
 ) {
     loop {
-        let why = fenced
+        let now = served.borrow_and_update().describe();
+        telemetry.status.update(|s| s.vtepconfig_shape = Some(now));
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = served.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+/// Mirrors why the leader cannot write the CiliumVTEPConfig (fenced, or no shape we write
+/// is served) into readiness, and the fence into the `vtepconfig_fenced` gauge; only a
+/// leader can be blocked.
+async fn follow_fence(
+    mut handle: ElectionHandle,
+    mut blocked: tokio::sync::watch::Receiver<Option<vtep_config::Blocked>>,
+    telemetry: Telemetry,
+    cancel: CancellationToken,
+) {
+    loop {
+        let why = blocked
             .borrow_and_update()
             .clone()
             .filter(|_| handle.leadership.borrow_and_update().is_leader());
+        let (fenced, unserved) = match why {
+            Some(vtep_config::Blocked::Fenced(w)) => (Some(w), None),
+            Some(vtep_config::Blocked::NotServed(w)) => (None, Some(w)),
+            None => (None, None),
+        };
         telemetry
             .metrics
             .vtepconfig_fenced
-            .set(i64::from(why.is_some()));
-        telemetry.status.update(|s| s.vtepconfig_fenced = why);
+            .set(i64::from(fenced.is_some()));
+        telemetry.status.update(|s| {
+            s.vtepconfig_fenced = fenced;
+            s.vtepconfig_unserved = unserved;
+        });
         tokio::select! {
             _ = cancel.cancelled() => return,
-            r = fenced.changed() => if r.is_err() { return },
+            r = blocked.changed() => if r.is_err() { return },
             r = handle.leadership.changed() => if r.is_err() { return },
         }
     }

@@ -6,6 +6,7 @@
 
 mod aws_side;
 mod leader;
+mod node_snapshot;
 mod node_sync;
 mod reload;
 mod route_sync;
@@ -83,11 +84,20 @@ async fn run(config: Config, static_nodes: Option<PathBuf>) -> anyhow::Result<()
     tracing::info!("{}", config.summary());
     let (ctx, datapath) = set_up(config, static_nodes.is_some()).await?;
     let mut signals = Signals::install()?;
+    // The snapshot is of the Kubernetes node set; a static file is its own record.
+    let snapshot = match static_nodes {
+        Some(_) => None,
+        None => snapshot_dir(&ctx.config()).map(|dir| {
+            let keeper = node_snapshot::Keeper::start(dir.clone(), ctx.cancel.clone());
+            (dir, keeper)
+        }),
+    };
     let mut daemon = Daemon {
         ctx,
         tasks: Vec::new(),
         election: None,
         static_nodes,
+        snapshot,
     };
     daemon.serve_telemetry().await?;
     daemon.start_node_sync(datapath);
@@ -227,6 +237,9 @@ struct Daemon {
     tasks: Vec<JoinHandle<()>>,
     election: Option<leader::Election>,
     static_nodes: Option<PathBuf>,
+    /// The state directory and the writer of the node set snapshot in it (Kubernetes mode
+    /// with a state directory).
+    snapshot: Option<(PathBuf, node_snapshot::Keeper)>,
 }
 
 impl Daemon {
@@ -270,6 +283,7 @@ impl Daemon {
     /// The kernel follows the node set and the configuration.
     fn start_node_sync(&mut self, datapath: Arc<Datapath>) {
         let ctx = self.ctx.clone();
+        let keeper = self.snapshot.as_ref().map(|(_, k)| k.clone());
         self.tasks.push(supervise(
             "datapath",
             ctx.status(),
@@ -280,6 +294,7 @@ impl Daemon {
                     ctx.nodes.subscribe(),
                     ctx.config.subscribe(),
                     ctx.telemetry.clone(),
+                    keeper.clone(),
                 )
                 .run(ctx.cancel.clone())
             },
@@ -340,6 +355,14 @@ impl Daemon {
                 )
             },
         ));
+        if let Some((dir, keeper)) = self.snapshot.clone() {
+            self.tasks.push(tokio::spawn(cold_start(
+                self.ctx.clone(),
+                dir,
+                keeper,
+                config.datapath.cold_start_wait,
+            )));
+        }
         let ctx = &self.ctx;
         let routes = RouteSync {
             aws: ctx.aws.clone(),
@@ -450,6 +473,88 @@ impl Signals {
             _ = self.hup.recv() => Wanted::Reload,
         }
     }
+}
+
+/// `datapath.state_dir`, else systemd's `$STATE_DIRECTORY` (the first, if it lists
+/// several); `None`: no snapshot.
+fn snapshot_dir(config: &Config) -> Option<PathBuf> {
+    let dir = config.datapath.state_dir.clone().or_else(|| {
+        std::env::var_os("STATE_DIRECTORY")
+            .and_then(|v| std::env::split_paths(&v).next())
+            .filter(|p| !p.as_os_str().is_empty())
+    });
+    match &dir {
+        None => tracing::info!(
+            "no state directory (datapath.state_dir, $STATE_DIRECTORY): no node set snapshot for a cold boot without the Kubernetes API"
+        ),
+        Some(d) => {
+            if let Err(e) = std::fs::create_dir_all(d) {
+                tracing::warn!("state directory {}: {e}", d.display());
+            }
+        }
+    }
+    dir
+}
+
+/// Start-up without the Kubernetes API: if the first CiliumNode list has not come within
+/// `wait`, program the snapshot of the last applied set (never an empty one), and say so
+/// until the watch lists and its set replaces it (nodes gone from it are then removed).
+async fn cold_start(ctx: Context, dir: PathBuf, keeper: node_snapshot::Keeper, wait: Duration) {
+    let mut rx = ctx.nodes.subscribe();
+    let listed = tokio::select! {
+        _ = ctx.cancel.cancelled() => return,
+        r = tokio::time::timeout(wait, rx.wait_for(Option::is_some)) => r.is_ok(),
+    };
+    if listed {
+        return;
+    }
+    let policy = crate::datapath::NodePolicy::from_config(&ctx.config(), ctx.node_ip);
+    let d = dir.clone();
+    let loaded = match tokio::task::spawn_blocking(move || node_snapshot::load(&d, &policy)).await {
+        Ok(Ok(Some(l))) => l,
+        Ok(Ok(None)) => {
+            tracing::warn!(
+                "no CiliumNode list within {wait:?} and no node set snapshot in {}: nothing is programmed until the Kubernetes API answers",
+                dir.display()
+            );
+            return;
+        }
+        Ok(Err(e)) => {
+            tracing::warn!("no CiliumNode list within {wait:?}; snapshot refused: {e}; nothing is programmed until the Kubernetes API answers");
+            ctx.status().error(format!("snapshot refused: {e}"));
+            return;
+        }
+        Err(e) => {
+            tracing::warn!("reading the node set snapshot: {e}");
+            return;
+        }
+    };
+    keeper.mark_loaded(&loaded.nodes);
+    let published = ctx.nodes.send_if_modified(|cur| {
+        if cur.is_some() {
+            return false; // the live list won the race
+        }
+        *cur = Some(loaded.nodes.clone());
+        true
+    });
+    if !published {
+        return;
+    }
+    rx.borrow_and_update();
+    tracing::warn!(
+        nodes = loaded.nodes.len(),
+        "no CiliumNode list within {wait:?}: programming the node set snapshot from {} (age {}) until the Kubernetes API answers",
+        dir.display(),
+        humantime::format_duration(loaded.age())
+    );
+    ctx.status()
+        .update(|s| s.nodes_from_snapshot = Some(loaded.written_at));
+    tokio::select! {
+        _ = ctx.cancel.cancelled() => return,
+        _ = rx.changed() => {}
+    }
+    ctx.status().update(|s| s.nodes_from_snapshot = None);
+    tracing::info!("the live CiliumNode set replaces the snapshot");
 }
 
 fn load_nodes(path: &Path) -> anyhow::Result<Vec<crate::datapath::HybridNode>> {

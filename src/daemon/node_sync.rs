@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::node_snapshot::Keeper;
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::datapath::{Datapath, DatapathError, Reconciled, Scope};
@@ -31,6 +32,8 @@ pub struct NodeSync {
     /// the last pass went wrong: both call for the next pass to be full.
     last_full: Option<Instant>,
     last_failed: bool,
+    /// Records each set applied without errors (Kubernetes mode with a state directory).
+    snapshot: Option<Keeper>,
 }
 
 impl NodeSync {
@@ -39,6 +42,7 @@ impl NodeSync {
         nodes: watch::Receiver<Option<NodeSet>>,
         config: watch::Receiver<Arc<Config>>,
         telemetry: Telemetry,
+        snapshot: Option<Keeper>,
     ) -> Self {
         NodeSync {
             datapath,
@@ -49,6 +53,7 @@ impl NodeSync {
             link_event: Arc::new(AtomicBool::new(false)),
             last_full: None,
             last_failed: false,
+            snapshot,
         }
     }
 
@@ -118,6 +123,9 @@ impl Target for NodeSync {
         self.telemetry.datapath_reconciled(&r);
         let changes = r.report.changes() as u64;
         self.last_failed = !r.report.errors.is_empty();
+        if let (false, Some(k)) = (self.last_failed, &self.snapshot) {
+            k.applied(&set);
+        }
         Ok(if r.report.errors.is_empty() {
             let since_full = self.last_full.map_or(Duration::ZERO, |t| t.elapsed());
             Outcome::resync(changes, resync.saturating_sub(since_full))

@@ -51,6 +51,8 @@ pub const KEYS: &[Key] = &[
     key!(DATAPATH, gateway.hybrid_pod_cidrs),
     key!(DATAPATH, datapath.resync_interval),
     key!(Apply::Restart("the nftables table is installed or removed at start"), datapath.filter),
+    key!(Apply::Restart("the node set snapshot is set up at start"), datapath.state_dir),
+    key!(Apply::Restart("only the start waits for the first node list"), datapath.cold_start_wait),
     key!(ROUTES, aws.route_table_ids),
     key!(ROUTES, aws.route_table_tag),
     key!(ROUTES, aws.takeover),
@@ -190,7 +192,7 @@ mod tests {
     #[test]
     fn every_field_has_a_row() {
         let a = cfg("");
-        let b = cfg("[vxlan]\ninterface = \"x0\"\nvni = 3\nport = 4789\nmtu = 1400\nunderlay_mtu = 9000\n[datapath]\nresync_interval = \"5s\"\nfilter = false\n[probe]\ninterval = \"2s\"\n[kubernetes]\nrequest_timeout = \"2s\"\n[election]\nnamespace = \"n\"\nlease_name = \"l\"\nidentity = \"i\"\nlease_duration = \"9s\"\nrenew_deadline = \"6s\"\nretry_period = \"2s\"\n[election.dynamodb]\ntable = \"locks\"\n[metrics]\nlisten = \"127.0.0.1:1\"\n[aws]\nregion = \"us-west-2\"\nroute_table_ids = [\"rtb-01234567\"]\nroute_table_tag = \"k=v\"\ntakeover = \"any\"\ncleanup_on_shutdown = true\nmanage_source_dest_check = false\nresync_interval = \"1m\"\ngateway_instance_ids = [\"i-01234567\"]\n");
+        let b = cfg("[vxlan]\ninterface = \"x0\"\nvni = 3\nport = 4789\nmtu = 1400\nunderlay_mtu = 9000\n[datapath]\nresync_interval = \"5s\"\nfilter = false\nstate_dir = \"/s\"\ncold_start_wait = \"1s\"\n[probe]\ninterval = \"2s\"\n[kubernetes]\nrequest_timeout = \"2s\"\n[election]\nnamespace = \"n\"\nlease_name = \"l\"\nidentity = \"i\"\nlease_duration = \"9s\"\nrenew_deadline = \"6s\"\nretry_period = \"2s\"\n[election.dynamodb]\ntable = \"locks\"\n[metrics]\nlisten = \"127.0.0.1:1\"\n[aws]\nregion = \"us-west-2\"\nroute_table_ids = [\"rtb-01234567\"]\nroute_table_tag = \"k=v\"\ntakeover = \"any\"\ncleanup_on_shutdown = true\nmanage_source_dest_check = false\nresync_interval = \"1m\"\ngateway_instance_ids = [\"i-01234567\"]\n");
         let mut b = b;
         b.gateway.node_ip = Some("10.0.0.2".parse().unwrap());
         b.gateway.vpc_cidrs = vec!["10.251.0.0/16".parse().unwrap()];

@@ -545,6 +545,45 @@ pub async fn apply(spec: &FilterSpec) -> Result<()> {
     .map(drop)
 }
 
+/// Changes only the `nodes` set: `added` in, `removed` out, in one transaction. A node
+/// event then costs a handful of elements instead of the whole table. Fails (and changes
+/// nothing) if the table is not as last written, e.g. a removed element is missing.
+pub async fn update_nodes(added: &[Ipv4Addr], removed: &[Ipv4Addr]) -> Result<()> {
+    let element = |ips: &[Ipv4Addr]| {
+        NfListObject::Element(Element {
+            family: NfFamily::IP,
+            table: TABLE.into(),
+            name: "nodes".into(),
+            elem: ips
+                .iter()
+                .map(|ip| string(&ip.to_string()))
+                .collect::<Vec<_>>()
+                .into(),
+        })
+    };
+    let mut cmds: Vec<NfObject<'static>> = Vec::new();
+    if !added.is_empty() {
+        cmds.push(NfObject::CmdObject(NfCmd::Add(element(added))));
+    }
+    if !removed.is_empty() {
+        cmds.push(NfObject::CmdObject(NfCmd::Delete(element(removed))));
+    }
+    if cmds.is_empty() {
+        return Ok(());
+    }
+    let json = serde_json::to_string(&Nftables {
+        objects: cmds.into(),
+    })
+    .map_err(|e| DatapathError::Invalid(format!("serialising nftables elements: {e}")))?;
+    nft(
+        &["-j", "-f", "-"],
+        Some(json),
+        &format!("updating the node set of nftables table ip {TABLE}"),
+    )
+    .await
+    .map(drop)
+}
+
 /// The table as it stands, or `None` if there is none.
 pub async fn read() -> Result<Option<FilterState>> {
     match nft(

@@ -113,13 +113,7 @@ impl Datapath {
         }
         changes.extend(device.sysctls.iter().cloned());
         changes.extend(sysctl::ensure_interface(&device.underlay, false)?);
-        let policy = NodePolicy {
-            pod_cidrs: config.gateway.hybrid_pod_cidrs.clone(),
-            vpc_cidrs: config.gateway.vpc_cidrs.clone(),
-            remote_node_cidrs: config.gateway.remote_node_cidrs.clone(),
-            own_addresses: [node_ip].into(),
-            max_pod_cidrs: vtep::MAX_POD_CIDRS_PER_NODE,
-        };
+        let policy = NodePolicy::from_config(config, node_ip);
         let filter = if config.datapath.filter {
             let base = FilterSpec {
                 device: device.name.clone(),
@@ -403,10 +397,25 @@ async fn install_filter(nl: &Netlink, device: &Device, base: &FilterSpec) -> Res
 /// last written; reads nothing. Drift is the full pass's business.
 async fn write_filter_if_changed(before: &FilterSpec, spec: &FilterSpec) -> Result<FilterReport> {
     let mut report = FilterReport::default();
-    if before != spec {
-        filter::apply(spec).await?;
-        report.written = true;
+    if before == spec {
+        return Ok(report);
     }
+    report.written = true;
+    let only_nodes = before.device == spec.device
+        && before.port == spec.port
+        && before.tunnel_mtu == spec.tunnel_mtu
+        && before.pod_cidrs == spec.pod_cidrs
+        && before.vpc_cidrs == spec.vpc_cidrs;
+    if only_nodes {
+        let added: Vec<Ipv4Addr> = spec.nodes.difference(&before.nodes).copied().collect();
+        let removed: Vec<Ipv4Addr> = before.nodes.difference(&spec.nodes).copied().collect();
+        match filter::update_nodes(&added, &removed).await {
+            Ok(()) => return Ok(report),
+            // Not as last written (someone changed it): the whole table, atomically.
+            Err(e) => tracing::debug!("node set update refused ({e}); rewriting the table"),
+        }
+    }
+    filter::apply(spec).await?;
     Ok(report)
 }
 

@@ -49,6 +49,18 @@ pub struct NodePolicy {
 }
 
 impl NodePolicy {
+    /// Every check the configuration asks for, for a gateway at `node_ip` (the pass adds
+    /// the host's other addresses as it finds them).
+    pub fn from_config(config: &crate::config::Config, node_ip: Ipv4Addr) -> Self {
+        NodePolicy {
+            pod_cidrs: config.gateway.hybrid_pod_cidrs.clone(),
+            vpc_cidrs: config.gateway.vpc_cidrs.clone(),
+            remote_node_cidrs: config.gateway.remote_node_cidrs.clone(),
+            own_addresses: [node_ip].into(),
+            max_pod_cidrs: MAX_POD_CIDRS_PER_NODE,
+        }
+    }
+
     /// Only the checks that need no configuration beyond the hybrid pod CIDRs.
     pub fn for_pod_cidrs(pod_cidrs: &[Ipv4Net]) -> Self {
         NodePolicy {
@@ -297,7 +309,7 @@ impl Desired {
         let mut rejected = Vec::new();
         let mut ip_owner: HashMap<Ipv4Addr, &str> = HashMap::with_capacity(nodes.len());
         // network address → (cidr, owner); lets overlap checks run in O(log n) per CIDR.
-        let mut cidr_owner: BTreeMap<Ipv4Addr, (Ipv4Net, &str)> = BTreeMap::new();
+        let mut cidr_owner: BTreeMap<u32, (Ipv4Net, &str)> = BTreeMap::new();
 
         'nodes: for node in nodes {
             if let Err(problem) = policy.check_address(node.ip) {
@@ -360,7 +372,7 @@ impl Desired {
             desired.neighbours.insert(node.ip, mac);
             desired.fdb.insert(mac, node.ip);
             for cidr in accepted {
-                cidr_owner.insert(cidr.network(), (cidr, &node.name));
+                cidr_owner.insert(u32::from(cidr.network()), (cidr, &node.name));
                 desired.routes.insert(cidr, node.ip);
             }
         }
@@ -376,22 +388,23 @@ fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 
-/// An accepted CIDR that overlaps `cidr`: a supernet of it (one lookup per shorter prefix)
-/// or a subnet of it (a range scan over its addresses).
+/// An accepted CIDR that overlaps `cidr`: a subnet of it (the first accepted network
+/// inside its range) or a supernet of it. Accepted CIDRs never overlap each other, so the
+/// only one that can contain `cidr` is the one starting last at or before it: two range
+/// lookups, whatever the prefix length. Keys are `u32` so the comparisons stay cheap.
 fn overlapping<'a>(
-    owned: &BTreeMap<Ipv4Addr, (Ipv4Net, &'a str)>,
+    owned: &BTreeMap<u32, (Ipv4Net, &'a str)>,
     cidr: &Ipv4Net,
 ) -> Option<(Ipv4Net, &'a str)> {
-    if let Some((_, v)) = owned.range(cidr.network()..=cidr.broadcast()).next() {
+    let (start, end) = (u32::from(cidr.network()), u32::from(cidr.broadcast()));
+    if let Some((_, v)) = owned.range(start..=end).next() {
         return Some(*v);
     }
-    (0..cidr.prefix_len()).find_map(|len| {
-        let sup = Ipv4Net::new(cidr.network(), len).ok()?.trunc();
-        owned
-            .get(&sup.network())
-            .filter(|(c, _)| c.contains(cidr))
-            .copied()
-    })
+    owned
+        .range(..start)
+        .next_back()
+        .map(|(_, v)| *v)
+        .filter(|(c, _)| c.contains(cidr))
 }
 
 /// A route the kernel holds that the daemon owns: any IPv4 route in the main table whose

@@ -114,10 +114,15 @@ async fn lease_loop<K: LockStore>(
         if let Some(u) = cooldown_until.filter(|_| cooling) {
             pause = pause.min(u.saturating_duration_since(Instant::now()));
         }
+        // The watch is for a gateway that does not hold the Lease: it sees a release at
+        // once. The holder must not listen: its own renewal rings the bell, which would
+        // renew again at once, a write loop as fast as the API server answers (found by
+        // the fault harness's record: a Lease write every 6 ms).
+        let held = l == Lease::Held;
         let woken = async {
             match &wake {
-                Some(n) => n.notified().await,
-                None => std::future::pending().await,
+                Some(n) if !held => n.notified().await,
+                _ => std::future::pending().await,
             }
         };
         tokio::select! {

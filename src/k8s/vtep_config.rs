@@ -2,6 +2,11 @@
 //! leader. Leader-only: applied on taking office, re-applied within a second of anyone
 //! changing or deleting it, and never written once leadership is gone.
 //!
+//! Written in the shape the cluster serves ([`super::vtep_shape`]): `cilium.io/v2`
+//! `spec.endpoints` (+ `cidrMask` where served) or `cilium.io/v2alpha1` `spec.vtepEndpoints`
+//! (+ `nodeSelector`). A change of the served shape ends the term's writer, and the next one
+//! writes the new shape.
+//!
 //! Written with server-side apply under our own field manager, so the `status` Cilium
 //! writes and fields other managers own are left alone. A term annotation fences out a
 //! deposed leader: nobody writes over a term not below its own, and the write carries the
@@ -9,6 +14,7 @@
 //! (its store was recreated or switched) raises the store's term above it first — see
 //! [`fence`].
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -22,6 +28,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::vtep_shape::{self, Served, Shape};
 use super::CallError;
 use crate::backoff::Backoff;
 use crate::datapath::Mac;
@@ -36,12 +43,24 @@ const RESYNC: Duration = Duration::from_secs(30);
 /// After a failed write: 100-200 ms, doubling, at most 5 s.
 const BACKOFF: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
 
+/// The `cilium.io/v2` resource (the shape the AWS-maintained Cilium build serves).
 pub fn api_resource() -> ApiResource {
     ApiResource::from_gvk(&GroupVersionKind::gvk(
         "cilium.io",
         "v2",
         "CiliumVTEPConfig",
     ))
+}
+
+/// The node labels of the `nodeSelector` written in the v2alpha1 shape unless configured
+/// otherwise: EKS labels hybrid nodes so, and only their agents need the VPC CIDRs routed
+/// through the gateway (a cloud node reaches the VPC directly).
+pub fn default_node_selector() -> BTreeMap<String, String> {
+    [(
+        "eks.amazonaws.com/compute-type".to_string(),
+        "hybrid".to_string(),
+    )]
+    .into()
 }
 
 /// The endpoints this gateway advertises: one per VPC CIDR, named as the reference gateway
@@ -52,6 +71,10 @@ pub struct VtepSpec {
     pub tunnel_endpoint: Ipv4Addr,
     pub mac: Mac,
     pub vpc_cidrs: Vec<Ipv4Net>,
+    /// `matchLabels` of the v2alpha1 `nodeSelector`; empty: none written (all nodes).
+    pub node_selector: BTreeMap<String, String>,
+    /// The served shape to write in (set per writer from [`vtep_shape`]).
+    pub shape: Shape,
 }
 
 /// The name of endpoint `i` of `n`, as the reference gateway (v1.0.1+) writes it.
@@ -79,6 +102,17 @@ fn is_gateway_name(name: &str) -> bool {
 }
 
 impl VtepSpec {
+    /// The v2 shape with `cidrMask`, no node selector; the writer sets the served shape.
+    pub fn new(tunnel_endpoint: Ipv4Addr, mac: Mac, vpc_cidrs: Vec<Ipv4Net>) -> Self {
+        VtepSpec {
+            tunnel_endpoint,
+            mac,
+            vpc_cidrs,
+            node_selector: BTreeMap::new(),
+            shape: Shape::V2 { cidr_mask: true },
+        }
+    }
+
     fn endpoints(&self) -> Vec<Value> {
         let n = self.vpc_cidrs.len();
         self.vpc_cidrs
@@ -145,16 +179,34 @@ impl VtepSpec {
             .map_or_else(|| "255.255.255.0".to_string(), |c| c.netmask().to_string())
     }
 
+    /// The `nodeSelector` we write (v2alpha1 with configured labels only).
+    fn node_selector(&self) -> Option<Value> {
+        (self.shape == Shape::V2Alpha1 && !self.node_selector.is_empty())
+            .then(|| json!({ "matchLabels": self.node_selector }))
+    }
+
+    /// The spec fields we own in the served shape, with `endpoints` as the list.
+    fn spec_fields(&self, endpoints: Vec<Value>) -> Value {
+        let mut spec = json!({ self.shape.list_field(): endpoints });
+        if self.shape == (Shape::V2 { cidr_mask: true }) {
+            spec["cidrMask"] = json!(self.cidr_mask());
+        }
+        if let Some(sel) = self.node_selector() {
+            spec["nodeSelector"] = sel;
+        }
+        spec
+    }
+
     /// The server-side-apply body: only the fields we own.
     pub fn apply_body(&self, identity: &str, term: u32) -> Value {
         json!({
-            "apiVersion": "cilium.io/v2",
-            "kind": "CiliumVTEPConfig",
+            "apiVersion": self.shape.api_version(),
+            "kind": vtep_shape::KIND,
             "metadata": {
                 "name": NAME,
                 "annotations": { TERM_ANNOTATION: term.to_string(), LEADER_ANNOTATION: identity },
             },
-            "spec": { "cidrMask": self.cidr_mask(), "endpoints": self.endpoints() },
+            "spec": self.spec_fields(self.endpoints()),
         })
     }
 
@@ -170,12 +222,18 @@ impl VtepSpec {
             return false;
         }
         let spec = obj.data.get("spec");
-        if spec.and_then(|s| s.get("cidrMask")).and_then(Value::as_str)
-            != Some(self.cidr_mask().as_str())
+        if self.shape == (Shape::V2 { cidr_mask: true })
+            && spec.and_then(|s| s.get("cidrMask")).and_then(Value::as_str)
+                != Some(self.cidr_mask().as_str())
         {
             return false;
         }
-        let actual = endpoints_of(obj);
+        if let Some(sel) = self.node_selector() {
+            if spec.and_then(|s| s.get("nodeSelector")) != Some(&sel) {
+                return false;
+            }
+        }
+        let actual = endpoints_of(obj, self.shape);
         self.stale(&actual).is_empty()
             && self
                 .endpoints()
@@ -184,11 +242,12 @@ impl VtepSpec {
     }
 }
 
-/// `spec.endpoints` of an object as found (empty when absent or malformed).
-fn endpoints_of(obj: &DynamicObject) -> Vec<Value> {
+/// The endpoint list (`spec.endpoints` or `spec.vtepEndpoints`) of an object as found
+/// (empty when absent or malformed).
+fn endpoints_of(obj: &DynamicObject, shape: Shape) -> Vec<Value> {
     obj.data
         .get("spec")
-        .and_then(|s| s.get("endpoints"))
+        .and_then(|s| s.get(shape.list_field()))
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default()
@@ -234,6 +293,8 @@ pub enum VtepConfigError {
     Fenced { found: u32, ours: u32 },
     #[error("not enough leadership left to write safely")]
     NoTimeLeft,
+    #[error("CiliumVTEPConfig not written: {0}")]
+    NotServed(String),
     #[error("CiliumVTEPConfig {NAME}: {0}")]
     Api(#[source] CallError),
     #[error("CiliumVTEPConfig {NAME}: building the object: {0}")]
@@ -276,7 +337,10 @@ pub async fn ensure(
     }
     let mut body = spec.apply_body(identity, term);
     let limit = timeout.min(left);
-    let found = current.as_ref().map(endpoints_of).unwrap_or_default();
+    let found = current
+        .as_ref()
+        .map(|o| endpoints_of(o, spec.shape))
+        .unwrap_or_default();
     let stale = !spec.stale(&found).is_empty();
     match current.and_then(|o| o.metadata.resource_version) {
         // Takeover (from the Go gateway, or from our own earlier endpoint names): the object
@@ -298,10 +362,7 @@ pub async fn ensure(
                     "resourceVersion": rv,
                     "annotations": body["metadata"]["annotations"].take(),
                 },
-                "spec": {
-                    "cidrMask": spec.cidr_mask(),
-                    "endpoints": spec.merged_endpoints(&found),
-                },
+                "spec": spec.spec_fields(spec.merged_endpoints(&found)),
             });
             let params = PatchParams {
                 field_manager: Some(FIELD_MANAGER.to_string()),
@@ -335,29 +396,77 @@ pub async fn ensure(
     Ok(true)
 }
 
+/// Why the leader cannot put the gateway into the CiliumVTEPConfig right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Blocked {
+    /// The object carries a term not below ours (see [`fence`]).
+    Fenced(String),
+    /// The cluster serves no CiliumVTEPConfig shape we write.
+    NotServed(String),
+}
+
 /// Leader-only: whenever this process leads, keeps the CiliumVTEPConfig right — at once
 /// on taking office, within a second of anyone changing or deleting it, and every resync —
-/// until `cancel`.
+/// until `cancel`, in the shape the cluster serves (looked up here, see [`vtep_shape`]).
 pub async fn run(
     client: kube::Client,
     spec: VtepSpec,
     identity: String,
     election: ElectionHandle,
     timeout: Duration,
-    fenced: watch::Sender<Option<String>>,
+    blocked: watch::Sender<Option<Blocked>>,
     cancel: CancellationToken,
 ) {
-    let api: Api<DynamicObject> = Api::all_with(client, &api_resource());
+    let (tx, served) = watch::channel(Served::Unknown);
+    let detect = tokio::spawn(vtep_shape::run(client.clone(), timeout, tx, cancel.clone()));
+    run_with_shape(
+        client, spec, identity, election, timeout, served, blocked, cancel,
+    )
+    .await;
+    let _ = detect.await;
+}
+
+/// [`run`] with the served shape looked up elsewhere (the daemon shares one look-up with
+/// its status). Each term's writer writes the shape served when it started; a change of
+/// the shape ends its wake-up stream, and the next writer starts with the new one.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_with_shape(
+    client: kube::Client,
+    spec: VtepSpec,
+    identity: String,
+    election: ElectionHandle,
+    timeout: Duration,
+    served: watch::Receiver<Served>,
+    blocked: watch::Sender<Option<Blocked>>,
+    cancel: CancellationToken,
+) {
     let start = |term: Term| {
+        let mut served = served.clone();
+        let now = served.borrow_and_update().clone();
+        let shape_changed = async move {
+            let _ = served.changed().await;
+        };
+        let (api, changes) = match now.shape() {
+            Some(shape) => {
+                let api: Api<DynamicObject> = Api::all_with(client.clone(), &shape.api_resource());
+                (Some(api.clone()), changes(api).boxed())
+            }
+            None => (None, futures::stream::pending().boxed()),
+        };
         let writer = Writer {
-            api: api.clone(),
-            spec: spec.clone(),
+            api,
+            spec: VtepSpec {
+                shape: now.shape().unwrap_or(spec.shape),
+                ..spec.clone()
+            },
+            served: now,
             identity: identity.clone(),
             term,
             timeout,
-            fenced: fenced.clone(),
+            blocked: blocked.clone(),
         };
-        (writer, Wakeups::new().on_stream(changes(api.clone())))
+        let wakeups = Wakeups::new().on_stream(changes.take_until(shape_changed));
+        (writer, wakeups)
     };
     reconcile::while_leading(&election, start, BACKOFF, &cancel).await;
 }
@@ -423,15 +532,17 @@ impl SpecKey {
     }
 }
 
-/// The CiliumVTEPConfig writer in one term of office.
+/// The CiliumVTEPConfig writer in one term of office, for the shape served when it started.
 struct Writer {
-    api: Api<DynamicObject>,
+    /// `None` when no shape we write is served.
+    api: Option<Api<DynamicObject>>,
     spec: VtepSpec,
+    served: Served,
     identity: String,
     term: Term,
     timeout: Duration,
-    /// Why the last pass was fenced; `None` once one was not.
-    fenced: watch::Sender<Option<String>>,
+    /// Why the last pass could not write; `None` once one could.
+    blocked: watch::Sender<Option<Blocked>>,
 }
 
 impl Target for Writer {
@@ -439,20 +550,22 @@ impl Target for Writer {
 
     async fn pass(&mut self) -> Result<Outcome, VtepConfigError> {
         let term = self.term.number();
-        match ensure(
-            &self.api,
-            &self.spec,
-            &self.identity,
-            &self.term,
-            self.timeout,
-        )
-        .await
-        {
+        if self.served == Served::Unknown {
+            // Not looked up yet: the answer ends this writer and starts the next.
+            return Ok(Outcome::idle());
+        }
+        let Some(api) = &self.api else {
+            let why = self.served.describe();
+            self.blocked
+                .send_replace(Some(Blocked::NotServed(why.clone())));
+            return Err(VtepConfigError::NotServed(why));
+        };
+        match ensure(api, &self.spec, &self.identity, &self.term, self.timeout).await {
             Ok(wrote) => {
                 if wrote {
-                    tracing::info!(term, endpoint = %self.spec.tunnel_endpoint, mac = %self.spec.mac, "CiliumVTEPConfig {NAME} applied");
+                    tracing::info!(term, endpoint = %self.spec.tunnel_endpoint, mac = %self.spec.mac, shape = %self.spec.shape, "CiliumVTEPConfig {NAME} applied");
                 }
-                self.fenced.send_replace(None);
+                self.blocked.send_replace(None);
                 Ok(Outcome::resync(u64::from(wrote), RESYNC))
             }
             // The election raises the term at once, which ends this term and starts the
@@ -460,7 +573,8 @@ impl Target for Writer {
             // is the fallback.
             Err(e @ VtepConfigError::Fenced { .. }) => {
                 tracing::warn!(term, "{e}");
-                self.fenced.send_replace(Some(e.to_string()));
+                self.blocked
+                    .send_replace(Some(Blocked::Fenced(e.to_string())));
                 Ok(Outcome::retry(0))
             }
             Err(e) => Err(e),
@@ -477,14 +591,14 @@ mod tests {
     use super::*;
 
     fn spec() -> VtepSpec {
-        VtepSpec {
-            tunnel_endpoint: "10.250.3.111".parse().unwrap(),
-            mac: Mac::for_gateway("10.250.3.111".parse().unwrap()),
-            vpc_cidrs: vec![
+        VtepSpec::new(
+            "10.250.3.111".parse().unwrap(),
+            Mac::for_gateway("10.250.3.111".parse().unwrap()),
+            vec![
                 "10.250.0.0/16".parse().unwrap(),
                 "10.251.0.0/16".parse().unwrap(),
             ],
-        }
+        )
     }
 
     #[test]

@@ -43,6 +43,10 @@ pub struct Metrics {
     pub vxlan_fdb_entries: Gauge,
     pub vxlan_route_count: Gauge,
     pub ready: Gauge,
+    /// 1 while the programmed node set is the snapshot (no live list yet).
+    pub nodes_from_snapshot: Gauge,
+    /// Age of that snapshot (0 when the live set is programmed); set at scrape time.
+    pub nodes_snapshot_age_seconds: Gauge,
     /// Things found broken and put right by the datapath, by what (`filter`, …).
     pub datapath_repairs: Family<Labels, Counter>,
     /// 1 while the tunnel to a hybrid node answers probes, 0 while it is down, by node.
@@ -193,6 +197,16 @@ impl Metrics {
             ready: reg!(
                 "ready",
                 "1 when the gateway is ready (device up, nodes synced, identity known)",
+                Gauge::default()
+            ),
+            nodes_from_snapshot: reg!(
+                "nodes_from_snapshot",
+                "1 while the hybrid nodes programmed are the state directory's snapshot (the Kubernetes API did not list them in time at start)",
+                Gauge::default()
+            ),
+            nodes_snapshot_age_seconds: reg!(
+                "nodes_snapshot_age_seconds",
+                "Age of the node set snapshot programmed (0 when the live set is)",
                 Gauge::default()
             ),
             datapath_repairs: reg!(

@@ -35,6 +35,13 @@ pub fn health_router(metrics: Arc<Metrics>, status: Arc<DaemonStatus>) -> Router
 async fn metrics_text(State(s): State<Shared>) -> impl IntoResponse {
     // The device and readiness gauges say what the kernel holds now, not what the last
     // pass found.
+    let written = s.status.snapshot().nodes_from_snapshot;
+    s.metrics
+        .nodes_from_snapshot
+        .set(i64::from(written.is_some()));
+    s.metrics
+        .nodes_snapshot_age_seconds
+        .set(written.map_or(0, |w| (jiff::Timestamp::now().as_second() - w).max(0)));
     if let Some(live) = s.status.live().await {
         s.metrics.vxlan_interface_up.set(i64::from(live.device_up));
         s.metrics.ready.set(i64::from(

@@ -56,6 +56,18 @@ pub struct StatusSnapshot {
     /// Why this leader may not write the CiliumVTEPConfig right now, if it may not.
     #[serde(default)]
     pub vtepconfig_fenced: Option<String>,
+    /// Why this leader cannot write the CiliumVTEPConfig at all: the cluster serves no
+    /// shape it writes (CRD missing, other versions).
+    #[serde(default)]
+    pub vtepconfig_unserved: Option<String>,
+    /// The CiliumVTEPConfig shape the cluster serves (`cilium.io/v2 spec.endpoints …`), or
+    /// why there is none.
+    #[serde(default)]
+    pub vtepconfig_shape: Option<String>,
+    /// While the node set programmed is the snapshot from the state directory (the API
+    /// did not list in time at start): when it was written, in Unix seconds.
+    #[serde(default)]
+    pub nodes_from_snapshot: Option<i64>,
     /// The tunnel probes' view (`None`: probes off or no round yet).
     #[serde(default)]
     pub tunnel: Option<TunnelStatus>,
@@ -89,12 +101,13 @@ pub struct NodeTunnel {
 impl StatusSnapshot {
     /// Ready to carry traffic: the device is up, the first node sync is applied, we know
     /// who we are, and — when leading — hybrid nodes can be pointed at us (the
-    /// CiliumVTEPConfig is not fenced against us).
+    /// CiliumVTEPConfig is not fenced against us, and the cluster serves a shape we write).
     pub fn ready(&self) -> bool {
         self.device_up
             && self.nodes_synced
             && self.identity_known
             && self.vtepconfig_fenced.is_none()
+            && self.vtepconfig_unserved.is_none()
     }
 
     /// Every supervised part is running.
@@ -116,6 +129,12 @@ impl StatusSnapshot {
             .filter(|_| self.role == Role::Leader)
         {
             parts.push(format!("leader, fenced: {why}"));
+        } else if let Some(why) = self
+            .vtepconfig_unserved
+            .as_deref()
+            .filter(|_| self.role == Role::Leader)
+        {
+            parts.push(format!("leader, {why}"));
         } else if !(self.device_up && self.nodes_synced && self.identity_known) {
             let mut waiting = Vec::new();
             if !self.device_up {
@@ -140,6 +159,15 @@ impl StatusSnapshot {
             ));
         }
         parts.push(nodes);
+        if let Some(written) = self.nodes_from_snapshot {
+            let age = jiff::Timestamp::now().as_second() - written;
+            parts.push(format!(
+                "from snapshot, age {}",
+                humantime::format_duration(std::time::Duration::from_secs(
+                    u64::try_from(age).unwrap_or(0)
+                ))
+            ));
+        }
         if self.role == Role::Leader && self.route_tables_total > 0 {
             parts.push(format!(
                 "{}/{} route tables in sync",
@@ -261,5 +289,29 @@ impl DaemonStatus {
                 s.last_errors.pop_front();
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leader_without_a_served_vtep_shape_is_not_ready_and_says_why() {
+        let mut s = StatusSnapshot {
+            device_up: true,
+            nodes_synced: true,
+            identity_known: true,
+            role: Role::Leader,
+            ..StatusSnapshot::default()
+        };
+        assert!(s.ready());
+        s.vtepconfig_unserved = Some("CiliumVTEPConfig not served".into());
+        assert!(!s.ready());
+        assert!(
+            s.line().starts_with("leader, CiliumVTEPConfig not served"),
+            "{}",
+            s.line()
+        );
     }
 }

@@ -85,6 +85,9 @@ fn print(s: &StatusSnapshot) {
         s.identity_known
     );
     println!("  hybrid nodes: {}", s.nodes_programmed);
+    if let Some(shape) = &s.vtepconfig_shape {
+        println!("  vtep shape:   {shape}");
+    }
     if s.route_tables_total > 0 {
         println!(
             "  route tables: {}/{} in sync",

@@ -169,6 +169,16 @@ expect "daemon gets CiliumVTEPConfig" 200 "$DAEMON" GET "$VT/hybrid-gateway"
 expect "daemon lists CiliumVTEPConfigs" 200 "$DAEMON" GET "$VT"
 expect "daemon watches CiliumVTEPConfigs" 200 "$DAEMON" GET "$VT?watch=1&timeoutSeconds=1"
 
+CRDS=/apis/apiextensions.k8s.io/v1/customresourcedefinitions
+expect "daemon gets the CiliumVTEPConfig CRD (served shape)" 200 "$DAEMON" GET "$CRDS/ciliumvtepconfigs.cilium.io"
+expect "daemon watches the CiliumVTEPConfig CRD by name" 200 "$DAEMON" GET "$CRDS?fieldSelector=metadata.name%3Dciliumvtepconfigs.cilium.io&watch=1&timeoutSeconds=1"
+expect "daemon dry-runs a CiliumVTEPConfig create (shape probe without CRD access)" 201 "$DAEMON" POST "$VT?dryRun=All" '{
+  "apiVersion": "cilium.io/v2", "kind": "CiliumVTEPConfig",
+  "metadata": {"name": "hybrid-gateway-shape-probe"},
+  "spec": {"cidrMask": "255.255.0.0", "endpoints": [{"name": "probe", "tunnelEndpoint": "192.0.2.1",
+                          "cidr": "192.0.2.0/24", "mac": "02:00:00:00:00:01"}]}
+}'
+
 expect "daemon creates Lease" 201 "$DAEMON" POST "$LEASES" "{
   \"apiVersion\": \"coordination.k8s.io/v1\", \"kind\": \"Lease\",
   \"metadata\": {\"name\": \"hybrid-gateway-leader\", \"namespace\": \"$NS\"},
@@ -225,6 +235,10 @@ expect "daemon may not delete its Lease" 403 "$DAEMON" DELETE "$LEASES/hybrid-ga
 expect "daemon may not create Leases outside its namespace" 403 "$DAEMON" POST /apis/coordination.k8s.io/v1/namespaces/default/leases \
     '{"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "x"}, "spec": {}}'
 expect "daemon may not list nodes" 403 "$DAEMON" GET /api/v1/nodes
+expect "daemon may not read other CRDs" 403 "$DAEMON" GET "$CRDS/ciliumnodes.cilium.io"
+expect "daemon may not list all CRDs" 403 "$DAEMON" GET "$CRDS"
+expect "daemon may not change the CiliumVTEPConfig CRD" 403 "$DAEMON" PATCH "$CRDS/ciliumvtepconfigs.cilium.io" \
+    '{"metadata": {"labels": {"x": "y"}}}' application/merge-patch+json
 if [[ $(kdaemon auth can-i delete ciliumnodes.cilium.io 2>/dev/null || true) == no ]]; then
     pass "kubectl auth can-i (daemon) delete ciliumnodes: no"
 else

@@ -81,7 +81,12 @@ pub fn acquisitions(events: &[Event], authority: &Kind) -> Vec<(Duration, String
 /// the peer (whatever the peer answered: a rejected write still arrived); one from a
 /// gateway that never acquired counts too.
 pub fn violations(events: &[Event], authority: &Kind) -> Vec<String> {
-    let acq = acquisitions(events, authority);
+    violations_given(events, &acquisitions(events, authority))
+}
+
+/// [`violations`] against acquisitions worked out by the caller: a fleet in transition
+/// (some gateways act by the Lease, others by the lock) merges each process's own.
+pub fn violations_given(events: &[Event], acq: &[(Duration, String)]) -> Vec<String> {
     let mut out = Vec::new();
     for e in events.iter().filter(|e| e.kind.is_effect() && !e.faulted) {
         let own_last = acq

@@ -46,6 +46,28 @@ impl Recorder {
         self.events.lock().unwrap().clone()
     }
 
+    /// Writes the record, one request a line (time, sender, kind, status, holder, what),
+    /// for a look after the run.
+    pub fn dump(&self, path: &Path) {
+        let text: String = self
+            .events()
+            .iter()
+            .map(|e| {
+                format!(
+                    "{:>10.3} {} {:?} {}{} {} {}\n",
+                    e.at.as_secs_f64(),
+                    e.gw,
+                    e.kind,
+                    e.status,
+                    if e.faulted { " (injected)" } else { "" },
+                    e.holder.as_deref().unwrap_or("-"),
+                    e.detail
+                )
+            })
+            .collect();
+        let _ = std::fs::write(path, text);
+    }
+
     fn push(&self, e: Event) -> usize {
         let mut v = self.events.lock().unwrap();
         v.push(e);
@@ -172,6 +194,10 @@ pub struct Rules(Arc<Shared>);
 impl Rules {
     pub fn add(&self, rule: Rule) {
         self.0.rules.lock().unwrap().push(rule);
+    }
+
+    pub fn set_cut(&self, cut: bool) {
+        self.0.cut.send_replace(cut);
     }
 }
 

@@ -1,0 +1,388 @@
+//! Every CiliumVTEPConfig shape the cluster may serve, against the real kube-apiserver with
+//! the CRD fixtures of `tests/fixtures/crds/` (Cilium's published `cilium.io/v2` schema, and
+//! the upstream proposal's `cilium.io/v2alpha1` in `v2alpha1/`): what the leader writes in
+//! each, read back field for field (a field the served schema prunes would fail here), how
+//! it follows a change of the CRD, and the reason it gives when neither is served. As the
+//! daemon's least-privilege identity (the shipped RBAC). Needs root and the cached
+//! apiserver build.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use hybrid_gateway::datapath::Mac;
+use hybrid_gateway::election::{self, lease::LeaseLock, Elector, Timings};
+use hybrid_gateway::k8s::vtep_config::{self, Blocked, VtepSpec};
+use hybrid_gateway::k8s::vtep_shape::{self, Served, Shape};
+use kube::api::{DeleteParams, DynamicObject, PostParams};
+use kube::Api;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use support::k8s::{client, ApiServer};
+
+const NODE_IP: &str = "10.250.3.111";
+const TIMINGS: Timings = Timings {
+    lease_duration: Duration::from_secs(3),
+    renew_deadline: Duration::from_secs(2),
+    retry_period: Duration::from_secs(1),
+};
+
+fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/crds")
+        .join(rel)
+}
+const V2: &str = "ciliumvtepconfigs.cilium.io.yaml";
+const V2ALPHA1: &str = "v2alpha1/ciliumvtepconfigs.cilium.io.yaml";
+
+fn kubectl(server: &ApiServer, args: &[&str]) {
+    let out = std::process::Command::new(&server.env["K8S_KUBECTL"])
+        .arg("--kubeconfig")
+        .arg(server.admin_kubeconfig())
+        .arg("--request-timeout=30s")
+        .args(args)
+        .output()
+        .expect("running kubectl");
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Removes the CiliumVTEPConfig CRD (and with it every object of it).
+fn remove_crd(server: &ApiServer) {
+    kubectl(
+        server,
+        &[
+            "delete",
+            "crd",
+            vtep_shape::CRD_NAME,
+            "--ignore-not-found",
+            "--wait=true",
+        ],
+    );
+}
+
+/// Replaces the CiliumVTEPConfig CRD with the fixture `rel` (a served version cannot be
+/// dropped from a CRD that stored objects in it: delete, then create).
+fn install_crd(server: &ApiServer, rel: &str) {
+    remove_crd(server);
+    let path = fixture(rel);
+    kubectl(server, &["apply", "-f", path.to_str().unwrap()]);
+    kubectl(
+        server,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            &format!("crd/{}", vtep_shape::CRD_NAME),
+        ],
+    );
+}
+
+fn spec(cidrs: &[&str]) -> VtepSpec {
+    let ip = NODE_IP.parse().unwrap();
+    VtepSpec {
+        node_selector: vtep_config::default_node_selector(),
+        ..VtepSpec::new(
+            ip,
+            Mac::for_gateway(ip),
+            cidrs.iter().map(|c| c.parse().unwrap()).collect(),
+        )
+    }
+}
+
+/// The endpoint list as the reference names it, written out here independently.
+fn endpoints(cidrs: &[&str]) -> Value {
+    let mac = Mac::for_gateway(NODE_IP.parse().unwrap()).to_string();
+    let n = cidrs.len();
+    json!(cidrs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let name = if n == 1 {
+                "vpc-gateway".to_string()
+            } else {
+                format!("vpc-gateway-{i}")
+            };
+            json!({"name": name, "tunnelEndpoint": NODE_IP, "cidr": c, "mac": mac})
+        })
+        .collect::<Vec<_>>())
+}
+
+/// The whole `spec` the leader must leave in each shape.
+fn want_spec(shape: Shape, cidrs: &[&str]) -> Value {
+    match shape {
+        Shape::V2 { .. } => json!({"cidrMask": "255.255.0.0", "endpoints": endpoints(cidrs)}),
+        Shape::V2Alpha1 => json!({
+            "nodeSelector": {"matchLabels": {"eks.amazonaws.com/compute-type": "hybrid"}},
+            "vtepEndpoints": endpoints(cidrs),
+        }),
+    }
+}
+
+/// A leader (real Lease election) running the CiliumVTEPConfig writer with its own shape
+/// look-up, as the daemon's identity.
+struct Leader {
+    cancel: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    blocked: watch::Receiver<Option<Blocked>>,
+}
+
+impl Leader {
+    async fn start(server: &ApiServer, cidrs: &[&str]) -> Leader {
+        let kube = client(&server.daemon_kubeconfig()).await;
+        let lock = LeaseLock::new(
+            kube.clone(),
+            "hybrid-gateway",
+            "hybrid-gateway-leader",
+            Duration::from_secs(1),
+        );
+        let mut elector = Elector::new(lock, "gw-a_1".into(), TIMINGS);
+        let (publisher, handle) = election::channel();
+        let cancel = CancellationToken::new();
+        let c = cancel.clone();
+        let election = tokio::spawn(async move {
+            election::run(&mut elector, &publisher, None, c).await;
+        });
+        let (blocked_tx, blocked) = watch::channel(None);
+        let writer = tokio::spawn(vtep_config::run(
+            kube,
+            spec(cidrs),
+            "gw-a_1".into(),
+            handle,
+            Duration::from_secs(1),
+            blocked_tx,
+            cancel.clone(),
+        ));
+        Leader {
+            cancel,
+            tasks: vec![election, writer],
+            blocked,
+        }
+    }
+
+    async fn stop(self) {
+        self.cancel.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// The object as stored, without the bookkeeping that differs run to run.
+fn dump(o: &DynamicObject) -> String {
+    let mut v = serde_json::to_value(o).unwrap();
+    for k in [
+        "managedFields",
+        "uid",
+        "creationTimestamp",
+        "resourceVersion",
+        "generation",
+    ] {
+        v["metadata"].as_object_mut().unwrap().remove(k);
+    }
+    serde_json::to_string_pretty(&v).unwrap()
+}
+
+/// Waits until the object, read through `shape`'s version, has exactly `want` as its spec;
+/// how long that took.
+async fn written_within(
+    admin: &kube::Client,
+    shape: Shape,
+    want: &Value,
+    limit: Duration,
+) -> Result<(Duration, DynamicObject), String> {
+    let api: Api<DynamicObject> = Api::all_with(admin.clone(), &shape.api_resource());
+    let start = Instant::now();
+    let mut last;
+    loop {
+        match api.get_opt(vtep_config::NAME).await {
+            Ok(Some(o)) if o.data.get("spec") == Some(want) => return Ok((start.elapsed(), o)),
+            Ok(Some(o)) => last = dump(&o),
+            Ok(None) => last = "no object".into(),
+            Err(e) => last = e.to_string(),
+        }
+        if start.elapsed() > limit {
+            return Err(format!(
+                "not written as {want} within {limit:?}; last: {last}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An object written by someone else with fields the schema lacks: kube-apiserver v1.20
+/// (the harness) has no strict field validation (`fieldValidation=Strict` is alpha in
+/// 1.23, GA in 1.27), so the structural schema prunes them silently. Read back, they are
+/// gone and the rest is as sent: a field of ours the real CRD does not have would fail
+/// the exact comparisons of this file.
+async fn assert_unknown_fields_pruned(admin: &kube::Client, shape: Shape, mut spec: Value) {
+    let api: Api<DynamicObject> = Api::all_with(admin.clone(), &shape.api_resource());
+    let mut sent = spec.clone();
+    let list = shape.list_field();
+    sent[list][0]["standby"] = json!({"tunnelEndpoint": "10.250.9.9", "mac": "02:00:00:00:09:09"});
+    sent["bogus"] = json!(true);
+    if shape == Shape::V2Alpha1 {
+        // v2's field, not in v2alpha1: the reason the leader looks the shape up.
+        sent["cidrMask"] = json!("255.255.0.0");
+    }
+    let o = DynamicObject::new("pruning-check", &shape.api_resource()).data(json!({"spec": sent}));
+    let created = api.create(&PostParams::default(), &o).await.unwrap();
+    let back = api.get("pruning-check").await.unwrap();
+    if let Shape::V2 { .. } = shape {
+        // The published default fills the mask we did not send.
+        spec.as_object_mut()
+            .unwrap()
+            .entry("cidrMask")
+            .or_insert(json!("255.255.255.0"));
+    }
+    assert_eq!(
+        back.data["spec"], spec,
+        "{shape}: unknown fields not pruned"
+    );
+    assert_eq!(created.data["spec"], spec);
+    api.delete("pruning-check", &DeleteParams::default())
+        .await
+        .unwrap();
+}
+
+/// The object as written for one and for three VPC CIDRs, in each served shape (printed
+/// for the release note), read back exactly; unknown fields are pruned by both fixtures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_each_served_shape_for_one_and_three_cidrs() {
+    let t0 = Instant::now();
+    let server = ApiServer::start();
+    let admin = client(&server.admin_kubeconfig()).await;
+    let one = ["10.250.0.0/16"];
+    let three = ["10.250.0.0/16", "10.251.0.0/16", "10.252.0.0/16"];
+    for (fixture_file, shape) in [
+        (V2, Shape::V2 { cidr_mask: true }),
+        (V2ALPHA1, Shape::V2Alpha1),
+    ] {
+        if fixture_file != V2 {
+            install_crd(&server, fixture_file);
+        }
+        let daemon = client(&server.daemon_kubeconfig()).await;
+        let detected = vtep_shape::detect(&daemon, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(detected.shape(), Some(shape), "{}", detected.describe());
+        let api: Api<DynamicObject> = Api::all_with(admin.clone(), &shape.api_resource());
+        for cidrs in [&one[..], &three[..]] {
+            let leader = Leader::start(&server, cidrs).await;
+            let want = want_spec(shape, cidrs);
+            let (took, o) = written_within(&admin, shape, &want, Duration::from_secs(10))
+                .await
+                .unwrap();
+            assert_eq!(o.types.as_ref().unwrap().api_version, shape.api_version());
+            println!(
+                "{shape}, {} VPC CIDR(s), written in {took:?}:\n{}",
+                cidrs.len(),
+                dump(&o)
+            );
+            assert!(leader.blocked.borrow().is_none());
+            leader.stop().await;
+            api.delete(vtep_config::NAME, &DeleteParams::default())
+                .await
+                .unwrap();
+        }
+        assert_unknown_fields_pruned(&admin, shape, want_spec(shape, &three)).await;
+    }
+    println!("wall time: {:?}", t0.elapsed());
+}
+
+/// One leader throughout while the CRD changes under it: v2 → no CRD (readiness reason,
+/// nothing written, retried) → v2alpha1 → v2 again. Discovery without the CRD object
+/// (API discovery + a dry-run create) agrees with the CRD at every step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follows_the_served_shape_and_says_why_when_none() {
+    let t0 = Instant::now();
+    let server = ApiServer::start();
+    let admin = client(&server.admin_kubeconfig()).await;
+    let daemon = client(&server.daemon_kubeconfig()).await;
+    let cidrs = ["10.250.0.0/16", "10.251.0.0/16"];
+    let timeout = Duration::from_secs(5);
+    let mut leader = Leader::start(&server, &cidrs).await;
+    let v2 = Shape::V2 { cidr_mask: true };
+
+    let (took, _) = written_within(&admin, v2, &want_spec(v2, &cidrs), Duration::from_secs(10))
+        .await
+        .unwrap();
+    println!("v2 written in {took:?}");
+    let by_discovery = vtep_shape::detect_by_discovery(&daemon, timeout)
+        .await
+        .unwrap();
+    assert_eq!(
+        by_discovery.shape(),
+        Some(v2),
+        "{}",
+        by_discovery.describe()
+    );
+
+    // Neither served: the leader says why, and keeps at it.
+    let gone = Instant::now();
+    remove_crd(&server);
+    let reason = loop {
+        if let Some(Blocked::NotServed(why)) = leader.blocked.borrow_and_update().clone() {
+            break why;
+        }
+        assert!(
+            gone.elapsed() < Duration::from_secs(15),
+            "no readiness reason after the CRD was removed"
+        );
+        tokio::time::timeout(Duration::from_millis(200), leader.blocked.changed())
+            .await
+            .ok();
+    };
+    println!(
+        "CRD removed: not-ready reason after {:?}: {reason}",
+        gone.elapsed()
+    );
+    assert!(
+        reason.contains("ciliumvtepconfigs.cilium.io is not installed"),
+        "{reason}"
+    );
+    match vtep_shape::detect_by_discovery(&daemon, timeout)
+        .await
+        .unwrap()
+    {
+        Served::Neither(why) => println!("discovery: {why}"),
+        other => panic!("discovery without the CRD: {other:?}"),
+    }
+
+    // The upstream proposal's CRD appears: written in its shape, reason gone.
+    let at = Instant::now();
+    install_crd(&server, V2ALPHA1);
+    let installed = at.elapsed();
+    let (took, o) = written_within(
+        &admin,
+        Shape::V2Alpha1,
+        &want_spec(Shape::V2Alpha1, &cidrs),
+        Duration::from_secs(15),
+    )
+    .await
+    .unwrap();
+    println!(
+        "v2alpha1 CRD installed in {installed:?}, object written {took:?} later:\n{}",
+        dump(&o)
+    );
+    assert!(leader.blocked.borrow().is_none());
+    let by_discovery = vtep_shape::detect_by_discovery(&daemon, timeout)
+        .await
+        .unwrap();
+    assert_eq!(by_discovery.shape(), Some(Shape::V2Alpha1));
+
+    // And back to v2.
+    install_crd(&server, V2);
+    let (took, _) = written_within(&admin, v2, &want_spec(v2, &cidrs), Duration::from_secs(15))
+        .await
+        .unwrap();
+    println!("back to v2: written {took:?} after the CRD was established");
+    leader.stop().await;
+    println!("wall time: {:?}", t0.elapsed());
+}
