@@ -222,7 +222,7 @@ mod tests {
         let mut g = HealthGate::default();
         for s in 0..10 {
             assert_eq!(
-                g.leader(Some(0.0), &[stale.clone()], later + S * s, &r),
+                g.leader(Some(0.0), std::slice::from_ref(&stale), later + S * s, &r),
                 LeaderVerdict::Stay
             );
         }
