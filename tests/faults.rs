@@ -232,6 +232,28 @@ struct Fleet {
     kubeconfig: String,
 }
 
+/// The election timings the daemons run with: the default profile (3 s / 2 s / 1 s), or
+/// with `HGW_FAULTS_PROFILE=fast` the fast one (1 s / 600 ms / 250 ms; the lock stores'
+/// calls are then bounded by half the renew deadline, 300 ms). The scenarios' waits are
+/// sized for the default and are only longer than needed under the fast profile.
+fn election_timings() -> &'static str {
+    match std::env::var("HGW_FAULTS_PROFILE").as_deref() {
+        Ok("fast") => {
+            "lease_duration = \"1s\"\nrenew_deadline = \"600ms\"\nretry_period = \"250ms\"\n"
+        }
+        _ => "lease_duration = \"3s\"\nrenew_deadline = \"2s\"\nretry_period = \"1s\"\n",
+    }
+}
+
+/// A slow EC2 answer that a leader still waits for: under the bound of one call
+/// (900 ms by default, 315 ms under the fast profile; see `RouteTablesSettings::fit_leadership`).
+fn slow_ec2() -> Duration {
+    match std::env::var("HGW_FAULTS_PROFILE").as_deref() {
+        Ok("fast") => Duration::from_millis(200),
+        _ => Duration::from_millis(600),
+    }
+}
+
 fn daemon_config(g: &Gateway, mode: Mode, table: &str) -> String {
     let lock = match mode {
         Mode::LeaseOnly => String::new(),
@@ -241,12 +263,13 @@ fn daemon_config(g: &Gateway, mode: Mode, table: &str) -> String {
         "[gateway]\nvpc_cidrs = [\"10.250.0.0/16\"]\nhybrid_pod_cidrs = [\"{CIDR}\"]\n\
          [datapath]\nresync_interval = \"10s\"\nfilter = false\n\
          [kubernetes]\nkubeconfig = \"{dir}/kubeconfig\"\nrequest_timeout = \"1s\"\n\
-         [election]\nidentity = \"{name}\"\nlease_duration = \"3s\"\nrenew_deadline = \"2s\"\nretry_period = \"1s\"\n\
+         [election]\nidentity = \"{name}\"\n{timings}\
          {lock}\
          [aws]\nroute_table_tag = \"hybrid-gateway.io/managed=true\"\nresync_interval = \"5s\"\n\
          [log]\nlevel = \"info\"\n",
         dir = g.dir.display(),
         name = g.name,
+        timings = election_timings(),
     )
 }
 
@@ -967,15 +990,14 @@ async fn heal_kubernetes_while_ec2_is_slow(f: &Fleet, leader: &str, standby: &st
     let hit = flag();
     let (h, kube) = (hit.clone(), l.kube.rules());
     l.ec2.add(
-        Rule::new(Effect::DelayRequest(Duration::from_millis(600)))
+        Rule::new(Effect::DelayRequest(slow_ec2()))
             .actions(ROUTE_WRITES)
             .before(move || {
                 kube.set_cut(false);
                 h.store(true, Ordering::SeqCst);
             }),
     );
-    l.ec2
-        .add(Rule::new(Effect::DelayRequest(Duration::from_millis(600))));
+    l.ec2.add(Rule::new(Effect::DelayRequest(slow_ec2())));
     l.kube.set_cut(true);
     let wrote = fired(&hit, RESYNC * 3).await;
     l.kube.set_cut(false);
