@@ -507,7 +507,12 @@ impl Fleet {
     /// leader and how long it took.
     async fn converge(&self, since: Instant) -> (Option<&'static str>, Duration) {
         loop {
-            match self.converged().await {
+            // Bounded: a peer that stopped answering (etcd once died of a full disk) must
+            // fail the test, not hang it.
+            let look = tokio::time::timeout(Duration::from_secs(5), self.converged())
+                .await
+                .unwrap_or_else(|_| Err("the peers did not answer within 5 s".into()));
+            match look {
                 Ok(l) => return (Some(l), since.elapsed()),
                 Err(why) if since.elapsed() > BOUND * 3 => {
                     println!("not converged after {:?}: {why}", since.elapsed());
