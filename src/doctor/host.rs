@@ -95,14 +95,14 @@ async fn filter_check(config: &Config) -> Check {
         Ok(Ok(Some(state))) => Check::ok(
             "filter",
             format!(
-                "nftables table inet {} loaded ({} nodes allowed)",
+                "nftables table ip {} loaded ({} nodes allowed)",
                 filter::TABLE,
                 state.sets.get("nodes").map_or(0, |s| s.len())
             ),
         ),
         Ok(Ok(None)) => Check::fail(
             "filter",
-            format!("nftables table inet {} is missing", filter::TABLE),
+            format!("nftables table ip {} is missing", filter::TABLE),
             "restart the daemon (it loads the table); find what flushed nftables (a firewall manager)",
         ),
         Ok(Err(e)) => Check::fail("filter", e.to_string(), "install nftables (nft)"),
