@@ -17,7 +17,8 @@
 //! probes × 50 ms. Prints p50 and p100 per mode.
 //! Targets (issue 5): crash ≤ lease duration + 1 s, graceful ≤ 1 s.
 //!
-//! HGW_BENCH_MODES=crash,graceful,instance-loss picks modes; HGW_LAB_KEEP=1 keeps the lab.
+//! HGW_BENCH_MODES=crash,graceful,instance-loss picks modes; HGW_LAB_KEEP=1 keeps the lab;
+//! HGW_LAB_PROFILE=fast runs the gateways with the fast election profile (1 s / 600 ms / 250 ms).
 
 #[path = "../tests/lab/harness.rs"]
 mod harness;
@@ -29,8 +30,14 @@ use harness::{ms, restore, trial, Lab, Mode, Observer, Trial};
 
 const PING_INTERVAL: Duration = Duration::from_millis(50);
 const LIMIT: Duration = Duration::from_secs(30);
-/// The lab's election.lease_duration (tests/lab/lab.sh).
-const LEASE_DURATION: Duration = Duration::from_secs(3);
+/// The lab's election.lease_duration (tests/lab/lab.sh; HGW_LAB_PROFILE=fast: 1 s).
+fn lease_duration() -> Duration {
+    if std::env::var("HGW_LAB_PROFILE").as_deref() == Ok("fast") {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(3)
+    }
+}
 
 fn pct(mut v: Vec<Duration>, p: f64) -> Option<Duration> {
     if v.is_empty() {
@@ -114,7 +121,7 @@ fn main() {
 
     println!(
         "\nfailover in the lab: {trials} trial(s) per mode, lease duration {:?}, ICMP echo every {:?}, observed every 50 ms (routes) / 20 ms (Lease, CR); {:.0} s in all",
-        LEASE_DURATION,
+        lease_duration(),
         PING_INTERVAL,
         started.elapsed().as_secs_f64()
     );
@@ -122,7 +129,7 @@ fn main() {
         let target = if name.starts_with("graceful") {
             Some(Duration::from_secs(1))
         } else if name.starts_with("crash") {
-            Some(LEASE_DURATION + Duration::from_secs(1))
+            Some(lease_duration() + Duration::from_secs(1))
         } else {
             None
         };

@@ -232,6 +232,28 @@ struct Fleet {
     kubeconfig: String,
 }
 
+/// The election timings the daemons run with: the default profile (3 s / 2 s / 1 s), or
+/// with `HGW_FAULTS_PROFILE=fast` the fast one (1 s / 600 ms / 250 ms; the lock stores'
+/// calls are then bounded by half the renew deadline, 300 ms). The scenarios' waits are
+/// sized for the default and are only longer than needed under the fast profile.
+fn election_timings() -> &'static str {
+    match std::env::var("HGW_FAULTS_PROFILE").as_deref() {
+        Ok("fast") => {
+            "lease_duration = \"1s\"\nrenew_deadline = \"600ms\"\nretry_period = \"250ms\"\n"
+        }
+        _ => "lease_duration = \"3s\"\nrenew_deadline = \"2s\"\nretry_period = \"1s\"\n",
+    }
+}
+
+/// A slow EC2 answer that a leader still waits for: under the bound of one call
+/// (900 ms by default, 315 ms under the fast profile; see `RouteTablesSettings::fit_leadership`).
+fn slow_ec2() -> Duration {
+    match std::env::var("HGW_FAULTS_PROFILE").as_deref() {
+        Ok("fast") => Duration::from_millis(200),
+        _ => Duration::from_millis(600),
+    }
+}
+
 fn daemon_config(g: &Gateway, mode: Mode, table: &str) -> String {
     let lock = match mode {
         Mode::LeaseOnly => String::new(),
@@ -241,12 +263,13 @@ fn daemon_config(g: &Gateway, mode: Mode, table: &str) -> String {
         "[gateway]\nvpc_cidrs = [\"10.250.0.0/16\"]\nhybrid_pod_cidrs = [\"{CIDR}\"]\n\
          [datapath]\nresync_interval = \"10s\"\nfilter = false\n\
          [kubernetes]\nkubeconfig = \"{dir}/kubeconfig\"\nrequest_timeout = \"1s\"\n\
-         [election]\nidentity = \"{name}\"\nlease_duration = \"3s\"\nrenew_deadline = \"2s\"\nretry_period = \"1s\"\n\
+         [election]\nidentity = \"{name}\"\n{timings}\
          {lock}\
          [aws]\nroute_table_tag = \"hybrid-gateway.io/managed=true\"\nresync_interval = \"5s\"\n\
          [log]\nlevel = \"info\"\n",
         dir = g.dir.display(),
         name = g.name,
+        timings = election_timings(),
     )
 }
 
@@ -583,8 +606,7 @@ impl Fleet {
         let mode_at = |gw: &str, t: Duration| {
             self.processes
                 .iter()
-                .filter(|(start, g, _)| *g == gw && *start <= t)
-                .last()
+                .rfind(|(start, g, _)| *g == gw && *start <= t)
                 .map(|(_, _, m)| *m)
         };
         let mut acq: Vec<(Duration, String)> = [Mode::LeaseOnly, Mode::Combined]
@@ -942,22 +964,41 @@ async fn delete_the_lock_item(f: &Fleet, _leader: &str, _standby: &str) -> Insta
 async fn heal_kubernetes_while_ec2_is_slow(f: &Fleet, leader: &str, standby: &str) -> Instant {
     let l = &f.gws[f.index(leader)];
     let s = &f.gws[f.index(standby)];
+    // Timed on the holder's route resync (every RESYNC): a sync starts at D; the routes
+    // drift after it; the cut at D + 1.5 s lets the other gateway take the Lease about a
+    // lease later (D + 4.5 s), and it keeps it a lease without the lock (to D + 7.5 s):
+    // the holder's next sync, at D + 5 s, falls inside.
+    let since = f.recorder.now();
+    let sync = async {
+        loop {
+            let d = f.recorder.events().iter().find_map(|e| {
+                (e.gw == leader && e.at > since && e.detail.starts_with("DescribeRouteTables"))
+                    .then_some(e.at)
+            });
+            if let Some(d) = d {
+                return d;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let d = tokio::time::timeout(RESYNC * 3, sync)
+        .await
+        .unwrap_or_else(|_| panic!("{leader} made no route sync\n{}", f.logs()));
+    tokio::time::sleep((d + Duration::from_secs(1)).saturating_sub(f.recorder.now())).await;
+    f.drift_routes(&s.eni).await;
+    tokio::time::sleep((d + Duration::from_millis(1500)).saturating_sub(f.recorder.now())).await;
     let hit = flag();
     let (h, kube) = (hit.clone(), l.kube.rules());
     l.ec2.add(
-        Rule::new(Effect::DelayRequest(Duration::from_millis(600)))
+        Rule::new(Effect::DelayRequest(slow_ec2()))
             .actions(ROUTE_WRITES)
             .before(move || {
                 kube.set_cut(false);
                 h.store(true, Ordering::SeqCst);
             }),
     );
-    l.ec2
-        .add(Rule::new(Effect::DelayRequest(Duration::from_millis(600))));
+    l.ec2.add(Rule::new(Effect::DelayRequest(slow_ec2())));
     l.kube.set_cut(true);
-    // The other gateway takes the Lease once it expires, a lease after the cut.
-    tokio::time::sleep(LEASE_DURATION + Duration::from_millis(500)).await;
-    f.drift_routes(&s.eni).await;
     let wrote = fired(&hit, RESYNC * 3).await;
     l.kube.set_cut(false);
     assert!(
@@ -1029,38 +1070,39 @@ async fn lease_mode_faults_no_write_from_a_deposed_leader() {
     let f = Fleet::start("l", Mode::LeaseOnly).await;
     let mut out = Vec::new();
     out.push(
-        run_scenario(&f, "SIGSTOP leader mid route sync", |f, l, s| {
-            stop_leader_mid_route_sync(f, l, s)
-        })
+        run_scenario(
+            &f,
+            "SIGSTOP leader mid route sync",
+            stop_leader_mid_route_sync,
+        )
         .await,
     );
     out.push(
         run_scenario(
             &f,
             "EC2 throttles first attempts + stop in backoff",
-            |f, l, s| throttled_writes_and_a_stop_in_the_backoff(f, l, s),
+            throttled_writes_and_a_stop_in_the_backoff,
         )
         .await,
     );
     out.push(
-        run_scenario(&f, "standby reads delayed after a renewal", |f, l, s| {
-            delayed_standby_reads_after_a_renewal(f, l, s)
-        })
+        run_scenario(
+            &f,
+            "standby reads delayed after a renewal",
+            delayed_standby_reads_after_a_renewal,
+        )
         .await,
     );
     out.push(
-        run_scenario(&f, "SIGSTOP standby after a fresh read", |f, l, s| {
-            stop_standby_after_a_fresh_read(f, l, s)
-        })
+        run_scenario(
+            &f,
+            "SIGSTOP standby after a fresh read",
+            stop_standby_after_a_fresh_read,
+        )
         .await,
     );
-    out.push(
-        run_scenario(&f, "fast Standby -> Leader flap", |f, l, s| {
-            fast_standby_leader_flap(f, l, s)
-        })
-        .await,
-    );
-    out.push(run_scenario(&f, "delete the Lease", |f, l, s| delete_the_lease(f, l, s)).await);
+    out.push(run_scenario(&f, "fast Standby -> Leader flap", fast_standby_leader_flap).await);
+    out.push(run_scenario(&f, "delete the Lease", delete_the_lease).await);
     report(Mode::LeaseOnly, &out, &f, started);
 }
 
@@ -1070,9 +1112,11 @@ async fn combined_mode_faults_no_write_from_a_deposed_leader() {
     let mut f = Fleet::start("c", Mode::Combined).await;
     let mut out = Vec::new();
     out.push(
-        run_scenario(&f, "SIGSTOP leader mid route sync", |f, l, s| {
-            stop_leader_mid_route_sync(f, l, s)
-        })
+        run_scenario(
+            &f,
+            "SIGSTOP leader mid route sync",
+            stop_leader_mid_route_sync,
+        )
         .await,
     );
     out.push(
@@ -1081,12 +1125,7 @@ async fn combined_mode_faults_no_write_from_a_deposed_leader() {
         })
         .await,
     );
-    out.push(
-        run_scenario(&f, "delete the lock item", |f, l, s| {
-            delete_the_lock_item(f, l, s)
-        })
-        .await,
-    );
+    out.push(run_scenario(&f, "delete the lock item", delete_the_lock_item).await);
     out.push(rolling_switches(&mut f).await);
     report(Mode::Combined, &out, &f, started);
 }

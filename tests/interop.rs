@@ -420,9 +420,13 @@ async fn migration_from_the_go_gateway_takes_the_lease_and_the_object_without_du
         ..PostParams::default()
     };
     let o = api.create(&go_manager, &go_obj).await.unwrap();
-    api.replace(vtep_config::NAME, &go_manager, &o)
+    // As stored: the schema's default fills `cidrMask` (255.255.255.0) the Go gateway
+    // does not write.
+    let go_obj = api
+        .replace(vtep_config::NAME, &go_manager, &o)
         .await
         .unwrap();
+    println!("as the Go gateway left it: {}", go_obj.data["spec"]);
     let (recorder, versions) = record_versions(api.clone());
 
     // Our gateways join as standbys: nothing written while the Go gateway renews.

@@ -146,11 +146,11 @@ async fn gateway(w: &mut World, name: &'static str, k8s: CutProxy, ddb: CutProxy
     } else {
         "10.250.2.4"
     };
-    let spec = vtep_config::VtepSpec {
-        tunnel_endpoint: ip.parse().unwrap(),
-        mac: Mac::for_gateway(ip.parse().unwrap()),
-        vpc_cidrs: vec!["10.250.0.0/16".parse().unwrap()],
-    };
+    let spec = vtep_config::VtepSpec::new(
+        ip.parse().unwrap(),
+        Mac::for_gateway(ip.parse().unwrap()),
+        vec!["10.250.0.0/16".parse().unwrap()],
+    );
     let writer = tokio::spawn(vtep_config::run(
         writer_kube,
         spec,

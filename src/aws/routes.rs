@@ -127,6 +127,17 @@ impl RouteTablesSettings {
         }
     }
 
+    /// Bounds one EC2 call by the leadership a leader normally has left: renewals run every
+    /// `retry_period` and each extends leadership to `renew_deadline` after it began, so at
+    /// least `renew_deadline - retry_period` is left between renewals. With the reference's
+    /// timings that is 1 s and the bound stays 900 ms; with the fast profile (600 ms /
+    /// 250 ms) it becomes 315 ms. A bound above it would withhold every call for good (found
+    /// by the fault harness under the fast profile: the leader never wrote a route).
+    pub fn fit_leadership(&mut self, renew_deadline: Duration, retry_period: Duration) {
+        let between_renewals = renew_deadline.saturating_sub(retry_period);
+        self.call_timeout = self.call_timeout.min(between_renewals.mul_f64(0.9));
+    }
+
     fn selection(&self) -> String {
         let mut parts = Vec::new();
         if !self.route_table_ids.is_empty() {
@@ -481,6 +492,19 @@ impl RouteTables {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_call_fits_between_two_renewals_of_every_profile() {
+        let mut s = RouteTablesSettings::from_config(&Default::default());
+        s.fit_leadership(Duration::from_secs(2), Duration::from_secs(1));
+        assert_eq!(
+            s.call_timeout,
+            Duration::from_millis(900),
+            "default profile"
+        );
+        s.fit_leadership(Duration::from_millis(600), Duration::from_millis(250));
+        assert_eq!(s.call_timeout, Duration::from_millis(315), "fast profile");
+    }
 
     #[test]
     fn leadership_gate() {

@@ -155,6 +155,7 @@ impl super::aws_side::AwsSide {
     /// The route tables reconciler for `config`'s selection and takeover rule.
     fn route_tables(&self, config: &Config) -> RouteTables {
         let mut settings = RouteTablesSettings::from_config(&config.aws);
+        settings.fit_leadership(config.election.renew_deadline, config.election.retry_period);
         // Only this VPC's tables (IMDS: the primary ENI's VPC): a tag selects account-wide.
         settings.vpc_id = Some(self.identity.vpc_id.clone());
         RouteTables::new(

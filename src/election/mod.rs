@@ -7,6 +7,7 @@ pub mod decide;
 pub mod dynamodb;
 pub mod elector;
 mod handle;
+pub mod health;
 pub mod lease;
 pub mod record;
 

@@ -582,7 +582,13 @@ impl Target for Writer {
     }
 
     fn failed(&mut self, e: &VtepConfigError) {
-        tracing::warn!(term = self.term.number(), "{e}; retrying");
+        match e {
+            // Said once by the shape look-up and kept in readiness; not a warning a pass.
+            VtepConfigError::NotServed(_) => {
+                tracing::debug!(term = self.term.number(), "{e}; retrying")
+            }
+            _ => tracing::warn!(term = self.term.number(), "{e}; retrying"),
+        }
     }
 }
 
@@ -616,6 +622,49 @@ mod tests {
         assert_eq!(e[1]["name"], "vpc-gateway-1");
         assert_eq!(e[1]["cidr"], "10.251.0.0/16");
         assert!(b.get("status").is_none(), "status is Cilium's");
+    }
+
+    #[test]
+    fn each_served_shape_gets_its_own_fields() {
+        let mut s = spec();
+        s.node_selector = default_node_selector();
+        // v2 without cidrMask in the served schema: none written, none required.
+        s.shape = Shape::V2 { cidr_mask: false };
+        let b = s.apply_body("gw-a", 1);
+        assert_eq!(b["apiVersion"], "cilium.io/v2");
+        assert!(b["spec"].get("cidrMask").is_none());
+        assert!(
+            b["spec"].get("nodeSelector").is_none(),
+            "v2 has no selector"
+        );
+        let obj = DynamicObject::new(NAME, &Shape::V2 { cidr_mask: false }.api_resource())
+            .data(b.clone());
+        let mut obj = obj;
+        obj.metadata.annotations = Some(
+            [
+                (TERM_ANNOTATION.to_string(), "1".to_string()),
+                (LEADER_ANNOTATION.to_string(), "gw-a".to_string()),
+            ]
+            .into(),
+        );
+        assert!(s.satisfied_by(&obj, "gw-a", 1));
+        // v2alpha1: vtepEndpoints + nodeSelector, no cidrMask.
+        s.shape = Shape::V2Alpha1;
+        let b = s.apply_body("gw-a", 1);
+        assert_eq!(b["apiVersion"], "cilium.io/v2alpha1");
+        assert!(b["spec"].get("endpoints").is_none());
+        assert!(b["spec"].get("cidrMask").is_none());
+        assert_eq!(b["spec"]["vtepEndpoints"][1]["name"], "vpc-gateway-1");
+        assert_eq!(
+            b["spec"]["nodeSelector"],
+            json!({"matchLabels": {"eks.amazonaws.com/compute-type": "hybrid"}})
+        );
+        // A v2-shaped object does not satisfy the v2alpha1 writer.
+        assert!(!s.satisfied_by(&obj, "gw-a", 1));
+        s.node_selector.clear();
+        assert!(s.apply_body("gw-a", 1)["spec"]
+            .get("nodeSelector")
+            .is_none());
     }
 
     #[test]

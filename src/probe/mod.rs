@@ -34,6 +34,8 @@ pub use health::Tracker;
 
 /// How many nodes `status` lists.
 pub const WORST_SHOWN: usize = 5;
+/// Up to this many state changes in a round are logged one line each.
+const LOGGED_CHANGES: usize = 10;
 
 /// The address to ping for `node`, if it has one the tunnel alone can reach: inside one of
 /// the node's own pod CIDRs (routed to its VTEP). Anything else in a CiliumNode is not
@@ -98,15 +100,17 @@ impl Prober {
                 self.telemetry.tunnel_node_gone(&gone);
             }
             let results = round(&socket, &pending, &seq, &targets, &cfg).await;
+            let mut changes = Vec::new();
             for (name, result) in results {
                 let Some(h) = tracker.get_mut(&name) else {
                     continue;
                 };
                 if let Some(state) = h.record(result, cfg.rise, cfg.fall) {
-                    log_change(&name, h.target, state, h.lost());
+                    changes.push((name.clone(), h.target, state, h.lost()));
                 }
                 self.telemetry.tunnel_probed(&name, h.state, result);
             }
+            log_changes(changes);
             let score = tracker.score();
             self.telemetry.tunnel_round(&tracker, &score);
             self.score.send_replace(score.ratio().map(|_| score));
@@ -227,15 +231,51 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn log_change(name: &str, ip: Ipv4Addr, state: TunnelState, lost: u32) {
-    match state {
-        TunnelState::Down => tracing::warn!(
-            node = %name,
-            %ip,
-            "tunnel to hybrid node {name} is down: {lost} probe rounds lost in a row"
-        ),
-        TunnelState::Up => tracing::info!(node = %name, %ip, "tunnel to hybrid node {name} is up"),
-        TunnelState::Unknown => {}
+/// Per-node state changes, one line each; a site-wide change (thousands of nodes at once)
+/// is summed up in one line per state instead of flooding the journal.
+fn log_changes(mut changes: Vec<(String, Ipv4Addr, TunnelState, u32)>) {
+    if changes.len() <= LOGGED_CHANGES {
+        for (name, ip, state, lost) in changes {
+            match state {
+                TunnelState::Down => tracing::warn!(
+                    node = %name,
+                    %ip,
+                    "tunnel to hybrid node {name} is down: {lost} probe rounds lost in a row"
+                ),
+                TunnelState::Up => {
+                    tracing::info!(node = %name, %ip, "tunnel to hybrid node {name} is up")
+                }
+                TunnelState::Unknown => {}
+            }
+        }
+        return;
+    }
+    changes.sort_by(|a, b| a.0.cmp(&b.0));
+    for (state, word) in [(TunnelState::Down, "down"), (TunnelState::Up, "up")] {
+        let names: Vec<&str> = changes
+            .iter()
+            .filter(|c| c.2 == state)
+            .map(|c| c.0.as_str())
+            .collect();
+        if names.is_empty() {
+            continue;
+        }
+        let shown = names[..names.len().min(LOGGED_CHANGES)].join(", ");
+        let more = names.len().saturating_sub(LOGGED_CHANGES);
+        let text = format!(
+            "tunnel {word} to {} hybrid nodes: {shown}{}",
+            names.len(),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        );
+        if state == TunnelState::Down {
+            tracing::warn!(nodes = names.len(), "{text}");
+        } else {
+            tracing::info!(nodes = names.len(), "{text}");
+        }
     }
 }
 

@@ -34,6 +34,7 @@
 #   HGW_LAB_BIN     use this hybrid-gateway binary instead of `cargo build`ing one
 #   HGW_LAB_LOG     the daemons' log filter (default info)
 #   HGW_LAB_POLL    how often the follower reads the moto route table (default 0.1 s)
+#   HGW_LAB_PROFILE the election timings: default (3 s / 2 s / 1 s) or fast (1 s / 600 ms / 250 ms)
 #   HGW_LAB_K8S_TIMEOUT  the gateways' kubernetes.request_timeout (default 1s: see the
 #                   workaround note in the generated config)
 #   HYBRID_GW_CACHE cache of the test peers (see tests/k8s/apiserver.sh, tests/aws/peers.sh)
@@ -174,6 +175,16 @@ gw_field() { # gw_field NAME FIELD: from seed.json
     "$state/seed.json" "$1" "$2"
 }
 
+# The election timings (HGW_LAB_PROFILE): the reference's (also the defaults; a crashed
+# leader is replaced within ~4 s), or the fast profile (~1 s).
+election_timings() {
+  case "${HGW_LAB_PROFILE:-default}" in
+    fast) printf 'lease_duration = "1s"\nrenew_deadline = "600ms"\nretry_period = "250ms"\n' ;;
+    default) printf 'lease_duration = "3s"\nrenew_deadline = "2s"\nretry_period = "1s"\n' ;;
+    *) die "HGW_LAB_PROFILE must be default or fast" ;;
+  esac
+}
+
 write_gw_config() { # write_gw_config NAME IMDS_URL
   local g=$1 imds=$2 d=$state/$1
   mkdir -p "$d"
@@ -197,10 +208,7 @@ kubeconfig = "$d/kubeconfig"
 request_timeout = "${HGW_LAB_K8S_TIMEOUT:-1s}"
 
 [election]
-# The reference's timings (also the defaults): a crashed leader is replaced within ~4 s.
-lease_duration = "3s"
-renew_deadline = "2s"
-retry_period = "1s"
+$(election_timings)
 
 [election.dynamodb]
 table = "$LOCK_TABLE"
