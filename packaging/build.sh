@@ -83,6 +83,7 @@ required=(packaging/sbom.py config/config.toml systemd/hybrid-gateway.service sy
   packaging/debian/postinst packaging/debian/prerm packaging/debian/postrm packaging/debian/changelog
   packaging/debian/copyright packaging/debian/lintian-overrides
   packaging/rpm/post_install.sh packaging/rpm/pre_uninstall.sh packaging/rpm/post_uninstall.sh
+  monitoring/grafana-dashboard.json monitoring/alerts.yml docs/runbook.md
   README.md LICENSE)
 for f in "${required[@]}"; do
   [[ -f "$f" ]] || die "$f is missing: both packages ship it (Cargo.toml [package.metadata.deb] / [package.metadata.generate-rpm] assets). Restore it (git checkout -- $f) or update the asset lists."
@@ -141,6 +142,17 @@ mkdir -p "$stage/$target/release"
 chmod 0755 "$stage/$target/release/hybrid-gateway"
 # The SBOM sits next to the binary so both tools find it as target/release/... too.
 python3 packaging/sbom.py --target "$target" --version "$version" --out "$stage/$target/release/hybrid-gateway.cdx.json"
+# Shell completions and the man page, from the packaged binary's own CLI definition (a
+# hidden `generate` subcommand), so they always match it. A foreign-architecture binary
+# runs only where binfmt_misc + qemu-user can run it.
+rel="$stage/$target/release"
+gen() { "$rel/hybrid-gateway" generate "$@"; }
+gen man >/dev/null 2>&1 ||
+  die "cannot run $bin here to generate completions and the man page (a $target binary: install qemu-user-static with binfmt support, or build on $target)"
+gen completions bash >"$rel/hybrid-gateway.bash"
+gen completions zsh >"$rel/_hybrid-gateway"
+gen completions fish >"$rel/hybrid-gateway.fish"
+gen man | gzip -9n >"$rel/hybrid-gateway.8.gz"
 
 deb="$out/hybrid-gateway_${version}-1_${deb_arch}.deb"
 rpm="$out/hybrid-gateway-${version}-1.${rpm_arch}.rpm"

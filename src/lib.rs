@@ -8,6 +8,7 @@ pub mod backoff;
 pub mod config;
 pub mod daemon;
 pub mod datapath;
+pub mod doctor;
 pub mod election;
 pub mod k8s;
 pub mod probe;

@@ -7,7 +7,7 @@ use hybrid_gateway::daemon;
 
 /// Connects an Amazon EKS cluster's VPC to pods on EKS Hybrid Nodes over VXLAN.
 #[derive(Parser)]
-#[command(name = "hybrid-gateway", version, disable_version_flag = true)]
+#[command(name = "hybrid-gateway", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -35,12 +35,57 @@ enum Command {
     Status {
         #[arg(long, default_value = DEFAULT_PATH)]
         config: PathBuf,
+        /// One JSON object instead of text (same exit codes).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check everything the gateway depends on, read-only: configuration, IMDS and the
+    /// VPC's CIDRs, source/destination check, route tables (DryRun writes), the DynamoDB
+    /// table, Kubernetes RBAC, the Cilium CRDs, the Lease, this host's sysctls, device and
+    /// filter, and the path MTU to every hybrid node. One line per check (ok / WARN / FAIL
+    /// with the fix); exits 1 when any check fails.
+    Doctor {
+        #[arg(long, default_value = DEFAULT_PATH)]
+        config: PathBuf,
+        /// One JSON object instead of text (same exit code).
+        #[arg(long)]
+        json: bool,
     },
     /// Print the VXLAN device MAC that a gateway with this node IP uses (the `mac` of its
     /// CiliumVTEPConfig entry).
     VtepMac { node_ip: std::net::Ipv4Addr },
     /// Print the version.
     Version,
+    /// Write a shell completion script or the man page, generated from this definition
+    /// (the packages ship both; run at package build time).
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        what: Generate,
+    },
+}
+
+#[derive(Subcommand)]
+enum Generate {
+    /// A completion script for SHELL, on stdout.
+    Completions { shell: clap_complete::Shell },
+    /// The man page (roff, section 8), on stdout.
+    Man,
+}
+
+/// Completions and the man page come from the same clap definition as the parser, so they
+/// cannot drift from it.
+fn generate(what: Generate) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    let mut out = std::io::stdout().lock();
+    match what {
+        Generate::Completions { shell } => {
+            clap_complete::generate(shell, &mut cmd, "hybrid-gateway", &mut out);
+            Ok(())
+        }
+        Generate::Man => clap_mangen::Man::new(cmd).section("8").render(&mut out),
+    }
 }
 
 /// The keys without which the daemon has nothing to do. The shipped config has them
@@ -81,7 +126,23 @@ fn main() -> ExitCode {
             println!("hybrid-gateway {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Command::Status { config } => {
+        Command::Generate { what } => match generate(what) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Doctor { config, json } => {
+            let code = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map(|rt| rt.block_on(hybrid_gateway::doctor::run(&config, json)))
+                .unwrap_or(1);
+            ExitCode::from(code)
+        }
+        Command::Status { config, json } => {
             let config = match Config::load_or_exit(&config) {
                 Ok(c) => c,
                 Err(code) => return code,
@@ -89,7 +150,7 @@ fn main() -> ExitCode {
             let code = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .map(|rt| rt.block_on(hybrid_gateway::telemetry::status_client::run(&config)))
+                .map(|rt| rt.block_on(hybrid_gateway::telemetry::status_client::run(&config, json)))
                 .unwrap_or(3);
             ExitCode::from(code)
         }

@@ -146,3 +146,66 @@ fn vtep_mac_matches_the_reference_vector() {
         "b2:6f:8e:ac:e6:ae"
     );
 }
+
+/// `--version`, `status --json` against no daemon, and the completions and man page
+/// generated from the CLI definition (what the packages ship).
+#[test]
+fn version_flag_status_json_completions_and_man_page() {
+    let out = bin().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("hybrid-gateway {}", env!("CARGO_PKG_VERSION"))
+    );
+    // Port 1 on loopback: nothing answers.
+    let cfg = write(
+        "status-json.toml",
+        "[gateway]\nnode_ip = \"10.0.0.1\"\nvpc_cidrs = [\"10.250.0.0/16\"]\nhybrid_pod_cidrs = [\"192.168.32.0/23\"]\n[health]\nlisten = \"127.0.0.1:1\"\n",
+    );
+    let out = bin()
+        .args(["status", "--json", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["reachable"], false, "{v}");
+    assert_eq!(v["ready"], false, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("127.0.0.1:1"),
+        "{v}"
+    );
+    std::fs::remove_file(cfg).ok();
+
+    for shell in ["bash", "zsh", "fish"] {
+        let out = bin()
+            .args(["generate", "completions", shell])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("check-config") && text.contains("doctor"),
+            "{shell}: {text}"
+        );
+    }
+    let out = bin().args(["generate", "man"]).output().unwrap();
+    let man = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        man.contains(".TH hybrid-gateway 8") && man.contains("status"),
+        "{man}"
+    );
+    // Hidden: not offered to operators.
+    let help = String::from_utf8_lossy(&bin().arg("--help").output().unwrap().stdout).to_string();
+    assert!(
+        !help.contains("generate") && help.contains("doctor"),
+        "{help}"
+    );
+}

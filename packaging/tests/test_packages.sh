@@ -104,7 +104,10 @@ for f in ./usr/bin/hybrid-gateway ./usr/lib/systemd/system/$UNIT ./usr/lib/sysus
   ./etc/hybrid-gateway/config.toml ./etc/iproute2/rt_protos.d/hybrid-gateway.conf \
   ./usr/share/hybrid-gateway/rbac.yaml ./usr/share/doc/hybrid-gateway/README.md \
   ./usr/share/doc/hybrid-gateway/copyright ./usr/share/doc/hybrid-gateway/config.toml.example \
-  ./usr/share/doc/hybrid-gateway/sbom.cdx.json; do
+  ./usr/share/doc/hybrid-gateway/sbom.cdx.json ./usr/share/doc/hybrid-gateway/runbook.md \
+  ./usr/share/hybrid-gateway/grafana-dashboard.json ./usr/share/hybrid-gateway/alerts.yml \
+  ./usr/share/bash-completion/completions/hybrid-gateway ./usr/share/zsh/vendor-completions/_hybrid-gateway \
+  ./usr/share/fish/vendor_completions.d/hybrid-gateway.fish ./usr/share/man/man8/hybrid-gateway.8.gz; do
   check "deb contains $f" contains " $f" "$contents"
 done
 # The SBOM: CycloneDX 1.5, this version, every crate of the binary with purl, licence and
@@ -157,6 +160,11 @@ if [[ -f packaging/iam-policy.json ]]; then
   check "iam-policy.json shipped unchanged" cmp /usr/share/hybrid-gateway/iam-policy.json packaging/iam-policy.json
 fi
 check "copyright points at common-licenses" grep -q /usr/share/common-licenses/Apache-2.0 /usr/share/doc/hybrid-gateway/copyright
+check "alert rules shipped unchanged" cmp /usr/share/hybrid-gateway/alerts.yml monitoring/alerts.yml
+check "dashboard shipped unchanged" cmp /usr/share/hybrid-gateway/grafana-dashboard.json monitoring/grafana-dashboard.json
+# Generated from the installed binary's CLI: they name its subcommands.
+check "bash completion knows 'status' and --json" bash -c "grep -q 'status' /usr/share/bash-completion/completions/hybrid-gateway && grep -q -- '--json' /usr/share/bash-completion/completions/hybrid-gateway"
+check "man page is section 8 and documents check-config" bash -c "zcat /usr/share/man/man8/hybrid-gateway.8.gz | grep -q '^.TH hybrid-gateway 8' && zcat /usr/share/man/man8/hybrid-gateway.8.gz | grep -q 'check-config'"
 check "rt_protos.d maps 158 to hybrid-gateway" grep -qE '^158[[:space:]]+hybrid-gateway$' /etc/iproute2/rt_protos.d/hybrid-gateway.conf
 check "ip knows 'proto hybrid-gateway'" ip route show table all proto hybrid-gateway
 check "postinst created system user hybrid-gateway (sysusers)" bash -c 'u=$(getent passwd hybrid-gateway) && [ "$(echo "$u" | cut -d: -f3)" -lt 1000 ] && echo "$u" | grep -q nologin'
@@ -231,7 +239,10 @@ rpm_files="$(rpm -qlp "$RPM_BASE" 2>/dev/null)"
 for f in /usr/bin/hybrid-gateway /usr/lib/systemd/system/$UNIT /usr/lib/sysusers.d/hybrid-gateway.conf \
   /etc/hybrid-gateway/config.toml /etc/iproute2/rt_protos.d/hybrid-gateway.conf \
   /usr/share/hybrid-gateway/rbac.yaml /usr/share/doc/hybrid-gateway/README.md /usr/share/doc/hybrid-gateway/config.toml.example \
-  /usr/share/licenses/hybrid-gateway/LICENSE /usr/share/doc/hybrid-gateway/sbom.cdx.json; do
+  /usr/share/licenses/hybrid-gateway/LICENSE /usr/share/doc/hybrid-gateway/sbom.cdx.json \
+  /usr/share/doc/hybrid-gateway/runbook.md /usr/share/hybrid-gateway/grafana-dashboard.json /usr/share/hybrid-gateway/alerts.yml \
+  /usr/share/bash-completion/completions/hybrid-gateway /usr/share/zsh/site-functions/_hybrid-gateway \
+  /usr/share/fish/vendor_completions.d/hybrid-gateway.fish /usr/share/man/man8/hybrid-gateway.8.gz; do
   check "rpm contains $f" grep -qx "$f" <<<"$rpm_files"
 done
 for f in packaging/*.json packaging/*.yaml packaging/kubernetes/*.yaml; do

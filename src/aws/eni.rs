@@ -81,7 +81,7 @@ pub async fn ensure_source_dest_check_disabled(
 }
 
 /// `true` when the check is on. An absent value counts as on: EC2's default.
-async fn read(ec2: &Client, eni: &str, timeout: Duration) -> Result<bool, EniError> {
+pub async fn read(ec2: &Client, eni: &str, timeout: Duration) -> Result<bool, EniError> {
     let call = ec2
         .describe_network_interfaces()
         .network_interface_ids(eni)

@@ -152,6 +152,26 @@ impl Identity {
     }
 }
 
+/// The IPv4 CIDR blocks of the VPC the interface with `mac` is in, primary first: what
+/// `gateway.vpc_cidrs` must cover.
+pub async fn vpc_cidr_blocks(
+    client: &Client,
+    mac: &str,
+    settings: &ImdsSettings,
+) -> Result<Vec<ipnet::Ipv4Net>, ImdsError> {
+    let leaf = format!("network/interfaces/macs/{mac}/vpc-ipv4-cidr-blocks");
+    let text = fetch(client, &leaf, settings).await?;
+    text.split_whitespace()
+        .map(|c| {
+            c.parse().map_err(|_| ImdsError::Invalid {
+                path: leaf.clone(),
+                value: c.to_string(),
+                why: "not an IPv4 CIDR",
+            })
+        })
+        .collect()
+}
+
 /// GET one meta-data value with bounded, jittered retries on what can heal by itself
 /// (no connection, timeouts, 5xx, an expired token); 4xx answers end at once.
 async fn fetch(client: &Client, leaf: &str, settings: &ImdsSettings) -> Result<String, ImdsError> {

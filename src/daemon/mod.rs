@@ -37,7 +37,7 @@ use crate::datapath::{Datapath, Mac};
 use crate::k8s::cilium_nodes::{self, NodeSet, NodeWatchStats};
 use crate::k8s::client;
 use crate::probe::{health::Score, Prober};
-use crate::telemetry::{self, DaemonStatus, Metrics, Telemetry};
+use crate::telemetry::{self, DaemonStatus, GatewayInfo, Metrics, Telemetry};
 
 /// Created by the package's removal script just before it stops the service.
 const FINAL_STOP_MARKER: &str = "/run/hybrid-gateway/final-stop";
@@ -142,7 +142,8 @@ impl Context {
 
 /// Who we are, and the datapath set up: what every part needs before it can start.
 async fn set_up(config: Config, static_mode: bool) -> anyhow::Result<(Context, Arc<Datapath>)> {
-    let (aws, node_ip, identity) = identify(&config, static_mode).await?;
+    let (aws, node_ip, instance) = identify(&config, static_mode).await?;
+    let identity = election_identity(&instance);
     let (datapath, changes) = Datapath::setup(&config, node_ip)
         .await
         .context("setting up the datapath")?;
@@ -154,7 +155,10 @@ async fn set_up(config: Config, static_mode: bool) -> anyhow::Result<(Context, A
     let node_stats = Arc::new(NodeWatchStats::default());
     let telemetry = Telemetry {
         status: Arc::new(DaemonStatus::new(&identity)),
-        metrics: Arc::new(Metrics::new(&identity, &device.name, node_stats.clone())),
+        metrics: Arc::new(Metrics::new(
+            &gateway_info(&config, &instance, node_ip, &device),
+            node_stats.clone(),
+        )),
     };
     let datapath = Arc::new(datapath);
     let dp = datapath.clone();
@@ -185,7 +189,7 @@ async fn set_up(config: Config, static_mode: bool) -> anyhow::Result<(Context, A
 }
 
 /// AWS (IMDS; config values win) when something needs it, this gateway's address and
-/// its election identity.
+/// its stable identity.
 async fn identify(
     config: &Config,
     static_mode: bool,
@@ -202,25 +206,49 @@ async fn identify(
             "gateway.node_ip is not set and AWS is not used; set it to this gateway's VPC address"
         ),
     };
-    let id = identity(config, aws.get().map(|a| a.identity.instance_id.as_str()));
+    let id = stable_identity(config, aws.get().map(|a| a.identity.instance_id.as_str()));
     Ok((aws, node_ip, id))
 }
 
-/// This process's election identity: stable per host (instance id, else hostname), plus a
-/// per-process suffix so two processes on one host (an upgrade overlapping a stop) never
-/// share it.
-fn identity(config: &Config, instance_id: Option<&str>) -> String {
-    let base = config
+/// This host's identity, the same across restarts (metrics labels keep their series):
+/// `election.identity`, else the instance id, else the hostname.
+fn stable_identity(config: &Config, instance_id: Option<&str>) -> String {
+    config
         .election
         .identity
         .clone()
         .or_else(|| instance_id.map(str::to_string))
-        .unwrap_or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_string())
-                .unwrap_or_else(|_| "gateway".into())
-        });
-    format!("{base}_{:08x}", fastrand::u32(..))
+        .unwrap_or_else(hostname)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "gateway".into())
+}
+
+/// This process's election identity: the stable one plus a per-process suffix, so two
+/// processes on one host (an upgrade overlapping a stop) never share it.
+fn election_identity(stable: &str) -> String {
+    format!("{stable}_{:08x}", fastrand::u32(..))
+}
+
+/// `hybrid_gateway_info`'s labels.
+fn gateway_info(
+    config: &Config,
+    instance: &str,
+    node_ip: Ipv4Addr,
+    device: &crate::datapath::Device,
+) -> GatewayInfo {
+    GatewayInfo {
+        instance: instance.to_string(),
+        node_ip,
+        node_name: hostname(),
+        vxlan_interface: device.name.clone(),
+        primary_nic: device.underlay.clone(),
+        vpc_cidrs: config.gateway.vpc_cidrs.clone(),
+        pod_cidrs: config.gateway.hybrid_pod_cidrs.clone(),
+    }
 }
 
 /// AWS is needed at start-up for VPC routes, the DynamoDB lock, or to learn the node IP.
@@ -404,6 +432,11 @@ impl Daemon {
             }
             Ok(new) => {
                 if let Some(applied) = reload::apply(&running, &new) {
+                    let pod_cidrs = applied.gateway.hybrid_pod_cidrs.clone();
+                    self.ctx
+                        .telemetry
+                        .metrics
+                        .update_info(|g| g.pod_cidrs = pod_cidrs);
                     self.ctx.config.send_replace(Arc::new(applied));
                 }
             }

@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 use ipnet::Ipv4Net;
 
 pub use error::{DatapathError, Result};
+
+/// What a [`Repair`] can be (its `what`): the `what` label of `datapath_repairs_total`.
+pub const REPAIRS: [&str; 3] = ["device", "sysctl", "filter"];
 pub use filter::FilterSpec;
 pub use mac::Mac;
 pub use netlink::{ApplyReport, LinkEvents, Netlink};

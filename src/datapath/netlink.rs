@@ -1,6 +1,7 @@
 //! The only place that speaks rtnetlink. Everything above it deals in typed intent
 //! (a [`VxlanSpec`], a [`Plan`]) and typed state ([`LinkState`], [`Actual`]).
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
@@ -84,6 +85,13 @@ pub struct ApplyReport {
     pub add_errors: usize,
     pub remove_errors: usize,
     pub errors: Vec<DatapathError>,
+    /// The same pass counted in nodes (by node IP), as operators count them: a node added
+    /// or changed (every one of its adds succeeded), one whose adds failed, one removed
+    /// (its ARP entry gone), one whose removal failed.
+    pub nodes_set: usize,
+    pub nodes_set_failed: usize,
+    pub nodes_removed: usize,
+    pub nodes_remove_failed: usize,
 }
 
 impl ApplyReport {
@@ -94,6 +102,42 @@ impl ApplyReport {
             + self.neighbours_deleted
             + self.fdb_set
             + self.fdb_deleted
+    }
+}
+
+/// Which nodes a pass's operations touched, and how they fared.
+#[derive(Default)]
+struct NodeOutcomes {
+    set: BTreeSet<Ipv4Addr>,
+    set_failed: BTreeSet<Ipv4Addr>,
+    removed: BTreeSet<Ipv4Addr>,
+    remove_failed: BTreeSet<Ipv4Addr>,
+}
+
+impl NodeOutcomes {
+    fn record(&mut self, op: &Op, failed: bool) {
+        let (ip, set) = match op {
+            Op::SetRoute { via, .. } => (*via, true),
+            Op::SetNeighbour { ip, .. } => (*ip, true),
+            Op::SetFdb { dst, .. } => (*dst, true),
+            // A node's ARP entry is what makes it a node: its removal removes the node. A
+            // stale route or FDB entry alone is a change to a node, or debris.
+            Op::DelNeighbour { ip } => (*ip, false),
+            Op::SetUnreachable { .. } | Op::DelRoute(_) | Op::DelFdb { .. } => return,
+        };
+        match (set, failed) {
+            (true, false) => self.set.insert(ip),
+            (true, true) => self.set_failed.insert(ip),
+            (false, false) => self.removed.insert(ip),
+            (false, true) => self.remove_failed.insert(ip),
+        };
+    }
+
+    fn count_into(self, report: &mut ApplyReport) {
+        report.nodes_set = self.set.difference(&self.set_failed).count();
+        report.nodes_set_failed = self.set_failed.len();
+        report.nodes_removed = self.removed.len();
+        report.nodes_remove_failed = self.remove_failed.len();
     }
 }
 
@@ -342,6 +386,7 @@ impl Netlink {
     /// stop the others; the next reconcile retries it.
     pub async fn apply(&self, index: u32, plan: &Plan) -> ApplyReport {
         let mut report = ApplyReport::default();
+        let mut nodes = NodeOutcomes::default();
         for phase in &plan.phases {
             // Indices, not `&Op`, cross the closure: a closure generic over the borrow's
             // lifetime would not be `Send` for tokio::spawn.
@@ -359,6 +404,8 @@ impl Netlink {
                     op,
                     Op::DelRoute(_) | Op::DelNeighbour { .. } | Op::DelFdb { .. }
                 );
+                let failed = matches!(&result, Err(e) if !(deleting && e.is_not_found()));
+                nodes.record(op, failed);
                 match result {
                     Err(e) if !(deleting && e.is_not_found()) => {
                         if deleting {
@@ -379,6 +426,7 @@ impl Netlink {
                 }
             }
         }
+        nodes.count_into(&mut report);
         report
     }
 

@@ -122,7 +122,7 @@ pub(crate) fn classify(e: kube::Error) -> LockError {
             LockError::Unreachable(format!("{} {}", s.code, s.message))
         }
         kube::Error::Api(s) => LockError::Store(format!("{} {}: {}", s.code, s.reason, s.message)),
-        other => LockError::Unreachable(other.to_string()),
+        other => LockError::Unreachable(crate::telemetry::explain::explain(&other)),
     }
 }
 

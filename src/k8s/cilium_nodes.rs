@@ -272,7 +272,8 @@ pub async fn run(
                 stats.watch_errors.fetch_add(1, Ordering::Relaxed);
                 if !failing {
                     tracing::warn!(
-                        "CiliumNode watch failed, keeping the kernel as it is and retrying: {e}"
+                        "CiliumNode watch failed, keeping the kernel as it is and retrying: {}",
+                        crate::telemetry::explain::explain(&e)
                     );
                     failing = true;
                 }

@@ -8,13 +8,20 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 /// `RUST_LOG` wins over the configured level so an operator can turn up one run.
 pub fn init(level: &str) {
-    // kube's watcher logs every failed reconnect at ERROR; our watch loops report an outage
-    // once and its end once, so its own lines are noise unless asked for by name.
-    let level = if level.contains("kube_runtime") {
-        level.to_string()
-    } else {
-        format!("{level},kube_runtime::watcher=off")
-    };
+    // kube's watcher logs every failed reconnect at ERROR, and its HTTP client every failed
+    // request ("failed with error client error (Connect)", several a second while the API
+    // server is unreachable, and without the cause). Our callers report each outage once,
+    // when it starts, with the cause (crate::telemetry::explain), and once when it ends:
+    // kube's own lines are noise unless asked for by name.
+    let mut level = level.to_string();
+    for (target, off) in [
+        ("kube_runtime", "kube_runtime::watcher=off"),
+        ("kube_client", "kube_client::client::builder=off"),
+    ] {
+        if !level.contains(target) {
+            level = format!("{level},{off}");
+        }
+    }
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::try_new(&level).unwrap_or_else(|_| EnvFilter::new("info")));
     let journald = if stderr_is_journal() {

@@ -17,8 +17,64 @@ use crate::k8s::cilium_nodes::NodeWatchStats;
 
 type Labels = Vec<(String, String)>;
 
+/// Who this gateway is, for `hybrid_gateway_info`: the reference's labels (`node_ip`,
+/// `node_name`, `vxlan_interface`, `vpc_cidr`, `pod_cidrs`) plus ours. Every value is
+/// stable across restarts of one host, so a restart continues the same series.
+#[derive(Debug, Clone)]
+pub struct GatewayInfo {
+    /// The stable identity: `election.identity`, else the instance id, else the hostname.
+    pub instance: String,
+    pub node_ip: std::net::Ipv4Addr,
+    /// The host's name (the reference runs as a pod and reports its Kubernetes node).
+    pub node_name: String,
+    pub vxlan_interface: String,
+    /// The underlay the tunnel leaves by (the primary ENI's device on EC2); its counters
+    /// are the `primary_nic_*` series.
+    pub primary_nic: String,
+    pub vpc_cidrs: Vec<ipnet::Ipv4Net>,
+    pub pod_cidrs: Vec<ipnet::Ipv4Net>,
+}
+
+impl GatewayInfo {
+    /// For tests and tools that have no host behind them.
+    pub fn named(instance: &str) -> Self {
+        GatewayInfo {
+            instance: instance.into(),
+            node_ip: std::net::Ipv4Addr::UNSPECIFIED,
+            node_name: instance.into(),
+            vxlan_interface: "hybrid_vxlan0".into(),
+            primary_nic: "eth0".into(),
+            vpc_cidrs: Vec::new(),
+            pod_cidrs: Vec::new(),
+        }
+    }
+
+    fn labels(&self) -> Labels {
+        let join = |v: &[ipnet::Ipv4Net]| {
+            v.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        vec![
+            ("version".into(), env!("CARGO_PKG_VERSION").into()),
+            ("instance_id".into(), self.instance.clone()),
+            ("node_ip".into(), self.node_ip.to_string()),
+            ("node_name".into(), self.node_name.clone()),
+            ("vxlan_interface".into(), self.vxlan_interface.clone()),
+            ("primary_nic".into(), self.primary_nic.clone()),
+            ("vpc_cidr".into(), join(&self.vpc_cidrs)),
+            ("pod_cidrs".into(), join(&self.pod_cidrs)),
+        ]
+    }
+}
+
 pub struct Metrics {
+    /// Unprefixed root (the standard `process_*` series); ours live in a
+    /// `hybrid_gateway` sub-registry of it.
     registry: Registry,
+    info: Family<Labels, Gauge>,
+    gateway: std::sync::Mutex<GatewayInfo>,
     pub hybrid_nodes_configured: Gauge,
     /// Hybrid nodes the datapath refused in its last pass, by reason.
     pub nodes_rejected: Family<Labels, Gauge>,
@@ -61,18 +117,16 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(identity: &str, device: &str, nodes: Arc<NodeWatchStats>) -> Self {
-        let mut registry = Registry::with_prefix("hybrid_gateway");
+    pub fn new(gateway: &GatewayInfo, nodes: Arc<NodeWatchStats>) -> Self {
+        let mut root = Registry::default();
+        root.register_collector(Box::new(super::process::ProcessCollector));
+        let registry = root.sub_registry_with_prefix("hybrid_gateway");
         let info = Family::<Labels, Gauge>::default();
-        info.get_or_create(&vec![
-            ("version".into(), env!("CARGO_PKG_VERSION").into()),
-            ("identity".into(), identity.into()),
-        ])
-        .set(1);
+        info.get_or_create(&gateway.labels()).set(1);
         registry.register(
             "info",
             "Build and identity of this gateway (always 1)",
-            info,
+            info.clone(),
         );
 
         macro_rules! reg {
@@ -236,28 +290,55 @@ impl Metrics {
             ),
             tunnel_health_ratio: Arc::default(),
             filter_counters: Arc::default(),
-            registry,
+            info,
+            gateway: std::sync::Mutex::new(gateway.clone()),
+            registry: root,
         };
+        // Every kind of repair has a series from the start, so the first repair is an
+        // increase from 0 (an alert on `increase()` sees it) rather than a new series at 1.
+        for what in crate::datapath::REPAIRS {
+            let _ = m
+                .datapath_repairs
+                .get_or_create(&vec![("what".to_string(), what.to_string())]);
+        }
         let mut m = m;
-        m.registry.register_collector(Box::new(SysfsStats {
-            device: device.to_string(),
+        let ours = m.registry.sub_registry_with_prefix("hybrid_gateway");
+        ours.register_collector(Box::new(SysfsStats {
+            device: gateway.vxlan_interface.clone(),
+            prefix: "vxlan",
+            what: "the VXLAN device",
         }));
-        m.registry.register_collector(Box::new(NodeCounters(nodes)));
-        m.registry
-            .register_collector(Box::new(FilterCounters(m.filter_counters.clone())));
-        m.registry
-            .register_collector(Box::new(HealthRatio(m.tunnel_health_ratio.clone())));
+        ours.register_collector(Box::new(SysfsStats {
+            device: gateway.primary_nic.clone(),
+            prefix: "primary_nic",
+            what: "the primary network interface (the tunnel's underlay)",
+        }));
+        ours.register_collector(Box::new(NodeCounters(nodes)));
+        ours.register_collector(Box::new(FilterCounters(m.filter_counters.clone())));
+        ours.register_collector(Box::new(HealthRatio(m.tunnel_health_ratio.clone())));
         m
     }
 
+    /// A reload changed what `info` reports (pod CIDRs): the old series ends, one new
+    /// series starts (none when nothing changed).
+    pub fn update_info(&self, change: impl FnOnce(&mut GatewayInfo)) {
+        let mut g = self.gateway.lock().unwrap_or_else(|p| p.into_inner());
+        let before = g.labels();
+        change(&mut g);
+        if g.labels() != before {
+            self.info.clear();
+            self.info.get_or_create(&g.labels()).set(1);
+        }
+    }
+
     /// Counts what a reconcile pass did.
+    /// Counts nodes, as the reference does (one per node added, changed or removed), not
+    /// the kernel entries behind them.
     pub fn record_apply(&self, r: &ApplyReport) {
-        self.vtep_add
-            .inc_by((r.routes_set + r.neighbours_set + r.fdb_set) as u64);
-        self.vtep_remove
-            .inc_by((r.routes_deleted + r.neighbours_deleted + r.fdb_deleted) as u64);
-        self.vtep_add_errors.inc_by(r.add_errors as u64);
-        self.vtep_remove_errors.inc_by(r.remove_errors as u64);
+        self.vtep_add.inc_by(r.nodes_set as u64);
+        self.vtep_remove.inc_by(r.nodes_removed as u64);
+        self.vtep_add_errors.inc_by(r.nodes_set_failed as u64);
+        self.vtep_remove_errors.inc_by(r.nodes_remove_failed as u64);
     }
 
     /// Sets `nodes_rejected{reason}` from a pass's rejections; reasons with none read 0.
@@ -295,65 +376,38 @@ impl Metrics {
     }
 }
 
-/// The VXLAN device's kernel counters, read at scrape time.
+/// A network device's kernel counters, read at scrape time: `<prefix>_{rx,tx}_*_total`.
 #[derive(Debug)]
 struct SysfsStats {
     device: String,
+    prefix: &'static str,
+    what: &'static str,
 }
 
 impl Collector for SysfsStats {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        for (file, name, help) in [
-            (
-                "rx_bytes",
-                "vxlan_rx_bytes",
-                "Bytes received on the VXLAN device",
-            ),
-            (
-                "tx_bytes",
-                "vxlan_tx_bytes",
-                "Bytes sent on the VXLAN device",
-            ),
-            (
-                "rx_packets",
-                "vxlan_rx_packets",
-                "Packets received on the VXLAN device",
-            ),
-            (
-                "tx_packets",
-                "vxlan_tx_packets",
-                "Packets sent on the VXLAN device",
-            ),
-            (
-                "rx_dropped",
-                "vxlan_rx_dropped",
-                "Received packets dropped on the VXLAN device",
-            ),
-            (
-                "tx_dropped",
-                "vxlan_tx_dropped",
-                "Sent packets dropped on the VXLAN device",
-            ),
-            (
-                "rx_errors",
-                "vxlan_rx_errors",
-                "Receive errors on the VXLAN device",
-            ),
-            (
-                "tx_errors",
-                "vxlan_tx_errors",
-                "Send errors on the VXLAN device",
-            ),
+        for (file, help) in [
+            ("rx_bytes", "Bytes received on"),
+            ("tx_bytes", "Bytes sent on"),
+            ("rx_packets", "Packets received on"),
+            ("tx_packets", "Packets sent on"),
+            ("rx_dropped", "Received packets dropped on"),
+            ("tx_dropped", "Sent packets dropped on"),
+            ("rx_errors", "Receive errors on"),
+            ("tx_errors", "Send errors on"),
         ] {
             let path = format!("/sys/class/net/{}/statistics/{file}", self.device);
+            // A device that is gone (or not yet there) has no series rather than a zero.
             let Some(v) = std::fs::read_to_string(path)
                 .ok()
                 .and_then(|s| s.trim().parse::<u64>().ok())
             else {
                 continue;
             };
+            let name = format!("{}_{file}", self.prefix);
+            let help = format!("{help} {}", self.what);
             let c = ConstCounter::new(v);
-            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+            c.encode(encoder.encode_descriptor(&name, &help, None, c.metric_type())?)?;
         }
         Ok(())
     }

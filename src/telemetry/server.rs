@@ -215,8 +215,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let status = Arc::new(DaemonStatus::new("test"));
         let metrics = Arc::new(Metrics::new(
-            "test",
-            "hybrid_vxlan0",
+            &crate::telemetry::GatewayInfo::named("test"),
             Arc::new(crate::k8s::cilium_nodes::NodeWatchStats::default()),
         ));
         let cancel = CancellationToken::new();

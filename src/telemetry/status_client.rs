@@ -6,20 +6,37 @@ use super::StatusSnapshot;
 use crate::config::Config;
 
 /// Exit codes: 0 ready, 1 running but not ready, 3 daemon not reachable (as systemctl).
-pub async fn run(config: &Config) -> u8 {
-    match fetch(config.telemetry.health_listen).await {
+/// `json`: one JSON object on stdout instead of the text (the daemon's `/status` plus
+/// `reachable` and `ready`; `reachable: false` and `error` when it does not answer).
+pub async fn run(config: &Config, json: bool) -> u8 {
+    let result = fetch(config.telemetry.health_listen).await;
+    let code = match &result {
+        Ok(snap) if snap.ready() => 0,
+        Ok(_) => 1,
+        Err(_) => 3,
+    };
+    match (result, json) {
+        (Ok(snap), false) => print(&snap),
+        (Err(e), false) => eprintln!("{e}"),
+        (result, true) => {
+            use std::io::Write;
+            let _ = writeln!(std::io::stdout().lock(), "{}", as_json(&result));
+        }
+    }
+    code
+}
+
+fn as_json(result: &Result<StatusSnapshot, String>) -> serde_json::Value {
+    match result {
         Ok(snap) => {
-            print(&snap);
-            if snap.ready() {
-                0
-            } else {
-                1
+            let mut v = serde_json::to_value(snap).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                o.insert("reachable".into(), true.into());
+                o.insert("ready".into(), snap.ready().into());
             }
+            v
         }
-        Err(e) => {
-            eprintln!("{e}");
-            3
-        }
+        Err(e) => serde_json::json!({ "reachable": false, "ready": false, "error": e }),
     }
 }
 
@@ -148,8 +165,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let status = Arc::new(DaemonStatus::new("proxy-test"));
         let metrics = Arc::new(Metrics::new(
-            "proxy-test",
-            "hybrid_vxlan0",
+            &crate::telemetry::GatewayInfo::named("proxy-test"),
             Arc::new(crate::k8s::cilium_nodes::NodeWatchStats::default()),
         ));
         let cancel = CancellationToken::new();

@@ -180,6 +180,12 @@ status_out="$(box systemctl status hybrid-gateway --no-pager -l 2>&1 || true)"
 check "systemctl status shows the daemon's STATUS= line" \
   bash -c 'grep -E "^ +Status: \"" <<<"$1" | grep -q "1 hybrid node"' _ "$status_out"
 check "hybrid-gateway status (CLI) exits 0: ready" box hybrid-gateway status
+check "hybrid-gateway status --json: ready and reachable" \
+  bash -c 'box hybrid-gateway status --json | python3 -c "import json,sys; d=json.load(sys.stdin); assert d[\"ready\"] and d[\"reachable\"], d"'
+check "hybrid-gateway --version names the installed version" \
+  bash -c '[[ "$(box hybrid-gateway --version)" == "hybrid-gateway $1" ]]' _ "${base_version%-*}"
+check "man page and bash completion installed" \
+  box test -s /usr/share/man/man8/hybrid-gateway.8.gz -a -s /usr/share/bash-completion/completions/hybrid-gateway
 
 main_pid="$(box systemctl show -p MainPID --value hybrid-gateway)"
 check "runs as user hybrid-gateway" bash -c '[[ "$(box ps -o user= -p '"$main_pid"')" == hybrid-gateway ]]'

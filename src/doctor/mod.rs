@@ -1,0 +1,124 @@
+//! `hybrid-gateway doctor`: read-only checks of everything a gateway depends on, one line
+//! each (ok / warn / fail, and for anything not ok, the fix). Nothing is changed: EC2
+//! writes are `DryRun`, Kubernetes permissions are asked with SelfSubjectAccessReview,
+//! the host is only read.
+
+mod aws;
+mod host;
+mod kube;
+
+use std::io::Write;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::config::Config;
+
+/// Every external call of a check is bounded by this.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Warn,
+    Fail,
+    /// Not applicable to this configuration, or not possible because an earlier check
+    /// failed (which then says why).
+    Skip,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub status: Status,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+impl Check {
+    pub fn ok(name: &str, detail: impl Into<String>) -> Self {
+        Self::new(name, Status::Ok, detail, None)
+    }
+    pub fn skip(name: &str, detail: impl Into<String>) -> Self {
+        Self::new(name, Status::Skip, detail, None)
+    }
+    pub fn warn(name: &str, detail: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self::new(name, Status::Warn, detail, Some(fix.into()))
+    }
+    pub fn fail(name: &str, detail: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self::new(name, Status::Fail, detail, Some(fix.into()))
+    }
+    fn new(name: &str, status: Status, detail: impl Into<String>, fix: Option<String>) -> Self {
+        Check {
+            name: name.into(),
+            status,
+            detail: detail.into(),
+            fix,
+        }
+    }
+
+    /// `ok    name: detail` / `FAIL  name: detail; fix: ...`.
+    pub fn line(&self) -> String {
+        let tag = match self.status {
+            Status::Ok => "ok  ",
+            Status::Warn => "WARN",
+            Status::Fail => "FAIL",
+            Status::Skip => "skip",
+        };
+        match &self.fix {
+            Some(fix) => format!("{tag}  {}: {}; fix: {fix}", self.name, self.detail),
+            None => format!("{tag}  {}: {}", self.name, self.detail),
+        }
+    }
+}
+
+/// Runs every check for the config at `path`; prints them (text or one JSON object) and
+/// returns the exit code: 0 when nothing failed (warnings allowed), 1 otherwise.
+pub async fn run(path: &std::path::Path, json: bool) -> u8 {
+    let checks = checks(path).await;
+    let failed = checks.iter().any(|c| c.status == Status::Fail);
+    let mut out = std::io::stdout().lock();
+    if json {
+        let v = serde_json::json!({ "ok": !failed, "checks": checks });
+        let _ = writeln!(out, "{v}");
+    } else {
+        for c in &checks {
+            let _ = writeln!(out, "{}", c.line());
+        }
+    }
+    u8::from(failed)
+}
+
+pub async fn checks(path: &std::path::Path) -> Vec<Check> {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            return vec![Check::fail(
+                "config",
+                format!("{}: {e}", path.display()),
+                "correct the file (`hybrid-gateway check-config` shows the same error)",
+            )]
+        }
+    };
+    let mut checks = vec![Check::ok("config", format!("{} is valid", path.display()))];
+    let aws = aws::checks(&config, &mut checks).await;
+    checks.extend(kube::checks(&config, aws.as_ref().map(|a| &a.sdk)).await);
+    checks.extend(host::checks(&config).await);
+    checks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_names_the_check_and_the_fix() {
+        assert_eq!(
+            Check::fail("imds", "no answer", "raise the hop limit").line(),
+            "FAIL  imds: no answer; fix: raise the hop limit"
+        );
+        assert_eq!(Check::ok("config", "valid").line(), "ok    config: valid");
+    }
+}

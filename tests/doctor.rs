@@ -1,0 +1,189 @@
+//! `hybrid-gateway doctor` on a gateway of the local lab (`tests/lab/lab.sh`: the real
+//! kube-apiserver with the shipped RBAC, moto + IMDSv2, DynamoDB Local, a hybrid node in
+//! its own namespace): every check passes on the healthy lab, and three faults injected
+//! at the peers (a secondary VPC CIDR the config lacks, a verb removed from the
+//! ClusterRole, a hop on the path to the hybrid node that cannot take a full tunnel
+//! packet) each turn exactly their check to FAIL, with a non-zero exit.
+//!
+//! Needs root and the peers of `tests/k8s/apiserver.sh` and `tests/aws/peers.sh`.
+
+#[path = "lab/harness.rs"]
+mod harness;
+
+use std::process::Command;
+use std::time::Duration;
+
+use harness::{Lab, Observer};
+
+/// `doctor` in the gateway's namespace with the daemon's own environment (IMDS, EC2 and
+/// DynamoDB endpoints, credentials) and configuration.
+fn doctor(lab: &Lab, gw: &str, json: bool) -> (i32, String) {
+    let g = lab.gw(gw);
+    let env = lab.dir.join(gw).join("env");
+    let script = format!(
+        "exec env -i $(cat {env}) {bin} doctor --config {cfg}{json}",
+        env = env.display(),
+        bin = env!("CARGO_BIN_EXE_hybrid-gateway"),
+        cfg = g.config.display(),
+        json = if json { " --json" } else { "" },
+    );
+    let out = Command::new("ip")
+        .args(["netns", "exec", &g.ns, "sh", "-c", &script])
+        .output()
+        .expect("running doctor");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn line<'a>(out: &'a str, check: &str) -> &'a str {
+    out.lines()
+        .find(|l| {
+            l.get(6..)
+                .is_some_and(|r| r.starts_with(&format!("{check}:")))
+        })
+        .unwrap_or_else(|| panic!("no {check} line:\n{out}"))
+}
+
+fn moto(lab: &Lab, body: &str) {
+    let script = format!(
+        "import sys, boto3\nurl, region = sys.argv[1:]\n\
+         ec2 = boto3.client('ec2', endpoint_url=url, region_name=region, aws_access_key_id='testing', aws_secret_access_key='testing')\n{body}\n"
+    );
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            lab.var("NS_CP"),
+            lab.var("PEERS_PYTHON"),
+            "-c",
+        ])
+        .arg(script)
+        .args([lab.var("MOTO_URL"), lab.var("AWS_REGION")])
+        .output()
+        .expect("running python against moto");
+    assert!(
+        out.status.success(),
+        "moto script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn doctor_passes_on_a_healthy_gateway_and_names_three_injected_faults() {
+    let lab = Lab::up("dr", env!("CARGO_BIN_EXE_hybrid-gateway"));
+    let obs = Observer::start(&lab, Duration::from_millis(200), Duration::from_millis(200));
+    let leader = obs
+        .wait_holder(&lab, Duration::from_secs(30))
+        .expect("no leader");
+    let vpc = lab.var("VPC_CIDR").to_string();
+
+    // Healthy: every check ok (or not applicable), exit 0.
+    let (code, healthy) = doctor(&lab, leader, false);
+    println!("--- doctor on a healthy lab gateway ({leader}):\n{healthy}");
+    assert_eq!(code, 0, "{healthy}");
+    for check in [
+        "config",
+        "imds",
+        "vpc_cidrs",
+        "pod_cidr_overlap",
+        "source_dest_check",
+        "kubernetes",
+        "rbac",
+        "cilium_crds",
+        "sysctls",
+        "device",
+        "filter",
+        "path_mtu",
+    ] {
+        assert!(
+            line(&healthy, check).starts_with("ok "),
+            "{check}:\n{healthy}"
+        );
+    }
+    assert!(!healthy.contains("FAIL"), "{healthy}");
+    assert!(
+        healthy.contains("reach all 1 nodes"),
+        "the hybrid node was not probed:\n{healthy}"
+    );
+    let (code, json) = doctor(&lab, leader, true);
+    assert_eq!(code, 0, "{json}");
+    let v: serde_json::Value = serde_json::from_str(json.trim()).expect("one JSON object");
+    assert_eq!(v["ok"], true, "{json}");
+
+    // Three faults, at the peers and on the path.
+    // 1. The VPC gains a secondary CIDR the configuration does not list.
+    moto(
+        &lab,
+        &format!(
+            "vpc = ec2.describe_vpcs(Filters=[{{'Name': 'cidr', 'Values': ['{vpc}']}}])['Vpcs'][0]['VpcId']\n\
+             ec2.associate_vpc_cidr_block(VpcId=vpc, CidrBlock='10.251.0.0/16')"
+        ),
+    );
+    // 2. The daemon may no longer patch (server-side apply) its CiliumVTEPConfig.
+    lab.run(&[
+        "kubectl",
+        "patch",
+        "clusterrole",
+        "hybrid-gateway",
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/rules/1/verbs","value":["get","list","watch","create"]}]"#,
+    ]);
+    // 3. The hybrid node's link takes 1400-byte packets: a full tunnel packet (1500) is
+    //    dropped, a small ping is not.
+    Command::new("ip")
+        .args([
+            "-n",
+            lab.var("NS_NODE"),
+            "link",
+            "set",
+            "eth0",
+            "mtu",
+            "1400",
+        ])
+        .status()
+        .expect("ip link set mtu");
+    // IMDS re-reads moto at most every second.
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let (code, faulty) = doctor(&lab, leader, false);
+    println!("--- doctor with three injected faults ({leader}):\n{faulty}");
+    assert_eq!(code, 1, "{faulty}");
+    let l = line(&faulty, "vpc_cidrs");
+    assert!(
+        l.starts_with("FAIL")
+            && l.contains("10.251.0.0/16")
+            && l.contains("fix: set gateway.vpc_cidrs"),
+        "{l}"
+    );
+    let l = line(&faulty, "rbac");
+    assert!(
+        l.starts_with("FAIL")
+            && l.contains("not allowed: patch ciliumvtepconfigs")
+            && l.contains("rbac.yaml"),
+        "{l}"
+    );
+    let l = line(&faulty, "path_mtu");
+    assert!(
+        l.starts_with("FAIL") && l.contains(lab.var("NODE_IP")) && l.contains("1500-byte"),
+        "{l}"
+    );
+    // The other checks are unaffected.
+    for check in [
+        "imds",
+        "source_dest_check",
+        "cilium_crds",
+        "sysctls",
+        "device",
+        "filter",
+    ] {
+        assert!(
+            line(&faulty, check).starts_with("ok "),
+            "{check}:\n{faulty}"
+        );
+    }
+}
