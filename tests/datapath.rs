@@ -1208,11 +1208,20 @@ fn drift_is_repaired_at_once_on_link_events_and_at_the_resync_otherwise() {
 
     // A device the daemon cannot put back (a foreign one took the name): not ready and
     // the interface gauge down for as long as that lasts; back at once when it goes.
-    // One `ip -batch`, once the daemon is quiet (its own repair's link events wake it
-    // too): it must not recreate its device between the two steps.
+    // The daemon is stopped for the swap: a link event wakes it within milliseconds, and
+    // it would recreate its device between the deletion and the rename (seen under load).
     std::thread::sleep(Duration::from_millis(300));
-    t.gw.sh("ip link add fgn1 type veth peer name fgn0 && \
-         printf 'link del hybrid_vxlan0\\nlink set fgn1 name hybrid_vxlan0\\n' | ip -batch -");
+    daemon.signal(libc::SIGSTOP);
+    let swapped = t.gw.try_sh(
+        "ip link add fgn1 type veth peer name fgn0 && ip link del hybrid_vxlan0 && \
+         ip link set fgn1 name hybrid_vxlan0",
+    );
+    daemon.signal(libc::SIGCONT);
+    assert!(
+        swapped.status.success(),
+        "the foreign device swap failed: {}",
+        String::from_utf8_lossy(&swapped.stderr)
+    );
     std::thread::sleep(Duration::from_millis(500));
     for _ in 0..4 {
         let (code, body) = http_get(&t.gw, 8088, "/readyz");
