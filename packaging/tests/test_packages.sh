@@ -164,7 +164,7 @@ check "alert rules shipped unchanged" cmp /usr/share/hybrid-gateway/alerts.yml m
 check "dashboard shipped unchanged" cmp /usr/share/hybrid-gateway/grafana-dashboard.json monitoring/grafana-dashboard.json
 # Generated from the installed binary's CLI: they name its subcommands.
 check "bash completion knows 'status' and --json" bash -c "grep -q 'status' /usr/share/bash-completion/completions/hybrid-gateway && grep -q -- '--json' /usr/share/bash-completion/completions/hybrid-gateway"
-check "man page is section 8 and documents check-config" bash -c "zcat /usr/share/man/man8/hybrid-gateway.8.gz | grep -q '^.TH hybrid-gateway 8' && zcat /usr/share/man/man8/hybrid-gateway.8.gz | grep -q 'check-config'"
+check "man page is section 8 and documents check-config" bash -c "zcat /usr/share/man/man8/hybrid-gateway.8.gz | grep -q '^.TH hybrid-gateway 8' && zcat /usr/share/man/man8/hybrid-gateway.8.gz | grep -q 'check.-config'"
 check "rt_protos.d maps 158 to hybrid-gateway" grep -qE '^158[[:space:]]+hybrid-gateway$' /etc/iproute2/rt_protos.d/hybrid-gateway.conf
 check "ip knows 'proto hybrid-gateway'" ip route show table all proto hybrid-gateway
 check "postinst created system user hybrid-gateway (sysusers)" bash -c 'u=$(getent passwd hybrid-gateway) && [ "$(echo "$u" | cut -d: -f3)" -lt 1000 ] && echo "$u" | grep -q nologin'
