@@ -94,6 +94,8 @@ fn doctor_passes_on_a_healthy_gateway_and_names_three_injected_faults() {
         "kubernetes",
         "rbac",
         "cilium_crds",
+        "vtep_shape",
+        &format!("dynamodb {} write", lab.var("LOCK_TABLE")),
         "sysctls",
         "device",
         "filter",
@@ -104,6 +106,17 @@ fn doctor_passes_on_a_healthy_gateway_and_names_three_injected_faults() {
             "{check}:\n{healthy}"
         );
     }
+    assert!(
+        line(&healthy, "vtep_shape").contains("cilium.io/v2"),
+        "{healthy}"
+    );
+    // The lab's instances carry the aws:autoscaling:groupName tag (tests/aws/seed.py),
+    // in two zones: both gateways are found through this one's Auto Scaling group.
+    let gateways = line(&healthy, "gateways");
+    assert!(
+        gateways.starts_with("ok ") && gateways.contains("2 in 2 zones"),
+        "{healthy}"
+    );
     assert!(!healthy.contains("FAIL"), "{healthy}");
     assert!(
         healthy.contains("reach all 1 nodes"),

@@ -13,6 +13,8 @@ use crate::config::Config;
 /// What the Kubernetes checks reuse (an EKS token is signed with these credentials).
 pub struct Aws {
     pub sdk: SdkConfig,
+    pub ec2: aws_sdk_ec2::Client,
+    pub identity: Identity,
 }
 
 /// AWS is checked when the configuration uses it (route tables, the DynamoDB lock, or
@@ -104,9 +106,14 @@ pub async fn checks(config: &Config, out: &mut Vec<Check>) -> Option<Aws> {
     );
     out.extend(route_tables(config, &ec2, &identity).await);
     if let Some(d) = &config.election.dynamodb {
-        out.push(dynamodb_table(&sdk, &d.table).await);
+        let table = dynamodb_table(&sdk, &d.table).await;
+        let active = table.status == super::Status::Ok;
+        out.push(table);
+        if active {
+            out.push(dynamodb_write(&sdk, &d.table, &identity.instance_id).await);
+        }
     }
-    Some(Aws { sdk })
+    Some(Aws { sdk, ec2, identity })
 }
 
 /// Every VPC block must be in `gateway.vpc_cidrs` (else hybrid pods cannot reach it: the
@@ -379,5 +386,175 @@ async fn dynamodb_table(sdk: &SdkConfig, table: &str) -> Check {
             format!("DynamoDB did not answer within {CALL_TIMEOUT:?}"),
             "check the route to the DynamoDB endpoint",
         ),
+    }
+}
+
+/// May this host write lock items? A PutItem whose condition cannot hold (the probe item
+/// never exists) is refused by DynamoDB *after* authorization: ConditionalCheckFailed
+/// proves the permission and the route to the table, and nothing is stored.
+async fn dynamodb_write(sdk: &SdkConfig, table: &str, instance: &str) -> Check {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let name = format!("dynamodb {table} write");
+    let client = aws_sdk_dynamodb::Client::new(sdk);
+    let call = client
+        .put_item()
+        .table_name(table)
+        .item(
+            "lock_key",
+            AttributeValue::S(format!("hybrid-gateway-doctor-probe/{instance}")),
+        )
+        .condition_expression("attribute_exists(#k)")
+        .expression_attribute_names("#k", "lock_key")
+        .send();
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(Err(e))
+            if e
+                .as_service_error()
+                .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+        {
+            Check::ok(&name, "PutItem allowed (probed with a condition that cannot hold: nothing stored)")
+        }
+        Ok(Ok(_)) => Check::fail(
+            &name,
+            "a conditional PutItem that cannot succeed succeeded: this endpoint ignores conditions, and the lock cannot be safe on it",
+            "point election.dynamodb at real DynamoDB (or DynamoDB Local)",
+        ),
+        Ok(Err(e)) => Check::fail(
+            &name,
+            crate::aws::describe_sdk_error(&e),
+            "grant dynamodb:GetItem and dynamodb:PutItem on the table (packaging/iam-policy.json)",
+        ),
+        Err(_) => Check::fail(
+            &name,
+            format!("DynamoDB did not answer within {CALL_TIMEOUT:?}"),
+            "check the route to the DynamoDB endpoint",
+        ),
+    }
+}
+
+/// The instance id in an election identity (`i-0123…_suffix`), if it is one.
+pub fn instance_of(identity: &str) -> Option<&str> {
+    let id = identity.split('_').next()?;
+    (id.starts_with("i-") && id.len() > 2).then_some(id)
+}
+
+/// The gateways we can know of (this one, `aws.gateway_instance_ids`, the Lease holder,
+/// the members of this instance's Auto Scaling group) and their Availability Zones: all
+/// in one zone is a warning (a zone outage takes them all), this one alone is a warning
+/// (no standby).
+pub async fn gateways(config: &Config, aws: &Aws, holder: Option<&str>) -> Check {
+    let me = &aws.identity.instance_id;
+    let mut ids: Vec<String> = vec![me.clone()];
+    ids.extend(config.aws.gateway_instance_ids.iter().cloned());
+    ids.extend(holder.and_then(instance_of).map(String::from));
+    ids.extend(asg_members(&aws.ec2, me).await);
+    ids.sort();
+    ids.dedup();
+    let call = aws
+        .ec2
+        .describe_instances()
+        .set_instance_ids(Some(ids))
+        .send();
+    let zones: Vec<(String, String)> = match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(Ok(r)) => r
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .filter(|i| {
+                i.state()
+                    .and_then(|s| s.name())
+                    .is_none_or(|n| n.as_str() == "running" || n.as_str() == "pending")
+            })
+            .filter_map(|i| {
+                let az = i.placement()?.availability_zone()?.to_string();
+                Some((i.instance_id()?.to_string(), az))
+            })
+            .collect(),
+        Ok(Err(e)) => {
+            return Check::fail(
+                "gateways",
+                crate::aws::describe_sdk_error(&e),
+                "grant ec2:DescribeInstances (packaging/iam-policy.json)",
+            )
+        }
+        Err(_) => {
+            return Check::fail(
+                "gateways",
+                format!("EC2 did not answer within {CALL_TIMEOUT:?}"),
+                "check the route to the EC2 endpoint",
+            )
+        }
+    };
+    gateways_verdict(me, &zones)
+}
+
+/// The verdict on the gateways found (instance, AZ), `me` among them.
+pub fn gateways_verdict(me: &str, zones: &[(String, String)]) -> Check {
+    let list = zones
+        .iter()
+        .map(|(i, az)| {
+            if i == me {
+                format!("{i} ({az}, this one)")
+            } else {
+                format!("{i} ({az})")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut azs: Vec<&str> = zones.iter().map(|(_, az)| az.as_str()).collect();
+    azs.sort_unstable();
+    azs.dedup();
+    match (zones.len(), azs.len()) {
+        (0 | 1, _) => Check::warn(
+            "gateways",
+            format!("only this gateway is known: {list}; nothing takes over when it fails"),
+            "run at least two gateways (the Auto Scaling group's desired capacity), or list them in aws.gateway_instance_ids",
+        ),
+        (_, 1) => Check::warn(
+            "gateways",
+            format!("all in {}: {list}; one zone's outage takes every gateway", azs[0]),
+            "spread the Auto Scaling group over subnets in two or more Availability Zones",
+        ),
+        _ => Check::ok("gateways", format!("{} in {} zones: {list}", zones.len(), azs.len())),
+    }
+}
+
+/// The instances of this instance's Auto Scaling group (by its `aws:autoscaling:groupName`
+/// tag, read with DescribeInstances: the policy grants no DescribeTags), if it has one;
+/// empty when that cannot be read.
+async fn asg_members(ec2: &aws_sdk_ec2::Client, me: &str) -> Vec<String> {
+    use aws_sdk_ec2::types::Filter;
+    const TAG: &str = "aws:autoscaling:groupName";
+    let mine = ec2.describe_instances().instance_ids(me).send();
+    let group = match tokio::time::timeout(CALL_TIMEOUT, mine).await {
+        Ok(Ok(r)) => r
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .flat_map(|i| i.tags())
+            .find(|t| t.key() == Some(TAG))
+            .and_then(|t| t.value().map(String::from)),
+        _ => None,
+    };
+    let Some(group) = group else {
+        return Vec::new();
+    };
+    let call = ec2
+        .describe_instances()
+        .filters(
+            Filter::builder()
+                .name(format!("tag:{TAG}"))
+                .values(group)
+                .build(),
+        )
+        .send();
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(Ok(r)) => r
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .filter_map(|i| i.instance_id().map(String::from))
+            .collect(),
+        _ => Vec::new(),
     }
 }

@@ -26,7 +26,11 @@ const VERBS: [(&str, &str, &str, bool, Option<&str>); 10] = [
     ("coordination.k8s.io", "leases", "update", true, None),
 ];
 
-pub async fn checks(config: &Config, aws: Option<&aws_config::SdkConfig>) -> Vec<Check> {
+/// The checks, and the Lease's holder when there is one (for the gateways check).
+pub async fn checks(
+    config: &Config,
+    aws: Option<&aws_config::SdkConfig>,
+) -> (Vec<Check>, Option<String>) {
     let client = match tokio::time::timeout(
         CALL_TIMEOUT,
         crate::k8s::client::connect(&config.kubernetes, aws),
@@ -35,18 +39,24 @@ pub async fn checks(config: &Config, aws: Option<&aws_config::SdkConfig>) -> Vec
     {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
-            return vec![Check::fail(
-                "kubernetes",
-                crate::telemetry::explain::explain(&e),
-                "set kubernetes.kubeconfig or [kubernetes.eks] correctly",
-            )]
+            return (
+                vec![Check::fail(
+                    "kubernetes",
+                    crate::telemetry::explain::explain(&e),
+                    "set kubernetes.kubeconfig or [kubernetes.eks] correctly",
+                )],
+                None,
+            )
         }
         Err(_) => {
-            return vec![Check::fail(
-                "kubernetes",
-                format!("no client within {CALL_TIMEOUT:?}"),
-                "check [kubernetes.eks] and the AWS credentials",
-            )]
+            return (
+                vec![Check::fail(
+                    "kubernetes",
+                    format!("no client within {CALL_TIMEOUT:?}"),
+                    "check [kubernetes.eks] and the AWS credentials",
+                )],
+                None,
+            )
         }
     };
     let version = tokio::time::timeout(CALL_TIMEOUT, client.apiserver_version()).await;
@@ -56,18 +66,24 @@ pub async fn checks(config: &Config, aws: Option<&aws_config::SdkConfig>) -> Vec
             format!("API server {} answers", v.git_version),
         ),
         Ok(Err(e)) => {
-            return vec![Check::fail(
+            return (
+                vec![Check::fail(
                 "kubernetes",
                 crate::telemetry::explain::explain(&e),
                 "make the API server reachable from this host with a CA the configuration trusts",
-            )]
+            )],
+                None,
+            )
         }
         Err(_) => {
-            return vec![Check::fail(
-                "kubernetes",
-                format!("the API server did not answer within {CALL_TIMEOUT:?}"),
-                "check the security groups between this host and the EKS endpoint",
-            )]
+            return (
+                vec![Check::fail(
+                    "kubernetes",
+                    format!("the API server did not answer within {CALL_TIMEOUT:?}"),
+                    "check the security groups between this host and the EKS endpoint",
+                )],
+                None,
+            )
         }
     }];
     out.push(
@@ -79,15 +95,36 @@ pub async fn checks(config: &Config, aws: Option<&aws_config::SdkConfig>) -> Vec
         .await,
     );
     out.push(crds(&client).await);
-    out.push(
-        lease(
-            &client,
-            &config.election.namespace,
-            &config.election.lease_name,
-        )
-        .await,
-    );
-    out
+    out.push(vtep_shape(&client).await);
+    let (check, holder) = lease(
+        &client,
+        &config.election.namespace,
+        &config.election.lease_name,
+    )
+    .await;
+    out.push(check);
+    (out, holder)
+}
+
+/// The CiliumVTEPConfig shape the cluster serves, found as the leader finds it (the CRD
+/// object, else discovery and a dry run): what the leader will write.
+async fn vtep_shape(client: &kube::Client) -> Check {
+    use crate::k8s::vtep_shape;
+    match vtep_shape::detect(client, CALL_TIMEOUT).await {
+        Ok(served) if served.shape().is_some() => {
+            Check::ok("vtep_shape", format!("the leader writes {}", served.describe()))
+        }
+        Ok(served) => Check::fail(
+            "vtep_shape",
+            served.describe(),
+            "install a Cilium whose CiliumVTEPConfig CRD serves cilium.io/v2 (endpoints) or cilium.io/v2alpha1 (vtepEndpoints)",
+        ),
+        Err(e) => Check::fail(
+            "vtep_shape",
+            format!("the served CiliumVTEPConfig shape could not be found: {e}"),
+            "see the rbac and cilium_crds checks",
+        ),
+    }
 }
 
 async fn rbac(client: &kube::Client, namespace: &str, lease: &str) -> Check {
@@ -159,15 +196,19 @@ async fn crds(client: &kube::Client) -> Check {
     {
         Ok(Ok(list)) => {
             let served: Vec<&str> = list.resources.iter().map(|r| r.name.as_str()).collect();
-            let missing: Vec<&str> = ["ciliumnodes", "ciliumvtepconfigs"]
+            // CiliumVTEPConfig may be served as v2alpha1 instead: the vtep_shape check
+            // judges that one.
+            let missing: Vec<&str> = ["ciliumnodes"]
                 .into_iter()
                 .filter(|r| !served.contains(r))
                 .collect();
-            if missing.is_empty() {
+            if missing.is_empty() && served.contains(&"ciliumvtepconfigs") {
                 Check::ok(
                     "cilium_crds",
                     "ciliumnodes and ciliumvtepconfigs served as cilium.io/v2",
                 )
+            } else if missing.is_empty() {
+                Check::ok("cilium_crds", "ciliumnodes served as cilium.io/v2")
             } else {
                 Check::fail(
                     "cilium_crds",
@@ -189,13 +230,15 @@ async fn crds(client: &kube::Client) -> Check {
     }
 }
 
-async fn lease(client: &kube::Client, namespace: &str, name: &str) -> Check {
+async fn lease(client: &kube::Client, namespace: &str, name: &str) -> (Check, Option<String>) {
     let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
     let check = format!("lease {namespace}/{name}");
-    match tokio::time::timeout(CALL_TIMEOUT, api.get_opt(name)).await {
+    let mut found = None;
+    let result = match tokio::time::timeout(CALL_TIMEOUT, api.get_opt(name)).await {
         Ok(Ok(Some(l))) => {
             let spec = l.spec.unwrap_or_default();
             let holder = spec.holder_identity.filter(|h| !h.is_empty());
+            found.clone_from(&holder);
             let age = spec
                 .renew_time
                 .map(|t| jiff::Timestamp::now().duration_since(t.0).as_secs_f64());
@@ -231,5 +274,6 @@ async fn lease(client: &kube::Client, namespace: &str, name: &str) -> Check {
             format!("no answer within {CALL_TIMEOUT:?}"),
             "check the API server",
         ),
-    }
+    };
+    (result, found)
 }

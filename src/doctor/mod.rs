@@ -104,7 +104,11 @@ pub async fn checks(path: &std::path::Path) -> Vec<Check> {
     };
     let mut checks = vec![Check::ok("config", format!("{} is valid", path.display()))];
     let aws = aws::checks(&config, &mut checks).await;
-    checks.extend(kube::checks(&config, aws.as_ref().map(|a| &a.sdk)).await);
+    let (kube, holder) = kube::checks(&config, aws.as_ref().map(|a| &a.sdk)).await;
+    checks.extend(kube);
+    if let Some(aws) = &aws {
+        checks.push(aws::gateways(&config, aws, holder.as_deref()).await);
+    }
     checks.extend(host::checks(&config).await);
     checks
 }
@@ -120,5 +124,35 @@ mod tests {
             "FAIL  imds: no answer; fix: raise the hop limit"
         );
         assert_eq!(Check::ok("config", "valid").line(), "ok    config: valid");
+    }
+
+    #[test]
+    fn gateways_in_one_zone_or_alone_are_warnings() {
+        let z = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(i, a)| (i.to_string(), a.to_string()))
+                .collect()
+        };
+        let alone = aws::gateways_verdict("i-1", &z(&[("i-1", "us-west-2a")]));
+        assert_eq!(alone.status, Status::Warn, "{}", alone.line());
+        let one_zone =
+            aws::gateways_verdict("i-1", &z(&[("i-1", "us-west-2a"), ("i-2", "us-west-2a")]));
+        assert_eq!(one_zone.status, Status::Warn);
+        assert!(
+            one_zone.detail.contains("all in us-west-2a"),
+            "{}",
+            one_zone.line()
+        );
+        let spread =
+            aws::gateways_verdict("i-1", &z(&[("i-1", "us-west-2a"), ("i-2", "us-west-2b")]));
+        assert_eq!(spread.status, Status::Ok, "{}", spread.line());
+        assert!(spread.detail.contains("i-1 (us-west-2a, this one)"));
+    }
+
+    #[test]
+    fn the_instance_is_read_from_an_election_identity() {
+        assert_eq!(aws::instance_of("i-0abc_d7e284c9"), Some("i-0abc"));
+        assert_eq!(aws::instance_of("i-0abc"), Some("i-0abc"));
+        assert_eq!(aws::instance_of("gw-a_1"), None);
     }
 }
