@@ -100,10 +100,13 @@ fn assert_path(lab: &Lab, via: &str, not_via: &str, not_via_alive: bool) {
         "the pings did not go through {via}'s tunnel"
     );
     if not_via_alive {
-        assert_eq!(
-            lab.vxlan_tx(not_via),
-            old0,
-            "pings still went through {not_via}'s tunnel"
+        // Every gateway, leader or not, sends its tunnel probe (one echo per node per
+        // second, `[probe]`) through its own tunnel: at most two of those fall in the
+        // ~0.5 s of pings. The 20 pings going that way would show as 20.
+        let stray = lab.vxlan_tx(not_via).saturating_sub(old0);
+        assert!(
+            stray <= 2,
+            "pings still went through {not_via}'s tunnel ({stray} packets)"
         );
     }
 }
