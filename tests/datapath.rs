@@ -680,10 +680,7 @@ fn ready(ns: &Netns) -> bool {
 
 /// The value of an unlabelled gauge in a scrape.
 fn gauge(metrics: &str, name: &str) -> Option<i64> {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
+    metric(metrics, name).map(|v| v as i64)
 }
 
 #[test]
@@ -1553,19 +1550,12 @@ fn node_events_apply_their_delta_and_full_passes_still_repair_drift() {
     );
 }
 
-/// The body of `GET path` from a daemon listening on `addr` inside `ns`.
-fn http_body(ns: &Netns, addr: &str, path: &str) -> String {
-    ns.run(|| async {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(addr).expect("listener");
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        text.split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or(text)
-    })
+/// The body of `GET path` on 127.0.0.1:`port` inside `ns` (headers cut off).
+fn http_body(ns: &Netns, port: u16, path: &str) -> String {
+    let text = http_get(ns, port, path).1;
+    text.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or(text)
 }
 
 /// A metric's value in a scrape (the first line starting with `series `).
@@ -1669,7 +1659,7 @@ fn tunnel_probes_see_the_vtep_go_down_and_come_back() {
         Some(0.0),
         "{metrics}"
     );
-    let status = http_body(&t.gw, "127.0.0.1:8088", "/status");
+    let status = http_body(&t.gw, 8088, "/status");
     let s: serde_json::Value = serde_json::from_str(&status).expect(&status);
     assert_eq!(s["tunnel"]["down"], 1, "{status}");
     assert_eq!(s["tunnel"]["worst"][0]["node"], "n1", "{status}");

@@ -8,14 +8,13 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hybrid_gateway::datapath::Mac;
-use hybrid_gateway::election::{self, lease::LeaseLock, Elector, Timings};
 use hybrid_gateway::k8s::{cilium_nodes, vtep_config};
 use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::Api;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use support::k8s::{client, ApiServer};
+use support::k8s::{client, spawn_elector, ApiServer};
 use support::{expected_vtep, veth, vtep_state, wait_until, Netns};
 
 fn cilium_node(name: &str, ip: &str, cidrs: &[&str], hybrid: bool) -> DynamicObject {
@@ -270,12 +269,6 @@ async fn satisfied_within(
     }
 }
 
-const TIMINGS: Timings = Timings {
-    lease_duration: Duration::from_secs(3),
-    renew_deadline: Duration::from_secs(2),
-    retry_period: Duration::from_secs(1),
-};
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_owns_the_vtep_config() {
     let server = ApiServer::start();
@@ -283,18 +276,8 @@ async fn leader_owns_the_vtep_config() {
     let admin = client(&server.admin_kubeconfig()).await;
     let api: Api<DynamicObject> = Api::all_with(admin, &vtep_config::api_resource());
 
-    let lock = LeaseLock::new(
-        daemon_client.clone(),
-        "hybrid-gateway",
-        "hybrid-gateway-leader",
-        Duration::from_secs(1),
-    );
-    let mut elector = Elector::new(lock, "gw-a_1".into(), TIMINGS);
-    let (publisher, handle) = election::channel();
     let cancel = CancellationToken::new();
-    let c = cancel.clone();
-    let election =
-        tokio::spawn(async move { election::run(&mut elector, &publisher, None, c).await });
+    let (handle, election) = spawn_elector(daemon_client.clone(), &cancel);
     let node_ip = "10.250.3.111".parse().unwrap();
     let spec = vtep_config::VtepSpec::new(
         node_ip,
@@ -435,19 +418,8 @@ const NODE_IP: &str = "10.250.3.111";
 
 async fn start_writer(server: &ApiServer, cidrs: &[&str]) -> Writer {
     let daemon_client = client(&server.daemon_kubeconfig()).await;
-    let lock = LeaseLock::new(
-        daemon_client.clone(),
-        "hybrid-gateway",
-        "hybrid-gateway-leader",
-        Duration::from_secs(1),
-    );
-    let mut elector = Elector::new(lock, "gw-a_1".into(), TIMINGS);
-    let (publisher, handle) = election::channel();
     let cancel = CancellationToken::new();
-    let c = cancel.clone();
-    let election = tokio::spawn(async move {
-        let _ = election::run(&mut elector, &publisher, None, c).await;
-    });
+    let (handle, election) = spawn_elector(daemon_client.clone(), &cancel);
     let node_ip = NODE_IP.parse().unwrap();
     let spec = vtep_config::VtepSpec::new(
         node_ip,

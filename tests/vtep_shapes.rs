@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use hybrid_gateway::datapath::Mac;
-use hybrid_gateway::election::{self, lease::LeaseLock, Elector, Timings};
 use hybrid_gateway::k8s::vtep_config::{self, Blocked, VtepSpec};
 use hybrid_gateway::k8s::vtep_shape::{self, Served, Shape};
 use kube::api::{DeleteParams, DynamicObject, PostParams};
@@ -21,15 +20,9 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use support::k8s::{client, ApiServer};
+use support::k8s::{client, spawn_elector, ApiServer};
 
 const NODE_IP: &str = "10.250.3.111";
-const TIMINGS: Timings = Timings {
-    lease_duration: Duration::from_secs(3),
-    renew_deadline: Duration::from_secs(2),
-    retry_period: Duration::from_secs(1),
-};
-
 fn fixture(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/crds")
@@ -136,19 +129,8 @@ struct Leader {
 impl Leader {
     async fn start(server: &ApiServer, cidrs: &[&str]) -> Leader {
         let kube = client(&server.daemon_kubeconfig()).await;
-        let lock = LeaseLock::new(
-            kube.clone(),
-            "hybrid-gateway",
-            "hybrid-gateway-leader",
-            Duration::from_secs(1),
-        );
-        let mut elector = Elector::new(lock, "gw-a_1".into(), TIMINGS);
-        let (publisher, handle) = election::channel();
         let cancel = CancellationToken::new();
-        let c = cancel.clone();
-        let election = tokio::spawn(async move {
-            election::run(&mut elector, &publisher, None, c).await;
-        });
+        let (handle, election) = spawn_elector(kube.clone(), &cancel);
         let (blocked_tx, blocked) = watch::channel(None);
         let writer = tokio::spawn(vtep_config::run(
             kube,

@@ -400,11 +400,11 @@ async fn dynamodb_write(sdk: &SdkConfig, table: &str, instance: &str) -> Check {
         .put_item()
         .table_name(table)
         .item(
-            "lock_key",
+            crate::election::dynamodb::KEY,
             AttributeValue::S(format!("hybrid-gateway-doctor-probe/{instance}")),
         )
         .condition_expression("attribute_exists(#k)")
-        .expression_attribute_names("#k", "lock_key")
+        .expression_attribute_names("#k", crate::election::dynamodb::KEY)
         .send();
     match tokio::time::timeout(CALL_TIMEOUT, call).await {
         Ok(Err(e))

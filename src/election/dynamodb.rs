@@ -31,7 +31,8 @@ use jiff::Timestamp;
 
 use super::record::{LeaderRecord, LockError, LockStore, Observed};
 
-const KEY: &str = "lock_key";
+/// The lock item's partition key attribute (also probed by `doctor`).
+pub(crate) const KEY: &str = "lock_key";
 const OWNER: &str = "owner";
 const RVN: &str = "rvn";
 const FENCE: &str = "fence";

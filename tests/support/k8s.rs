@@ -6,7 +6,38 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use std::time::Duration;
+
+use hybrid_gateway::election::{self, lease::LeaseLock, ElectionHandle, Elector, Timings};
+use tokio_util::sync::CancellationToken;
+
 use super::Netns;
+
+/// The daemon's default election timings.
+pub const TIMINGS: Timings = Timings {
+    lease_duration: Duration::from_secs(3),
+    renew_deadline: Duration::from_secs(2),
+    retry_period: Duration::from_secs(1),
+};
+
+/// One Lease elector, `gw-a_1` on hybrid-gateway/hybrid-gateway-leader (1 s per store
+/// call), running until `cancel`: the handle leader work follows, and its task.
+pub fn spawn_elector(
+    client: kube::Client,
+    cancel: &CancellationToken,
+) -> (ElectionHandle, tokio::task::JoinHandle<()>) {
+    let lock = LeaseLock::new(
+        client,
+        "hybrid-gateway",
+        "hybrid-gateway-leader",
+        Duration::from_secs(1),
+    );
+    let mut elector = Elector::new(lock, "gw-a_1".into(), TIMINGS);
+    let (publisher, handle) = election::channel();
+    let c = cancel.clone();
+    let task = tokio::spawn(async move { election::run(&mut elector, &publisher, None, c).await });
+    (handle, task)
+}
 
 pub struct ApiServer {
     pub dir: PathBuf,
