@@ -635,6 +635,13 @@ impl Fleet {
             .any(|(t, g)| *t >= since && g == gw)
     }
 
+    /// Whether `gw` took the Lease at or after `since` (in combined mode too).
+    fn acquired_lease_since(&self, gw: &str, since: Duration) -> bool {
+        record::acquisitions(&self.recorder.events(), &Kind::LeaseWrite)
+            .iter()
+            .any(|(t, g)| *t >= since && g == gw)
+    }
+
     fn logs(&self) -> String {
         self.gws
             .iter()
@@ -1044,16 +1051,22 @@ async fn delete_the_lock_item(f: &Fleet, _leader: &str, _standby: &str) -> Insta
 /// Combined mode: the lock holder loses Kubernetes, and the other gateway takes the Lease
 /// while the holder keeps the lock (DynamoDB still answers it). Every EC2 call of the
 /// holder is slow (600 ms on the way in, under its 900 ms call timeout), and its
-/// Kubernetes access heals the moment a route write of its is on the way: the holder then
-/// learns that the other gateway holds the Lease and steps down with that write in
-/// flight, and must not free the lock before the write has landed or timed out.
+/// Kubernetes access heals while a route write of its is on the way and the other gateway
+/// holds the Lease: the holder then learns that the other gateway holds the Lease and
+/// steps down with that write in flight, and must not free the lock before the write has
+/// landed or timed out; the other gateway then takes the lock (a handover every run).
 async fn heal_kubernetes_while_ec2_is_slow(f: &Fleet, leader: &str, standby: &str) -> Instant {
     let l = &f.gws[f.index(leader)];
     let s = &f.gws[f.index(standby)];
     // Timed on the holder's route resync (every RESYNC): a sync starts at D; the routes
-    // drift after it; the cut at D + 1.5 s lets the other gateway take the Lease about a
-    // lease later (D + 4.5 s), and it keeps it a lease without the lock (to D + 7.5 s):
-    // the holder's next sync, at D + 5 s, falls inside.
+    // drift after it; the cut at D + 2.2 s lets the other gateway take the Lease about a
+    // lease later (D + 5.2 s to D + 6.2 s: it polls every second), while the holder's next
+    // sync (D + 5 s) has a write on the way (arriving at D + 5.6 s behind the slow read,
+    // in flight past D + 6.2 s). Healed then, the holder steps down within a round and
+    // frees the lock at its hold's end, inside the lease the other gateway waits for it
+    // while holding the Lease. (Healed at the write's arrival, before the other gateway
+    // held the Lease, the holder freed the lock after that wait and took the Lease back:
+    // no handover, run after run.)
     let since = f.recorder.now();
     let sync = async {
         loop {
@@ -1072,20 +1085,23 @@ async fn heal_kubernetes_while_ec2_is_slow(f: &Fleet, leader: &str, standby: &st
         .unwrap_or_else(|_| panic!("{leader} made no route sync\n{}", f.logs()));
     tokio::time::sleep((d + Duration::from_secs(1)).saturating_sub(f.recorder.now())).await;
     f.drift_routes(&s.eni).await;
-    tokio::time::sleep((d + Duration::from_millis(1500)).saturating_sub(f.recorder.now())).await;
+    tokio::time::sleep((d + Duration::from_millis(2200)).saturating_sub(f.recorder.now())).await;
     let hit = flag();
-    let (h, kube) = (hit.clone(), l.kube.rules());
+    let h = hit.clone();
     l.ec2.add(
         Rule::new(Effect::DelayRequest(slow_ec2()))
             .actions(ROUTE_WRITES)
-            .before(move || {
-                kube.set_cut(false);
-                h.store(true, Ordering::SeqCst);
-            }),
+            .before(move || h.store(true, Ordering::SeqCst)),
     );
     l.ec2.add(Rule::new(Effect::DelayRequest(slow_ec2())));
+    let cut = f.recorder.now();
     l.kube.set_cut(true);
     let wrote = fired(&hit, RESYNC * 3).await;
+    // Heal once the other gateway holds the Lease (bounded: the write's time in flight).
+    let t = Instant::now();
+    while !f.acquired_lease_since(standby, cut) && t.elapsed() < slow_ec2() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     l.kube.set_cut(false);
     assert!(
         wrote,
