@@ -184,6 +184,7 @@ impl HttpConnector for FencedConnector {
 /// fenced connection is final.
 fn connect_error(e: BoxError) -> ConnectorError {
     if find::<Fenced>(&*e) {
+        tracing::warn!("an EC2 route write was not sent: leadership ended before it connected");
         return ConnectorError::other(e, None);
     }
     ConnectorError::io(e)
@@ -193,6 +194,11 @@ fn connect_error(e: BoxError) -> ConnectorError {
 /// final (not retried: the attempt's leadership is over).
 fn hyper_error(e: BoxError) -> ConnectorError {
     if find::<Fenced>(&*e) {
+        // Worth a line of its own: the process was stopped or starved long enough for
+        // its leadership to run out between handing a write over and writing it.
+        tracing::warn!(
+            "an EC2 route write was not sent: leadership ended before its bytes were written"
+        );
         return ConnectorError::other(e, None);
     }
     if let Some(h) = e.downcast_ref::<hyper::Error>() {
@@ -251,7 +257,8 @@ impl Service<http::Uri> for FenceConnector {
         let connect = self.tcp.call(uri);
         Box::pin(async move {
             // Nothing to connect for: no write of this request could be sent anyway.
-            if fence.as_ref().is_some_and(WriteFence::closed) {
+            if let Some(f) = fence.as_ref().filter(|f| f.closed()) {
+                f.refused.store(true, Ordering::SeqCst);
                 return Err(Fenced.into());
             }
             let inner = connect.await?;
@@ -368,11 +375,74 @@ mod tests {
         server.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, b"before");
         // Nothing left: not even a connection is opened.
+        let fence = WriteFence {
+            deadline: Arc::new(std::time::Instant::now()),
+            refused: Arc::default(),
+        };
+        c.fence = Some(fence.clone());
         let e = c
             .call(format!("http://{addr}").parse().unwrap())
             .await
             .err()
             .unwrap();
         assert!(find::<Fenced>(&*e), "{e}");
+        assert!(fence.refused.load(Ordering::SeqCst));
+    }
+
+    /// Through the SDK's connector interface: a request carrying leadership is sent and
+    /// answered, one whose leadership is over never reaches the peer and fails for good
+    /// (not an I/O error the SDK would retry), one without a fence is sent as is.
+    #[tokio::test]
+    async fn requests_reach_the_peer_only_with_leadership_left() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let arrived = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let n = arrived.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let n = n.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0; 4096];
+                    if s.read(&mut buf).await.unwrap_or(0) > 0 {
+                        n.fetch_add(1, Ordering::SeqCst);
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .await;
+                    }
+                });
+            }
+        });
+        let c = FencedConnector {
+            connect_timeout: Some(Duration::from_secs(1)),
+            read_timeout: Some(Duration::from_secs(1)),
+            tls: Arc::default(),
+        };
+        let request = |fence: Option<&WriteFence>| {
+            let mut r = HttpRequest::new(SdkBody::from("Action=CreateRoute"));
+            r.set_uri(format!("http://{addr}/")).unwrap();
+            r.set_method("POST").unwrap();
+            if let Some(f) = fence {
+                r.add_extension(f.clone());
+            }
+            r
+        };
+        let fence = |left: Duration| WriteFence {
+            deadline: Arc::new(std::time::Instant::now() + left),
+            refused: Arc::default(),
+        };
+
+        let live = fence(Duration::from_secs(10));
+        let r = c.call(request(Some(&live))).await.unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        assert!(!live.refused.load(Ordering::SeqCst));
+
+        let over = fence(Duration::ZERO);
+        let e = c.call(request(Some(&over))).await.unwrap_err();
+        assert!(!e.is_io() && !e.is_timeout(), "{e:?}");
+        assert!(over.refused.load(Ordering::SeqCst));
+
+        let r = c.call(request(None)).await.unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        assert_eq!(arrived.load(Ordering::SeqCst), 2);
     }
 }
