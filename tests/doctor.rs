@@ -18,13 +18,17 @@ use harness::{Lab, Observer};
 /// `doctor` in the gateway's namespace with the daemon's own environment (IMDS, EC2 and
 /// DynamoDB endpoints, credentials) and configuration.
 fn doctor(lab: &Lab, gw: &str, json: bool) -> (i32, String) {
+    doctor_with(lab, gw, &lab.gw(gw).config, json)
+}
+
+fn doctor_with(lab: &Lab, gw: &str, config: &std::path::Path, json: bool) -> (i32, String) {
     let g = lab.gw(gw);
     let env = lab.dir.join(gw).join("env");
     let script = format!(
         "exec env -i $(cat {env}) {bin} doctor --config {cfg}{json}",
         env = env.display(),
         bin = env!("CARGO_BIN_EXE_hybrid-gateway"),
-        cfg = g.config.display(),
+        cfg = config.display(),
         json = if json { " --json" } else { "" },
     );
     let out = Command::new("ip")
@@ -122,6 +126,33 @@ fn doctor_passes_on_a_healthy_gateway_and_names_three_injected_faults() {
         healthy.contains("reach all 1 nodes"),
         "the hybrid node was not probed:\n{healthy}"
     );
+    // A gateway id listed in the config that no longer exists (terminated long ago):
+    // a warning naming it, not an EC2 failure with an IAM fix.
+    let g = lab.gw(leader);
+    let stale_cfg = g.config.with_extension("stale.toml");
+    let text = std::fs::read_to_string(&g.config).unwrap();
+    let text = if text.contains("\n[aws]\n") {
+        text.replacen(
+            "\n[aws]\n",
+            "\n[aws]\ngateway_instance_ids = [\"i-0000000000000dead\"]\n",
+            1,
+        )
+    } else {
+        format!("{text}\n[aws]\ngateway_instance_ids = [\"i-0000000000000dead\"]\n")
+    };
+    std::fs::write(&stale_cfg, text).unwrap();
+    let (code, stale) = doctor_with(&lab, leader, &stale_cfg, false);
+    std::fs::remove_file(&stale_cfg).ok();
+    let l = line(&stale, "gateways");
+    assert!(
+        code == 0
+            && l.starts_with("WARN")
+            && l.contains("2 in 2 zones")
+            && l.contains("i-0000000000000dead, which does not exist")
+            && l.contains("fix: remove it from aws.gateway_instance_ids"),
+        "{stale}"
+    );
+    println!("--- doctor with a stale gateway id in the config:\n{l}");
     let (code, json) = doctor(&lab, leader, true);
     assert_eq!(code, 0, "{json}");
     let v: serde_json::Value = serde_json::from_str(json.trim()).expect("one JSON object");
