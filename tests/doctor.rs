@@ -126,33 +126,66 @@ fn doctor_passes_on_a_healthy_gateway_and_names_three_injected_faults() {
         healthy.contains("reach all 1 nodes"),
         "the hybrid node was not probed:\n{healthy}"
     );
-    // A gateway id listed in the config that no longer exists (terminated long ago):
-    // a warning naming it, not an EC2 failure with an IAM fix.
+    // Misconfiguration the emulators can produce, in a copy of the config: a gateway id
+    // that no longer exists (a warning naming it, not an EC2 failure with an IAM fix), a
+    // route table that does not exist, a lock table that does not exist, and source/dest
+    // check on while the daemon may not manage it.
     let g = lab.gw(leader);
-    let stale_cfg = g.config.with_extension("stale.toml");
+    let bad_cfg = g.config.with_extension("misconfigured.toml");
     let text = std::fs::read_to_string(&g.config).unwrap();
-    let text = if text.contains("\n[aws]\n") {
-        text.replacen(
-            "\n[aws]\n",
-            "\n[aws]\ngateway_instance_ids = [\"i-0000000000000dead\"]\n",
+    let tag_line = text
+        .lines()
+        .find(|l| l.starts_with("route_table_tag"))
+        .expect("the lab config has a route_table_tag")
+        .to_string();
+    let text = text
+        .replacen(
+            &tag_line,
+            "route_table_ids = [\"rtb-0000000000000dead\"]\ngateway_instance_ids = [\"i-0000000000000dead\"]\nmanage_source_dest_check = false",
             1,
         )
-    } else {
-        format!("{text}\n[aws]\ngateway_instance_ids = [\"i-0000000000000dead\"]\n")
+        .replacen(
+            &format!("table = \"{}\"", lab.var("LOCK_TABLE")),
+            "table = \"hybrid-gateway-no-such-table\"",
+            1,
+        );
+    std::fs::write(&bad_cfg, text).unwrap();
+    let sdc = |on: bool| {
+        moto(
+            &lab,
+            &format!(
+                "ec2.modify_network_interface_attribute(NetworkInterfaceId='{}', SourceDestCheck={{'Value': {}}})",
+                g.eni,
+                if on { "True" } else { "False" }
+            ),
+        )
     };
-    std::fs::write(&stale_cfg, text).unwrap();
-    let (code, stale) = doctor_with(&lab, leader, &stale_cfg, false);
-    std::fs::remove_file(&stale_cfg).ok();
-    let l = line(&stale, "gateways");
+    sdc(true);
+    let (code, bad) = doctor_with(&lab, leader, &bad_cfg, false);
+    sdc(false);
+    std::fs::remove_file(&bad_cfg).ok();
+    println!("--- doctor with a misconfigured copy of the config ({leader}):\n{bad}");
+    assert_eq!(code, 1, "{bad}");
+    let l = line(&bad, "gateways");
     assert!(
-        code == 0
-            && l.starts_with("WARN")
+        l.starts_with("WARN")
             && l.contains("2 in 2 zones")
             && l.contains("i-0000000000000dead, which does not exist")
             && l.contains("fix: remove it from aws.gateway_instance_ids"),
-        "{stale}"
+        "{l}"
     );
-    println!("--- doctor with a stale gateway id in the config:\n{l}");
+    let l = line(&bad, "route_table rtb-0000000000000dead");
+    assert!(
+        l.starts_with("FAIL") && l.contains("not found") && l.contains("aws.route_table_ids"),
+        "{l}"
+    );
+    let l = line(&bad, "dynamodb hybrid-gateway-no-such-table");
+    assert!(l.starts_with("FAIL"), "{l}");
+    let l = line(&bad, "source_dest_check");
+    assert!(
+        l.starts_with("FAIL") && l.contains(&g.eni) && l.contains("--no-source-dest-check"),
+        "{l}"
+    );
     let (code, json) = doctor(&lab, leader, true);
     assert_eq!(code, 0, "{json}");
     let v: serde_json::Value = serde_json::from_str(json.trim()).expect("one JSON object");
