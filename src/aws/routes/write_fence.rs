@@ -15,11 +15,11 @@
 //!
 //! A request learns its leadership from a [`WriteFence`] in its extensions (the gate adds
 //! one to every attempt of a route write); a request without one (the reads) is written
-//! unfenced. Connections are not pooled: each call opens its own, so a connection's only
-//! writes are its one request's and the fence needs no bookkeeping of which request a
-//! pooled connection is carrying. The route writer makes a few calls per resync, so the
-//! cost (a TCP and TLS handshake per call, an RTT or two inside a region) is small
-//! against the call bound.
+//! unfenced. Connections are kept alive and reused: each has a slot holding the fence of
+//! the request it carries, set when the connection is taken for a request. HTTP/1 carries
+//! one request at a time and a connection is taken only once its previous response has
+//! been read in full, so whatever a connection writes while its slot holds a fence belongs
+//! to that request.
 //!
 //! What remains: a stop between the check in `poll_write` and the `write(2)` right after
 //! it. Only a fencing token checked by EC2 could close that, and EC2 route writes take
@@ -28,7 +28,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -39,6 +39,7 @@ use aws_smithy_runtime_api::client::orchestrator::{HttpRequest, HttpResponse};
 use aws_smithy_runtime_api::client::result::ConnectorError;
 use aws_smithy_types::body::SdkBody;
 use aws_smithy_types::retry::ErrorKind;
+use hyper::client::conn::http1::SendRequest;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_rustls::MaybeHttpsStream;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector as TcpConnector};
@@ -79,13 +80,81 @@ pub(super) struct Fenced;
 /// The HTTP client for the route writer's EC2 client (see the module docs).
 pub(super) fn http_client() -> SharedHttpClient {
     let tls: Arc<OnceLock<Result<rustls::ClientConfig, String>>> = Arc::default();
+    let pool: Arc<Pool> = Arc::default();
     http_client_fn(move |settings, _components| {
         SharedHttpConnector::new(FencedConnector {
             connect_timeout: settings.connect_timeout(),
             read_timeout: settings.read_timeout(),
             tls: tls.clone(),
+            pool: pool.clone(),
         })
     })
+}
+
+/// Idle connections kept at most (the writer sends 8 at once), and for how long.
+const MAX_IDLE: usize = 16;
+const IDLE_FOR: Duration = Duration::from_secs(20);
+/// How long a connection may take to finish its response before it is not reused.
+const RETURN_WITHIN: Duration = Duration::from_secs(30);
+
+/// The fence of the request a connection carries: set when the connection is taken for a
+/// request, before the request is handed over. HTTP/1 carries one request at a time and a
+/// connection is taken only once its previous response has been read in full, so every
+/// byte written while the slot holds a fence is that request's.
+#[derive(Default)]
+struct FenceSlot(Mutex<Option<WriteFence>>);
+
+impl FenceSlot {
+    fn set(&self, fence: Option<WriteFence>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = fence;
+    }
+
+    /// `Some(fence)` when the request being written has no leadership left.
+    fn closed(&self) -> Option<WriteFence> {
+        let f = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        f.as_ref().filter(|f| f.closed()).cloned()
+    }
+}
+
+struct Idle {
+    key: String,
+    send: SendRequest<SdkBody>,
+    slot: Arc<FenceSlot>,
+    since: std::time::Instant,
+}
+
+/// Keep-alive connections of one client, by scheme and authority.
+#[derive(Default)]
+struct Pool(Mutex<Vec<Idle>>);
+
+impl Pool {
+    fn take(&self, key: &str) -> Option<(SendRequest<SdkBody>, Arc<FenceSlot>)> {
+        let mut idle = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|c| !c.send.is_closed() && c.since.elapsed() < IDLE_FOR);
+        let i = idle
+            .iter()
+            .rposition(|c| c.key == key && c.send.is_ready())?;
+        let c = idle.swap_remove(i);
+        Some((c.send, c.slot))
+    }
+
+    fn put(&self, key: String, send: SendRequest<SdkBody>, slot: Arc<FenceSlot>) {
+        let mut idle = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(Idle {
+                key,
+                send,
+                slot,
+                since: std::time::Instant::now(),
+            });
+        }
+    }
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pool")
+    }
 }
 
 #[derive(Debug)]
@@ -95,6 +164,7 @@ struct FencedConnector {
     /// Loaded on the first HTTPS call (the system's roots, aws-lc as the SDK's default
     /// client uses), then shared.
     tls: Arc<OnceLock<Result<rustls::ClientConfig, String>>>,
+    pool: Arc<Pool>,
 }
 
 impl FencedConnector {
@@ -116,18 +186,55 @@ impl FencedConnector {
     }
 }
 
+/// A new connection for `uri` whose writes are fenced by `slot`, and its sender.
+async fn connect(
+    uri: http::Uri,
+    tls: Option<rustls::ClientConfig>,
+    connect_timeout: Option<Duration>,
+    slot: Arc<FenceSlot>,
+) -> Result<SendRequest<SdkBody>, ConnectorError> {
+    let mut tcp = TcpConnector::new();
+    tcp.enforce_http(false);
+    tcp.set_nodelay(true);
+    tcp.set_connect_timeout(connect_timeout);
+    let tcp = FenceConnector { tcp, slot };
+    let io = match tls {
+        Some(tls) => hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http1()
+            .wrap_connector(tcp)
+            .call(uri)
+            .await
+            .map_err(connect_error)?,
+        None => MaybeHttpsStream::Http(
+            tcp.clone()
+                .call(uri)
+                .await
+                .map_err(|e| connect_error(e.into()))?,
+        ),
+    };
+    let (send, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| hyper_error(e.into()))?;
+    // The connection's own task writes requests and reads responses, also after the
+    // call that handed a request over returned or was dropped: its writes go through
+    // the fence.
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!("EC2 connection: {e}");
+        }
+    });
+    Ok(send)
+}
+
 impl HttpConnector for FencedConnector {
     fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
         let fence = request.extension::<WriteFence>().cloned();
-        let request = match request.try_into_http1x() {
+        let mut request = match request.try_into_http1x() {
             Ok(r) => r,
             Err(e) => return HttpConnectorFuture::ready(Err(ConnectorError::user(e.into()))),
         };
-        let mut tcp = TcpConnector::new();
-        tcp.enforce_http(false);
-        tcp.set_nodelay(true);
-        tcp.set_connect_timeout(self.connect_timeout);
-        let tcp = FenceConnector { tcp, fence };
         let https = request.uri().scheme() == Some(&http::uri::Scheme::HTTPS);
         let tls = if https {
             match self.tls_config() {
@@ -137,45 +244,55 @@ impl HttpConnector for FencedConnector {
         } else {
             None
         };
-        let read_timeout = self.read_timeout;
+        let key = format!(
+            "{}://{}",
+            request.uri().scheme_str().unwrap_or("http"),
+            request.uri().authority().map_or("", |a| a.as_str())
+        );
+        let (read_timeout, connect_timeout) = (self.read_timeout, self.connect_timeout);
+        let pool = self.pool.clone();
         HttpConnectorFuture::new(async move {
-            let uri = request.uri().clone();
-            let io = match tls {
-                Some(tls) => hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_tls_config(tls)
-                    .https_only()
-                    .enable_http1()
-                    .wrap_connector(tcp)
-                    .call(uri)
-                    .await
-                    .map_err(connect_error)?,
-                None => MaybeHttpsStream::Http(
-                    tcp.clone()
-                        .call(uri)
+            loop {
+                let (mut send, slot, pooled) = match pool.take(&key) {
+                    Some((send, slot)) => (send, slot, true),
+                    None => {
+                        let slot = Arc::new(FenceSlot::default());
+                        slot.set(fence.clone());
+                        let uri = request.uri().clone();
+                        let send = connect(uri, tls.clone(), connect_timeout, slot.clone()).await?;
+                        (send, slot, false)
+                    }
+                };
+                slot.set(fence.clone());
+                let sent = send.try_send_request(request);
+                let sent = match read_timeout {
+                    Some(limit) => tokio::time::timeout(limit, sent)
                         .await
-                        .map_err(|e| connect_error(e.into()))?,
-                ),
-            };
-            let (mut send, conn) = hyper::client::conn::http1::handshake(io)
-                .await
-                .map_err(|e| hyper_error(e.into()))?;
-            // The connection's own task writes the request and reads the response body
-            // after this call returned; its writes go through the fence.
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!("EC2 connection: {e}");
+                        .map_err(|e| ConnectorError::timeout(e.into()))?,
+                    None => sent.await,
+                };
+                match sent {
+                    Ok(response) => {
+                        // Reused once the response has been read in full; dropped if it
+                        // never is or the connection closes.
+                        tokio::spawn(async move {
+                            if let Ok(Ok(())) =
+                                tokio::time::timeout(RETURN_WITHIN, send.ready()).await
+                            {
+                                pool.put(key, send, slot);
+                            }
+                        });
+                        return HttpResponse::try_from(response.map(SdkBody::from_body_1_x))
+                            .map_err(|e| ConnectorError::other(e.into(), None));
+                    }
+                    Err(mut e) => match e.take_message() {
+                        // A kept-alive connection the server had closed, the request not
+                        // written: on another connection.
+                        Some(r) if pooled => request = r,
+                        _ => return Err(hyper_error(e.into_error().into())),
+                    },
                 }
-            });
-            let response = send.send_request(request);
-            let response = match read_timeout {
-                Some(limit) => tokio::time::timeout(limit, response)
-                    .await
-                    .map_err(|e| ConnectorError::timeout(e.into()))?,
-                None => response.await,
             }
-            .map_err(|e| hyper_error(e.into()))?;
-            HttpResponse::try_from(response.map(SdkBody::from_body_1_x))
-                .map_err(|e| ConnectorError::other(e.into(), None))
         })
     }
 }
@@ -235,11 +352,12 @@ fn find<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -
     false
 }
 
-/// A TCP connector whose streams write only while `fence` (if any) has leadership left.
+/// A TCP connector whose streams write only while the request in `slot` (if fenced) has
+/// leadership left.
 #[derive(Clone)]
 struct FenceConnector {
     tcp: TcpConnector,
-    fence: Option<WriteFence>,
+    slot: Arc<FenceSlot>,
 }
 
 impl Service<http::Uri> for FenceConnector {
@@ -253,16 +371,16 @@ impl Service<http::Uri> for FenceConnector {
     }
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let fence = self.fence.clone();
+        let slot = self.slot.clone();
         let connect = self.tcp.call(uri);
         Box::pin(async move {
             // Nothing to connect for: no write of this request could be sent anyway.
-            if let Some(f) = fence.as_ref().filter(|f| f.closed()) {
+            if let Some(f) = slot.closed() {
                 f.refused.store(true, Ordering::SeqCst);
                 return Err(Fenced.into());
             }
             let inner = connect.await?;
-            Ok(FencedIo { inner, fence })
+            Ok(FencedIo { inner, slot })
         })
     }
 }
@@ -271,15 +389,12 @@ impl Service<http::Uri> for FenceConnector {
 /// carries still has leadership left, and fails the connection otherwise.
 pub(super) struct FencedIo<S> {
     inner: S,
-    fence: Option<WriteFence>,
+    slot: Arc<FenceSlot>,
 }
 
 impl<S> FencedIo<S> {
     fn refuse(&self) -> Option<io::Error> {
-        let f = self.fence.as_ref()?;
-        if !f.closed() {
-            return None;
-        }
+        let f = self.slot.closed()?;
         f.refused.store(true, Ordering::SeqCst);
         Some(io::Error::other(Fenced))
     }
@@ -355,9 +470,11 @@ mod tests {
             deadline: Arc::new(until),
             refused: Arc::default(),
         };
+        let slot = Arc::new(FenceSlot::default());
+        slot.set(Some(fence.clone()));
         let mut c = FenceConnector {
             tcp,
-            fence: Some(fence.clone()),
+            slot: slot.clone(),
         };
         let io = c
             .call(format!("http://{addr}").parse().unwrap())
@@ -379,7 +496,7 @@ mod tests {
             deadline: Arc::new(std::time::Instant::now()),
             refused: Arc::default(),
         };
-        c.fence = Some(fence.clone());
+        slot.set(Some(fence.clone()));
         let e = c
             .call(format!("http://{addr}").parse().unwrap())
             .await
@@ -390,24 +507,29 @@ mod tests {
     }
 
     /// Through the SDK's connector interface: a request carrying leadership is sent and
-    /// answered, one whose leadership is over never reaches the peer and fails for good
-    /// (not an I/O error the SDK would retry), one without a fence is sent as is.
+    /// answered; one whose leadership is over, on the same kept-alive connection, never
+    /// reaches the peer and fails for good (not an I/O error the SDK would retry); one
+    /// without a fence is sent as is (on a new connection: the refused one is dropped).
     #[tokio::test]
     async fn requests_reach_the_peer_only_with_leadership_left() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let arrived = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let n = arrived.clone();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (n, a) = (arrived.clone(), accepted.clone());
         tokio::spawn(async move {
             while let Ok((mut s, _)) = listener.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
                 let n = n.clone();
                 tokio::spawn(async move {
                     let mut buf = vec![0; 4096];
-                    if s.read(&mut buf).await.unwrap_or(0) > 0 {
+                    // One read per request: they are small and sent one at a time.
+                    while s.read(&mut buf).await.unwrap_or(0) > 0 {
                         n.fetch_add(1, Ordering::SeqCst);
-                        let _ = s
-                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                            .await;
+                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if s.write_all(ok).await.is_err() {
+                            break;
+                        }
                     }
                 });
             }
@@ -416,6 +538,7 @@ mod tests {
             connect_timeout: Some(Duration::from_secs(1)),
             read_timeout: Some(Duration::from_secs(1)),
             tls: Arc::default(),
+            pool: Arc::default(),
         };
         let request = |fence: Option<&WriteFence>| {
             let mut r = HttpRequest::new(SdkBody::from("Action=CreateRoute"));
@@ -430,19 +553,34 @@ mod tests {
             deadline: Arc::new(std::time::Instant::now() + left),
             refused: Arc::default(),
         };
+        let send = |r: HttpRequest| async {
+            let r = c.call(r).await?;
+            let body = aws_smithy_types::byte_stream::ByteStream::new(r.into_body())
+                .collect()
+                .await;
+            // Back in the pool once read: give the connection's return a moment.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok::<_, ConnectorError>(body.unwrap().into_bytes())
+        };
 
         let live = fence(Duration::from_secs(10));
-        let r = c.call(request(Some(&live))).await.unwrap();
-        assert_eq!(r.status().as_u16(), 200);
+        assert_eq!(&send(request(Some(&live))).await.unwrap()[..], b"ok");
         assert!(!live.refused.load(Ordering::SeqCst));
+        assert_eq!(&send(request(Some(&live))).await.unwrap()[..], b"ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "kept alive");
 
         let over = fence(Duration::ZERO);
-        let e = c.call(request(Some(&over))).await.unwrap_err();
+        let e = send(request(Some(&over))).await.unwrap_err();
         assert!(!e.is_io() && !e.is_timeout(), "{e:?}");
         assert!(over.refused.load(Ordering::SeqCst));
+        assert_eq!(
+            arrived.load(Ordering::SeqCst),
+            2,
+            "the refused request arrived"
+        );
 
-        let r = c.call(request(None)).await.unwrap();
-        assert_eq!(r.status().as_u16(), 200);
-        assert_eq!(arrived.load(Ordering::SeqCst), 2);
+        assert_eq!(&send(request(None)).await.unwrap()[..], b"ok");
+        assert_eq!(arrived.load(Ordering::SeqCst), 3);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 }
