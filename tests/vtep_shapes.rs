@@ -522,3 +522,94 @@ async fn an_identity_refused_the_crd_finds_the_shape_by_discovery() {
     }
     println!("wall time: {:?}", t0.elapsed());
 }
+
+/// Other writers' endpoints fill the object so that ours would take it over Cilium's limit
+/// of 8 (the CRD's `maxItems`: the apiserver refuses such a write with a 422): the leader
+/// writes nothing, and its readiness says why (how many are ours, whose are in the way);
+/// once an operator removes some of theirs, it writes, the reason goes, theirs stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_writers_endpoints_over_the_limit_are_named_as_the_reason() {
+    let t0 = Instant::now();
+    let server = ApiServer::start();
+    let admin = client(&server.admin_kubeconfig()).await;
+    let shape = Shape::V2 { cidr_mask: true };
+    let api: Api<DynamicObject> = Api::all_with(admin.clone(), &shape.api_resource());
+    let foreign = |n: usize| -> Vec<Value> {
+        (0..n)
+            .map(|i| json!({"name": format!("onprem-{i}"), "tunnelEndpoint": format!("192.0.2.{}", i + 1), "cidr": format!("10.{}.0.0/16", 100 + i), "mac": format!("02:00:00:00:00:{:02x}", i + 1)}))
+            .collect()
+    };
+    let obj = |eps: Vec<Value>| -> DynamicObject {
+        serde_json::from_value(
+            json!({"apiVersion": "cilium.io/v2", "kind": "CiliumVTEPConfig",
+            "metadata": {"name": vtep_config::NAME}, "spec": {"endpoints": eps}}),
+        )
+        .unwrap()
+    };
+    // The limit is the CRD's: nine entries are refused.
+    match api.create(&PostParams::default(), &obj(foreign(9))).await {
+        Err(kube::Error::Api(e)) if e.code == 422 => println!("9 endpoints: {}", e.message),
+        other => panic!("the fixture took 9 endpoints: {other:?}"),
+    }
+    api.create(&PostParams::default(), &obj(foreign(6)))
+        .await
+        .unwrap();
+    let cidrs = ["10.250.0.0/16", "10.251.0.0/16", "10.252.0.0/16"];
+    let mut leader = Leader::start(&server, &cidrs).await;
+    let reason = loop {
+        if let Some(Blocked::TooManyEndpoints(why)) = leader.blocked.borrow_and_update().clone() {
+            break why;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no readiness reason for 6 foreign + 3 of ours; blocked: {:?}",
+            leader.blocked.borrow()
+        );
+        tokio::time::timeout(Duration::from_millis(200), leader.blocked.changed())
+            .await
+            .ok();
+    };
+    println!("6 foreign + 3 ours: {reason}");
+    for part in [
+        "our 3 endpoint",
+        "6 endpoint(s) of other writers",
+        "onprem-0",
+        "at most 8",
+    ] {
+        assert!(reason.contains(part), "{part:?} not in {reason:?}");
+    }
+    let now = api.get(vtep_config::NAME).await.unwrap();
+    assert_eq!(
+        now.data["spec"]["endpoints"],
+        json!(foreign(6)),
+        "written anyway"
+    );
+
+    // Room made: written, reason gone, the other writers' remaining entries kept.
+    let mut fewer = now.clone();
+    fewer.data["spec"]["endpoints"] = json!(foreign(5));
+    api.replace(vtep_config::NAME, &PostParams::default(), &fewer)
+        .await
+        .unwrap();
+    let mut want = want_spec(shape, &cidrs);
+    let mut eps = foreign(5);
+    eps.extend(want["endpoints"].as_array().unwrap().iter().cloned());
+    want["endpoints"] = json!(eps);
+    let (took, _) = written_within(&admin, shape, &want, Duration::from_secs(15))
+        .await
+        .unwrap();
+    println!("5 foreign + 3 ours: written {took:?} after the room was made");
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while leader.blocked.borrow_and_update().is_some() {
+                let _ = leader.blocked.changed().await;
+            }
+        })
+        .await
+        .is_ok(),
+        "the reason stayed: {:?}",
+        leader.blocked.borrow()
+    );
+    leader.stop().await;
+    println!("wall time: {:?}", t0.elapsed());
+}
