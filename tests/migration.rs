@@ -186,10 +186,10 @@ fn migration_from_the_go_gateway_moves_routes_and_traffic_to_our_leader() {
         } else {
             "kill: its kernel datapath stays"
         },
-        if std::env::var("HGW_LAB_TAKEOVER").as_deref() == Ok("any") {
-            "takeover = \"any\""
-        } else {
-            "gateway_instance_ids = [Go instance]"
+        match std::env::var("HGW_LAB_TAKEOVER").as_deref() {
+            Ok("any") => "takeover = \"any\"",
+            Ok("owned") => "neither gateway_instance_ids nor takeover = \"any\"",
+            _ => "gateway_instance_ids = [Go instance]",
         }
     );
     println!("  0.000 s  Go gateway's elector killed (Lease not released)");

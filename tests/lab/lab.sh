@@ -49,7 +49,8 @@
 #   HGW_LAB_PROFILE the election timings: default (3 s / 2 s / 1 s) or fast (1 s / 600 ms / 250 ms)
 #   HGW_LAB_MIGRATE set: the migration lab (go-gw above). The gateways' config lists the Go
 #                   instance in aws.gateway_instance_ids, or with HGW_LAB_TAKEOVER=any sets
-#                   aws.takeover = "any" instead (the guide's two ways)
+#                   aws.takeover = "any" instead (the guide's two ways); HGW_LAB_TAKEOVER=owned:
+#                   neither (the Go gateway's routes must then stay: the guide's step 5 matters)
 #   HGW_LAB_K8S_TIMEOUT  the gateways' kubernetes.request_timeout (default 1s: see the
 #                   workaround note in the generated config)
 #   HYBRID_GW_CACHE cache of the test peers (see tests/k8s/apiserver.sh, tests/aws/peers.sh)
@@ -240,8 +241,11 @@ route_table_tag = "$MANAGED_TAG"
 resync_interval = "10s"
 $(if [[ -n ${MIGRATE:-} ]]; then
   # The migration guide: let the leader replace the Go gateway's routes.
-  if [[ ${HGW_LAB_TAKEOVER:-} == any ]]; then echo 'takeover = "any"'
-  else echo "gateway_instance_ids = [\"$GO_INSTANCE\"]"; fi
+  case ${HGW_LAB_TAKEOVER:-ids} in
+    any) echo 'takeover = "any"' ;;
+    owned) echo '# neither: takeover = "owned" must leave the Go gateway'"'"'s routes alone' ;;
+    *) echo "gateway_instance_ids = [\"$GO_INSTANCE\"]" ;;
+  esac
 fi)
 
 [log]
