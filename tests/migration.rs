@@ -227,6 +227,26 @@ fn migration_from_the_go_gateway_moves_routes_and_traffic_to_our_leader() {
             );
         }
     }
+    // The guide's step 8: the object names our leader, its status has every table in sync.
+    let named = lab.run(&[
+        "kubectl",
+        "get",
+        "ciliumvtepconfig",
+        "hybrid-gateway",
+        "-o",
+        "jsonpath={.metadata.annotations.hybrid-gateway\\.io/leader}",
+    ]);
+    assert!(
+        lab.gw_of_identity(named.trim()) == Some(new),
+        "the CiliumVTEPConfig's leader annotation is {named:?}, not {new}"
+    );
+    assert!(
+        harness::wait_until(Duration::from_secs(15), Duration::from_millis(200), || {
+            lab.status(new).1.contains("route tables: 2/2 in sync")
+        }),
+        "`hybrid-gateway status` on {new}:\n{}",
+        lab.status(new).1
+    );
     let last = obs.cr().unwrap();
     assert_eq!(
         last.all,
