@@ -599,6 +599,11 @@ status() {
   if [[ -n $cr ]]; then echo "CiliumVTEPConfig: ${cr% *}, term ${cr##* }"; else echo "CiliumVTEPConfig: none"; fi
   echo "route tables:    $(route_targets || echo unknown)"
   echo "gateway ENIs:    gw-a $GW_A_ENI ($GW_A_IP), gw-b $GW_B_ENI ($GW_B_IP)"
+  if [[ -n ${MIGRATE:-} ]]; then
+    local go_state=stopped
+    pid_of "$state/go-gw/daemon.pid" "$(gw_expect go-gw)" >/dev/null && go_state="elector running"
+    echo "Go gateway:      go-gw $GO_ENI ($GO_IP), $go_state"
+  fi
   echo "vpc-host:        $(ip -n "$NS_VPC" route show "$HYBRID_POD_CIDR" | head -n1)"
   echo "node-1:          $(ip -n "$NS_NODE" route show "$VPC_CIDR" | head -n1)"
   for g in "${GATEWAYS[@]}"; do
