@@ -207,12 +207,7 @@ async fn connect(
             .call(uri)
             .await
             .map_err(connect_error)?,
-        None => MaybeHttpsStream::Http(
-            tcp.clone()
-                .call(uri)
-                .await
-                .map_err(|e| connect_error(e.into()))?,
-        ),
+        None => MaybeHttpsStream::Http(tcp.clone().call(uri).await.map_err(connect_error)?),
     };
     let (send, conn) = hyper::client::conn::http1::handshake(io)
         .await
