@@ -40,6 +40,8 @@
 #   HGW_LAB_PROFILE the election timings: default (3 s / 2 s / 1 s) or fast (1 s / 600 ms / 250 ms)
 #   HGW_LAB_MIN_HANDOVER_INTERVAL  election.health.min_between_handovers (default 60s; the
 #                   one-sided failover bench shortens it to repeat trials)
+#   HGW_LAB_HEALTH  election.health.enabled: true (default) or false (leadership follows
+#                   liveness only, as before issue 15)
 #   HGW_LAB_K8S_TIMEOUT  the gateways' kubernetes.request_timeout (default 1s: see the
 #                   workaround note in the generated config)
 #   HYBRID_GW_CACHE cache of the test peers (see tests/k8s/apiserver.sh, tests/aws/peers.sh)
@@ -219,6 +221,7 @@ $(election_timings)
 table = "$LOCK_TABLE"
 
 [election.health]
+enabled = ${HGW_LAB_HEALTH:-true}
 min_between_handovers = "${HGW_LAB_MIN_HANDOVER_INTERVAL:-60s}"
 
 [aws]
