@@ -484,7 +484,9 @@ mod health {
             let stood_down = Instant::now();
             tokio::time::sleep(Duration::from_secs(25)).await;
             let b_leads = lb.borrow().is_leader();
-            (ca.cancel(), cb.cancel(), stop.cancel());
+            ca.cancel();
+            cb.cancel();
+            stop.cancel();
             (broke, stood_down, b_leads)
         };
         let ((), (), (broke, stood_down, b_leads), ()) =
@@ -592,7 +594,8 @@ mod health {
                 tokio::time::timeout(Duration::from_secs(10), lb.wait_for(Leadership::is_leader))
                     .await;
             let took = Instant::now() - died;
-            (cb.cancel(), stop.cancel());
+            cb.cancel();
+            stop.cancel();
             took
         };
         let ((), (), took, ()) =
