@@ -2,6 +2,8 @@
 //! score from its tunnel probes, the peers' scores from [`super::scores`], and the
 //! leader's memory between rounds. Reads channels only; the loops do the I/O.
 
+use std::time::Duration;
+
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -65,6 +67,40 @@ impl HealthInputs {
             .cloned()
             .collect();
         health::may_campaign(self.own(), &peers, now, &self.rules)
+    }
+}
+
+/// A standby's veto, bounded: a healthier peer gets the first go at a free lock (watching
+/// it, the peer takes it within milliseconds), but if it has not taken it within
+/// `patience`, this gateway campaigns anyway: a worse leader beats none (the peer's
+/// process may publish scores yet fail to campaign).
+#[derive(Debug, Default)]
+pub struct Patience {
+    since: Option<Instant>,
+}
+
+impl Patience {
+    /// Whether to campaign this round. `vetoed`: the rules say not to; `lock_free`: nobody
+    /// validly holds the lock by our clock (released, expired, never written).
+    pub fn campaign(
+        &mut self,
+        vetoed: bool,
+        lock_free: bool,
+        now: Instant,
+        patience: Duration,
+    ) -> bool {
+        if !vetoed || !lock_free {
+            self.since = None;
+            return !vetoed;
+        }
+        let since = *self.since.get_or_insert(now);
+        let out_of_patience = now.saturating_duration_since(since) >= patience;
+        if out_of_patience {
+            tracing::warn!(
+                "a healthier gateway has left the lock free for {patience:?}: campaigning anyway"
+            );
+        }
+        out_of_patience
     }
 }
 

@@ -23,7 +23,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::advisor::{Advisor, HealthInputs};
+use super::advisor::{Advisor, HealthInputs, Patience};
 use super::decide::{self, Change, Lease, LockAction, LockState};
 use super::health::LeaderVerdict;
 use super::{jitter, ElectionPublisher, Elector, ErrorLog, LockError, LockStore};
@@ -97,15 +97,22 @@ async fn lease_observe<K: LockStore>(
 }
 
 /// Whether this gateway, not holding the Lease, may go for it: see
-/// [`HealthInputs::may_campaign`] (a holder whose lease ran out is presumed dead).
-fn may_campaign<K: LockStore>(lease: &Elector<K>, health: &HealthInputs, now: Instant) -> bool {
+/// [`HealthInputs::may_campaign`] (a holder whose lease ran out is presumed dead), for at
+/// most a lease duration of a free Lease ([`Patience`]).
+fn may_campaign<K: LockStore>(
+    lease: &Elector<K>,
+    health: &HealthInputs,
+    patience: &mut Patience,
+    now: Instant,
+) -> bool {
     if lease.is_leader() {
         return true;
     }
-    let expired_holder = lease
-        .observed_holder()
-        .filter(|_| lease.other_lease_expires_in(now) == Some(Duration::ZERO));
-    health.may_campaign(expired_holder, now)
+    let expired = lease.other_lease_expires_in(now) == Some(Duration::ZERO);
+    let expired_holder = lease.observed_holder().filter(|_| expired);
+    let vetoed = !health.may_campaign(expired_holder, now);
+    let free = lease.observed_holder().is_none() || expired;
+    patience.campaign(vetoed, free, now, lease.timings().lease_duration)
 }
 
 /// Keeps the Lease (acquire, renew, give up on request) and publishes what it learns.
@@ -126,13 +133,14 @@ async fn lease_loop<K: LockStore>(
         last: None,
     };
     let mut cooldown_until: Option<Instant> = None;
+    let mut patience = Patience::default();
     loop {
         let cooling = cooldown_until.is_some_and(|u| Instant::now() < u);
         let l = if cooling {
             Lease::OtherHolds
         } else if health
             .as_ref()
-            .is_some_and(|h| !may_campaign(lease, h, Instant::now()))
+            .is_some_and(|h| !may_campaign(lease, h, &mut patience, Instant::now()))
         {
             lease_observe(lease, t.renew_deadline, &mut errors).await
         } else {

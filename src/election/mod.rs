@@ -22,7 +22,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use advisor::Advisor;
+use advisor::{Advisor, Patience};
 use decide::{Change, Hold, Next, Round};
 pub use elector::{Elector, Timings};
 pub use handle::Term;
@@ -211,6 +211,7 @@ pub async fn run_advised<S: LockStore>(
     let mut hold = Hold::Standby;
     // After a voluntary handover: no campaigning until then, the healthier peer goes first.
     let mut sit_out_until: Option<Instant> = None;
+    let mut patience = Patience::default();
     loop {
         if cancel.is_cancelled() {
             publisher.standby(elector.observed_holder());
@@ -221,9 +222,9 @@ pub async fn run_advised<S: LockStore>(
             None => decide::deadline_passed(),
             Some(limit) => {
                 let campaign = hold != Hold::Standby
-                    || health
-                        .as_deref()
-                        .is_none_or(|h| may_campaign(elector, h, sit_out_until, started));
+                    || health.as_deref().is_none_or(|h| {
+                        may_campaign(elector, h, sit_out_until, &mut patience, started)
+                    });
                 let round = if campaign {
                     elector.raise_term(publisher.term_floor());
                     round(elector, limit, &mut errors).await
@@ -274,20 +275,23 @@ pub async fn run_advised<S: LockStore>(
 
 /// Whether this standby goes for the lock this round: not while sitting out after its own
 /// handover, nor while a fresh peer is far healthier (the holder whose lease ran out by
-/// our clock excepted: see [`advisor::HealthInputs::may_campaign`]).
+/// our clock excepted: see [`advisor::HealthInputs::may_campaign`]) — for at most a lease
+/// duration of a free lock ([`Patience`]).
 fn may_campaign<S: LockStore>(
     elector: &Elector<S>,
     health: &Advisor,
     sit_out_until: Option<Instant>,
+    patience: &mut Patience,
     now: Instant,
 ) -> bool {
     if sit_out_until.is_some_and(|u| now < u) {
         return false;
     }
-    let expired_holder = elector
-        .observed_holder()
-        .filter(|_| elector.other_lease_expires_in(now) == Some(Duration::ZERO));
-    health.inputs().may_campaign(expired_holder, now)
+    let expired = elector.other_lease_expires_in(now) == Some(Duration::ZERO);
+    let expired_holder = elector.observed_holder().filter(|_| expired);
+    let vetoed = !health.inputs().may_campaign(expired_holder, now);
+    let free = elector.observed_holder().is_none() || expired;
+    patience.campaign(vetoed, free, now, elector.timings().lease_duration)
 }
 
 /// A voluntary handover, the way a stop gives leadership up: Standby published first (no

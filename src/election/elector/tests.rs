@@ -607,4 +607,51 @@ mod health {
         );
         assert!(writes_of(&store).iter().any(|(_, h)| h == "b"));
     }
+
+    /// A standby far below a fresh peer gives it the first go at a free lock, but only for
+    /// a lease duration: a peer that publishes scores yet never campaigns (a stuck
+    /// process) must not leave the cluster without a leader.
+    #[tokio::test(start_paused = true)]
+    async fn a_vetoed_standby_campaigns_after_a_lease_of_a_free_lock() {
+        let store = MemStore::default();
+        let (s, inputs) = side();
+        s.own.send_replace(score(0, 1));
+        let mut adv = Advisor::new(inputs, watch::channel(None).0);
+        let mut e = Elector::new(&store, "s".into(), T);
+        let (p, h) = channel();
+        let mut l = h.leadership;
+        let (cancel, stop, alive) = (
+            CancellationToken::new(),
+            CancellationToken::new(),
+            CancellationToken::new(),
+        );
+        let peer = Side {
+            own: watch::channel(score(1, 0)).0,
+            peers: watch::channel(Vec::new()).0,
+        };
+        let started = Instant::now();
+        s.peers.send_replace(vec![PeerScore {
+            identity: "b".into(),
+            ratio: 1.0,
+            seen_changed_at: started,
+        }]);
+        let script = async {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(10), l.wait_for(Leadership::is_leader))
+                    .await;
+            let took = Instant::now() - started;
+            cancel.cancel();
+            stop.cancel();
+            took
+        };
+        let ((), took, ()) = tokio::join!(
+            run_advised(&mut e, &p, None, Some(&mut adv), cancel.clone()),
+            script,
+            heartbeats(&s, &peer, &alive, &stop)
+        );
+        assert!(
+            took >= T.lease_duration && took <= T.lease_duration + T.retry_period * 3,
+            "the vetoed standby took the free lock after {took:?}"
+        );
+    }
 }
