@@ -5,6 +5,7 @@ pub mod cilium_nodes;
 pub mod client;
 pub mod eks_token;
 pub mod vtep_config;
+pub mod vtep_observer;
 pub mod vtep_shape;
 pub mod vtep_shards;
 
