@@ -383,6 +383,35 @@ impl Fleet {
             .join("\n")
     }
 
+    /// `hybrid-gateway status` of gateway `i` (text), as an operator on it would run it.
+    fn status(&self, i: usize) -> String {
+        let g = &self.gws[i];
+        let out = Command::new("/usr/sbin/ip")
+            .args(["netns", "exec", &g.ns.name])
+            .arg(env!("CARGO_BIN_EXE_hybrid-gateway"))
+            .arg("status")
+            .arg("--config")
+            .arg(g.dir.join("config.toml"))
+            .output()
+            .expect("running hybrid-gateway status");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Waits up to 5 s for gateway `i`'s status to contain every one of `want`.
+    fn status_shows(&self, i: usize, want: &[&str]) -> Result<(), String> {
+        let t = Instant::now();
+        loop {
+            let text = self.status(i);
+            if want.iter().all(|w| text.contains(w)) {
+                return Ok(());
+            }
+            if t.elapsed() > Duration::from_secs(5) {
+                return Err(text);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The invariant on each shard's part of the record.
     fn violations(&self) -> Vec<String> {
         let events = self.recorder.events();
@@ -481,6 +510,27 @@ async fn each_gateway_leads_its_zone_fails_over_within_a_lease_and_hands_back() 
         .await
         .unwrap_or_else(|s| panic!("no steady state: {s}\n{}", f.logs()));
     println!("steady state (each gateway leads its zone) after {steady:?}");
+    // Status per shard: the STATUS line and `hybrid-gateway status` name the shard each
+    // gateway leads and the one it stands by for.
+    f.status_shows(
+        1,
+        &[
+            "leads",
+            "us-west-2b (1/1 tables)",
+            "standby for",
+            "us-west-2a",
+            "shard us-west-2b (home): leader",
+        ],
+    )
+    .unwrap_or_else(|s| panic!("gw-b's status: {s}"));
+    f.status_shows(
+        0,
+        &[
+            "us-west-2a (1/1 tables)",
+            "shard us-west-2b: standby, leader gw-b_",
+        ],
+    )
+    .unwrap_or_else(|s| panic!("gw-a's status: {s}"));
 
     // kill -9 gw-a: shard a moves to gw-b; shard b's table never leaves gw-b.
     let killed = f.recorder.now();
@@ -508,6 +558,16 @@ async fn each_gateway_leads_its_zone_fails_over_within_a_lease_and_hands_back() 
         took <= LEASE_DURATION + Duration::from_secs(1),
         "takeover of shard a took {took:?}"
     );
+
+    f.status_shows(
+        1,
+        &[
+            "us-west-2a (1/1 tables)",
+            "us-west-2b (1/1 tables)",
+            "shard us-west-2a: leader",
+        ],
+    )
+    .unwrap_or_else(|s| panic!("gw-b's status after the takeover: {s}"));
 
     // gw-a returns: gw-b hands shard a back with a release.
     let back = f.recorder.now();
