@@ -8,8 +8,10 @@
 //! CiliumVTEPConfig entry for its subnet names it; a kill -9 of gw-a moves shard a to gw-b
 //! within a lease + 1 s (from the record: the kill to gw-b's acquiring write of shard a's
 //! Lease) while shard b's table never leaves gw-b; gw-a back → shard a handed back by a
-//! release. The leadership invariant (no mutation from a gateway after another gateway's
-//! later acquisition) holds per shard on the proxies' record.
+//! release. A subnet with another prefix length (Cilium's one cidrMask cannot express the
+//! subnets) → the default shard's leader writes the whole CiliumVTEPConfig alone. The
+//! leadership invariant (no mutation from a gateway after another gateway's later
+//! acquisition) holds per shard on the proxies' record. About 1 minute.
 //!
 //! Needs root, the cached apiserver build and the AWS peers (tests/aws/peers.sh).
 
@@ -63,6 +65,7 @@ struct Fleet {
     ec2: aws_sdk_ec2::Client,
     /// The managed table of each zone, in ZONES order.
     tables: Vec<String>,
+    vpc_id: String,
     gws: Vec<Gateway>,
     recorder: Arc<Recorder>,
     env: BTreeMap<String, String>,
@@ -188,6 +191,7 @@ impl Fleet {
             admin,
             ec2,
             tables,
+            vpc_id: seed["vpc_id"].as_str().unwrap().to_string(),
             gws,
             recorder,
             env,
@@ -272,8 +276,11 @@ impl Fleet {
     async fn state(&self) -> Result<State, String> {
         let mut s = State::default();
         let leases: Api<Lease> = Api::namespaced(self.admin.clone(), NS);
-        for zone in ZONES {
-            let name = format!("{LEASE}-{zone}");
+        for zone in ["default"].into_iter().chain(ZONES) {
+            let name = match zone {
+                "default" => LEASE.to_string(),
+                z => format!("{LEASE}-{z}"),
+            };
             let holder = leases
                 .get_opt(&name)
                 .await
@@ -502,7 +509,7 @@ fn acquired_at(recorder: &Recorder, lease: &str, gw: &str, since: Duration) -> O
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_gateway_leads_its_zone_fails_over_within_a_lease_and_hands_back() {
+async fn each_gateway_leads_its_zone_fails_over_hands_back_and_falls_back() {
     support::require_root();
     let mut f = Fleet::start("pz").await;
     let steady = f
@@ -586,6 +593,37 @@ async fn each_gateway_leads_its_zone_fails_over_within_a_lease_and_hands_back() 
     });
     assert!(released, "gw-b did not release shard a: {}", f.logs());
     println!("gw-a restarted: shard a back on gw-a after {handback:?} (by gw-b's release)");
+
+    // A subnet with another prefix length: Cilium's one cidrMask cannot express the
+    // subnets any more, so the default shard's leader writes the whole CR alone (one
+    // endpoint for the VPC CIDR, naming itself) and removes the per-zone entries; each
+    // zone's table stays with its own gateway.
+    f.ec2
+        .create_subnet()
+        .vpc_id(&f.vpc_id)
+        .cidr_block("10.250.128.0/20")
+        .availability_zone(ZONES[0])
+        .send()
+        .await
+        .expect("creating a /20 subnet in moto");
+    let fallback = f
+        .wait_for(
+            BOUND,
+            |s| {
+                let Some(leader) = s.holders.get("default") else {
+                    return false;
+                };
+                let ip = &f.gws.iter().find(|g| g.name == *leader).unwrap().ip;
+                s.cr.len() == 1
+                    && s.cr.get("vpc-gateway 10.250.0.0/16") == Some(ip)
+                    && s.routes.get(&f.tables[0]) == Some(&f.gws[0].eni)
+                    && s.routes.get(&f.tables[1]) == Some(&f.gws[1].eni)
+            },
+            |_| {},
+        )
+        .await
+        .unwrap_or_else(|s| panic!("no fallback to the default shard's CR: {s}\n{}", f.logs()));
+    println!("/20 subnet added: the default shard's leader wrote the whole CR after {fallback:?}");
 
     let v = f.violations();
     assert!(
