@@ -597,8 +597,8 @@ async fn visit(shared: Arc<Shared>, shard: Shard, cancel: CancellationToken) {
         // A grace of one lease duration after start: a gateway of the AZ starting with us
         // gets to claim first.
         let grace_over = started.elapsed() >= t.lease_duration;
-        match (claimed, running.is_some()) {
-            (Some(false), false) if grace_over => {
+        match visit_step(claimed, running.is_some(), grace_over) {
+            VisitStep::Campaign => {
                 if let Some(elector) = watcher.take() {
                     tracing::info!(shard = %shard, "no gateway of {shard} claims its shard: campaigning for it");
                     running = Some(Contender::start(
@@ -610,7 +610,7 @@ async fn visit(shared: Arc<Shared>, shard: Shard, cancel: CancellationToken) {
                     ));
                 }
             }
-            (Some(true), true) => {
+            VisitStep::HandBack => {
                 let home = claim.observed_holder().unwrap_or("?").to_string();
                 tracing::info!(shard = %shard, home = %home, "a gateway of {shard} is ready: handing its shard back");
                 if let Some(c) = running.take() {
@@ -620,7 +620,7 @@ async fn visit(shared: Arc<Shared>, shard: Shard, cancel: CancellationToken) {
                         .or_else(|| Some(shard_elector(&shared, &shard)));
                 }
             }
-            _ => {}
+            VisitStep::Stay => {}
         }
         // Next look: when the claim runs out by our clock, on any change of the claim (and
         // of the shard's Lease while watching it), or after a jittered retry period.
@@ -653,6 +653,27 @@ async fn visit(shared: Arc<Shared>, shard: Shard, cancel: CancellationToken) {
     watch_cancel.cancel();
     let _ = claim_watch.await;
     let _ = shard_watch.await;
+}
+
+/// What a visitor does after looking at the claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum VisitStep {
+    /// Start campaigning for the shard (its Lease still decides).
+    Campaign,
+    /// Stop campaigning: standby, leader work stopped, the shard's Lease released.
+    HandBack,
+    Stay,
+}
+
+/// The visitor's rule. `claimed`: whether a gateway of the AZ holds its claim by our clock
+/// (`None`: the claim could not be read, and nothing changes on an unknown); `running`:
+/// whether we campaign now; `grace_over`: one lease duration since our start.
+fn visit_step(claimed: Option<bool>, running: bool, grace_over: bool) -> VisitStep {
+    match (claimed, running) {
+        (Some(false), false) if grace_over => VisitStep::Campaign,
+        (Some(true), true) => VisitStep::HandBack,
+        _ => VisitStep::Stay,
+    }
 }
 
 /// Whether a gateway holds the claim, by our clock: a holder whose lease has not run out
@@ -767,5 +788,27 @@ impl Target for ShardTermSync {
             &format!("shard {}: {e}", self.routes.shard),
             self.term.is_current(),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_visitor_campaigns_only_while_the_claim_is_vacant_and_hands_back_when_it_is_held() {
+        use VisitStep::*;
+        // Vacant claim: campaign, but not in the grace after start.
+        assert_eq!(visit_step(Some(false), false, true), Campaign);
+        assert_eq!(visit_step(Some(false), false, false), Stay);
+        // A gateway of the AZ is ready: hand back if we campaign, else keep away.
+        assert_eq!(visit_step(Some(true), true, true), HandBack);
+        assert_eq!(visit_step(Some(true), true, false), HandBack);
+        assert_eq!(visit_step(Some(true), false, true), Stay);
+        // Still vacant while we campaign: keep going.
+        assert_eq!(visit_step(Some(false), true, true), Stay);
+        // The claim could not be read: nothing changes, either way.
+        assert_eq!(visit_step(None, true, true), Stay);
+        assert_eq!(visit_step(None, false, true), Stay);
     }
 }
