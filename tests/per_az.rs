@@ -539,60 +539,98 @@ async fn each_gateway_leads_its_zone_fails_over_hands_back_and_falls_back() {
     )
     .unwrap_or_else(|s| panic!("gw-a's status: {s}"));
 
-    // kill -9 gw-a: shard a moves to gw-b; shard b's table never leaves gw-b.
-    let killed = f.recorder.now();
-    f.kill(0);
-    let mut b_moved = Vec::new();
-    let (b_table, b_eni) = (f.tables[1].clone(), f.gws[1].eni.clone());
-    let failover = f
-        .wait_for(
-            BOUND,
-            |s| f.zone_on(s, 0, 1) && f.zone_on(s, 1, 1),
-            |s| {
-                if s.routes.get(&b_table) != Some(&b_eni) {
-                    b_moved.push(format!("{:?}", s.routes));
-                }
-            },
-        )
-        .await
-        .unwrap_or_else(|s| panic!("shard a did not move to gw-b: {s}\n{}", f.logs()));
-    assert!(b_moved.is_empty(), "shard b's table moved: {b_moved:?}");
+    // HGW_PER_AZ_TRIALS=N repeats the crash and the return N times (default 1) and prints
+    // the figures: kill -9 → gw-b's acquisition of shard a (from the record), → tables and
+    // CR naming gw-b (polled), and gw-b's release → gw-a's acquisition on the return.
+    let trials: usize = std::env::var("HGW_PER_AZ_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
     let lease_a = format!("{LEASE}-{}", ZONES[0]);
-    let took =
-        acquired_at(&f.recorder, &lease_a, "gw-b", killed).expect("gw-b acquired shard a") - killed;
-    println!("kill -9 gw-a: gw-b acquired shard a {took:?} after the kill; tables and CR followed after {failover:?}");
-    assert!(
-        took <= LEASE_DURATION + Duration::from_secs(1),
-        "takeover of shard a took {took:?}"
-    );
+    let (mut takeovers, mut followed, mut gaps) = (Vec::new(), Vec::new(), Vec::new());
+    for trial in 0..trials {
+        // kill -9 gw-a: shard a moves to gw-b; shard b's table never leaves gw-b.
+        let killed = f.recorder.now();
+        f.kill(0);
+        let mut b_moved = Vec::new();
+        let (b_table, b_eni) = (f.tables[1].clone(), f.gws[1].eni.clone());
+        let failover = f
+            .wait_for(
+                BOUND,
+                |s| f.zone_on(s, 0, 1) && f.zone_on(s, 1, 1),
+                |s| {
+                    if s.routes.get(&b_table) != Some(&b_eni) {
+                        b_moved.push(format!("{:?}", s.routes));
+                    }
+                },
+            )
+            .await
+            .unwrap_or_else(|s| panic!("shard a did not move to gw-b: {s}\n{}", f.logs()));
+        assert!(b_moved.is_empty(), "shard b's table moved: {b_moved:?}");
+        let took = acquired_at(&f.recorder, &lease_a, "gw-b", killed)
+            .expect("gw-b acquired shard a")
+            - killed;
+        println!("trial {trial}: kill -9 gw-a: gw-b acquired shard a {took:?} after the kill; tables and CR followed after {failover:?}");
+        assert!(
+            took <= LEASE_DURATION + Duration::from_secs(1),
+            "takeover of shard a took {took:?}"
+        );
+        if trial == 0 {
+            f.status_shows(
+                1,
+                &[
+                    "us-west-2a (1/1 tables)",
+                    "us-west-2b (1/1 tables)",
+                    "shard us-west-2a: leader",
+                ],
+            )
+            .unwrap_or_else(|s| panic!("gw-b's status after the takeover: {s}"));
+        }
 
-    f.status_shows(
-        1,
-        &[
-            "us-west-2a (1/1 tables)",
-            "us-west-2b (1/1 tables)",
-            "shard us-west-2a: leader",
-        ],
-    )
-    .unwrap_or_else(|s| panic!("gw-b's status after the takeover: {s}"));
-
-    // gw-a returns: gw-b hands shard a back with a release.
-    let back = f.recorder.now();
-    f.spawn(0);
-    let handback = f
-        .wait_for(BOUND, |s| f.zone_on(s, 0, 0) && f.zone_on(s, 1, 1), |_| {})
-        .await
-        .unwrap_or_else(|s| panic!("shard a did not move back: {s}\n{}", f.logs()));
-    let released = f.recorder.events().into_iter().any(|e| {
-        e.kind == Kind::LeaseWrite
-            && e.at > back
-            && e.gw == "gw-b"
-            && e.holder.is_none()
-            && (200..300).contains(&e.status)
-            && e.detail.rsplit('/').next() == Some(lease_a.as_str())
-    });
-    assert!(released, "gw-b did not release shard a: {}", f.logs());
-    println!("gw-a restarted: shard a back on gw-a after {handback:?} (by gw-b's release)");
+        // gw-a returns: gw-b hands shard a back with a release.
+        let back = f.recorder.now();
+        f.spawn(0);
+        let handback = f
+            .wait_for(BOUND, |s| f.zone_on(s, 0, 0) && f.zone_on(s, 1, 1), |_| {})
+            .await
+            .unwrap_or_else(|s| panic!("shard a did not move back: {s}\n{}", f.logs()));
+        let released = f
+            .recorder
+            .events()
+            .into_iter()
+            .filter(|e| {
+                e.kind == Kind::LeaseWrite
+                    && e.at > back
+                    && e.gw == "gw-b"
+                    && e.holder.is_none()
+                    && (200..300).contains(&e.status)
+                    && e.detail.rsplit('/').next() == Some(lease_a.as_str())
+            })
+            .map(|e| e.at)
+            .min()
+            .unwrap_or_else(|| panic!("gw-b did not release shard a: {}", f.logs()));
+        let gap = acquired_at(&f.recorder, &lease_a, "gw-a", released)
+            .expect("gw-a acquired shard a after the release")
+            - released;
+        println!("trial {trial}: gw-a restarted: shard a back on gw-a after {handback:?}; gw-b's release → gw-a's acquisition {gap:?}");
+        takeovers.push(took);
+        followed.push(failover);
+        gaps.push(gap);
+    }
+    if trials > 1 {
+        let show = |name: &str, v: &mut Vec<Duration>| {
+            v.sort();
+            println!(
+                "{name} over {trials} trials: min {:?} median {:?} max {:?}",
+                v[0],
+                v[v.len() / 2],
+                v[v.len() - 1]
+            );
+        };
+        show("kill -9 → takeover of shard a", &mut takeovers);
+        show("kill -9 → tables and CR name gw-b", &mut followed);
+        show("handback: release → acquisition", &mut gaps);
+    }
 
     // A subnet with another prefix length: Cilium's one cidrMask cannot express the
     // subnets any more, so the default shard's leader writes the whole CR alone (one
