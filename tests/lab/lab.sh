@@ -18,6 +18,11 @@
 # failover is real for packets.
 #
 #   sudo tests/lab/lab.sh up            build, start everything, wait for a leader, ping the pod
+#   sudo tests/lab/lab.sh up --per-az   the same in per-AZ mode (README "Per-AZ mode"): one
+#                                       route table per AZ (subnets 10.250.1.0/24 in <region>a,
+#                                       10.250.2.0/24 in <region>b), vpc-host in AZ a and
+#                                       vpc-host-b in AZ b, each following its own table; no
+#                                       DynamoDB lock; each gateway leads its own AZ
 #   sudo tests/lab/lab.sh status        who leads, what the route table and CR say, each daemon
 #   sudo tests/lab/lab.sh leader        print the leading gateway's name (gw-a / gw-b)
 #   sudo tests/lab/lab.sh kill GW       kill -9 a gateway's daemon (a crash; its kernel
@@ -51,7 +56,8 @@ repo=$(cd "$here/../.." && pwd)
 state=${HGW_LAB_DIR:-/run/hybrid-gateway-lab}
 prefix=${HGW_LAB_PREFIX:-hgwlab-}
 readonly here repo state prefix
-readonly HOSTS=(cp gw-a gw-b node-1 vpc-host) GATEWAYS=(gw-a gw-b)
+# vpc-host-b (AZ b's VPC host) is only used by `up --per-az`, but always made and removed.
+readonly HOSTS=(cp gw-a gw-b node-1 vpc-host vpc-host-b) GATEWAYS=(gw-a gw-b)
 readonly MARKER=.hybrid-gateway-lab
 # (Not readonly: lab.env, sourced by every subcommand, repeats them.)
 VPC_CIDR=10.250.0.0/16 CP_IP=10.250.0.2 VPC_HOST_IP=10.250.0.10
@@ -209,9 +215,7 @@ request_timeout = "${HGW_LAB_K8S_TIMEOUT:-1s}"
 
 [election]
 $(election_timings)
-
-[election.dynamodb]
-table = "$LOCK_TABLE"
+$(if ((PER_AZ)); then echo 'mode = "per-az"'; else printf '\n[election.dynamodb]\ntable = "%s"\n' "$LOCK_TABLE"; fi)
 
 [aws]
 route_table_tag = "$MANAGED_TAG"
@@ -323,6 +327,19 @@ up() {
   [[ $ip_a != "$ip_b" ]] || die "moto gave both gateways $ip_a"
 
   # The VPC host: its route to the hybrid pods is set by the follower (from the route table).
+  if ((PER_AZ)); then
+    # One managed table per AZ, each associated with that AZ's subnet; a VPC host in each.
+    VPC_HOST_IP=10.250.1.10
+    nsx vpc-host-b ip addr add "$VPC_HOST_B_IP/16" dev eth0
+    nsx vpc-host-b ip link set eth0 up
+    nsx cp "$AWS_PEERS_PYTHON" -c '
+import json, sys, boto3
+seed = json.load(open(sys.argv[1]))
+ec2 = boto3.client("ec2", endpoint_url=sys.argv[2], region_name=sys.argv[3], aws_access_key_id="testing", aws_secret_access_key="testing")
+for table, subnet in zip(seed["route_tables"], seed["subnets"]):
+    ec2.associate_route_table(RouteTableId=table, SubnetId=subnet["subnet_id"])
+' "$state/seed.json" "$MOTO_URL" "$AWS_REGION"
+  fi
   nsx vpc-host ip addr add "$VPC_HOST_IP/16" dev eth0
   nsx vpc-host ip link set eth0 up
 
@@ -352,6 +369,9 @@ up() {
     echo "NS_GW_B=$(ns gw-b)"
     echo "NS_NODE=$(ns node-1)"
     echo "NS_VPC=$(ns vpc-host)"
+    echo "NS_VPC_B=$(ns vpc-host-b)"
+    echo "PER_AZ=$PER_AZ"
+    echo "VPC_HOST_B_IP=$VPC_HOST_B_IP"
     echo "CP_IP=$CP_IP"
     echo "VPC_HOST_IP=$VPC_HOST_IP"
     echo "VPC_CIDR=$VPC_CIDR"
@@ -381,6 +401,9 @@ up() {
     echo "PEERS_PYTHON=$AWS_PEERS_PYTHON"
   } >"$state/lab.env"
 
+  # Per-AZ mode watches the shard and claim Leases (names per AZ): the extra Role.
+  if ((PER_AZ)); then kubectl_lab apply -f "$repo/packaging/kubernetes/rbac-per-az.yaml" >/dev/null; fi
+
   # The hybrid node as Cilium registers it.
   kubectl_lab apply -f - >/dev/null <<EOF
 apiVersion: cilium.io/v2
@@ -403,10 +426,12 @@ EOF
   # The followers: AWS's VPC router and Cilium's agent, for the lab.
   printf '%s\n' "$K8S_ADMIN_TOKEN" >"$state/follow.token"
   chmod 0600 "$state/follow.token"
-  local first_rt=${rts%% *}
+  local first_rt=${rts%% *} follow_b=()
+  # Per-AZ: the second table steers AZ b's VPC host.
+  ((PER_AZ)) && follow_b=(--route-table "${rts##* }" --vpc-ns "$(ns vpc-host-b)")
   nsx cp setsid "$AWS_PEERS_PYTHON" -u "$here/follow.py" \
     --api-url "$K8S_API_URL" --ca-file "$K8S_CA_FILE" --token-file "$state/follow.token" \
-    --node-ns "$(ns node-1)" --pod-ip "$POD_IP" \
+    --node-ns "$(ns node-1)" --pod-ip "$POD_IP" "${follow_b[@]}" \
     --moto-url "$MOTO_URL" --region "$AWS_REGION" --route-table "$first_rt" --cidr "$HYBRID_POD_CIDR" \
     --eni "$(gw_field gw-a eni_id)=$ip_a" --eni "$(gw_field gw-b eni_id)=$ip_b" \
     --vpc-ns "$(ns vpc-host)" --interval "${HGW_LAB_POLL:-0.1}" \
@@ -422,8 +447,9 @@ EOF
   log "waiting for a leader, its VPC route and its CiliumVTEPConfig"
   local deadline=$((SECONDS + 90)) lead=
   until lead=$(leader) && nsx vpc-host ip route show "$HYBRID_POD_CIDR" | grep -q via \
-      && nsx node-1 ip route show "$VPC_CIDR" | grep -q via \
-      && nsx vpc-host ping -c 1 -W 1 "$POD_IP" >/dev/null 2>&1; do
+      && { ((PER_AZ)) || nsx node-1 ip route show "$VPC_CIDR" | grep -q via; } \
+      && nsx vpc-host ping -c 1 -W 1 "$POD_IP" >/dev/null 2>&1 \
+      && { ((!PER_AZ)) || nsx vpc-host-b ping -c 1 -W 1 "$POD_IP" >/dev/null 2>&1; }; do
     for g in "${GATEWAYS[@]}"; do
       pid_of "$state/$g/daemon.pid" "$state/$g/config.toml" >/dev/null \
         || { tail -n 30 "$state/$g/daemon.log" >&2; die "$g's daemon exited"; }
@@ -435,6 +461,12 @@ EOF
   log "up in $((SECONDS - t0)) s; leader: $lead"
   echo "--- ping VPC host -> hybrid pod $POD_IP (through $lead's VXLAN tunnel)"
   nsx vpc-host ping -c 3 -i 0.2 -W 2 "$POD_IP"
+  if ((PER_AZ)); then
+    echo "--- per-AZ: ping VPC host in AZ b ($VPC_HOST_B_IP) -> hybrid pod $POD_IP"
+    nsx vpc-host-b ping -c 3 -i 0.2 -W 2 "$POD_IP"
+    echo "--- per-AZ: the shard Leases"
+    kubectl_lab get lease -n hybrid-gateway
+  fi
   local me="$0"
   [[ $me == /* || $me == ./* ]] || me="./$me"
   [[ -z ${HGW_LAB_DIR:-}${HGW_LAB_PREFIX:-} ]] || me="HGW_LAB_DIR=$state HGW_LAB_PREFIX=$prefix $me"
@@ -492,8 +524,15 @@ status() {
   done
 }
 
+PER_AZ=0 VPC_HOST_B_IP=10.250.2.10
 case ${1:-} in
-  up) up ;;
+  up)
+    case ${2:-} in
+      "") ;;
+      --per-az) PER_AZ=1 ;;
+      *) die "up takes no argument but --per-az" ;;
+    esac
+    up ;;
   down) down ;;
   status) status ;;
   leader) leader ;;
