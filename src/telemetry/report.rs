@@ -236,6 +236,14 @@ impl Telemetry {
             if term.is_some() {
                 sh.term = term;
             }
+            // The default shard's holder (its Lease is `election.lease_name`) is the
+            // gateway-wide `leader`/`term`, as in active/standby.
+            if shard == "default" {
+                s.leader = sh_leader_of(s, shard);
+                if term.is_some() {
+                    s.term = term;
+                }
+            }
             // The gateway as a whole leads while it leads any shard.
             let any = s.shards.iter().any(|x| x.role == Role::Leader);
             s.role = if any { Role::Leader } else { Role::Standby };
@@ -260,6 +268,13 @@ impl Telemetry {
             }
         });
     }
+}
+
+fn sh_leader_of(s: &super::status::StatusSnapshot, shard: &str) -> Option<String> {
+    s.shards
+        .iter()
+        .find(|x| x.shard == shard)
+        .and_then(|x| x.leader.clone())
 }
 
 /// The status entry of `shard`, added in name order if new.

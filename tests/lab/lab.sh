@@ -642,7 +642,13 @@ status() {
     echo "Go gateway:      go-gw $GO_ENI ($GO_IP), $go_state"
   fi
   echo "vpc-host:        $(ip -n "$NS_VPC" route show "$HYBRID_POD_CIDR" | head -n1)"
-  echo "node-1:          $(ip -n "$NS_NODE" route show "$VPC_CIDR" | head -n1)"
+  if ((${PER_AZ:-0})); then
+    echo "vpc-host-b:      $(ip -n "$NS_VPC_B" route show "$HYBRID_POD_CIDR" | head -n1)"
+    echo "node-1:          $(ip -n "$NS_NODE" route show dev vx | grep via | paste -sd ';')"
+    echo "shard Leases:    $(kubectl_lab get lease -n hybrid-gateway -o 'jsonpath={range .items[*]}{.metadata.name}={.spec.holderIdentity} {end}' 2>/dev/null)"
+  else
+    echo "node-1:          $(ip -n "$NS_NODE" route show "$VPC_CIDR" | head -n1)"
+  fi
   for g in "${GATEWAYS[@]}"; do
     echo "--- $g"
     if pid=$(pid_of "$state/$g/daemon.pid" "$state/$g/config.toml"); then
