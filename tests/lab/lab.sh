@@ -659,9 +659,11 @@ status() {
   done
 }
 
+# HGW_LAB_PER_AZ=1 is the same as `up --per-az` (for the Rust harness).
 PER_AZ=0 VPC_HOST_B_IP=10.250.2.10
 case ${1:-} in
   up)
+    [[ ${HGW_LAB_PER_AZ:-0} == 0 ]] || PER_AZ=1
     case ${2:-} in
       "") ;;
       --per-az) PER_AZ=1 ;;
