@@ -988,6 +988,7 @@ fn iam_policy_grants_exactly_what_the_daemon_calls() {
         "ec2:DescribeRouteTables",
         "ec2:DescribeInstances",
         "ec2:DescribeNetworkInterfaces",
+        "ec2:DescribeSubnets",
         "ec2:CreateRoute",
         "ec2:ReplaceRoute",
         "ec2:DeleteRoute",

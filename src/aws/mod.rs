@@ -11,6 +11,7 @@ pub mod eni;
 pub mod imds;
 pub mod route_diff;
 pub mod routes;
+pub mod shards;
 
 use std::time::Duration;
 

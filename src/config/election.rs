@@ -25,6 +25,28 @@ pub struct ElectionConfig {
     pub dynamodb: Option<DynamoDbLockConfig>,
     /// `[election.health]`: yielding to a gateway with clearly healthier tunnels.
     pub health: HealthConfig,
+    pub mode: ElectionMode,
+}
+
+/// `election.mode`: one leader for everything, or one per Availability Zone shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ElectionMode {
+    /// One gateway leads every managed route table and the whole CiliumVTEPConfig.
+    #[default]
+    ActiveStandby,
+    /// Every AZ's route tables (and its subnets' CiliumVTEPConfig endpoints) form a shard
+    /// with a Lease of its own, preferably led by a gateway in that AZ (README "Per-AZ
+    /// mode").
+    PerAz,
+}
+
+impl ElectionMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ElectionMode::ActiveStandby => "active-standby",
+            ElectionMode::PerAz => "per-az",
+        }
+    }
 }
 
 impl ElectionConfig {
@@ -48,6 +70,7 @@ impl Default for ElectionConfig {
             retry_period: Duration::from_secs(1),
             dynamodb: None,
             health: HealthConfig::default(),
+            mode: ElectionMode::ActiveStandby,
         }
     }
 }
@@ -71,6 +94,7 @@ pub(super) struct RawElection {
     pub retry_period: Option<Spanned<String>>,
     pub dynamodb: Option<Spanned<RawDynamoDb>>,
     pub health: Option<RawHealth>,
+    pub mode: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -83,13 +107,41 @@ pub(super) struct RawDynamoDb {
 
 impl Validator<'_> {
     /// `request_timeout` is `kubernetes.request_timeout`, which bounds the lock stores' calls
-    /// (see [`ElectionConfig::store_timeout`]).
+    /// (see [`ElectionConfig::store_timeout`]); `manages_routes`: whether `[aws]` selects
+    /// route tables (per-AZ mode shards them, so it needs some).
     pub(super) fn election(
         &self,
         raw: RawElection,
         request_timeout: Duration,
+        manages_routes: bool,
     ) -> Result<ElectionConfig, ConfigError> {
         let mut e = ElectionConfig::default();
+        let mode_span = raw.mode.as_ref().map(Spanned::span);
+        if let Some(mode) = raw.mode {
+            e.mode = self.check("election.mode", mode, |m| match m.as_str() {
+                "active-standby" => Ok(ElectionMode::ActiveStandby),
+                "per-az" => Ok(ElectionMode::PerAz),
+                _ => Err("must be \"active-standby\" (one leader for every route table, the default) or \"per-az\" (one leader per Availability Zone)".into()),
+            })?;
+        }
+        if let (ElectionMode::PerAz, Some(span)) = (e.mode, &mode_span) {
+            if raw.dynamodb.is_some() {
+                return Err(self.invalid(
+                    "election.mode",
+                    span,
+                    "\"per-az\"",
+                    "per-AZ mode elects with one Lease per shard and does not support the DynamoDB lock yet: remove [election.dynamodb] or use mode = \"active-standby\"",
+                ));
+            }
+            if !manages_routes {
+                return Err(self.invalid(
+                    "election.mode",
+                    span,
+                    "\"per-az\"",
+                    "per-AZ mode shards the managed VPC route tables by Availability Zone, and none are selected: set aws.route_table_ids or aws.route_table_tag, or use mode = \"active-standby\"",
+                ));
+            }
+        }
         if let Some(ns) = raw.namespace {
             e.namespace = self.check("election.namespace", ns, |ns| dns_label(&ns).map(|()| ns))?;
         }

@@ -25,7 +25,7 @@ use serde::Deserialize;
 
 pub use aws::{AwsConfig, RouteTableTag, Takeover};
 pub use datapath::DatapathConfig;
-pub use election::{DynamoDbLockConfig, ElectionConfig, JITTER_FACTOR};
+pub use election::{DynamoDbLockConfig, ElectionConfig, ElectionMode, JITTER_FACTOR};
 pub use error::ConfigError;
 pub use gateway::{GatewayConfig, MAX_VPC_CIDRS};
 pub use health::HealthConfig;
@@ -99,16 +99,22 @@ impl Config {
         let v = Validator { path, text };
         let kubernetes = v.kubernetes(raw.kubernetes.unwrap_or_default())?;
         let request_timeout = kubernetes.request_timeout;
+        let aws = v.aws(raw.aws.unwrap_or_default())?;
+        let election = v.election(
+            raw.election.unwrap_or_default(),
+            request_timeout,
+            aws.manages_routes(),
+        )?;
         Ok(Config {
             path: path.to_path_buf(),
             gateway: v.gateway(raw.gateway)?,
             vxlan: v.vxlan(raw.vxlan.unwrap_or_default())?,
             datapath: v.datapath(raw.datapath.unwrap_or_default())?,
             kubernetes,
-            election: v.election(raw.election.unwrap_or_default(), request_timeout)?,
+            election,
             probe: v.probe(raw.probe.unwrap_or_default())?,
             telemetry: v.telemetry(raw.metrics, raw.health, raw.log)?,
-            aws: v.aws(raw.aws.unwrap_or_default())?,
+            aws,
         })
     }
 

@@ -422,3 +422,31 @@ fn health_keys_are_validated_against_each_other() {
         &["election.health.min_between_handovers", "hold_down"],
     );
 }
+
+#[test]
+fn election_mode_defaults_to_active_standby_and_per_az_needs_route_tables() {
+    assert_eq!(
+        parse(GOOD).unwrap().election.mode,
+        ElectionMode::ActiveStandby
+    );
+    let tables = "\n[aws]\nroute_table_ids = [\"rtb-0123456789abcdef0\"]\n";
+    let c = parse(&format!("{GOOD}{tables}\n[election]\nmode = \"per-az\"\n")).unwrap();
+    assert_eq!(c.election.mode, ElectionMode::PerAz);
+    rejects(
+        &format!("{GOOD}\n[election]\nmode = \"per-zone\"\n"),
+        8,
+        &["election.mode", "\"per-zone\"", "active-standby", "per-az"],
+    );
+    rejects(
+        &format!("{GOOD}\n[election]\nmode = \"per-az\"\n"),
+        8,
+        &["election.mode", "aws.route_table_ids", "route_table_tag"],
+    );
+    rejects(
+        &format!(
+            "{GOOD}{tables}\n[election]\nmode = \"per-az\"\n[election.dynamodb]\ntable = \"locks\"\n"
+        ),
+        11,
+        &["election.mode", "DynamoDB", "[election.dynamodb]"],
+    );
+}

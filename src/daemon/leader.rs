@@ -392,7 +392,7 @@ async fn follow(
 }
 
 /// Mirrors the served CiliumVTEPConfig shape into `status`.
-async fn follow_shape(
+pub(super) async fn follow_shape(
     mut served: tokio::sync::watch::Receiver<vtep_shape::Served>,
     telemetry: Telemetry,
     cancel: CancellationToken,

@@ -8,6 +8,7 @@ mod aws_side;
 mod leader;
 mod node_snapshot;
 mod node_sync;
+mod per_az;
 mod reload;
 mod route_sync;
 mod static_nodes;
@@ -96,6 +97,7 @@ async fn run(config: Config, static_nodes: Option<PathBuf>) -> anyhow::Result<()
         ctx,
         tasks: Vec::new(),
         election: None,
+        per_az: None,
         static_nodes,
         snapshot,
     };
@@ -267,6 +269,8 @@ struct Daemon {
     ctx: Context,
     tasks: Vec<JoinHandle<()>>,
     election: Option<leader::Election>,
+    /// Per-AZ mode's shards (instead of `election`).
+    per_az: Option<per_az::PerAz>,
     static_nodes: Option<PathBuf>,
     /// The state directory and the writer of the node set snapshot in it (Kubernetes mode
     /// with a state directory).
@@ -394,6 +398,9 @@ impl Daemon {
                 config.datapath.cold_start_wait,
             )));
         }
+        if config.election.mode == crate::config::ElectionMode::PerAz {
+            return self.start_per_az(&config, kube);
+        }
         let ctx = &self.ctx;
         let routes = RouteSync {
             aws: ctx.aws.clone(),
@@ -413,6 +420,31 @@ impl Daemon {
                 routes: Some(routes),
                 telemetry: ctx.telemetry.clone(),
             },
+        ));
+        Ok(())
+    }
+
+    /// `[election] mode = "per-az"`: one election per AZ shard instead of one for all.
+    fn start_per_az(&mut self, config: &Config, kube: kube::Client) -> anyhow::Result<()> {
+        let ctx = &self.ctx;
+        // Per-AZ mode manages route tables (config validation), so AWS was discovered.
+        let home = ctx
+            .aws
+            .get()
+            .map(|a| a.identity.availability_zone.clone())
+            .context("per-AZ mode needs this gateway's Availability Zone from IMDS")?;
+        self.per_az = Some(per_az::PerAz::start(
+            config,
+            per_az::PerAzInputs {
+                kube,
+                identity: ctx.identity.clone(),
+                node_ip: ctx.node_ip,
+                mac: ctx.mac,
+                aws: ctx.aws.clone(),
+                config: ctx.config.subscribe(),
+                telemetry: ctx.telemetry.clone(),
+            },
+            home,
         ));
         Ok(())
     }
@@ -464,11 +496,15 @@ impl Daemon {
             ctx,
             tasks,
             election,
+            per_az,
             ..
         } = self;
         let stop = async move {
             if let Some(e) = election {
                 e.stop(final_stop).await;
+            }
+            if let Some(p) = per_az {
+                p.stop().await;
             }
             ctx.cancel.cancel();
             for t in tasks {

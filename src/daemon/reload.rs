@@ -74,6 +74,7 @@ pub const KEYS: &[Key] = &[
     key!(ELECTION, election.lease_duration),
     key!(ELECTION, election.renew_deadline),
     key!(ELECTION, election.retry_period),
+    key!(Apply::Restart("active/standby or per-AZ shards are chosen at start; restart every gateway to switch"), election.mode),
     key!(Apply::Restart("Lease-only or Lease + DynamoDB lock is chosen at start; restart every gateway to switch"), election.dynamodb),
     key!(ELECTION, election.health),
     key!(Apply::Live("the tunnel prober's next round"), probe),
@@ -199,6 +200,8 @@ mod tests {
         b.gateway.vpc_cidrs = vec!["10.251.0.0/16".parse().unwrap()];
         b.gateway.hybrid_pod_cidrs = vec!["192.168.40.0/24".parse().unwrap()];
         b.gateway.remote_node_cidrs = vec!["10.80.0.0/16".parse().unwrap()];
+        // Per-AZ mode and the DynamoDB lock are exclusive in a file: set it here.
+        b.election.mode = crate::config::ElectionMode::PerAz;
         // After taking every row, nothing but the path may differ.
         let mut taken = a.clone();
         for k in KEYS {

@@ -154,7 +154,19 @@ impl Target for TermSync {
 impl super::aws_side::AwsSide {
     /// The route tables reconciler for `config`'s selection and takeover rule.
     fn route_tables(&self, config: &Config) -> RouteTables {
+        self.route_tables_with(config, RouteTablesSettings::from_config(&config.aws))
+    }
+
+    /// The reconciler for exactly the tables `ids` (a per-AZ shard's), with `config`'s
+    /// takeover rule and bounds.
+    pub(super) fn route_tables_for(&self, config: &Config, ids: Vec<String>) -> RouteTables {
         let mut settings = RouteTablesSettings::from_config(&config.aws);
+        settings.route_table_ids = ids;
+        settings.route_table_tag = None;
+        self.route_tables_with(config, settings)
+    }
+
+    fn route_tables_with(&self, config: &Config, mut settings: RouteTablesSettings) -> RouteTables {
         settings.fit_leadership(config.election.renew_deadline, config.election.retry_period);
         // Only this VPC's tables (IMDS: the primary ENI's VPC): a tag selects account-wide.
         settings.vpc_id = Some(self.identity.vpc_id.clone());

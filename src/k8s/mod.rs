@@ -7,6 +7,7 @@ pub mod eks_token;
 pub mod vtep_config;
 pub mod vtep_observer;
 pub mod vtep_shape;
+pub mod vtep_shards;
 
 /// A Kubernetes API call that failed or did not answer in time.
 #[derive(Debug, thiserror::Error)]

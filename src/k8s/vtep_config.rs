@@ -91,14 +91,16 @@ pub fn endpoint_name(i: usize, n: usize) -> String {
 const BASE_NAME: &str = "vpc-gateway";
 
 /// Whether `name` is one of the names a VPC gateway writes into this object: ours now,
-/// ours before (`vpc-gateway`, `vpc-gateway-2`, `-3`…) and the reference's (`vpc-gateway`,
-/// `vpc-gateway-0`…). Such entries describe the VPC gateway, so the leader replaces them.
-fn is_gateway_name(name: &str) -> bool {
+/// ours before (`vpc-gateway`, `vpc-gateway-2`, `-3`…), the reference's (`vpc-gateway`,
+/// `vpc-gateway-0`…) and per-AZ mode's (`vpc-gateway-az-<shard>-<i>`, see
+/// [`super::vtep_shards`]). Such entries describe the VPC gateway, so the leader replaces
+/// them.
+pub(crate) fn is_gateway_name(name: &str) -> bool {
     match name.strip_prefix(BASE_NAME) {
         Some("") => true,
-        Some(rest) => rest
-            .strip_prefix('-')
-            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())),
+        Some(rest) => rest.strip_prefix('-').is_some_and(|n| {
+            (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) || n.starts_with("az-")
+        }),
         None => false,
     }
 }
@@ -504,7 +506,7 @@ pub async fn run_with_shape(
 /// leaves `metadata.generation` alone, and the annotations (our term fence) are not
 /// covered by generation, so an event wakes us only when uid, generation or annotations
 /// differ from the last version seen. A delete, and the end of every (re)list, always do.
-fn changes(api: Api<DynamicObject>) -> impl futures::Stream<Item = ()> + Send + 'static {
+pub(crate) fn changes(api: Api<DynamicObject>) -> impl futures::Stream<Item = ()> + Send + 'static {
     let config = watcher::Config::default()
         .fields(&format!("metadata.name={NAME}"))
         .timeout(30);

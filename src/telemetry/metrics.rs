@@ -80,6 +80,12 @@ pub struct Metrics {
     pub nodes_rejected: Family<Labels, Gauge>,
     pub leader_is_active: Gauge,
     pub election_term: Gauge,
+    /// Per-AZ mode: 1 while this gateway leads the shard, by shard.
+    pub shard_leader: Family<Labels, Gauge>,
+    /// Per-AZ mode: the shard's term (its Lease's transitions) last seen, by shard.
+    pub shard_term: Family<Labels, Gauge>,
+    /// Per-AZ mode: managed route tables in the shard, by shard.
+    pub shard_route_tables: Family<Labels, Gauge>,
     pub election_transitions: Counter,
     pub vtep_add: Counter,
     pub vtep_add_errors: Counter,
@@ -163,6 +169,21 @@ impl Metrics {
                 "election_term",
                 "Leadership term (lock transitions) last seen",
                 Gauge::default()
+            ),
+            shard_leader: reg!(
+                "shard_leader",
+                "Per-AZ mode: 1 while this gateway leads the shard",
+                Family::<Labels, Gauge>::default()
+            ),
+            shard_term: reg!(
+                "shard_term",
+                "Per-AZ mode: the shard's leadership term last seen",
+                Family::<Labels, Gauge>::default()
+            ),
+            shard_route_tables: reg!(
+                "shard_route_tables",
+                "Per-AZ mode: managed route tables in the shard",
+                Family::<Labels, Gauge>::default()
             ),
             election_transitions: reg!(
                 "election_transitions",

@@ -239,4 +239,92 @@ impl Telemetry {
             }
         }
     }
+
+    /// Per-AZ mode: a shard's leadership changed (or its holder did).
+    pub fn shard_leadership(&self, shard: &str, home: bool, leadership: &Leadership) {
+        let labels = vec![("shard".to_string(), shard.to_string())];
+        let m = &self.metrics;
+        let (role, leader, term) = match leadership {
+            Leadership::Leader { term, .. } => {
+                m.shard_term.get_or_create(&labels).set(i64::from(*term));
+                (Role::Leader, None, Some(*term))
+            }
+            Leadership::Standby { leader } => (Role::Standby, leader.clone(), None),
+        };
+        m.shard_leader
+            .get_or_create(&labels)
+            .set(i64::from(role == Role::Leader));
+        self.status.update(|s| {
+            let me = s.identity.clone();
+            let sh = shard_entry(s, shard);
+            sh.home = home;
+            sh.role = role;
+            sh.leader = if role == Role::Leader {
+                Some(me)
+            } else {
+                leader
+            };
+            if term.is_some() {
+                sh.term = term;
+            }
+            // The default shard's holder (its Lease is `election.lease_name`) is the
+            // gateway-wide `leader`/`term`, as in active/standby.
+            if shard == "default" {
+                s.leader = sh_leader_of(s, shard);
+                if term.is_some() {
+                    s.term = term;
+                }
+            }
+            // The gateway as a whole leads while it leads any shard.
+            let any = s.shards.iter().any(|x| x.role == Role::Leader);
+            s.role = if any { Role::Leader } else { Role::Standby };
+        });
+        let any = self.status.snapshot().role == Role::Leader;
+        m.leader_is_active.set(i64::from(any));
+    }
+
+    /// Per-AZ mode: the shard's tables as last read, and how many this gateway's last pass
+    /// left in sync.
+    pub fn shard_tables(&self, shard: &str, tables: &[String], in_sync: Option<usize>) {
+        let labels = vec![("shard".to_string(), shard.to_string())];
+        self.metrics
+            .shard_route_tables
+            .get_or_create(&labels)
+            .set(tables.len() as i64);
+        self.status.update(|s| {
+            let sh = shard_entry(s, shard);
+            sh.tables = tables.to_vec();
+            if let Some(n) = in_sync {
+                sh.tables_in_sync = n;
+            }
+        });
+    }
+}
+
+fn sh_leader_of(s: &super::status::StatusSnapshot, shard: &str) -> Option<String> {
+    s.shards
+        .iter()
+        .find(|x| x.shard == shard)
+        .and_then(|x| x.leader.clone())
+}
+
+/// The status entry of `shard`, added in name order if new.
+fn shard_entry<'a>(
+    s: &'a mut super::status::StatusSnapshot,
+    shard: &str,
+) -> &'a mut super::status::ShardStatus {
+    let i = match s.shards.binary_search_by(|x| x.shard.as_str().cmp(shard)) {
+        Ok(i) => i,
+        Err(i) => {
+            s.shards.insert(
+                i,
+                super::status::ShardStatus {
+                    shard: shard.to_string(),
+                    ..Default::default()
+                },
+            );
+            i
+        }
+    };
+    &mut s.shards[i]
 }

@@ -82,8 +82,29 @@ pub struct StatusSnapshot {
     /// This gateway's last voluntary handover for health, and why.
     #[serde(default)]
     pub last_health_handover: Option<String>,
+    /// Per-AZ mode: every shard this gateway takes part in (empty in active/standby mode).
+    #[serde(default)]
+    pub shards: Vec<ShardStatus>,
     pub parts: BTreeMap<String, PartStatus>,
     pub last_errors: VecDeque<String>,
+}
+
+/// One shard of per-AZ mode as this gateway sees it.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardStatus {
+    /// `default` or the AZ.
+    pub shard: String,
+    /// This gateway's AZ is the shard's: it campaigns at once; else it takes the shard only
+    /// while no gateway of that AZ is ready, and hands it back.
+    pub home: bool,
+    pub role: Role,
+    /// The holder last seen (this gateway's identity while it leads).
+    pub leader: Option<String>,
+    pub term: Option<u32>,
+    /// The managed route tables of the shard (from the last layout read).
+    pub tables: Vec<String>,
+    /// Of those, in sync after this gateway's last pass (while it leads).
+    pub tables_in_sync: usize,
 }
 
 /// What the tunnel probes found in their last round.
@@ -135,6 +156,32 @@ impl StatusSnapshot {
         self.parts.values().all(|p| p.alive)
     }
 
+    /// Per-AZ mode: `leads us-east-1a (2/2 tables) · standby for us-east-1b · …`.
+    fn shards_line(&self) -> String {
+        let mut lead = Vec::new();
+        let mut standby = Vec::new();
+        for sh in &self.shards {
+            match sh.role {
+                Role::Leader if sh.tables.is_empty() => lead.push(sh.shard.clone()),
+                Role::Leader => lead.push(format!(
+                    "{} ({}/{} tables)",
+                    sh.shard,
+                    sh.tables_in_sync,
+                    sh.tables.len()
+                )),
+                Role::Standby => standby.push(sh.shard.clone()),
+            }
+        }
+        let mut out = Vec::new();
+        if !lead.is_empty() {
+            out.push(format!("leads {}", lead.join(", ")));
+        }
+        if !standby.is_empty() {
+            out.push(format!("standby for {}", standby.join(", ")));
+        }
+        out.join(" · ")
+    }
+
     /// One line for `systemctl status`.
     pub fn line(&self) -> String {
         let nodes = format!(
@@ -167,6 +214,8 @@ impl StatusSnapshot {
                 waiting.push("first node sync");
             }
             parts.push(format!("starting: waiting for {}", waiting.join(", ")));
+        } else if !self.shards.is_empty() {
+            parts.push(self.shards_line());
         } else if self.role == Role::Leader {
             parts.push(format!(
                 "leader since {}",
@@ -188,7 +237,7 @@ impl StatusSnapshot {
                 ))
             ));
         }
-        if self.role == Role::Leader && self.route_tables_total > 0 {
+        if self.role == Role::Leader && self.route_tables_total > 0 && self.shards.is_empty() {
             parts.push(format!(
                 "{}/{} route tables in sync",
                 self.route_tables_in_sync, self.route_tables_total
@@ -315,6 +364,33 @@ impl DaemonStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_az_status_line_names_the_shards_led_and_watched() {
+        let shard = |name: &str, role: Role, tables: usize| ShardStatus {
+            shard: name.into(),
+            role,
+            tables: (0..tables).map(|i| format!("rtb-{i}")).collect(),
+            tables_in_sync: tables,
+            ..ShardStatus::default()
+        };
+        let s = StatusSnapshot {
+            device_up: true,
+            nodes_synced: true,
+            identity_known: true,
+            nodes_programmed: 2,
+            shards: vec![
+                shard("default", Role::Standby, 0),
+                shard("us-east-1a", Role::Leader, 2),
+                shard("us-east-1b", Role::Standby, 1),
+            ],
+            ..StatusSnapshot::default()
+        };
+        assert_eq!(
+            s.line(),
+            "leads us-east-1a (2/2 tables) · standby for default, us-east-1b · 2 hybrid nodes"
+        );
+    }
 
     #[test]
     fn a_leader_without_a_served_vtep_shape_is_not_ready_and_says_why() {

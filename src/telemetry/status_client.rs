@@ -102,6 +102,18 @@ fn print(s: &StatusSnapshot) {
         s.identity_known
     );
     println!("  hybrid nodes: {}", s.nodes_programmed);
+    for sh in &s.shards {
+        println!(
+            "  shard {}{}: {}, leader {}, term {}, tables [{}] ({} in sync)",
+            sh.shard,
+            if sh.home { " (home)" } else { "" },
+            sh.role,
+            sh.leader.as_deref().unwrap_or("none seen"),
+            sh.term.map_or_else(|| "-".to_string(), |t| t.to_string()),
+            sh.tables.join(", "),
+            sh.tables_in_sync
+        );
+    }
     if let Some(names) = &s.vtepconfig_names {
         println!("  vtep config:  {names}");
     }

@@ -128,19 +128,21 @@ class Vtep:
 
 # ---------------------------------------------------------------------------- route ---
 class Route:
-    def __init__(self, args):
+    def __init__(self, args, table, vpc_ns):
         self.args = args
+        self.table = table
+        self.vpc_ns = vpc_ns
         self.ec2 = boto3.client("ec2", endpoint_url=args.moto_url, region_name=args.region,
                                 aws_access_key_id="testing", aws_secret_access_key="testing")
         self.eni_ip = dict(kv.split("=", 1) for kv in args.eni)
         self.applied = {}
 
     def run(self):
-        ns = self.args.vpc_ns
+        ns = self.vpc_ns
         errors = 0
         while True:
             try:
-                rt = self.ec2.describe_route_tables(RouteTableIds=[self.args.route_table])["RouteTables"][0]
+                rt = self.ec2.describe_route_tables(RouteTableIds=[self.table])["RouteTables"][0]
                 errors = 0
                 for cidr in self.args.cidr:
                     eni = next((r.get("NetworkInterfaceId") for r in rt.get("Routes", [])
@@ -150,10 +152,10 @@ class Route:
                         continue
                     if gw:
                         ip(ns, "route", "replace", cidr, "via", gw)
-                        log("route", f"vpc-host {cidr} via {gw} ({eni})")
+                        log("route", f"{ns} {cidr} via {gw} ({eni})")
                     else:
                         ip(ns, "route", "del", cidr, check=False)
-                        log("route", f"vpc-host {cidr}: no route ({eni or 'none in ' + self.args.route_table})")
+                        log("route", f"{ns} {cidr}: no route ({eni or 'none in ' + self.table})")
                     self.applied[cidr] = gw
             except Exception as e:
                 errors += 1
@@ -174,16 +176,20 @@ def main():
     p.add_argument("--pod-ip", required=True)
     p.add_argument("--moto-url", required=True)
     p.add_argument("--region", default=os.environ.get("AWS_REGION", "us-west-2"))
-    p.add_argument("--route-table", required=True)
+    p.add_argument("--route-table", action="append", required=True,
+                   help="route table to follow; with several, each pairs with the --vpc-ns in the same position")
     p.add_argument("--cidr", action="append", required=True, help="hybrid pod CIDR to follow")
     p.add_argument("--eni", action="append", required=True, metavar="ENI=IP")
-    p.add_argument("--vpc-ns", required=True)
+    p.add_argument("--vpc-ns", action="append", required=True)
     p.add_argument("--interval", type=float, default=0.1)
     args = p.parse_args()
     log("follow", f"following CiliumVTEPConfig {args.vtep_name} -> {args.node_ns}, "
                   f"route table {args.route_table} -> {args.vpc_ns} every {args.interval}s")
-    threads = [threading.Thread(target=Vtep(args).run, daemon=True),
-               threading.Thread(target=Route(args).run, daemon=True)]
+    if len(args.route_table) != len(args.vpc_ns):
+        p.error("one --vpc-ns per --route-table")
+    threads = [threading.Thread(target=Vtep(args).run, daemon=True)]
+    threads += [threading.Thread(target=Route(args, t, n).run, daemon=True)
+                for t, n in zip(args.route_table, args.vpc_ns)]
     for t in threads:
         t.start()
     for t in threads:

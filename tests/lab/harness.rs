@@ -743,7 +743,13 @@ fn checksum(data: &[u8]) -> u16 {
 
 impl Probe {
     pub fn start(lab: &Lab, interval: Duration) -> Probe {
-        let ns = lab.var("NS_VPC").to_string();
+        Self::start_from(lab, "NS_VPC", interval)
+    }
+
+    /// [`Probe::start`] from the VPC host whose namespace is the lab variable `ns_var`
+    /// (`NS_VPC_B`: AZ b's host in per-AZ mode).
+    pub fn start_from(lab: &Lab, ns_var: &str, interval: Duration) -> Probe {
+        let ns = lab.var(ns_var).to_string();
         let dst: std::net::Ipv4Addr = lab.var("POD_IP").parse().expect("POD_IP");
         let state = Arc::new(Mutex::new(ProbeState::default()));
         let stop = Arc::new(AtomicBool::new(false));

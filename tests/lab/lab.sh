@@ -29,6 +29,11 @@
 # failover is real for packets.
 #
 #   sudo tests/lab/lab.sh up            build, start everything, wait for a leader, ping the pod
+#   sudo tests/lab/lab.sh up --per-az   the same in per-AZ mode (README "Per-AZ mode"): one
+#                                       route table per AZ (subnets 10.250.1.0/24 in <region>a,
+#                                       10.250.2.0/24 in <region>b), vpc-host in AZ a and
+#                                       vpc-host-b in AZ b, each following its own table; no
+#                                       DynamoDB lock; each gateway leads its own AZ
 #   sudo tests/lab/lab.sh status        who leads, what the route table and CR say, each daemon
 #   sudo tests/lab/lab.sh leader        print the leading gateway's name (gw-a / gw-b)
 #   sudo tests/lab/lab.sh kill GW       kill -9 a gateway's daemon (a crash; its kernel
@@ -74,7 +79,8 @@ repo=$(cd "$here/../.." && pwd)
 state=${HGW_LAB_DIR:-/run/hybrid-gateway-lab}
 prefix=${HGW_LAB_PREFIX:-hgwlab-}
 readonly here repo state prefix
-HOSTS=(cp gw-a gw-b node-1 vpc-host)
+# vpc-host-b (AZ b's VPC host) is only used by `up --per-az`, but always made and removed.
+HOSTS=(cp gw-a gw-b node-1 vpc-host vpc-host-b)
 [[ -z ${HGW_LAB_MIGRATE:-} ]] || HOSTS+=(go-gw)
 readonly HOSTS GATEWAYS=(gw-a gw-b)
 readonly MARKER=.hybrid-gateway-lab
@@ -239,6 +245,9 @@ $(election_timings)
 $(if [[ -n ${MIGRATE:-} ]]; then
   # The migration guide: the Go gateway's Lease, Lease only while Go gateways run.
   printf 'namespace = "hybrid-gateway"\nlease_name = "hybrid-gateway-leader"\n'
+elif ((PER_AZ)); then
+  # Per-AZ mode: one Lease per shard; not with the DynamoDB lock.
+  printf 'mode = "per-az"\n'
 else
   printf '\n[election.dynamodb]\ntable = "%s"\n' "$LOCK_TABLE"
 fi)
@@ -421,6 +430,19 @@ up() {
   [[ $ip_a != "$ip_b" ]] || die "moto gave both gateways $ip_a"
 
   # The VPC host: its route to the hybrid pods is set by the follower (from the route table).
+  if ((PER_AZ)); then
+    # One managed table per AZ, each associated with that AZ's subnet; a VPC host in each.
+    VPC_HOST_IP=10.250.1.10
+    nsx vpc-host-b ip addr add "$VPC_HOST_B_IP/16" dev eth0
+    nsx vpc-host-b ip link set eth0 up
+    nsx cp "$AWS_PEERS_PYTHON" -c '
+import json, sys, boto3
+seed = json.load(open(sys.argv[1]))
+ec2 = boto3.client("ec2", endpoint_url=sys.argv[2], region_name=sys.argv[3], aws_access_key_id="testing", aws_secret_access_key="testing")
+for table, subnet in zip(seed["route_tables"], seed["subnets"]):
+    ec2.associate_route_table(RouteTableId=table, SubnetId=subnet["subnet_id"])
+' "$state/seed.json" "$MOTO_URL" "$AWS_REGION"
+  fi
   nsx vpc-host ip addr add "$VPC_HOST_IP/16" dev eth0
   nsx vpc-host ip link set eth0 up
 
@@ -485,6 +507,9 @@ NFT
     echo "NS_GW_B=$(ns gw-b)"
     echo "NS_NODE=$(ns node-1)"
     echo "NS_VPC=$(ns vpc-host)"
+    echo "NS_VPC_B=$(ns vpc-host-b)"
+    echo "PER_AZ=$PER_AZ"
+    echo "VPC_HOST_B_IP=$VPC_HOST_B_IP"
     echo "CP_IP=$CP_IP"
     echo "VPC_HOST_IP=$VPC_HOST_IP"
     echo "VPC_CIDR=$VPC_CIDR"
@@ -525,6 +550,9 @@ NFT
     echo "PEERS_PYTHON=$AWS_PEERS_PYTHON"
   } >"$state/lab.env"
 
+  # Per-AZ mode watches the shard and claim Leases (names per AZ): the extra Role.
+  if ((PER_AZ)); then kubectl_lab apply -f "$repo/packaging/kubernetes/rbac-per-az.yaml" >/dev/null; fi
+
   # The hybrid node as Cilium registers it.
   kubectl_lab apply -f - >/dev/null <<EOF
 apiVersion: cilium.io/v2
@@ -551,10 +579,12 @@ EOF
   [[ -z $MIGRATE ]] || go_eni=(--eni "$(gw_field go-gw eni_id)=$go_ip")
   printf '%s\n' "$K8S_ADMIN_TOKEN" >"$state/follow.token"
   chmod 0600 "$state/follow.token"
-  local first_rt=${rts%% *}
+  local first_rt=${rts%% *} follow_b=()
+  # Per-AZ: the second table steers AZ b's VPC host.
+  ((PER_AZ)) && follow_b=(--route-table "${rts##* }" --vpc-ns "$(ns vpc-host-b)")
   nsx cp setsid "$AWS_PEERS_PYTHON" -u "$here/follow.py" \
     --api-url "$K8S_API_URL" --ca-file "$K8S_CA_FILE" --token-file "$state/follow.token" \
-    --node-ns "$(ns node-1)" --pod-ip "$POD_IP" \
+    --node-ns "$(ns node-1)" --pod-ip "$POD_IP" "${follow_b[@]}" \
     --moto-url "$MOTO_URL" --region "$AWS_REGION" --route-table "$first_rt" --cidr "$HYBRID_POD_CIDR" \
     --eni "$(gw_field gw-a eni_id)=$ip_a" --eni "$(gw_field gw-b eni_id)=$ip_b" "${go_eni[@]}" \
     --vpc-ns "$(ns vpc-host)" --interval "${HGW_LAB_POLL:-0.1}" \
@@ -570,8 +600,9 @@ EOF
   log "waiting for a leader, its VPC route and its CiliumVTEPConfig"
   local deadline=$((SECONDS + 90)) lead=
   until lead=$(leader) && nsx vpc-host ip route show "$HYBRID_POD_CIDR" | grep -q via \
-      && nsx node-1 ip route show "$VPC_CIDR" | grep -q via \
+      && { ((PER_AZ)) || nsx node-1 ip route show "$VPC_CIDR" | grep -q via; } \
       && nsx vpc-host ping -c 1 -W 1 "$POD_IP" >/dev/null 2>&1 \
+      && { ((!PER_AZ)) || nsx vpc-host-b ping -c 1 -W 1 "$POD_IP" >/dev/null 2>&1; } \
       && { [[ -z $MIGRATE ]] || both_standby; }; do
     for g in "${GATEWAYS[@]}"; do
       pid_of "$state/$g/daemon.pid" "$state/$g/config.toml" >/dev/null \
@@ -584,6 +615,12 @@ EOF
   log "up in $((SECONDS - t0)) s; leader: $lead"
   echo "--- ping VPC host -> hybrid pod $POD_IP (through $lead's VXLAN tunnel)"
   nsx vpc-host ping -c 3 -i 0.2 -W 2 "$POD_IP"
+  if ((PER_AZ)); then
+    echo "--- per-AZ: ping VPC host in AZ b ($VPC_HOST_B_IP) -> hybrid pod $POD_IP"
+    nsx vpc-host-b ping -c 3 -i 0.2 -W 2 "$POD_IP"
+    echo "--- per-AZ: the shard Leases"
+    kubectl_lab get lease -n hybrid-gateway
+  fi
   local me="$0"
   [[ $me == /* || $me == ./* ]] || me="./$me"
   [[ -z ${HGW_LAB_DIR:-}${HGW_LAB_PREFIX:-} ]] || me="HGW_LAB_DIR=$state HGW_LAB_PREFIX=$prefix $me"
@@ -635,7 +672,13 @@ status() {
     echo "Go gateway:      go-gw $GO_ENI ($GO_IP), $go_state"
   fi
   echo "vpc-host:        $(ip -n "$NS_VPC" route show "$HYBRID_POD_CIDR" | head -n1)"
-  echo "node-1:          $(ip -n "$NS_NODE" route show "$VPC_CIDR" | head -n1)"
+  if ((${PER_AZ:-0})); then
+    echo "vpc-host-b:      $(ip -n "$NS_VPC_B" route show "$HYBRID_POD_CIDR" | head -n1)"
+    echo "node-1:          $(ip -n "$NS_NODE" route show dev vx | grep via | paste -sd ';')"
+    echo "shard Leases:    $(kubectl_lab get lease -n hybrid-gateway -o 'jsonpath={range .items[*]}{.metadata.name}={.spec.holderIdentity} {end}' 2>/dev/null)"
+  else
+    echo "node-1:          $(ip -n "$NS_NODE" route show "$VPC_CIDR" | head -n1)"
+  fi
   for g in "${GATEWAYS[@]}"; do
     echo "--- $g"
     if pid=$(pid_of "$state/$g/daemon.pid" "$state/$g/config.toml"); then
@@ -646,8 +689,17 @@ status() {
   done
 }
 
+# HGW_LAB_PER_AZ=1 is the same as `up --per-az` (for the Rust harness).
+PER_AZ=0 VPC_HOST_B_IP=10.250.2.10
 case ${1:-} in
-  up) up ;;
+  up)
+    [[ ${HGW_LAB_PER_AZ:-0} == 0 ]] || PER_AZ=1
+    case ${2:-} in
+      "") ;;
+      --per-az) PER_AZ=1 ;;
+      *) die "up takes no argument but --per-az" ;;
+    esac
+    up ;;
   down) down ;;
   status) status ;;
   leader) leader ;;

@@ -114,6 +114,32 @@ pub fn violations_given(events: &[Event], acq: &[(Duration, String)]) -> Vec<Str
     out
 }
 
+/// One shard's part of a per-AZ record, for [`violations`] per shard: the writes of its
+/// Lease `lease` (the request path's last segment), route writes to its `tables`, and
+/// CiliumVTEPConfig writes setting its fence annotation `term_key`
+/// (`hybrid-gateway.io/term-<az>`; the default shard's is `hybrid-gateway.io/term`).
+pub fn shard_events(
+    events: &[Event],
+    lease: &str,
+    tables: &[String],
+    term_key: &str,
+) -> Vec<Event> {
+    events
+        .iter()
+        .filter(|e| match e.kind {
+            Kind::LeaseWrite => e.detail.rsplit('/').next() == Some(lease),
+            Kind::Route => tables.iter().any(|t| e.detail.contains(&format!(" {t} "))),
+            Kind::Cr => e
+                .detail
+                .rsplit(' ')
+                .next()
+                .is_some_and(|f| f.split(',').any(|k| k == term_key)),
+            _ => false,
+        })
+        .cloned()
+        .collect()
+}
+
 /// The holder in effect at the end of the record (the last successful authority write).
 pub fn last_holder(events: &[Event], authority: &Kind) -> Option<String> {
     events

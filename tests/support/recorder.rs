@@ -495,17 +495,33 @@ fn classify(peer: Peer, req: &Request) -> (Kind, String, Option<String>, String)
                     .as_str()
                     .filter(|h| !h.is_empty() && req.method != "DELETE")
                     .map(String::from);
+                // A create names the Lease in its body: the detail ends with the name either
+                // way (per-AZ mode has one Lease per shard).
+                let detail = match json["metadata"]["name"].as_str() {
+                    Some(name) if req.method == "POST" => format!("{detail}/{name}"),
+                    _ => detail,
+                };
                 (Kind::LeaseWrite, String::new(), holder, detail)
             } else if path.contains("/ciliumvtepconfigs") && write {
                 let ep = json["spec"]["endpoints"][0]["tunnelEndpoint"]
                     .as_str()
                     .unwrap_or("")
                     .to_string();
+                // The fence annotations it sets name the shard (per-AZ mode).
+                let fences: Vec<&str> = json["metadata"]["annotations"]
+                    .as_object()
+                    .map(|a| {
+                        a.keys()
+                            .map(String::as_str)
+                            .filter(|k| k.starts_with("hybrid-gateway.io/term"))
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 (
                     Kind::Cr,
                     String::new(),
                     None,
-                    format!("CiliumVTEPConfig {} {ep}", req.method),
+                    format!("CiliumVTEPConfig {} {ep} {}", req.method, fences.join(",")),
                 )
             } else if write {
                 (Kind::OtherWrite, String::new(), None, detail)

@@ -27,14 +27,16 @@ resource "aws_iam_instance_profile" "this" {
 }
 
 data "aws_iam_policy_document" "daemon" {
-  # Reads: route tables, instances (its own ASG peers for takeover "owned"), ENIs. The EC2
-  # Describe* actions support no resource-level permissions.
+  # Reads: route tables, instances (its own ASG peers for takeover "owned"), ENIs, subnets
+  # (per-AZ mode: each table's AZ). The EC2 Describe* actions support no resource-level
+  # permissions.
   statement {
     sid = "DescribeRouteTablesInstancesAndEnis"
     actions = [
       "ec2:DescribeRouteTables",
       "ec2:DescribeInstances",
       "ec2:DescribeNetworkInterfaces",
+      "ec2:DescribeSubnets",
     ]
     resources = ["*"]
   }

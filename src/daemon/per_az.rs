@@ -1,0 +1,814 @@
+//! `[election] mode = "per-az"`: every Availability Zone's route tables form a shard with
+//! its own Lease, and each shard's leader does the leader work for that shard only — its
+//! tables pointed at its own ENI, its subnets' CiliumVTEPConfig entries naming it.
+//!
+//! Each shard's election is the unchanged client-go elector ([`election::run`]) on the
+//! shard's Lease, so its rules hold per shard: a standby judges expiry by its own clock,
+//! leader work re-reads the shard's term and time left before every write, and a clean
+//! stop publishes standby, stops the work, then releases.
+//!
+//! **Home preference.** A gateway campaigns at once for the default shard and for the
+//! shard of its own AZ (its *home*). For any other AZ's shard it is a *visitor*: it only
+//! reads that shard's Lease (so its expiry clock runs from the holder's last renewal) and
+//! the AZ's *claim* Lease (`<lease_name>-<az>-home`), which every gateway of that AZ
+//! campaigns for, with the same elector, once it is ready (device up, first node sync
+//! applied). The visitor campaigns for the shard only while the claim is vacant — released,
+//! or not renewed for a lease duration by the visitor's own clock — i.e. no gateway of the
+//! AZ is up; and it hands the shard back once the claim is held again: standby, leader
+//! work stopped, the shard's Lease released, so the home gateway (waiting on a watch of
+//! that Lease) takes it within milliseconds. The claim only decides who may *campaign*;
+//! who may *act* is still decided by the shard's Lease alone, so a wrong view of the claim
+//! can delay a takeover or a handback but never make two writers. During a handback both
+//! gateways carry every hybrid node's tunnel, so packets routed to either are forwarded.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::aws_side::{AwsSideError, SharedAws};
+use super::node_sync::BACKOFF;
+use crate::aws::shards::{self, Layout, Selection, Shard};
+use crate::aws::{RouteError, RouteTables};
+use crate::backoff::Backoff;
+use crate::config::{Config, JITTER_FACTOR};
+use crate::datapath::Mac;
+use crate::election::{self, lease::LeaseLock, ElectionHandle, Elector, Term, Timings};
+use crate::k8s::vtep_shape::{self, Served};
+use crate::k8s::vtep_shards::{self, CrPlan, ShardVtep};
+use crate::reconcile::{self, Outcome, Target, Wakeups};
+use crate::telemetry::Telemetry;
+
+/// One EC2 read page of the layout (not leader work: no leadership bound applies).
+const LAYOUT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+const LAYOUT_BACKOFF: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+
+pub struct PerAzInputs {
+    pub kube: kube::Client,
+    pub identity: String,
+    pub node_ip: Ipv4Addr,
+    pub mac: Mac,
+    pub aws: SharedAws,
+    pub config: watch::Receiver<Arc<Config>>,
+    pub telemetry: Telemetry,
+}
+
+/// What every shard's parts share.
+struct Shared {
+    inputs: PerAzInputs,
+    namespace: String,
+    lease_name: String,
+    timings: Timings,
+    /// One lock store call (see [`crate::config::ElectionConfig::store_timeout`]).
+    request_timeout: Duration,
+    home_az: String,
+    layout: watch::Receiver<Option<Arc<Layout>>>,
+    plan: watch::Receiver<Option<CrPlan>>,
+    served: watch::Receiver<Served>,
+}
+
+/// The running per-AZ election: the layout reader, the served-shape look-up, and one
+/// session per shard.
+pub struct PerAz {
+    cancel: CancellationToken,
+    manager: JoinHandle<Vec<Session>>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl PerAz {
+    /// `home_az`: this gateway's AZ (IMDS).
+    pub fn start(config: &Config, inputs: PerAzInputs, home_az: String) -> PerAz {
+        let e = &config.election;
+        let cancel = CancellationToken::new();
+        let (layout_tx, layout) = watch::channel(None);
+        let (plan_tx, plan) = watch::channel(None);
+        let (shape_tx, served) = watch::channel(Served::Unknown);
+        let request_timeout = e.store_timeout(config.kubernetes.request_timeout);
+        let background = vec![
+            tokio::spawn(read_layouts(
+                inputs.aws.clone(),
+                inputs.config.clone(),
+                layout_tx,
+                plan_tx,
+                cancel.clone(),
+            )),
+            tokio::spawn(vtep_shape::run(
+                inputs.kube.clone(),
+                request_timeout,
+                shape_tx,
+                cancel.clone(),
+            )),
+            tokio::spawn(super::leader::follow_shape(
+                served.clone(),
+                inputs.telemetry.clone(),
+                cancel.clone(),
+            )),
+        ];
+        tracing::info!(identity = %inputs.identity, home = %home_az, lease = %format!("{}/{}", e.namespace, e.lease_name), "joining the per-AZ election");
+        let shared = Arc::new(Shared {
+            inputs,
+            namespace: e.namespace.clone(),
+            lease_name: e.lease_name.clone(),
+            timings: Timings {
+                lease_duration: e.lease_duration,
+                renew_deadline: e.renew_deadline,
+                retry_period: e.retry_period,
+            },
+            request_timeout,
+            home_az,
+            layout,
+            plan,
+            served,
+        });
+        let manager = tokio::spawn(manage(shared, cancel.clone()));
+        PerAz {
+            cancel,
+            manager,
+            background,
+        }
+    }
+
+    /// Every shard as a clean stop of active/standby: standby, leader work stopped, then
+    /// the Leases released (claims first, so a visitor campaigns as soon as it can).
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        let sessions = self.manager.await.unwrap_or_default();
+        futures::future::join_all(sessions.into_iter().map(Session::stop)).await;
+        for t in self.background {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Reads the VPC's tables and subnets every `aws.resync_interval` (and after a reload),
+/// publishing the layout and the CiliumVTEPConfig plan when they change. Every gateway
+/// reads, leader or not: a takeover then starts from a known layout.
+async fn read_layouts(
+    aws: SharedAws,
+    mut config: watch::Receiver<Arc<Config>>,
+    layout_tx: watch::Sender<Option<Arc<Layout>>>,
+    plan_tx: watch::Sender<Option<CrPlan>>,
+    cancel: CancellationToken,
+) {
+    let mut failures = 0u32;
+    let mut said: Option<Result<(), String>> = None;
+    loop {
+        let c = config.borrow_and_update().clone();
+        let wait = match read_layout(&aws, &c).await {
+            Ok(layout) => {
+                failures = 0;
+                let per_subnet = layout.endpoints_expressible(vtep_shards::MAX_ENDPOINTS);
+                if said.as_ref() != Some(&per_subnet) {
+                    match &per_subnet {
+                        Ok(()) => tracing::info!(
+                            subnets = layout.subnets.len(),
+                            "per-AZ CiliumVTEPConfig: one endpoint per subnet, each naming its shard's leader"
+                        ),
+                        Err(why) => tracing::warn!(
+                            "per-AZ CiliumVTEPConfig not possible: {why}; the default shard's leader writes the CiliumVTEPConfig alone (hybrid → VPC traffic returns through it: asymmetric paths, see README \"Per-AZ mode\")"
+                        ),
+                    }
+                    said = Some(per_subnet.clone());
+                }
+                if !layout.missing.is_empty() {
+                    tracing::warn!(missing = ?layout.missing, "route tables in aws.route_table_ids not found in this VPC");
+                }
+                let layout = Arc::new(layout);
+                let changed = layout_tx.send_if_modified(|cur| {
+                    let same = cur.as_deref() == Some(&*layout);
+                    if !same {
+                        *cur = Some(layout.clone());
+                    }
+                    !same
+                });
+                if changed {
+                    for (shard, tables) in &layout.tables {
+                        tracing::info!(%shard, ?tables, "per-AZ shard");
+                    }
+                    plan_tx.send_replace(Some(CrPlan { layout, per_subnet }));
+                }
+                c.aws.resync_interval
+            }
+            Err(e) => {
+                failures += 1;
+                tracing::warn!("per-AZ layout: {e}; retrying");
+                LAYOUT_BACKOFF.delay(failures - 1)
+            }
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+            r = config.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum LayoutError {
+    #[error("{0}")]
+    Aws(#[source] AwsSideError),
+    #[error("{0}")]
+    Ec2(#[source] shards::ShardsError),
+}
+
+async fn read_layout(aws: &SharedAws, config: &Config) -> Result<Layout, LayoutError> {
+    let side = aws
+        .get_or_discover(config)
+        .await
+        .map_err(LayoutError::Aws)?;
+    let ec2 = aws_sdk_ec2::Client::new(&side.sdk);
+    let (tables, subnets) = shards::read_vpc(&ec2, &side.identity.vpc_id, LAYOUT_CALL_TIMEOUT)
+        .await
+        .map_err(LayoutError::Ec2)?;
+    let selection = Selection {
+        ids: config.aws.route_table_ids.clone(),
+        tag: config.aws.route_table_tag.clone(),
+    };
+    Ok(shards::layout(
+        &tables,
+        &subnets,
+        &selection,
+        &config.gateway.vpc_cidrs,
+    ))
+}
+
+/// Starts a session for every shard the layout shows (the default shard at once), as they
+/// appear; returns them on `cancel` for a clean stop. A shard that disappears keeps its
+/// session: it has no tables and no subnets, so its leader writes nothing.
+async fn manage(shared: Arc<Shared>, cancel: CancellationToken) -> Vec<Session> {
+    let mut sessions: Vec<Session> = vec![Session::start(&shared, Shard::Default, &cancel)];
+    let mut layout = shared.layout.clone();
+    loop {
+        let zones: Vec<String> = layout
+            .borrow_and_update()
+            .as_ref()
+            .map(|l| l.zones().map(str::to_string).collect())
+            .unwrap_or_default();
+        for az in zones {
+            let shard = Shard::Zone(az);
+            if !sessions.iter().any(|s| s.shard == shard) {
+                sessions.push(Session::start(&shared, shard, &cancel));
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return sessions,
+            r = layout.changed() => if r.is_err() { return sessions },
+        }
+    }
+}
+
+/// This gateway's part in one shard.
+struct Session {
+    shard: Shard,
+    kind: SessionKind,
+}
+
+enum SessionKind {
+    /// The default shard, or this gateway's own AZ (with its claim).
+    Home {
+        contender: Contender,
+        claim: Option<Claim>,
+    },
+    /// Another AZ's shard: campaigns only while no gateway of that AZ claims it.
+    Visitor(JoinHandle<()>),
+}
+
+impl Session {
+    fn start(shared: &Arc<Shared>, shard: Shard, cancel: &CancellationToken) -> Session {
+        let kind =
+            match &shard {
+                Shard::Zone(az) if *az != shared.home_az => SessionKind::Visitor(tokio::spawn(
+                    visit(shared.clone(), shard.clone(), cancel.clone()),
+                )),
+                _ => {
+                    let claim = match &shard {
+                        Shard::Zone(_) => Some(Claim::start(shared, &shard)),
+                        Shard::Default => None,
+                    };
+                    let elector = shard_elector(shared, &shard);
+                    SessionKind::Home {
+                        contender: Contender::start(shared, &shard, elector, None, true),
+                        claim,
+                    }
+                }
+            };
+        Session { shard, kind }
+    }
+
+    async fn stop(self) {
+        match self.kind {
+            SessionKind::Home { contender, claim } => {
+                if let Some(c) = claim {
+                    c.stop().await;
+                }
+                contender.stop().await;
+            }
+            // The visitor stops (and releases) on the manager's cancel itself.
+            SessionKind::Visitor(t) => {
+                let _ = t.await;
+            }
+        }
+    }
+}
+
+fn shard_elector(shared: &Shared, shard: &Shard) -> Elector<LeaseLock> {
+    Elector::new(
+        LeaseLock::new(
+            shared.inputs.kube.clone(),
+            &shared.namespace,
+            &shard.lease_name(&shared.lease_name),
+            shared.request_timeout,
+        ),
+        shared.inputs.identity.clone(),
+        shared.timings,
+    )
+}
+
+/// One shard's election and leader work, stopped as active/standby stops.
+struct Contender {
+    shard: Shard,
+    contest: JoinHandle<Elector<LeaseLock>>,
+    election_cancel: CancellationToken,
+    work: Vec<JoinHandle<()>>,
+    work_cancel: CancellationToken,
+    request_timeout: Duration,
+}
+
+impl Contender {
+    /// Campaigns with `elector` (a visitor's has been watching the Lease, so its expiry
+    /// clock already runs). `wake`: a watch on the shard's Lease; one is started if none.
+    fn start(
+        shared: &Arc<Shared>,
+        shard: &Shard,
+        mut elector: Elector<LeaseLock>,
+        wake: Option<Arc<Notify>>,
+        home: bool,
+    ) -> Contender {
+        let election_cancel = CancellationToken::new();
+        let work_cancel = CancellationToken::new();
+        let (publisher, handle) = election::channel();
+        let mut work = Vec::new();
+        let wake = wake.unwrap_or_else(|| {
+            let (wake, watch) = election::lease::watch_changes(
+                shared.inputs.kube.clone(),
+                &shared.namespace,
+                &shard.lease_name(&shared.lease_name),
+                election_cancel.clone(),
+            );
+            work.push(watch);
+            wake
+        });
+        let c = election_cancel.clone();
+        let contest = tokio::spawn(async move {
+            election::run(&mut elector, &publisher, Some(wake), c).await;
+            elector
+        });
+        work.extend(leader_work(shared, shard, &handle, home, &work_cancel));
+        Contender {
+            shard: shard.clone(),
+            contest,
+            election_cancel,
+            work,
+            work_cancel,
+            request_timeout: shared.request_timeout,
+        }
+    }
+
+    /// Standby first, then the shard's leader work stopped, then its Lease released; gives
+    /// the elector back (a visitor keeps watching with it).
+    async fn stop(self) -> Option<Elector<LeaseLock>> {
+        self.election_cancel.cancel();
+        let elector = self.contest.await.ok();
+        self.work_cancel.cancel();
+        for t in self.work {
+            let _ = t.await;
+        }
+        let mut elector = elector?;
+        match tokio::time::timeout(
+            self.request_timeout,
+            elector.release(jiff::Timestamp::now()),
+        )
+        .await
+        {
+            Ok(Ok(true)) => tracing::info!(shard = %self.shard, "released the shard's Lease"),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(shard = %self.shard, "could not release the shard's Lease ({e}); it expires")
+            }
+            Err(_) => {
+                tracing::warn!(shard = %self.shard, "releasing the shard's Lease timed out; it expires")
+            }
+        }
+        Some(elector)
+    }
+}
+
+/// The shard's leader work (each part only while this gateway leads the shard) and the
+/// status that follows its leadership.
+fn leader_work(
+    shared: &Arc<Shared>,
+    shard: &Shard,
+    handle: &ElectionHandle,
+    home: bool,
+    cancel: &CancellationToken,
+) -> Vec<JoinHandle<()>> {
+    let i = &shared.inputs;
+    let config = i.config.borrow().clone();
+    let spec = ShardVtep {
+        shard: shard.clone(),
+        tunnel_endpoint: i.node_ip,
+        mac: i.mac,
+        vpc_cidrs: config.gateway.vpc_cidrs.clone(),
+        node_selector: config.kubernetes.vtep_node_selector.clone(),
+        shape: vtep_shape::Shape::V2 { cidr_mask: true },
+    };
+    let routes = ShardRoutes {
+        shared: shared.clone(),
+        shard: shard.clone(),
+    };
+    vec![
+        tokio::spawn(vtep_shards::run(
+            i.kube.clone(),
+            spec,
+            i.identity.clone(),
+            handle.clone(),
+            shared.request_timeout,
+            shared.served.clone(),
+            shared.plan.clone(),
+            cancel.clone(),
+        )),
+        tokio::spawn(routes.run(handle.clone(), cancel.clone())),
+        tokio::spawn(follow(
+            handle.clone(),
+            shard.to_string(),
+            home,
+            i.telemetry.clone(),
+            cancel.clone(),
+        )),
+    ]
+}
+
+async fn follow(
+    mut handle: ElectionHandle,
+    shard: String,
+    home: bool,
+    telemetry: Telemetry,
+    cancel: CancellationToken,
+) {
+    loop {
+        let l = handle.leadership.borrow_and_update().clone();
+        telemetry.shard_leadership(&shard, home, &l);
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = handle.leadership.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+/// A gateway's claim on its own AZ's shard: a Lease (`<lease_name>-<az>-home`) it
+/// campaigns for with the ordinary elector once it is ready to forward. Held: a gateway of
+/// the AZ is up, and visitors hand the shard back.
+struct Claim {
+    task: JoinHandle<Option<Elector<LeaseLock>>>,
+    cancel: CancellationToken,
+    request_timeout: Duration,
+}
+
+impl Claim {
+    fn start(shared: &Arc<Shared>, shard: &Shard) -> Claim {
+        let cancel = CancellationToken::new();
+        let name = shard
+            .claim_lease_name(&shared.lease_name)
+            .unwrap_or_else(|| shard.lease_name(&shared.lease_name));
+        let mut elector = Elector::new(
+            LeaseLock::new(
+                shared.inputs.kube.clone(),
+                &shared.namespace,
+                &name,
+                shared.request_timeout,
+            ),
+            shared.inputs.identity.clone(),
+            shared.timings,
+        );
+        let status = shared.inputs.telemetry.status.clone();
+        let c = cancel.clone();
+        let task = tokio::spawn(async move {
+            // Ready to forward: the device is up and the hybrid nodes are programmed. Before
+            // that a handback would send the zone's traffic into a tunnel with no entries.
+            loop {
+                let s = status.snapshot();
+                if s.device_up && s.nodes_synced && s.identity_known {
+                    break;
+                }
+                tokio::select! {
+                    _ = c.cancelled() => return None,
+                    _ = status.changed.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
+            tracing::info!(claim = %name, "ready: claiming this AZ's shard");
+            let (publisher, _handle) = election::channel();
+            election::run(&mut elector, &publisher, None, c).await;
+            Some(elector)
+        });
+        Claim {
+            task,
+            cancel,
+            request_timeout: shared.request_timeout,
+        }
+    }
+
+    async fn stop(self) {
+        self.cancel.cancel();
+        if let Ok(Some(mut e)) = self.task.await {
+            let _ =
+                tokio::time::timeout(self.request_timeout, e.release(jiff::Timestamp::now())).await;
+        }
+    }
+}
+
+/// A visitor's part in another AZ's shard: watch the AZ's claim and the shard's Lease;
+/// campaign while the claim is vacant, hand the shard back when it is held again.
+async fn visit(shared: Arc<Shared>, shard: Shard, cancel: CancellationToken) {
+    let Some(claim_name) = shard.claim_lease_name(&shared.lease_name) else {
+        return;
+    };
+    let kube = &shared.inputs.kube;
+    let t = shared.timings;
+    let mut claim = Elector::new(
+        LeaseLock::new(
+            kube.clone(),
+            &shared.namespace,
+            &claim_name,
+            shared.request_timeout,
+        ),
+        shared.inputs.identity.clone(),
+        t,
+    );
+    let watch_cancel = cancel.child_token();
+    let (claim_bell, claim_watch) = election::lease::watch_changes(
+        kube.clone(),
+        &shared.namespace,
+        &claim_name,
+        watch_cancel.clone(),
+    );
+    let (shard_bell, shard_watch) = election::lease::watch_changes(
+        kube.clone(),
+        &shared.namespace,
+        &shard.lease_name(&shared.lease_name),
+        watch_cancel.clone(),
+    );
+    let mut watcher = Some(shard_elector(&shared, &shard));
+    let mut running: Option<Contender> = None;
+    let started = Instant::now();
+    let status = &shared.inputs.telemetry;
+    status.shard_leadership(
+        shard.name(),
+        false,
+        &election::Leadership::Standby { leader: None },
+    );
+    loop {
+        // What the claim says, by our clock: `None` when it could not be read (nothing
+        // changes on an unknown).
+        let claimed = match tokio::time::timeout(shared.request_timeout, claim.observe_only()).await
+        {
+            Ok(Ok(())) => Some(claim_held(&claim)),
+            Ok(Err(e)) => {
+                tracing::debug!(shard = %shard, "reading the claim: {e}");
+                None
+            }
+            Err(_) => None,
+        };
+        // While not campaigning, keep the shard's Lease observed so the expiry clock runs
+        // from the holder's last renewal, not from the moment we start.
+        if let Some(w) = watcher.as_mut() {
+            let _ = tokio::time::timeout(shared.request_timeout, w.observe_only()).await;
+            let leader = w.observed_holder().map(str::to_string);
+            status.shard_leadership(
+                shard.name(),
+                false,
+                &election::Leadership::Standby { leader },
+            );
+        }
+        // A grace of one lease duration after start: a gateway of the AZ starting with us
+        // gets to claim first.
+        let grace_over = started.elapsed() >= t.lease_duration;
+        match visit_step(claimed, running.is_some(), grace_over) {
+            VisitStep::Campaign => {
+                if let Some(elector) = watcher.take() {
+                    tracing::info!(shard = %shard, "no gateway of {shard} claims its shard: campaigning for it");
+                    running = Some(Contender::start(
+                        &shared,
+                        &shard,
+                        elector,
+                        Some(shard_bell.clone()),
+                        false,
+                    ));
+                }
+            }
+            VisitStep::HandBack => {
+                let home = claim.observed_holder().unwrap_or("?").to_string();
+                tracing::info!(shard = %shard, home = %home, "a gateway of {shard} is ready: handing its shard back");
+                if let Some(c) = running.take() {
+                    watcher = c
+                        .stop()
+                        .await
+                        .or_else(|| Some(shard_elector(&shared, &shard)));
+                }
+            }
+            VisitStep::Stay => {}
+        }
+        // Next look: when the claim runs out by our clock, on any change of the claim (and
+        // of the shard's Lease while watching it), or after a jittered retry period.
+        let pause = claim
+            .other_lease_expires_in(Instant::now())
+            .filter(|d| !d.is_zero())
+            .map_or(jitter(t.retry_period), |d| d.min(jitter(t.retry_period)));
+        let pause = if grace_over {
+            pause
+        } else {
+            pause.min(t.lease_duration.saturating_sub(started.elapsed()))
+        };
+        let shard_wake = async {
+            if watcher.is_some() {
+                shard_bell.notified().await
+            } else {
+                std::future::pending().await
+            }
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = claim_bell.notified() => {}
+            _ = shard_wake => {}
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+    if let Some(c) = running.take() {
+        c.stop().await;
+    }
+    watch_cancel.cancel();
+    let _ = claim_watch.await;
+    let _ = shard_watch.await;
+}
+
+/// What a visitor does after looking at the claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum VisitStep {
+    /// Start campaigning for the shard (its Lease still decides).
+    Campaign,
+    /// Stop campaigning: standby, leader work stopped, the shard's Lease released.
+    HandBack,
+    Stay,
+}
+
+/// The visitor's rule. `claimed`: whether a gateway of the AZ holds its claim by our clock
+/// (`None`: the claim could not be read, and nothing changes on an unknown); `running`:
+/// whether we campaign now; `grace_over`: one lease duration since our start.
+fn visit_step(claimed: Option<bool>, running: bool, grace_over: bool) -> VisitStep {
+    match (claimed, running) {
+        (Some(false), false) if grace_over => VisitStep::Campaign,
+        (Some(true), true) => VisitStep::HandBack,
+        _ => VisitStep::Stay,
+    }
+}
+
+/// Whether a gateway holds the claim, by our clock: a holder whose lease has not run out
+/// since we saw it renew. Released (empty holder), never written, or expired: vacant.
+fn claim_held(claim: &Elector<LeaseLock>) -> bool {
+    claim
+        .other_lease_expires_in(Instant::now())
+        .is_some_and(|d| !d.is_zero())
+}
+
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(1.0 + fastrand::f64() * JITTER_FACTOR)
+}
+
+/// Route sync of one shard's tables to this gateway's ENI, while it leads the shard.
+#[derive(Clone)]
+struct ShardRoutes {
+    shared: Arc<Shared>,
+    shard: Shard,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ShardRoutesError {
+    #[error("{0}")]
+    Aws(#[source] AwsSideError),
+    #[error("{0}")]
+    Routes(#[source] RouteError),
+}
+
+impl ShardRoutes {
+    async fn run(self, election: ElectionHandle, cancel: CancellationToken) {
+        let start = |term: Term| {
+            let wakeups = Wakeups::new()
+                .on_change(self.shared.inputs.config.clone())
+                .on_change(self.shared.layout.clone());
+            (
+                ShardTermSync {
+                    routes: self.clone(),
+                    term,
+                    layout: self.shared.layout.clone(),
+                    built: None,
+                },
+                wakeups,
+            )
+        };
+        reconcile::while_leading(&election, start, BACKOFF, &cancel).await;
+    }
+}
+
+/// One shard's route sync in one term.
+struct ShardTermSync {
+    routes: ShardRoutes,
+    term: Term,
+    layout: watch::Receiver<Option<Arc<Layout>>>,
+    /// The writer for the tables and configuration it was built from.
+    built: Option<(Vec<String>, Arc<Config>, RouteTables)>,
+}
+
+impl Target for ShardTermSync {
+    type Error = ShardRoutesError;
+
+    async fn pass(&mut self) -> Result<Outcome, ShardRoutesError> {
+        let shared = &self.routes.shared;
+        let shard = &self.routes.shard;
+        let config = shared.inputs.config.borrow().clone();
+        let Some(layout) = self.layout.borrow_and_update().clone() else {
+            return Ok(Outcome::idle());
+        };
+        let tables = layout.tables_of(shard).to_vec();
+        let telemetry = &shared.inputs.telemetry;
+        if tables.is_empty() {
+            telemetry.shard_tables(shard.name(), &[], Some(0));
+            return Ok(Outcome::idle());
+        }
+        let aws = shared
+            .inputs
+            .aws
+            .get_or_discover(&config)
+            .await
+            .map_err(ShardRoutesError::Aws)?;
+        let routes = match self.built.take() {
+            Some((t, c, r)) if t == tables && Arc::ptr_eq(&c, &config) => r,
+            _ => {
+                tracing::info!(shard = %shard, term = self.term.number(), ?tables, "VPC route sync of the shard's tables");
+                aws.route_tables_for(&config, tables.clone())
+            }
+        };
+        let routes = &self
+            .built
+            .insert((tables.clone(), config.clone(), routes))
+            .2;
+        let report = routes
+            .sync(
+                &config.gateway.hybrid_pod_cidrs,
+                &aws.identity.primary_eni,
+                &self.term,
+            )
+            .await
+            .map_err(ShardRoutesError::Routes)?;
+        let in_sync = report.tables.iter().filter(|t| !t.degraded()).count();
+        telemetry.shard_tables(shard.name(), &tables, Some(in_sync));
+        let changes = u64::from(report.created() + report.replaced() + report.deleted());
+        if report.converged() {
+            Ok(Outcome::resync(changes, config.aws.resync_interval))
+        } else {
+            Ok(Outcome::retry(changes))
+        }
+    }
+
+    fn failed(&mut self, e: &ShardRoutesError) {
+        self.routes.shared.inputs.telemetry.routes_failed(
+            &format!("shard {}: {e}", self.routes.shard),
+            self.term.is_current(),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_visitor_campaigns_only_while_the_claim_is_vacant_and_hands_back_when_it_is_held() {
+        use VisitStep::*;
+        // Vacant claim: campaign, but not in the grace after start.
+        assert_eq!(visit_step(Some(false), false, true), Campaign);
+        assert_eq!(visit_step(Some(false), false, false), Stay);
+        // A gateway of the AZ is ready: hand back if we campaign, else keep away.
+        assert_eq!(visit_step(Some(true), true, true), HandBack);
+        assert_eq!(visit_step(Some(true), true, false), HandBack);
+        assert_eq!(visit_step(Some(true), false, true), Stay);
+        // Still vacant while we campaign: keep going.
+        assert_eq!(visit_step(Some(false), true, true), Stay);
+        // The claim could not be read: nothing changes, either way.
+        assert_eq!(visit_step(None, true, true), Stay);
+        assert_eq!(visit_step(None, false, true), Stay);
+    }
+}
