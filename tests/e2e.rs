@@ -68,6 +68,19 @@ fn assert_leads(lab: &Lab, obs: &Observer, leader: &str) {
         }),
         "hybrid_gateway_leader_is_active is not 1 on {leader}"
     );
+    // Every gateway reads whom the CR names: the leader sees itself, a running standby
+    // sees that it is not named (the inputs of the "CR on a non-leader" alerts).
+    let other = Lab::other(leader);
+    let names_me = |gw: &str| lab.metric(gw, "hybrid_gateway_vtepconfig_names_me");
+    assert!(
+        harness::wait_until(Duration::from_secs(5), Duration::from_millis(100), || {
+            names_me(leader) == Some(1.0)
+                && (lab.pid(other).is_none() || names_me(other) == Some(0.0))
+        }),
+        "hybrid_gateway_vtepconfig_names_me: {leader} {:?}, {other} {:?}",
+        names_me(leader),
+        names_me(other)
+    );
 }
 
 /// Pings go through `via`'s tunnel and no longer through `not_via`'s (whose kernel still

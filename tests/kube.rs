@@ -771,3 +771,88 @@ async fn status_writes_do_not_wake_the_writer() {
     );
     w.stop().await;
 }
+
+/// Every gateway reads which gateways the CiliumVTEPConfig names, with the daemon's own
+/// identity: a CR written by someone else that names this (non-leading) gateway is seen,
+/// a change to another gateway is seen within a second, and a deleted CR reads as
+/// "names nobody" rather than "unknown" — the inputs of the "CR on a non-leader" and
+/// "CR names no gateway" alerts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_gateway_sees_whom_the_vtep_config_names() {
+    use hybrid_gateway::k8s::vtep_observer::{self, Observed};
+    use hybrid_gateway::k8s::vtep_shape::{Served, Shape};
+
+    let server = ApiServer::start();
+    let daemon_client = client(&server.daemon_kubeconfig()).await;
+    let admin = client(&server.admin_kubeconfig()).await;
+    let api: Api<DynamicObject> = Api::all_with(admin, &vtep_config::api_resource());
+    let me: std::net::Ipv4Addr = "10.250.3.111".parse().unwrap();
+    let entry = |ip: &str| json!({"name": "vpc-gateway", "tunnelEndpoint": ip, "cidr": "10.250.0.0/16", "mac": "02:00:00:00:00:01"});
+
+    let cancel = CancellationToken::new();
+    let served = Served::Shape {
+        shape: Shape::V2 { cidr_mask: true },
+        how: "the test",
+    };
+    let (_served_tx, served_rx) = tokio::sync::watch::channel(served);
+    let (tx, rx) = tokio::sync::watch::channel(Observed::Unknown);
+    let observer = tokio::spawn(vtep_observer::run(
+        daemon_client,
+        served_rx,
+        tx,
+        cancel.clone(),
+    ));
+    let wait_for = |want: Option<bool>, what: &'static str| {
+        let mut rx = rx.clone();
+        async move {
+            let seen =
+                tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|o| o.names(me) == want))
+                    .await
+                    .is_ok();
+            let now = rx.borrow().clone();
+            assert!(seen, "{what}: still {now:?}");
+        }
+    };
+
+    // No object yet: read, and it names nobody.
+    wait_for(Some(false), "no CR").await;
+
+    // The CR names this gateway (say, left on it by an earlier term): seen.
+    let obj = DynamicObject::new(vtep_config::NAME, &vtep_config::api_resource())
+        .data(json!({"spec": {"endpoints": [entry("10.250.3.111")]}}));
+    api.create(&PostParams::default(), &obj).await.unwrap();
+    wait_for(Some(true), "CR naming us").await;
+
+    // Moved to another gateway.
+    let other = json!({"spec": {"endpoints": [entry("10.250.4.222")]}});
+    api.patch(
+        vtep_config::NAME,
+        &PatchParams::default(),
+        &Patch::Merge(&other),
+    )
+    .await
+    .unwrap();
+    wait_for(Some(false), "CR moved away").await;
+    assert_eq!(
+        *rx.borrow(),
+        Observed::Names(vec!["10.250.4.222".parse().unwrap()])
+    );
+
+    // Back, then deleted: "names nobody", not "unknown".
+    api.patch(
+        vtep_config::NAME,
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"endpoints": [entry("10.250.3.111")]}})),
+    )
+    .await
+    .unwrap();
+    wait_for(Some(true), "CR back on us").await;
+    api.delete(vtep_config::NAME, &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for(Some(false), "CR deleted").await;
+    assert_eq!(*rx.borrow(), Observed::Missing);
+
+    cancel.cancel();
+    observer.await.unwrap();
+}

@@ -15,7 +15,7 @@ use crate::datapath::Mac;
 use crate::election::combined::{self, Combined};
 use crate::election::dynamodb::DynamoDbLockStore;
 use crate::election::{self, lease::LeaseLock, ElectionHandle, Elector, Timings};
-use crate::k8s::{vtep_config, vtep_shape};
+use crate::k8s::{vtep_config, vtep_observer, vtep_shape};
 use crate::telemetry::Telemetry;
 
 enum Contest {
@@ -224,6 +224,8 @@ fn spawn_leader_work(
     // The served CiliumVTEPConfig shape, looked up on every gateway (leader or not) so
     // `status` shows it before a takeover needs it.
     let (shape_tx, shape_rx) = tokio::sync::watch::channel(vtep_shape::Served::Unknown);
+    // What the CR names, read on every gateway: a CR left on a non-leader shows on all.
+    let (observed_tx, observed_rx) = tokio::sync::watch::channel(vtep_observer::Observed::Unknown);
     let mut work = vec![
         tokio::spawn(vtep_shape::run(
             inputs.kube.clone(),
@@ -233,6 +235,18 @@ fn spawn_leader_work(
         )),
         tokio::spawn(follow_shape(
             shape_rx.clone(),
+            inputs.telemetry.clone(),
+            cancel.clone(),
+        )),
+        tokio::spawn(vtep_observer::run(
+            inputs.kube.clone(),
+            shape_rx.clone(),
+            observed_tx,
+            cancel.clone(),
+        )),
+        tokio::spawn(follow_observed(
+            observed_rx,
+            inputs.node_ip,
             inputs.telemetry.clone(),
             cancel.clone(),
         )),
@@ -295,6 +309,29 @@ async fn follow_shape(
         tokio::select! {
             _ = cancel.cancelled() => return,
             r = served.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+/// Mirrors what the CiliumVTEPConfig names into `status` and the `vtepconfig_read` /
+/// `vtepconfig_names_me` gauges.
+async fn follow_observed(
+    mut observed: tokio::sync::watch::Receiver<vtep_observer::Observed>,
+    me: Ipv4Addr,
+    telemetry: Telemetry,
+    cancel: CancellationToken,
+) {
+    loop {
+        let now = observed.borrow_and_update().clone();
+        let names_me = now.names(me);
+        let m = &telemetry.metrics;
+        m.vtepconfig_read.set(i64::from(names_me.is_some()));
+        m.vtepconfig_names_me.set(i64::from(names_me == Some(true)));
+        let line = now.describe();
+        telemetry.status.update(|s| s.vtepconfig_names = Some(line));
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = observed.changed() => if r.is_err() { return },
         }
     }
 }

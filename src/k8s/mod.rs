@@ -5,6 +5,7 @@ pub mod cilium_nodes;
 pub mod client;
 pub mod eks_token;
 pub mod vtep_config;
+pub mod vtep_observer;
 pub mod vtep_shape;
 
 /// A Kubernetes API call that failed or did not answer in time.

@@ -95,6 +95,8 @@ pub struct Metrics {
     pub leader_setup_duration_seconds: Histogram,
     pub dynamodb_lock_held: Gauge,
     pub vtepconfig_fenced: Gauge,
+    pub vtepconfig_read: Gauge,
+    pub vtepconfig_names_me: Gauge,
     pub vxlan_interface_up: Gauge,
     pub vxlan_fdb_entries: Gauge,
     pub vxlan_route_count: Gauge,
@@ -231,6 +233,16 @@ impl Metrics {
             vtepconfig_fenced: reg!(
                 "vtepconfig_fenced",
                 "1 while this leader may not write the CiliumVTEPConfig (its term is not above the one written there)",
+                Gauge::default()
+            ),
+            vtepconfig_read: reg!(
+                "vtepconfig_read",
+                "1 once this gateway has read the CiliumVTEPConfig (or found it missing) in the served shape",
+                Gauge::default()
+            ),
+            vtepconfig_names_me: reg!(
+                "vtepconfig_names_me",
+                "1 while the CiliumVTEPConfig names this gateway as a tunnelEndpoint (read on every gateway, leader or not)",
                 Gauge::default()
             ),
             vxlan_interface_up: reg!(

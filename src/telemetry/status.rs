@@ -64,6 +64,10 @@ pub struct StatusSnapshot {
     /// why there is none.
     #[serde(default)]
     pub vtepconfig_shape: Option<String>,
+    /// Which gateways the CiliumVTEPConfig names, as this gateway reads it (every gateway
+    /// reads it, so a CR left on a non-leader shows on each of them).
+    #[serde(default)]
+    pub vtepconfig_names: Option<String>,
     /// While the node set programmed is the snapshot from the state directory (the API
     /// did not list in time at start): when it was written, in Unix seconds.
     #[serde(default)]

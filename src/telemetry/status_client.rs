@@ -102,6 +102,9 @@ fn print(s: &StatusSnapshot) {
         s.identity_known
     );
     println!("  hybrid nodes: {}", s.nodes_programmed);
+    if let Some(names) = &s.vtepconfig_names {
+        println!("  vtep config:  {names}");
+    }
     if let Some(shape) = &s.vtepconfig_shape {
         println!("  vtep shape:   {shape}");
     }
