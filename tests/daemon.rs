@@ -559,6 +559,13 @@ fn an_untrusted_api_server_certificate_is_named_once() {
         !cert.is_empty() && cert.iter().any(|l| l.contains("CiliumNode watch failed")),
         "no line names the certificate problem:\n{log}"
     );
+    // Led by our explanation (found under the connector's own error wrappers), not only
+    // by the verifier's text somewhere in the chain.
+    assert!(
+        cert.iter()
+            .all(|l| l.contains("TLS: the server's certificate was rejected (certificate signed by an unknown authority")),
+        "a certificate line without the TLS lead-in:\n{log}"
+    );
     assert!(
         !log.contains("failed with error"),
         "kube's own cause-less line is still logged:\n{log}"

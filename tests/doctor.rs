@@ -18,13 +18,17 @@ use harness::{Lab, Observer};
 /// `doctor` in the gateway's namespace with the daemon's own environment (IMDS, EC2 and
 /// DynamoDB endpoints, credentials) and configuration.
 fn doctor(lab: &Lab, gw: &str, json: bool) -> (i32, String) {
+    doctor_with(lab, gw, &lab.gw(gw).config, json)
+}
+
+fn doctor_with(lab: &Lab, gw: &str, config: &std::path::Path, json: bool) -> (i32, String) {
     let g = lab.gw(gw);
     let env = lab.dir.join(gw).join("env");
     let script = format!(
         "exec env -i $(cat {env}) {bin} doctor --config {cfg}{json}",
         env = env.display(),
         bin = env!("CARGO_BIN_EXE_hybrid-gateway"),
-        cfg = g.config.display(),
+        cfg = config.display(),
         json = if json { " --json" } else { "" },
     );
     let out = Command::new("ip")
@@ -121,6 +125,66 @@ fn doctor_passes_on_a_healthy_gateway_and_names_three_injected_faults() {
     assert!(
         healthy.contains("reach all 1 nodes"),
         "the hybrid node was not probed:\n{healthy}"
+    );
+    // Misconfiguration the emulators can produce, in a copy of the config: a gateway id
+    // that no longer exists (a warning naming it, not an EC2 failure with an IAM fix), a
+    // route table that does not exist, a lock table that does not exist, and source/dest
+    // check on while the daemon may not manage it.
+    let g = lab.gw(leader);
+    let bad_cfg = g.config.with_extension("misconfigured.toml");
+    let text = std::fs::read_to_string(&g.config).unwrap();
+    let tag_line = text
+        .lines()
+        .find(|l| l.starts_with("route_table_tag"))
+        .expect("the lab config has a route_table_tag")
+        .to_string();
+    let text = text
+        .replacen(
+            &tag_line,
+            "route_table_ids = [\"rtb-0000000000000dead\"]\ngateway_instance_ids = [\"i-0000000000000dead\"]\nmanage_source_dest_check = false",
+            1,
+        )
+        .replacen(
+            &format!("table = \"{}\"", lab.var("LOCK_TABLE")),
+            "table = \"hybrid-gateway-no-such-table\"",
+            1,
+        );
+    std::fs::write(&bad_cfg, text).unwrap();
+    let sdc = |on: bool| {
+        moto(
+            &lab,
+            &format!(
+                "ec2.modify_network_interface_attribute(NetworkInterfaceId='{}', SourceDestCheck={{'Value': {}}})",
+                g.eni,
+                if on { "True" } else { "False" }
+            ),
+        )
+    };
+    sdc(true);
+    let (code, bad) = doctor_with(&lab, leader, &bad_cfg, false);
+    sdc(false);
+    std::fs::remove_file(&bad_cfg).ok();
+    println!("--- doctor with a misconfigured copy of the config ({leader}):\n{bad}");
+    assert_eq!(code, 1, "{bad}");
+    let l = line(&bad, "gateways");
+    assert!(
+        l.starts_with("WARN")
+            && l.contains("2 in 2 zones")
+            && l.contains("i-0000000000000dead, which does not exist")
+            && l.contains("fix: remove it from aws.gateway_instance_ids"),
+        "{l}"
+    );
+    let l = line(&bad, "route_table rtb-0000000000000dead");
+    assert!(
+        l.starts_with("FAIL") && l.contains("not found") && l.contains("aws.route_table_ids"),
+        "{l}"
+    );
+    let l = line(&bad, "dynamodb hybrid-gateway-no-such-table");
+    assert!(l.starts_with("FAIL"), "{l}");
+    let l = line(&bad, "source_dest_check");
+    assert!(
+        l.starts_with("FAIL") && l.contains(&g.eni) && l.contains("--no-source-dest-check"),
+        "{l}"
     );
     let (code, json) = doctor(&lab, leader, true);
     assert_eq!(code, 0, "{json}");

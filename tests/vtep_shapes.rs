@@ -368,3 +368,248 @@ async fn follows_the_served_shape_and_says_why_when_none() {
     leader.stop().await;
     println!("wall time: {:?}", t0.elapsed());
 }
+
+/// A client for a ServiceAccount bound to the shipped ClusterRole's rules *minus* the
+/// `customresourcedefinitions` rule (as with the reference's RBAC, or an older copy of
+/// ours), plus the shipped Lease Role: a real identity the apiserver refuses the CRD.
+/// Its token comes from the TokenRequest API, as a pod's projected token would.
+async fn identity_without_crd_read(server: &ApiServer, admin: &kube::Client) -> kube::Client {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
+    const NS: &str = "hybrid-gateway";
+    const SA: &str = "gateway-without-crd-read";
+    let pp = PostParams::default();
+    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), NS);
+    sas.create(
+        &pp,
+        &serde_json::from_value(json!({"metadata": {"name": SA}})).unwrap(),
+    )
+    .await
+    .unwrap();
+    let roles: Api<ClusterRole> = Api::all(admin.clone());
+    let shipped = roles.get("hybrid-gateway").await.unwrap();
+    let rules: Vec<_> = shipped
+        .rules
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| {
+            !r.api_groups
+                .iter()
+                .flatten()
+                .any(|g| g == "apiextensions.k8s.io")
+        })
+        .collect();
+    assert!(!rules.is_empty());
+    roles
+        .create(
+            &pp,
+            &serde_json::from_value(json!({"metadata": {"name": SA}, "rules": rules})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let subject = json!([{"kind": "ServiceAccount", "name": SA, "namespace": NS}]);
+    Api::<ClusterRoleBinding>::all(admin.clone())
+        .create(
+            &pp,
+            &serde_json::from_value(json!({"metadata": {"name": SA}, "subjects": subject,
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": SA}}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    Api::<RoleBinding>::namespaced(admin.clone(), NS)
+        .create(
+            &pp,
+            &serde_json::from_value(json!({"metadata": {"name": SA}, "subjects": subject,
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "hybrid-gateway"}}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let token = sas
+        .create_token_request(
+            SA,
+            &pp,
+            &TokenRequest {
+                spec: TokenRequestSpec {
+                    audiences: vec![],
+                    expiration_seconds: Some(3600),
+                    ..TokenRequestSpec::default()
+                },
+                ..TokenRequest::default()
+            },
+        )
+        .await
+        .unwrap()
+        .status
+        .expect("TokenRequest status")
+        .token;
+    // The daemon's kubeconfig (server, CA) with the ServiceAccount's token instead.
+    let text = std::fs::read_to_string(server.daemon_kubeconfig()).unwrap();
+    let text = text.replace(&server.env["K8S_DAEMON_TOKEN"], &token);
+    let path = server.dir.join("without-crd-read.kubeconfig");
+    std::fs::write(&path, text).unwrap();
+    client(&path).await
+}
+
+/// A gateway whose identity may not read the CRD (apiserver answers 403) still finds the
+/// served shape through API discovery + a dry-run create, for v2 (with the schema's
+/// `cidrMask`) and v2alpha1, and its leader writes the object in that shape. Without the
+/// fallback the look-up fails on the 403 and nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_refused_the_crd_finds_the_shape_by_discovery() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let t0 = Instant::now();
+    let server = ApiServer::start();
+    let admin = client(&server.admin_kubeconfig()).await;
+    let restricted = identity_without_crd_read(&server, &admin).await;
+    match Api::<CustomResourceDefinition>::all(restricted.clone())
+        .get(vtep_shape::CRD_NAME)
+        .await
+    {
+        Err(kube::Error::Api(e)) if e.code == 403 => println!("CRD read refused: {}", e.message),
+        other => panic!("the restricted identity can read the CRD: {other:?}"),
+    }
+    let cidrs = ["10.250.0.0/16", "10.251.0.0/16"];
+    for (fixture_file, shape) in [
+        (V2, Shape::V2 { cidr_mask: true }),
+        (V2ALPHA1, Shape::V2Alpha1),
+    ] {
+        if fixture_file != V2 {
+            install_crd(&server, fixture_file);
+        }
+        let detected = vtep_shape::detect(&restricted, Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|e| panic!("{shape}: look-up as the restricted identity: {e}"));
+        assert_eq!(
+            detected,
+            Served::Shape {
+                shape,
+                how: "discovery + dry-run"
+            },
+            "{}",
+            detected.describe()
+        );
+        println!("{fixture_file}: {}", detected.describe());
+        // The whole leader (election, its own shape look-up, the writer) as that identity.
+        let kube = restricted.clone();
+        let cancel = CancellationToken::new();
+        let (handle, election) = spawn_elector(kube.clone(), &cancel);
+        let (blocked_tx, blocked) = watch::channel(None);
+        let writer = tokio::spawn(vtep_config::run(
+            kube,
+            spec(&cidrs),
+            "gw-a_1".into(),
+            handle,
+            Duration::from_secs(1),
+            blocked_tx,
+            cancel.clone(),
+        ));
+        let written = written_within(
+            &admin,
+            shape,
+            &want_spec(shape, &cidrs),
+            Duration::from_secs(10),
+        )
+        .await;
+        let reason = blocked.borrow().clone();
+        cancel.cancel();
+        let _ = tokio::join!(election, writer);
+        let (took, _) = written.unwrap_or_else(|e| panic!("{shape}: {e}; blocked: {reason:?}"));
+        println!("{shape}: written by the restricted leader in {took:?}");
+        assert!(reason.is_none(), "{reason:?}");
+    }
+    println!("wall time: {:?}", t0.elapsed());
+}
+
+/// Other writers' endpoints fill the object so that ours would take it over Cilium's limit
+/// of 8 (the CRD's `maxItems`: the apiserver refuses such a write with a 422): the leader
+/// writes nothing, and its readiness says why (how many are ours, whose are in the way);
+/// once an operator removes some of theirs, it writes, the reason goes, theirs stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_writers_endpoints_over_the_limit_are_named_as_the_reason() {
+    let t0 = Instant::now();
+    let server = ApiServer::start();
+    let admin = client(&server.admin_kubeconfig()).await;
+    let shape = Shape::V2 { cidr_mask: true };
+    let api: Api<DynamicObject> = Api::all_with(admin.clone(), &shape.api_resource());
+    let foreign = |n: usize| -> Vec<Value> {
+        (0..n)
+            .map(|i| json!({"name": format!("onprem-{i}"), "tunnelEndpoint": format!("192.0.2.{}", i + 1), "cidr": format!("10.{}.0.0/16", 100 + i), "mac": format!("02:00:00:00:00:{:02x}", i + 1)}))
+            .collect()
+    };
+    let obj = |eps: Vec<Value>| -> DynamicObject {
+        serde_json::from_value(
+            json!({"apiVersion": "cilium.io/v2", "kind": "CiliumVTEPConfig",
+            "metadata": {"name": vtep_config::NAME}, "spec": {"endpoints": eps}}),
+        )
+        .unwrap()
+    };
+    // The limit is the CRD's: nine entries are refused.
+    match api.create(&PostParams::default(), &obj(foreign(9))).await {
+        Err(kube::Error::Api(e)) if e.code == 422 => println!("9 endpoints: {}", e.message),
+        other => panic!("the fixture took 9 endpoints: {other:?}"),
+    }
+    api.create(&PostParams::default(), &obj(foreign(6)))
+        .await
+        .unwrap();
+    let cidrs = ["10.250.0.0/16", "10.251.0.0/16", "10.252.0.0/16"];
+    let mut leader = Leader::start(&server, &cidrs).await;
+    let reason = loop {
+        if let Some(Blocked::TooManyEndpoints(why)) = leader.blocked.borrow_and_update().clone() {
+            break why;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no readiness reason for 6 foreign + 3 of ours; blocked: {:?}",
+            leader.blocked.borrow()
+        );
+        tokio::time::timeout(Duration::from_millis(200), leader.blocked.changed())
+            .await
+            .ok();
+    };
+    println!("6 foreign + 3 ours: {reason}");
+    for part in [
+        "our 3 endpoint",
+        "6 endpoint(s) of other writers",
+        "onprem-0",
+        "at most 8",
+    ] {
+        assert!(reason.contains(part), "{part:?} not in {reason:?}");
+    }
+    let now = api.get(vtep_config::NAME).await.unwrap();
+    assert_eq!(
+        now.data["spec"]["endpoints"],
+        json!(foreign(6)),
+        "written anyway"
+    );
+
+    // Room made: written, reason gone, the other writers' remaining entries kept.
+    let mut fewer = now.clone();
+    fewer.data["spec"]["endpoints"] = json!(foreign(5));
+    api.replace(vtep_config::NAME, &PostParams::default(), &fewer)
+        .await
+        .unwrap();
+    let mut want = want_spec(shape, &cidrs);
+    let mut eps = foreign(5);
+    eps.extend(want["endpoints"].as_array().unwrap().iter().cloned());
+    want["endpoints"] = json!(eps);
+    let (took, _) = written_within(&admin, shape, &want, Duration::from_secs(15))
+        .await
+        .unwrap();
+    println!("5 foreign + 3 ours: written {took:?} after the room was made");
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while leader.blocked.borrow_and_update().is_some() {
+                let _ = leader.blocked.changed().await;
+            }
+        })
+        .await
+        .is_ok(),
+        "the reason stayed: {:?}",
+        leader.blocked.borrow()
+    );
+    leader.stop().await;
+    println!("wall time: {:?}", t0.elapsed());
+}

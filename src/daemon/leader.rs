@@ -336,8 +336,8 @@ async fn follow_observed(
     }
 }
 
-/// Mirrors why the leader cannot write the CiliumVTEPConfig (fenced, or no shape we write
-/// is served) into readiness, and the fence into the `vtepconfig_fenced` gauge; only a
+/// Mirrors why the leader cannot write the CiliumVTEPConfig (fenced, no shape we write
+/// is served, or no room for our endpoints) into readiness, and the fence into the `vtepconfig_fenced` gauge; only a
 /// leader can be blocked.
 async fn follow_fence(
     mut handle: ElectionHandle,
@@ -352,7 +352,9 @@ async fn follow_fence(
             .filter(|_| handle.leadership.borrow_and_update().is_leader());
         let (fenced, unserved) = match why {
             Some(vtep_config::Blocked::Fenced(w)) => (Some(w), None),
-            Some(vtep_config::Blocked::NotServed(w)) => (None, Some(w)),
+            Some(
+                vtep_config::Blocked::NotServed(w) | vtep_config::Blocked::TooManyEndpoints(w),
+            ) => (None, Some(w)),
             None => (None, None),
         };
         telemetry

@@ -450,24 +450,30 @@ pub async fn gateways(config: &Config, aws: &Aws, holder: Option<&str>) -> Check
     ids.extend(asg_members(&aws.ec2, me).await);
     ids.sort();
     ids.dedup();
+    // By filter, not by InstanceIds: one id that does not exist (a gateway terminated
+    // long ago, still listed in the config) fails an InstanceIds call as a whole.
     let call = aws
         .ec2
         .describe_instances()
-        .set_instance_ids(Some(ids))
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("instance-id")
+                .set_values(Some(ids))
+                .build(),
+        )
         .send();
-    let zones: Vec<(String, String)> = match tokio::time::timeout(CALL_TIMEOUT, call).await {
+    let found: Vec<(String, String, bool)> = match tokio::time::timeout(CALL_TIMEOUT, call).await {
         Ok(Ok(r)) => r
             .reservations()
             .iter()
             .flat_map(|r| r.instances())
-            .filter(|i| {
-                i.state()
-                    .and_then(|s| s.name())
-                    .is_none_or(|n| n.as_str() == "running" || n.as_str() == "pending")
-            })
             .filter_map(|i| {
+                let running = i
+                    .state()
+                    .and_then(|s| s.name())
+                    .is_none_or(|n| n.as_str() == "running" || n.as_str() == "pending");
                 let az = i.placement()?.availability_zone()?.to_string();
-                Some((i.instance_id()?.to_string(), az))
+                Some((i.instance_id()?.to_string(), az, running))
             })
             .collect(),
         Ok(Err(e)) => {
@@ -485,7 +491,47 @@ pub async fn gateways(config: &Config, aws: &Aws, holder: Option<&str>) -> Check
             )
         }
     };
-    gateways_verdict(me, &zones)
+    let zones: Vec<(String, String)> = found
+        .iter()
+        .filter(|(_, _, running)| *running)
+        .map(|(i, az, _)| (i.clone(), az.clone()))
+        .collect();
+    let verdict = gateways_verdict(me, &zones);
+    let stale = stale_ids(&config.aws.gateway_instance_ids, &found);
+    if stale.is_empty() {
+        return verdict;
+    }
+    // Not a failure: route takeover only reads the list. But a listed gateway that is not
+    // running is no standby, and the list is what an operator trusts.
+    Check::warn(
+        "gateways",
+        format!(
+            "{}; aws.gateway_instance_ids lists {}",
+            verdict.detail,
+            stale.join(", ")
+        ),
+        format!(
+            "remove {} from aws.gateway_instance_ids{}",
+            if stale.len() == 1 { "it" } else { "them" },
+            verdict
+                .fix
+                .as_deref()
+                .map(|f| format!("; {f}"))
+                .unwrap_or_default()
+        ),
+    )
+}
+
+/// The configured gateway ids that are not a running instance, each with why.
+pub fn stale_ids(configured: &[String], found: &[(String, String, bool)]) -> Vec<String> {
+    configured
+        .iter()
+        .filter_map(|id| match found.iter().find(|(i, _, _)| i == id) {
+            None => Some(format!("{id}, which does not exist")),
+            Some((_, _, false)) => Some(format!("{id}, which is not running")),
+            Some(_) => None,
+        })
+        .collect()
 }
 
 /// The verdict on the gateways found (instance, AZ), `me` among them.

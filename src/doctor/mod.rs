@@ -150,6 +150,20 @@ mod tests {
     }
 
     #[test]
+    fn configured_gateways_that_are_gone_or_stopped_are_named() {
+        let found = vec![
+            ("i-1".to_string(), "us-west-2a".to_string(), true),
+            ("i-2".to_string(), "us-west-2b".to_string(), false),
+        ];
+        let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(aws::stale_ids(&ids(&["i-1"]), &found).is_empty());
+        assert_eq!(
+            aws::stale_ids(&ids(&["i-1", "i-2", "i-3"]), &found),
+            vec!["i-2, which is not running", "i-3, which does not exist"]
+        );
+    }
+
+    #[test]
     fn the_instance_is_read_from_an_election_identity() {
         assert_eq!(aws::instance_of("i-0abc_d7e284c9"), Some("i-0abc"));
         assert_eq!(aws::instance_of("i-0abc"), Some("i-0abc"));

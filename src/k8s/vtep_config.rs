@@ -40,6 +40,8 @@ pub const FIELD_MANAGER: &str = "hybrid-gateway";
 pub const TERM_ANNOTATION: &str = "hybrid-gateway.io/term";
 pub const LEADER_ANNOTATION: &str = "hybrid-gateway.io/leader";
 const RESYNC: Duration = Duration::from_secs(30);
+/// Cilium takes at most this many VTEP endpoints (its CRD's `maxItems`, the agent's map).
+pub const MAX_ENDPOINTS: usize = 8;
 /// After a failed write: 100-200 ms, doubling, at most 5 s.
 const BACKOFF: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
 
@@ -295,6 +297,8 @@ pub enum VtepConfigError {
     NoTimeLeft,
     #[error("CiliumVTEPConfig not written: {0}")]
     NotServed(String),
+    #[error("CiliumVTEPConfig {NAME} cannot take our {ours} endpoint(s): it holds {} endpoint(s) of other writers ({}), and Cilium allows at most {MAX_ENDPOINTS} (remove some of theirs, or configure fewer gateway.vpc_cidrs)", others.len(), others.join(", "))]
+    TooManyEndpoints { ours: usize, others: Vec<String> },
     #[error("CiliumVTEPConfig {NAME}: {0}")]
     Api(#[source] CallError),
     #[error("CiliumVTEPConfig {NAME}: building the object: {0}")]
@@ -327,6 +331,24 @@ pub async fn ensure(
         }
         if spec.satisfied_by(obj, identity, term) {
             return Ok(false);
+        }
+        // Other writers' endpoints stay next to ours (whichever way we write): together
+        // over Cilium's limit, the apiserver would refuse every write with a bare 422.
+        let others: Vec<String> = endpoints_of(obj, spec.shape)
+            .iter()
+            .filter(|e| !spec.is_gateway_endpoint(e))
+            .map(|e| {
+                e.get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("?")
+                    .to_string()
+            })
+            .collect();
+        if others.len() + spec.vpc_cidrs.len() > MAX_ENDPOINTS {
+            return Err(VtepConfigError::TooManyEndpoints {
+                ours: spec.vpc_cidrs.len(),
+                others,
+            });
         }
     }
     // The moment of the write: this term still leads, with more time left than the write
@@ -403,6 +425,8 @@ pub enum Blocked {
     Fenced(String),
     /// The cluster serves no CiliumVTEPConfig shape we write.
     NotServed(String),
+    /// The object cannot take our endpoints (other writers' fill Cilium's limit).
+    TooManyEndpoints(String),
 }
 
 /// Leader-only: whenever this process leads, keeps the CiliumVTEPConfig right — at once
@@ -577,14 +601,28 @@ impl Target for Writer {
                     .send_replace(Some(Blocked::Fenced(e.to_string())));
                 Ok(Outcome::retry(0))
             }
+            Err(e @ VtepConfigError::TooManyEndpoints { .. }) => {
+                // Said once (and kept in readiness), then retried quietly: the watch wakes
+                // us when someone removes entries.
+                let why = Some(Blocked::TooManyEndpoints(e.to_string()));
+                if self.blocked.send_if_modified(|b| {
+                    let changed = *b != why;
+                    *b = why.clone();
+                    changed
+                }) {
+                    tracing::warn!(term, "{e}");
+                }
+                Err(e)
+            }
             Err(e) => Err(e),
         }
     }
 
     fn failed(&mut self, e: &VtepConfigError) {
         match e {
-            // Said once by the shape look-up and kept in readiness; not a warning a pass.
-            VtepConfigError::NotServed(_) => {
+            // Said once by the shape look-up (or the pass) and kept in readiness; not a
+            // warning a pass.
+            VtepConfigError::NotServed(_) | VtepConfigError::TooManyEndpoints { .. } => {
                 tracing::debug!(term = self.term.number(), "{e}; retrying")
             }
             _ => tracing::warn!(term = self.term.number(), "{e}; retrying"),

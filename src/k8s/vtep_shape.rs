@@ -298,6 +298,9 @@ pub async fn run(
     loop {
         let wait = match detect(&client, timeout).await {
             Ok(now) => {
+                if failures > 0 {
+                    tracing::info!("served CiliumVTEPConfig shape looked up again after {failures} failed attempts");
+                }
                 failures = 0;
                 tx.send_if_modified(|old| {
                     if *old == now {
@@ -311,7 +314,12 @@ pub async fn run(
             }
             Err(e) => {
                 let why = e.to_string();
-                tracing::warn!("looking up the served CiliumVTEPConfig shape: {why}");
+                // One line per outage (the retries follow the backoff, up to every 30 s).
+                if failures == 0 {
+                    tracing::warn!("looking up the served CiliumVTEPConfig shape: {why}; retrying");
+                } else {
+                    tracing::debug!("looking up the served CiliumVTEPConfig shape: {why}");
+                }
                 tx.send_if_modified(|old| match old {
                     Served::Unknown | Served::Failed(_) => {
                         *old = Served::Failed(why);

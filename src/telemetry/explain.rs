@@ -29,12 +29,16 @@ pub fn explain(e: &(dyn Error + 'static)) -> String {
 
 /// The verifier's reason when `err` is (or wraps, as an io::Error does) a rustls
 /// certificate error. io::Error's `source()` skips the error it carries, so look inside.
+/// tokio-rustls and the HTTPS connector each wrap it in an io::Error of their own, so
+/// look through every level of those.
 fn certificate_problem(err: &(dyn Error + 'static)) -> Option<String> {
-    let tls = err.downcast_ref::<rustls::Error>().or_else(|| {
-        err.downcast_ref::<std::io::Error>()?
-            .get_ref()?
-            .downcast_ref::<rustls::Error>()
-    })?;
+    let mut at: &(dyn Error + 'static) = err;
+    let tls = loop {
+        if let Some(tls) = at.downcast_ref::<rustls::Error>() {
+            break tls;
+        }
+        at = at.downcast_ref::<std::io::Error>()?.get_ref()?;
+    };
     match tls {
         rustls::Error::InvalidCertificate(reason) => Some(match reason {
             rustls::CertificateError::UnknownIssuer => {
@@ -76,6 +80,18 @@ mod tests {
         assert!(
             line.contains("client error (Connect): invalid peer certificate"),
             "{line}"
+        );
+    }
+
+    #[test]
+    fn a_rejection_nested_in_several_io_errors_is_found() {
+        let tls = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let inner = std::io::Error::new(std::io::ErrorKind::InvalidData, tls);
+        let e = Top(std::io::Error::other(inner));
+        assert!(
+            explain(&e).starts_with("TLS: the server's certificate was rejected"),
+            "{}",
+            explain(&e)
         );
     }
 

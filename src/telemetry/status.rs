@@ -57,7 +57,8 @@ pub struct StatusSnapshot {
     #[serde(default)]
     pub vtepconfig_fenced: Option<String>,
     /// Why this leader cannot write the CiliumVTEPConfig at all: the cluster serves no
-    /// shape it writes (CRD missing, other versions).
+    /// shape it writes (CRD missing, other versions), or other writers' endpoints leave
+    /// no room for ours under Cilium's limit.
     #[serde(default)]
     pub vtepconfig_unserved: Option<String>,
     /// The CiliumVTEPConfig shape the cluster serves (`cilium.io/v2 spec.endpoints …`), or

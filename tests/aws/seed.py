@@ -12,6 +12,9 @@ EC2:
   * instances gw-a (subnet a) and gw-b (subnet b), tags Name=<name> and
     aws:autoscaling:groupName=hybrid-gw-asg; each has its primary ENI
     (DeviceIndex 0), source/dest check left ON as on a fresh instance
+  * --go-gateway CIDR: one more instance, go-gw (subnet a, in another Auto Scaling
+    group: the node group the Helm-deployed Go gateway runs on), and in every managed
+    table a route CIDR -> its primary ENI, as the Go gateway leaves them (migration lab)
   * --foreign-route CIDR: a route in the first managed table to a transit
     gateway (moto supports CreateTransitGateway + CreateRoute TransitGatewayId),
     for the "never overwrite a route we do not own" test
@@ -60,7 +63,10 @@ def tags(resource, **kv):
     return [{"ResourceType": resource, "Tags": [{"Key": k, "Value": v} for k, v in kv.items()]}]
 
 
-def seed_ec2(ec2, region, n_tables, foreign_cidr):
+GO_ASG = "eks-go-gateway-nodes"
+
+
+def seed_ec2(ec2, region, n_tables, foreign_cidr, go_cidr=None):
     vpc = ec2.create_vpc(CidrBlock="10.250.0.0/16", TagSpecifications=tags("vpc", Name="hgw-vpc"))["Vpc"]
     subnets = []
     for i, az in enumerate([region + "a", region + "b"], start=1):
@@ -74,10 +80,13 @@ def seed_ec2(ec2, region, n_tables, foreign_cidr):
         tables.append(rt["RouteTableId"])
 
     instances = {}
-    for name, sn in zip(["gw-a", "gw-b"], subnets):
+    fleet = [("gw-a", subnets[0], ASG), ("gw-b", subnets[1], ASG)]
+    if go_cidr:
+        fleet.append(("go-gw", subnets[0], GO_ASG))
+    for name, sn, asg in fleet:
         inst = ec2.run_instances(
             ImageId=AMI, InstanceType="t3.micro", MinCount=1, MaxCount=1, SubnetId=sn["subnet_id"],
-            TagSpecifications=tags("instance", **{"Name": name, "aws:autoscaling:groupName": ASG}),
+            TagSpecifications=tags("instance", **{"Name": name, "aws:autoscaling:groupName": asg}),
         )["Instances"][0]
         eni = next(n for n in inst["NetworkInterfaces"] if n["Attachment"]["DeviceIndex"] == 0)
         instances[name] = {
@@ -85,6 +94,11 @@ def seed_ec2(ec2, region, n_tables, foreign_cidr):
             "mac": eni["MacAddress"], "private_ip": eni["PrivateIpAddress"],
             "az": inst["Placement"]["AvailabilityZone"], "subnet_id": sn["subnet_id"],
         }
+
+    if go_cidr:
+        for t in tables:
+            ec2.create_route(RouteTableId=t, DestinationCidrBlock=go_cidr,
+                             NetworkInterfaceId=instances["go-gw"]["eni_id"])
 
     foreign = None
     if foreign_cidr:
@@ -113,12 +127,14 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--route-tables", type=int, default=2, metavar="N")
     p.add_argument("--foreign-route", metavar="CIDR", help="TGW route in the first managed table")
+    p.add_argument("--go-gateway", metavar="CIDR", help="a Go gateway instance and routes CIDR -> it")
     p.add_argument("--lock-table", default="hybrid-gateway-lock")
     p.add_argument("--no-lock-table", action="store_true")
     args = p.parse_args()
 
     region = os.environ.get("AWS_REGION", "us-west-2")
-    out = seed_ec2(client("ec2", os.environ["MOTO_URL"], region), region, args.route_tables, args.foreign_route)
+    out = seed_ec2(client("ec2", os.environ["MOTO_URL"], region), region, args.route_tables, args.foreign_route,
+                   args.go_gateway)
     out["lock_table"] = None
     if not args.no_lock_table:
         seed_lock_table(client("dynamodb", os.environ["AWS_ENDPOINT_URL_DYNAMODB"], region), args.lock_table)

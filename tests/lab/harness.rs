@@ -107,6 +107,11 @@ pub struct Lab {
 impl Lab {
     /// `lab.sh up` in a fresh state dir with its own namespace prefix; `tag` tells runs apart.
     pub fn up(tag: &str, bin: &str) -> Lab {
+        Self::up_with(tag, bin, &[])
+    }
+
+    /// [`Lab::up`] with extra `lab.sh` environment (e.g. `HGW_LAB_MIGRATE=1`).
+    pub fn up_with(tag: &str, bin: &str, env: &[(&str, &str)]) -> Lab {
         require_root();
         let pid = std::process::id();
         let dir = PathBuf::from(format!("/run/hgw-lab-{tag}-{pid}"));
@@ -123,6 +128,7 @@ impl Lab {
             .command()
             .arg("up")
             .env("HGW_LAB_BIN", bin)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .output()
             .expect("running tests/lab/lab.sh up");
@@ -198,6 +204,27 @@ impl Lab {
             pidfile: get("PIDFILE").into(),
             log: get("LOG").into(),
         }
+    }
+
+    /// The Go gateway of the migration lab (`HGW_LAB_MIGRATE=1`): `name` "go-gw", its
+    /// election identity in `instance`'s place is [`Lab::go_identity`]; no config or log.
+    pub fn go(&self) -> Gw {
+        let get = |k: &str| self.var(&format!("GO_{k}")).to_string();
+        Gw {
+            name: "go-gw".into(),
+            ns: self.var("NS_GO").to_string(),
+            ip: get("IP"),
+            eni: get("ENI"),
+            instance: get("INSTANCE"),
+            vtep_mac: get("VTEP_MAC"),
+            config: PathBuf::new(),
+            pidfile: get("PIDFILE").into(),
+            log: get("LOG").into(),
+        }
+    }
+
+    pub fn go_identity(&self) -> &str {
+        self.var("GO_IDENTITY")
     }
 
     pub fn other(name: &str) -> &'static str {
@@ -290,8 +317,13 @@ impl Lab {
 
     /// Packets the gateway's VXLAN device sent (towards the hybrid node).
     pub fn vxlan_tx(&self, name: &str) -> u64 {
+        let ns = if name == "go-gw" {
+            self.go().ns
+        } else {
+            self.gw(name).ns
+        };
         let out = Command::new("ip")
-            .args(["netns", "exec", &self.gw(name).ns])
+            .args(["netns", "exec", &ns])
             .args(["cat", "/sys/class/net/hybrid_vxlan0/statistics/tx_packets"])
             .output()
             .expect("reading tx_packets");
@@ -356,6 +388,19 @@ pub struct Cr {
     pub tunnel_endpoint: String,
     pub mac: String,
     pub term: Option<u32>,
+    /// Every endpoint: (tunnelEndpoint, cidr).
+    pub all: Vec<(String, String)>,
+}
+
+impl Cr {
+    /// A CIDR that two endpoints claim (Cilium rejects or mis-applies such an object).
+    pub fn duplicate_cidr(&self) -> Option<&str> {
+        let mut seen = std::collections::BTreeSet::new();
+        self.all
+            .iter()
+            .map(|(_, c)| c.as_str())
+            .find(|c| !seen.insert(*c))
+    }
 }
 
 #[derive(Default)]
@@ -461,6 +506,11 @@ impl Observer {
     pub fn holder(&self) -> Option<String> {
         let h = self.history.lock().unwrap();
         h.holder.last().and_then(|(_, v)| v.clone())
+    }
+
+    /// Every version of the CiliumVTEPConfig seen, with when.
+    pub fn cr_history(&self) -> Vec<(Instant, Option<Cr>)> {
+        self.history.lock().unwrap().cr.clone()
     }
 
     pub fn errors(&self) -> Vec<String> {
@@ -605,8 +655,17 @@ async fn observe(
             match cr {
                 Ok(o) => {
                     let c = o.and_then(|o| {
+                        let all = o.data["spec"]["endpoints"]
+                            .as_array()?
+                            .iter()
+                            .map(|e| {
+                                let s = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+                                (s("tunnelEndpoint"), s("cidr"))
+                            })
+                            .collect();
                         let e = o.data["spec"]["endpoints"].get(0)?;
                         Some(Cr {
+                            all,
                             tunnel_endpoint: e["tunnelEndpoint"].as_str()?.to_string(),
                             mac: e["mac"].as_str()?.to_string(),
                             term: o
@@ -1000,4 +1059,200 @@ pub fn restore(lab: &Lab, obs: &Observer, name: &str) {
 
 pub fn ms(d: Option<Duration>) -> String {
     d.map_or_else(|| "never".to_string(), |d| format!("{} ms", d.as_millis()))
+}
+
+// --------------------------------------------------------------------------- stream ---
+
+/// One-way UDP datagrams from one lab host to another on a fixed schedule, each carrying
+/// its sequence number, and the receiver's arrival time of each: loss and gaps of one
+/// direction measured where the packets arrive (an ICMP echo needs both directions at
+/// once and cannot say which one broke).
+pub struct Stream {
+    state: Arc<Mutex<StreamState>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    pub interval: Duration,
+}
+
+#[derive(Default)]
+struct StreamState {
+    /// Send time (wall clock) of datagram n at index n.
+    sent: Vec<f64>,
+    /// Datagram n -> its arrival time.
+    got: BTreeMap<u32, f64>,
+    error: Option<String>,
+}
+
+/// What one direction lost after a moment.
+#[derive(Debug, Clone, Default)]
+pub struct StreamLoss {
+    pub sent: u32,
+    pub lost: u32,
+    pub longest_run: u32,
+    /// longest_run × interval.
+    pub gap: Duration,
+    /// Arrival (wall clock) of the first datagram after the longest run of losses.
+    pub resumed_at: Option<f64>,
+}
+
+const STREAM_MAGIC: &[u8; 4] = b"hgw1";
+
+impl Stream {
+    /// From `from_ns` (bound to `src` when given: a pod's address) to `dst:port` in `to_ns`.
+    pub fn start(
+        from_ns: &str,
+        src: Option<std::net::Ipv4Addr>,
+        to_ns: &str,
+        dst: std::net::Ipv4Addr,
+        port: u16,
+        interval: Duration,
+    ) -> Stream {
+        let state = Arc::new(Mutex::new(StreamState::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (st, sp, ns) = (state.clone(), stop.clone(), to_ns.to_string());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let receiver = std::thread::spawn(move || {
+            enter_netns(&ns);
+            let sock = match std::net::UdpSocket::bind((dst, port)) {
+                Ok(s) => s,
+                Err(e) => {
+                    st.lock().unwrap().error = Some(format!("bind {dst}:{port}: {e}"));
+                    let _ = ready_tx.send(());
+                    return;
+                }
+            };
+            let _ = sock.set_read_timeout(Some(Duration::from_millis(50)));
+            let _ = ready_tx.send(());
+            let mut buf = [0u8; 64];
+            while !sp.load(Ordering::Relaxed) {
+                let Ok(n) = sock.recv(&mut buf) else { continue };
+                if n >= 8 && &buf[..4] == STREAM_MAGIC {
+                    let seq = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
+                    st.lock().unwrap().got.entry(seq).or_insert_with(wall);
+                }
+            }
+        });
+        let _ = ready_rx.recv_timeout(Duration::from_secs(5));
+        let (st, sp, ns) = (state.clone(), stop.clone(), from_ns.to_string());
+        let sender = std::thread::spawn(move || {
+            enter_netns(&ns);
+            let local = (src.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED), 0);
+            let sock = match std::net::UdpSocket::bind(local) {
+                Ok(s) => s,
+                Err(e) => {
+                    st.lock().unwrap().error = Some(format!("bind {local:?}: {e}"));
+                    return;
+                }
+            };
+            let _ = sock.set_nonblocking(true);
+            let start = Instant::now();
+            let mut seq: u32 = 0;
+            while !sp.load(Ordering::Relaxed) {
+                let due = start + interval * seq;
+                let now = Instant::now();
+                if now < due {
+                    std::thread::sleep(due - now);
+                    continue;
+                }
+                let mut pkt = [0u8; 32];
+                pkt[..4].copy_from_slice(STREAM_MAGIC);
+                pkt[4..8].copy_from_slice(&seq.to_be_bytes());
+                st.lock().unwrap().sent.push(wall());
+                // A failed send (no route, no neighbour) is a lost datagram, nothing more.
+                let _ = sock.send_to(&pkt, (dst, port));
+                seq += 1;
+            }
+        });
+        Stream {
+            state,
+            stop,
+            threads: vec![receiver, sender],
+            interval,
+        }
+    }
+
+    pub fn error(&self) -> Option<String> {
+        self.state.lock().unwrap().error.clone()
+    }
+
+    pub fn received(&self) -> usize {
+        self.state.lock().unwrap().got.len()
+    }
+
+    /// Waits for `n` consecutive datagrams that arrived after `after` (wall clock).
+    pub fn wait_consecutive_after(&self, after: f64, n: u32, limit: Duration) -> bool {
+        wait_until(limit, Duration::from_millis(20), || {
+            let st = self.state.lock().unwrap();
+            let (mut run, mut prev) = (0, None);
+            for (&seq, &t) in st.got.iter() {
+                if t <= after {
+                    continue;
+                }
+                run = if prev == Some(seq.wrapping_sub(1)) {
+                    run + 1
+                } else {
+                    1
+                };
+                prev = Some(seq);
+                if run >= n {
+                    return true;
+                }
+            }
+            false
+        })
+    }
+
+    /// Datagrams sent from wall time `at` up to the last one that arrived.
+    pub fn loss_since(&self, at: f64) -> StreamLoss {
+        let st = self.state.lock().unwrap();
+        let first = st
+            .sent
+            .iter()
+            .position(|&t| t >= at)
+            .unwrap_or(st.sent.len()) as u32;
+        let Some(&last) = st.got.keys().next_back() else {
+            return StreamLoss::default();
+        };
+        let (mut lost, mut run, mut longest, mut end) = (0u32, 0u32, 0u32, None);
+        for s in first..=last {
+            if st.got.contains_key(&s) {
+                run = 0;
+            } else {
+                lost += 1;
+                run += 1;
+                if run > longest {
+                    longest = run;
+                    end = Some(s + 1);
+                }
+            }
+        }
+        StreamLoss {
+            sent: (last + 1).saturating_sub(first),
+            lost,
+            longest_run: longest,
+            gap: self.interval * longest,
+            resumed_at: end.and_then(|s| st.got.get(&s).copied()),
+        }
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The lines `tests/lab/follow.py` logged at or after wall time `since` that contain
+/// `needle`, as (wall time, line): when the VPC host and the hybrid node followed.
+pub fn follow_log_since(lab: &Lab, since: f64, needle: &str) -> Vec<(f64, String)> {
+    let text = std::fs::read_to_string(lab.dir.join("follow.log")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let t: f64 = l.split_whitespace().nth(1)?.parse().ok()?;
+            (t >= since && l.contains(needle)).then(|| (t, l.to_string()))
+        })
+        .collect()
 }

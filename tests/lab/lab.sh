@@ -11,6 +11,17 @@
 #   <p>gw-b      gateway instance gw-b
 #   <p>node-1    hybrid node: VXLAN VTEP (VNI 2, port 8472) + pod address, as Cilium has it
 #   <p>vpc-host  a machine in the VPC
+#   <p>go-gw     (HGW_LAB_MIGRATE=1 only) the Helm-deployed Go gateway our gateways migrate
+#                from: its instance in moto (another Auto Scaling group), its election as
+#                the reference does it (a client-go elector, tests/k8s/clientgo.sh, holding
+#                the Lease), the CiliumVTEPConfig as it writes it (its field manager, a
+#                plain update, endpoint `vpc-gateway`), the route tables pointing at its
+#                ENI, and a STAND-IN for its datapath: `ip` commands programming what the
+#                reference programs (hybrid_vxlan0, VNI 2, UDP 8472, its MAC; the node's
+#                route, ARP and FDB entries). Our gateways start as standbys under it
+#                (Lease only, as the README's migration guide says) and take over when
+#                it is killed: `lab.sh kill go-gw` (the elector; its kernel datapath
+#                stays, as after `helm uninstall` of a hostNetwork pod), `lab.sh cut go-gw`.
 #
 # The followers (tests/lab/follow.py, in <p>cp) stand in for AWS and Cilium: the VPC
 # host's route to the hybrid pods goes to whichever gateway the moto route table names,
@@ -21,7 +32,8 @@
 #   sudo tests/lab/lab.sh status        who leads, what the route table and CR say, each daemon
 #   sudo tests/lab/lab.sh leader        print the leading gateway's name (gw-a / gw-b)
 #   sudo tests/lab/lab.sh kill GW       kill -9 a gateway's daemon (a crash; its kernel
-#                                       datapath stays, as on a real host)
+#                                       datapath stays, as on a real host); go-gw: the
+#                                       Go gateway's elector
 #   sudo tests/lab/lab.sh stop GW       SIGTERM (graceful: releases the Lease and the lock)
 #   sudo tests/lab/lab.sh cut GW        take the gateway "instance" off the network (link down)
 #   sudo tests/lab/lab.sh start GW      (re)start a gateway's daemon (and reconnect it)
@@ -35,6 +47,10 @@
 #   HGW_LAB_LOG     the daemons' log filter (default info)
 #   HGW_LAB_POLL    how often the follower reads the moto route table (default 0.1 s)
 #   HGW_LAB_PROFILE the election timings: default (3 s / 2 s / 1 s) or fast (1 s / 600 ms / 250 ms)
+#   HGW_LAB_MIGRATE set: the migration lab (go-gw above). The gateways' config lists the Go
+#                   instance in aws.gateway_instance_ids, or with HGW_LAB_TAKEOVER=any sets
+#                   aws.takeover = "any" instead (the guide's two ways); HGW_LAB_TAKEOVER=owned:
+#                   neither (the Go gateway's routes must then stay: the guide's step 5 matters)
 #   HGW_LAB_K8S_TIMEOUT  the gateways' kubernetes.request_timeout (default 1s: see the
 #                   workaround note in the generated config)
 #   HYBRID_GW_CACHE cache of the test peers (see tests/k8s/apiserver.sh, tests/aws/peers.sh)
@@ -51,13 +67,15 @@ repo=$(cd "$here/../.." && pwd)
 state=${HGW_LAB_DIR:-/run/hybrid-gateway-lab}
 prefix=${HGW_LAB_PREFIX:-hgwlab-}
 readonly here repo state prefix
-readonly HOSTS=(cp gw-a gw-b node-1 vpc-host) GATEWAYS=(gw-a gw-b)
+HOSTS=(cp gw-a gw-b node-1 vpc-host)
+[[ -z ${HGW_LAB_MIGRATE:-} ]] || HOSTS+=(go-gw)
+readonly HOSTS GATEWAYS=(gw-a gw-b)
 readonly MARKER=.hybrid-gateway-lab
 # (Not readonly: lab.env, sourced by every subcommand, repeats them.)
 VPC_CIDR=10.250.0.0/16 CP_IP=10.250.0.2 VPC_HOST_IP=10.250.0.10
 NODE_IP=10.99.0.2 NODE_NET=10.99.0.0/24 POD_IP=192.168.32.10
 POD_CIDR=192.168.32.0/25 HYBRID_POD_CIDR=192.168.32.0/23
-NODE_NAME=hybrid-node-1 LOCK_TABLE=hybrid-gateway-lock
+NODE_NAME=hybrid-node-1 LOCK_TABLE=hybrid-gateway-lock GO_IDENTITY=eks-hybrid-nodes-gateway-go-gw
 MANAGED_TAG=hybrid-gateway.io/managed=true
 
 ns() { printf '%s%s' "$prefix" "$1"; }
@@ -65,6 +83,8 @@ nsx() { local n; n=$(ns "$1"); shift; ip netns exec "$n" "$@"; }
 log() { printf '[lab] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 is_gw() { [[ ${1:-} == gw-a || ${1:-} == gw-b ]] || die "unknown gateway '${1:-}' (gw-a or gw-b)"; }
+# What a gateway's pid file must name: our daemon's config, or the Go gateway's elector.
+gw_expect() { if [[ $1 == go-gw ]]; then echo "--identity=$GO_IDENTITY"; else echo "$state/$1/config.toml"; fi; }
 
 load_env() {
   [[ -f $state/lab.env ]] || die "no lab in $state (run: $0 up)"
@@ -93,8 +113,8 @@ down() {
   local g pid n i
   if [[ -d $state ]]; then
     [[ -e $state/$MARKER || -z $(ls -A "$state") ]] || die "$state was not made by $0; not touching it"
-    for g in "${GATEWAYS[@]}"; do
-      if pid=$(pid_of "$state/$g/daemon.pid" "$state/$g/config.toml"); then kill -TERM "$pid" 2>/dev/null || true; fi
+    for g in "${GATEWAYS[@]}" go-gw; do
+      if pid=$(pid_of "$state/$g/daemon.pid" "$(gw_expect "$g")"); then kill -TERM "$pid" 2>/dev/null || true; fi
     done
     if pid=$(pid_of "$state/follow.pid" follow.py); then kill -TERM "$pid" 2>/dev/null || true; fi
     [[ ! -d $state/aws ]] || "$repo/tests/aws/peers.sh" down "$state/aws" >/dev/null 2>&1 || true
@@ -102,7 +122,7 @@ down() {
   fi
   # Whatever still runs inside the lab's namespaces (a daemon slow to stop, a leftover from
   # a lab whose state dir is gone) goes with them.
-  for n in "${HOSTS[@]}" net; do
+  for n in "${HOSTS[@]}" go-gw net; do
     n=$(ns "$n")
     ip netns list | awk '{print $1}' | grep -qxF "$n" || continue
     for i in 1 2 3; do
@@ -209,13 +229,24 @@ request_timeout = "${HGW_LAB_K8S_TIMEOUT:-1s}"
 
 [election]
 $(election_timings)
-
-[election.dynamodb]
-table = "$LOCK_TABLE"
+$(if [[ -n ${MIGRATE:-} ]]; then
+  # The migration guide: the Go gateway's Lease, Lease only while Go gateways run.
+  printf 'namespace = "hybrid-gateway"\nlease_name = "hybrid-gateway-leader"\n'
+else
+  printf '\n[election.dynamodb]\ntable = "%s"\n' "$LOCK_TABLE"
+fi)
 
 [aws]
 route_table_tag = "$MANAGED_TAG"
 resync_interval = "10s"
+$(if [[ -n ${MIGRATE:-} ]]; then
+  # The migration guide: let the leader replace the Go gateway's routes.
+  case ${HGW_LAB_TAKEOVER:-ids} in
+    any) echo 'takeover = "any"' ;;
+    owned) echo '# neither: takeover = "owned" must leave the Go gateway'"'"'s routes alone' ;;
+    *) echo "gateway_instance_ids = [\"$GO_INSTANCE\"]" ;;
+  esac
+fi)
 
 [log]
 level = "${HGW_LAB_LOG:-info}"
@@ -238,6 +269,7 @@ EOF
 start_gw() { # start_gw NAME: (re)start the daemon, reconnecting the "instance" first
   local g=$1 d=$state/$1 n pid
   n=$(ns "$g")
+  [[ $g != go-gw ]] || die "go-gw is not restarted (the migration is one way)"
   if pid=$(pid_of "$d/daemon.pid" "$d/config.toml"); then die "$g is already running (pid $pid)"; fi
   # Reconnect the "instance" after a `cut`: link up, and the route to the hybrid nodes'
   # network the kernel dropped with the link.
@@ -251,11 +283,12 @@ start_gw() { # start_gw NAME: (re)start the daemon, reconnecting the "instance" 
 }
 
 stop_gw() { # stop_gw NAME SIGNAL
-  local g=$1 sig=$2 d=$state/$1 pid i
-  pid=$(pid_of "$d/daemon.pid" "$d/config.toml") || { log "$g is not running"; return 0; }
+  local g=$1 sig=$2 d=$state/$1 pid i expect
+  expect=$(gw_expect "$g")
+  pid=$(pid_of "$d/daemon.pid" "$expect") || { log "$g is not running"; return 0; }
   kill "-$sig" "$pid"
   for ((i = 0; i < 100; i++)); do
-    pid_of "$d/daemon.pid" "$d/config.toml" >/dev/null || return 0
+    pid_of "$d/daemon.pid" "$expect" >/dev/null || return 0
     sleep 0.05
   done
   log "$g (pid $pid) still running 5 s after SIG$sig"
@@ -270,11 +303,57 @@ leader() { # prints gw-a / gw-b (via the Lease holder's instance id), or fails
   load_env
   local holder g
   holder=$(lease_holder)
+  if [[ -n ${MIGRATE:-} && $holder == "$GO_IDENTITY" ]]; then echo go-gw; return 0; fi
   for g in "${GATEWAYS[@]}"; do
     local var=GW_${g#gw-}; var=${var^^}_INSTANCE
     if [[ -n $holder && $holder == "${!var}"_* ]]; then echo "$g"; return 0; fi
   done
   return 1
+}
+
+# The Go gateway as it stands before the migration: leading (a client-go elector on the
+# reference's Lease, holder $GO_IDENTITY) and its CiliumVTEPConfig written as it writes it.
+start_go_gateway() { # start_go_gateway IP MAC
+  local ip=$1 mac=$2 d=$state/go-gw peer deadline
+  mkdir -p "$d"
+  peer=$("$repo/tests/k8s/clientgo.sh" build) || die "building the client-go peer failed"
+  cp "$state/k8s/daemon.kubeconfig" "$d/kubeconfig"
+  sed -i "s#^\(\s*server:\).*#\1 $K8S_API_URL#" "$d/kubeconfig"
+  ip netns exec "$(ns go-gw)" "$peer" --kubeconfig="$d/kubeconfig" --identity="$GO_IDENTITY" \
+    --namespace hybrid-gateway --name hybrid-gateway-leader </dev/null >>"$d/elector.log" 2>&1 &
+  echo $! >"$d/daemon.pid"
+  deadline=$((SECONDS + 30))
+  until [[ $(lease_holder) == "$GO_IDENTITY" ]]; do
+    ((SECONDS < deadline)) || { cat "$d/elector.log" >&2; die "the Go gateway's elector never led"; }
+    sleep 0.2
+  done
+  # controller-runtime's Create, then the plain Update of its next start (its own field
+  # manager): no server-side apply field ownership of ours on it.
+  local obj
+  obj=$(cat <<EOF
+apiVersion: cilium.io/v2
+kind: CiliumVTEPConfig
+metadata:
+  name: hybrid-gateway
+spec:
+  endpoints:
+  - name: vpc-gateway
+    tunnelEndpoint: $ip
+    cidr: $VPC_CIDR
+    mac: $mac
+EOF
+)
+  kubectl_lab create --field-manager=eks-hybrid-nodes-gateway -f - >/dev/null <<<"$obj"
+  kubectl_lab replace --field-manager=eks-hybrid-nodes-gateway -f - >/dev/null <<<"$obj"
+}
+
+# Both of our gateways answer `status` as standbys (migration lab: under the Go gateway).
+both_standby() {
+  local g
+  for g in "${GATEWAYS[@]}"; do
+    ip netns exec "$(ns "$g")" "$BIN" status --config "$state/$g/config.toml" 2>/dev/null \
+      | grep -q 'role: *standby' || return 1
+  done
 }
 
 up() {
@@ -298,7 +377,10 @@ up() {
   log "starting moto, fault proxy, DynamoDB Local, IMDS in $(ns cp)"
   nsx cp "$repo/tests/aws/peers.sh" up "$state/aws" "$CP_IP" >"$state/peers-up.log" 2>&1 \
     || { tail -n 30 "$state/peers-up.log" >&2; die "AWS peers did not start"; }
-  nsx cp "$repo/tests/aws/peers.sh" seed "$state/aws" --route-tables 2 --lock-table "$LOCK_TABLE" \
+  MIGRATE=${HGW_LAB_MIGRATE:-}
+  local seed_go=()
+  [[ -z $MIGRATE ]] || seed_go=(--go-gateway "$HYBRID_POD_CIDR")
+  nsx cp "$repo/tests/aws/peers.sh" seed "$state/aws" --route-tables 2 --lock-table "$LOCK_TABLE" "${seed_go[@]}" \
     >"$state/seed.json" 2>"$state/seed.log" || { cat "$state/seed.log" >&2; die "seeding moto failed"; }
   # peers.sh up started gw-a's IMDS (selector Name=gw-a); one more for gw-b.
   nsx cp "$repo/tests/aws/peers.sh" imds "$state/aws" gw-b Name=gw-b >/dev/null 2>>"$state/peers-up.log"
@@ -339,6 +421,27 @@ up() {
   nsx node-1 ip link set vx address "$node_mac" up
   nsx node-1 ip addr add "$POD_IP/32" dev lo
 
+  local go_ip= go_mac=
+  if [[ -n $MIGRATE ]]; then
+    go_ip=$(gw_field go-gw private_ip)
+    go_mac=$("$BIN" vtep-mac "$go_ip")
+    GO_INSTANCE=$(gw_field go-gw instance_id)
+    nsx go-gw ip addr add "$go_ip/16" dev eth0
+    nsx go-gw ip link set eth0 up
+    nsx go-gw ip route add "$NODE_NET" dev eth0
+    nsx node-1 ip route add "$go_ip/32" dev eth0
+    # STAND-IN for the Go gateway's datapath (not its code): what the reference programs,
+    # by hand. Its device as it creates it (VNI 2, UDP 8472, learning off, local = node IP,
+    # the MAC derived from its IP), and per hybrid node the onlink route, the permanent
+    # ARP entry 02:00:<node IP> and the FDB entry to the node.
+    nsx go-gw sysctl -qw net.ipv4.ip_forward=1
+    nsx go-gw ip link add hybrid_vxlan0 type vxlan id 2 dstport 8472 local "$go_ip" nolearning
+    nsx go-gw ip link set hybrid_vxlan0 address "$go_mac" up
+    nsx go-gw ip route add "$POD_CIDR" via "$NODE_IP" dev hybrid_vxlan0 onlink
+    nsx go-gw ip neigh add "$NODE_IP" lladdr "$node_mac" dev hybrid_vxlan0 nud permanent
+    nsx go-gw bridge fdb add "$node_mac" dev hybrid_vxlan0 dst "$NODE_IP" self permanent
+  fi
+
   local rts
   rts=$(python3 -c 'import json,sys; print(" ".join(json.load(open(sys.argv[1]))["route_tables"]))' "$state/seed.json")
   {
@@ -370,6 +473,17 @@ up() {
       echo "${v}_PIDFILE=$state/$g/daemon.pid"
       echo "${v}_LOG=$state/$g/daemon.log"
     done
+    if [[ -n $MIGRATE ]]; then
+      echo "MIGRATE=1"
+      echo "NS_GO=$(ns go-gw)"
+      echo "GO_IP=$go_ip"
+      echo "GO_INSTANCE=$GO_INSTANCE"
+      echo "GO_ENI=$(gw_field go-gw eni_id)"
+      echo "GO_VTEP_MAC=$go_mac"
+      echo "GO_IDENTITY=$GO_IDENTITY"
+      echo "GO_PIDFILE=$state/go-gw/daemon.pid"
+      echo "GO_LOG=$state/go-gw/elector.log"
+    fi
     echo "ROUTE_TABLES=\"$rts\""
     echo "LOCK_TABLE=$LOCK_TABLE"
     echo "KUBECTL=$K8S_KUBECTL"
@@ -400,7 +514,11 @@ spec:
     - $POD_CIDR
 EOF
 
+  [[ -z $MIGRATE ]] || start_go_gateway "$go_ip" "$go_mac"
+
   # The followers: AWS's VPC router and Cilium's agent, for the lab.
+  local go_eni=()
+  [[ -z $MIGRATE ]] || go_eni=(--eni "$(gw_field go-gw eni_id)=$go_ip")
   printf '%s\n' "$K8S_ADMIN_TOKEN" >"$state/follow.token"
   chmod 0600 "$state/follow.token"
   local first_rt=${rts%% *}
@@ -408,7 +526,7 @@ EOF
     --api-url "$K8S_API_URL" --ca-file "$K8S_CA_FILE" --token-file "$state/follow.token" \
     --node-ns "$(ns node-1)" --pod-ip "$POD_IP" \
     --moto-url "$MOTO_URL" --region "$AWS_REGION" --route-table "$first_rt" --cidr "$HYBRID_POD_CIDR" \
-    --eni "$(gw_field gw-a eni_id)=$ip_a" --eni "$(gw_field gw-b eni_id)=$ip_b" \
+    --eni "$(gw_field gw-a eni_id)=$ip_a" --eni "$(gw_field gw-b eni_id)=$ip_b" "${go_eni[@]}" \
     --vpc-ns "$(ns vpc-host)" --interval "${HGW_LAB_POLL:-0.1}" \
     </dev/null >"$state/follow.log" 2>&1 &
   echo $! >"$state/follow.pid"
@@ -423,7 +541,8 @@ EOF
   local deadline=$((SECONDS + 90)) lead=
   until lead=$(leader) && nsx vpc-host ip route show "$HYBRID_POD_CIDR" | grep -q via \
       && nsx node-1 ip route show "$VPC_CIDR" | grep -q via \
-      && nsx vpc-host ping -c 1 -W 1 "$POD_IP" >/dev/null 2>&1; do
+      && nsx vpc-host ping -c 1 -W 1 "$POD_IP" >/dev/null 2>&1 \
+      && { [[ -z $MIGRATE ]] || both_standby; }; do
     for g in "${GATEWAYS[@]}"; do
       pid_of "$state/$g/daemon.pid" "$state/$g/config.toml" >/dev/null \
         || { tail -n 30 "$state/$g/daemon.log" >&2; die "$g's daemon exited"; }
@@ -480,6 +599,11 @@ status() {
   if [[ -n $cr ]]; then echo "CiliumVTEPConfig: ${cr% *}, term ${cr##* }"; else echo "CiliumVTEPConfig: none"; fi
   echo "route tables:    $(route_targets || echo unknown)"
   echo "gateway ENIs:    gw-a $GW_A_ENI ($GW_A_IP), gw-b $GW_B_ENI ($GW_B_IP)"
+  if [[ -n ${MIGRATE:-} ]]; then
+    local go_state=stopped
+    pid_of "$state/go-gw/daemon.pid" "$(gw_expect go-gw)" >/dev/null && go_state="elector running"
+    echo "Go gateway:      go-gw $GO_ENI ($GO_IP), $go_state"
+  fi
   echo "vpc-host:        $(ip -n "$NS_VPC" route show "$HYBRID_POD_CIDR" | head -n1)"
   echo "node-1:          $(ip -n "$NS_NODE" route show "$VPC_CIDR" | head -n1)"
   for g in "${GATEWAYS[@]}"; do
@@ -499,8 +623,8 @@ case ${1:-} in
   leader) leader ;;
   start) is_gw "${2:-}"; load_env; start_gw "$2" ;;
   stop) is_gw "${2:-}"; load_env; stop_gw "$2" TERM ;;
-  kill) is_gw "${2:-}"; load_env; stop_gw "$2" KILL ;;
-  cut) is_gw "${2:-}"; load_env; ip -n "$(ns "$2")" link set eth0 down ;;
+  kill) [[ ${2:-} == go-gw ]] || is_gw "${2:-}"; load_env; stop_gw "$2" KILL ;;
+  cut) [[ ${2:-} == go-gw ]] || is_gw "${2:-}"; load_env; ip -n "$(ns "$2")" link set eth0 down ;;
   kubectl) shift; kubectl_lab "$@" ;;
   *) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0" >&2; exit 2 ;;
 esac
