@@ -59,7 +59,7 @@ struct Known {
     vtep: Option<Desired>,
     /// The same for passes given a [`NodeList`]: its desired state, kept so the next
     /// list's changes cost only themselves, and the list it reflects.
-    index: Option<(Index, Arc<NodeList>)>,
+    index: Option<(Box<Index>, Arc<NodeList>)>,
     /// The filter table was last written (or found) as this spec.
     filter: Option<FilterSpec>,
 }
@@ -332,7 +332,8 @@ impl Datapath {
                     (State::Indexed(index, set.clone()), plan, true)
                 }
                 _ => {
-                    let index = Index::build(set.ranked().iter().cloned(), policy.clone());
+                    let index =
+                        Box::new(Index::build(set.ranked().iter().cloned(), policy.clone()));
                     let plan = vtep::diff(index.desired(), &self.nl.read_vtep(device.index).await?);
                     (State::Indexed(index, set.clone()), plan, false)
                 }
@@ -440,7 +441,7 @@ enum Input<'a> {
 /// The desired state a pass worked out, in the form the next pass will start from.
 enum State {
     Plain(Desired, Vec<Rejection>),
-    Indexed(Index, Arc<NodeList>),
+    Indexed(Box<Index>, Arc<NodeList>),
 }
 
 impl State {
