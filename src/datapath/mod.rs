@@ -5,6 +5,7 @@ pub mod error;
 pub mod filter;
 pub mod mac;
 pub mod netlink;
+pub mod nft_elements;
 pub mod node_list;
 pub mod sysctl;
 pub mod vtep;
