@@ -21,6 +21,8 @@
 //! in one transaction, so a change is atomic (no window without the filter). It is kept
 //! across restarts like the device: a new process rewrites it in place, also atomically.
 //! Reading uses `nft -j list table` parsed here: the crate's counter type is 32 bits wide.
+//! A node event's change to the `nodes` set alone goes over nfnetlink
+//! ([`super::nft_elements`]), one batch, without an `nft` process.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
