@@ -7,6 +7,7 @@
 
 mod ec2;
 mod report;
+mod write_fence;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
@@ -185,11 +186,20 @@ enum Outcome {
 impl RouteTables {
     /// `self_instance`: this gateway's instance id, whose Auto Scaling group the ownership
     /// guard trusts.
+    /// `ec2`'s configuration is kept, its HTTP client replaced by the fenced one of
+    /// [`write_fence`]: no route write of ours leaves after its leadership ended, whoever
+    /// built the client.
     pub fn new(
         ec2: Client,
         settings: RouteTablesSettings,
         self_instance: impl Into<String>,
     ) -> Self {
+        let ec2 = Client::from_conf(
+            ec2.config()
+                .to_builder()
+                .http_client(write_fence::http_client())
+                .build(),
+        );
         RouteTables {
             ec2,
             settings,

@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::health::{HealthConfig, RawHealth};
 use super::validate::Span;
 use super::{ConfigError, Validator};
 
@@ -22,6 +23,8 @@ pub struct ElectionConfig {
     pub renew_deadline: Duration,
     pub retry_period: Duration,
     pub dynamodb: Option<DynamoDbLockConfig>,
+    /// `[election.health]`: yielding to a gateway with clearly healthier tunnels.
+    pub health: HealthConfig,
 }
 
 impl ElectionConfig {
@@ -44,6 +47,7 @@ impl Default for ElectionConfig {
             renew_deadline: Duration::from_secs(2),
             retry_period: Duration::from_secs(1),
             dynamodb: None,
+            health: HealthConfig::default(),
         }
     }
 }
@@ -66,6 +70,7 @@ pub(super) struct RawElection {
     pub renew_deadline: Option<Spanned<String>>,
     pub retry_period: Option<Spanned<String>>,
     pub dynamodb: Option<Spanned<RawDynamoDb>>,
+    pub health: Option<RawHealth>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -178,6 +183,7 @@ impl Validator<'_> {
                 ),
             ));
         }
+        e.health = self.health(raw.health.unwrap_or_default())?;
         if let Some(d) = raw.dynamodb {
             let d = d.into_inner();
             let table = self.check("election.dynamodb.table", d.table, |table| {

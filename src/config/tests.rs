@@ -368,3 +368,57 @@ fn probe_defaults_and_limits() {
         &["probe.max_in_flight"],
     );
 }
+
+/// `[election.health]` (issue 15): the rules' knobs stay consistent with each other.
+#[test]
+fn health_keys_are_validated_against_each_other() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.election.health, HealthConfig::default());
+    assert!(c.election.health.enabled);
+    let h = |body: &str| format!("{GOOD}\n[election.health]\n{body}");
+    let c = parse(&h(
+        "enabled = false\nmargin = 0.5\nhold_down = \"10s\"\nmin_between_handovers = \"5m\"\n",
+    ))
+    .unwrap();
+    assert!(!c.election.health.enabled);
+    assert_eq!(c.election.health.margin, 0.5);
+    assert_eq!(c.election.health.hold_down, Duration::from_secs(10));
+    rejects(
+        &h("margin = 1.5\n"),
+        8,
+        &["election.health.margin", "from 0 to 1"],
+    );
+    rejects(&h("margin = 0.0\n"), 8, &["election.health.margin"]);
+    // No hysteresis: a score wobbling at the margin would restart the hold-down.
+    rejects(
+        &h("margin = 0.2\nrecover_margin = 0.2\n"),
+        9,
+        &["election.health.recover_margin", "hysteresis"],
+    );
+    // A live peer must not look stale after one late publication.
+    rejects(
+        &h("publish_interval = \"2s\"\n"),
+        8,
+        &["election.health.publish_interval", "twice"],
+    );
+    // A crashed peer's last score must be stale before a hold-down can end on it.
+    rejects(
+        &h("stale_after = \"4s\"\n"),
+        8,
+        &[
+            "election.health.stale_after",
+            "hold_down (3s)",
+            "crashed peer",
+        ],
+    );
+    rejects(
+        &h("hold_down = \"2s\"\n"),
+        8,
+        &["election.health.hold_down", "stale_after (2s 500ms)"],
+    );
+    rejects(
+        &h("min_between_handovers = \"1s\"\n"),
+        8,
+        &["election.health.min_between_handovers", "hold_down"],
+    );
+}

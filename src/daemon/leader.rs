@@ -12,9 +12,11 @@ use tokio_util::sync::CancellationToken;
 use super::route_sync::RouteSync;
 use crate::config::Config;
 use crate::datapath::Mac;
+use crate::election::advisor::{Advisor, Handover, HealthInputs};
 use crate::election::combined::{self, Combined};
 use crate::election::dynamodb::DynamoDbLockStore;
-use crate::election::{self, lease::LeaseLock, ElectionHandle, Elector, Timings};
+use crate::election::health::{HealthRules, PeerScore};
+use crate::election::{self, lease::LeaseLock, scores, ElectionHandle, Elector, Timings};
 use crate::k8s::{vtep_config, vtep_observer, vtep_shape};
 use crate::telemetry::Telemetry;
 
@@ -35,7 +37,11 @@ pub struct Election {
 
 pub struct LeaderInputs {
     pub kube: kube::Client,
+    /// The election identity (per process) and the host's stable one (names its score Lease).
     pub identity: String,
+    pub stable_identity: String,
+    /// This gateway's tunnel health, from the prober.
+    pub tunnel_score: tokio::sync::watch::Receiver<Option<crate::probe::health::Score>>,
     pub node_ip: Ipv4Addr,
     pub mac: Mac,
     pub dynamodb: Option<aws_sdk_dynamodb::Client>,
@@ -58,6 +64,12 @@ impl Election {
             election_cancel.clone(),
         );
         let dynamodb = inputs.dynamodb.take();
+        let mut leader_work = vec![lease_watch];
+        let advisor = e.health.enabled.then(|| {
+            let (advisor, tasks) = start_health(config, &inputs, request_timeout, &election_cancel);
+            leader_work.extend(tasks);
+            advisor
+        });
         let contest = spawn_contest(
             config,
             &inputs,
@@ -65,11 +77,11 @@ impl Election {
             request_timeout,
             publisher,
             wake,
+            advisor,
             election_cancel.clone(),
         );
         let lock_in_use = matches!(contest, Contest::Combined(_));
         let routes = inputs.routes.clone();
-        let mut leader_work = vec![lease_watch];
         leader_work.extend(spawn_leader_work(
             config,
             inputs,
@@ -151,7 +163,86 @@ impl Election {
     }
 }
 
+/// Health-aware leadership: this gateway's score published in its score Lease, the
+/// peers' watched, and what the election does with them mirrored into status and metrics.
+/// The tasks end with `cancel` (the election's: the score is withdrawn as the gateway stops).
+fn start_health(
+    config: &Config,
+    inputs: &LeaderInputs,
+    request_timeout: Duration,
+    cancel: &CancellationToken,
+) -> (Advisor, Vec<JoinHandle<()>>) {
+    let e = &config.election;
+    let h = &e.health;
+    let own = scores::ScoreLease::new(
+        inputs.kube.clone(),
+        &e.namespace,
+        &e.lease_name,
+        &inputs.stable_identity,
+        &inputs.identity,
+        request_timeout,
+    );
+    let own_name = own.name().to_string();
+    let publish = tokio::spawn(scores::publish(
+        own,
+        inputs.tunnel_score.clone(),
+        h.publish_interval,
+        h.stale_after,
+        cancel.clone(),
+    ));
+    let (peers, watch) = scores::watch_peers(
+        inputs.kube.clone(),
+        &e.namespace,
+        &e.lease_name,
+        &own_name,
+        cancel.clone(),
+    );
+    let (handovers, handovers_rx) = tokio::sync::watch::channel(None);
+    let follow = tokio::spawn(follow_health(
+        peers.clone(),
+        handovers_rx,
+        h.stale_after,
+        inputs.telemetry.clone(),
+        cancel.clone(),
+    ));
+    let inputs = HealthInputs::new(inputs.tunnel_score.clone(), peers, HealthRules::from(h));
+    (
+        Advisor::new(inputs, handovers),
+        vec![publish, watch, follow],
+    )
+}
+
+/// Mirrors the peers' scores (fresh ones, every second: freshness is a matter of time)
+/// and the last voluntary handover into status and metrics.
+async fn follow_health(
+    mut peers: tokio::sync::watch::Receiver<Vec<PeerScore>>,
+    mut handovers: tokio::sync::watch::Receiver<Option<Handover>>,
+    stale_after: Duration,
+    telemetry: Telemetry,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let now = tokio::time::Instant::now();
+        let fresh: Vec<PeerScore> = peers
+            .borrow_and_update()
+            .iter()
+            .filter(|p| now.saturating_duration_since(p.seen_changed_at) <= stale_after)
+            .cloned()
+            .collect();
+        let last = handovers.borrow_and_update().clone();
+        telemetry.peer_health(&fresh, last.as_ref());
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+            r = peers.changed() => if r.is_err() { return },
+            r = handovers.changed() => if r.is_err() { return },
+        }
+    }
+}
+
 /// The election itself: the Lease alone, or the Lease plus the DynamoDB lock.
+#[allow(clippy::too_many_arguments)]
 fn spawn_contest(
     config: &Config,
     inputs: &LeaderInputs,
@@ -159,6 +250,7 @@ fn spawn_contest(
     request_timeout: Duration,
     publisher: election::ElectionPublisher,
     wake: Arc<Notify>,
+    mut advisor: Option<Advisor>,
     cancel: CancellationToken,
 ) -> Contest {
     let e = &config.election;
@@ -192,7 +284,8 @@ fn spawn_contest(
             );
             let mut both = Combined { lease, lock };
             Contest::Combined(tokio::spawn(async move {
-                combined::run(&mut both, &publisher, Some(wake), cancel).await;
+                combined::run_advised(&mut both, &publisher, Some(wake), advisor.as_mut(), cancel)
+                    .await;
                 both
             }))
         }
@@ -200,7 +293,8 @@ fn spawn_contest(
             tracing::info!(identity = %inputs.identity, lease = %name, "joining the election (Lease)");
             let mut lease = lease;
             Contest::Lease(tokio::spawn(async move {
-                election::run(&mut lease, &publisher, Some(wake), cancel).await;
+                election::run_advised(&mut lease, &publisher, Some(wake), advisor.as_mut(), cancel)
+                    .await;
                 lease
             }))
         }

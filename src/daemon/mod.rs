@@ -115,6 +115,8 @@ async fn run(config: Config, static_nodes: Option<PathBuf>) -> anyhow::Result<()
 struct Context {
     /// This process's election identity.
     identity: String,
+    /// This host's identity, the same across restarts.
+    stable_identity: String,
     node_ip: Ipv4Addr,
     /// The VXLAN device's MAC, the one the CiliumVTEPConfig advertises.
     mac: Mac,
@@ -175,6 +177,7 @@ async fn set_up(config: Config, static_mode: bool) -> anyhow::Result<(Context, A
     });
     let ctx = Context {
         identity,
+        stable_identity: instance.clone(),
         node_ip,
         mac: device.mac,
         aws,
@@ -402,6 +405,8 @@ impl Daemon {
             leader::LeaderInputs {
                 kube,
                 identity: ctx.identity.clone(),
+                stable_identity: ctx.stable_identity.clone(),
+                tunnel_score: ctx.tunnel_score.subscribe(),
                 node_ip: ctx.node_ip,
                 mac: ctx.mac,
                 dynamodb: ctx.aws.get().map(|a| aws_sdk_dynamodb::Client::new(&a.sdk)),

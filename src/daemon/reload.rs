@@ -75,6 +75,7 @@ pub const KEYS: &[Key] = &[
     key!(ELECTION, election.renew_deadline),
     key!(ELECTION, election.retry_period),
     key!(Apply::Restart("Lease-only or Lease + DynamoDB lock is chosen at start; restart every gateway to switch"), election.dynamodb),
+    key!(ELECTION, election.health),
     key!(Apply::Live("the tunnel prober's next round"), probe),
     key!(Apply::Restart("the AWS clients are built once"), aws.region),
     key!(Apply::Restart("the ENI is checked at start"), aws.manage_source_dest_check),
@@ -192,7 +193,7 @@ mod tests {
     #[test]
     fn every_field_has_a_row() {
         let a = cfg("");
-        let b = cfg("[vxlan]\ninterface = \"x0\"\nvni = 3\nport = 4789\nmtu = 1400\nunderlay_mtu = 9000\n[datapath]\nresync_interval = \"5s\"\nfilter = false\nstate_dir = \"/s\"\ncold_start_wait = \"1s\"\n[probe]\ninterval = \"2s\"\n[kubernetes]\nrequest_timeout = \"2s\"\n[election]\nnamespace = \"n\"\nlease_name = \"l\"\nidentity = \"i\"\nlease_duration = \"9s\"\nrenew_deadline = \"6s\"\nretry_period = \"2s\"\n[election.dynamodb]\ntable = \"locks\"\n[metrics]\nlisten = \"127.0.0.1:1\"\n[aws]\nregion = \"us-west-2\"\nroute_table_ids = [\"rtb-01234567\"]\nroute_table_tag = \"k=v\"\ntakeover = \"any\"\ncleanup_on_shutdown = true\nmanage_source_dest_check = false\nresync_interval = \"1m\"\ngateway_instance_ids = [\"i-01234567\"]\n");
+        let b = cfg("[vxlan]\ninterface = \"x0\"\nvni = 3\nport = 4789\nmtu = 1400\nunderlay_mtu = 9000\n[datapath]\nresync_interval = \"5s\"\nfilter = false\nstate_dir = \"/s\"\ncold_start_wait = \"1s\"\n[probe]\ninterval = \"2s\"\n[kubernetes]\nrequest_timeout = \"2s\"\n[election]\nnamespace = \"n\"\nlease_name = \"l\"\nidentity = \"i\"\nlease_duration = \"9s\"\nrenew_deadline = \"6s\"\nretry_period = \"2s\"\n[election.dynamodb]\ntable = \"locks\"\n[election.health]\nmargin = 0.3\n[metrics]\nlisten = \"127.0.0.1:1\"\n[aws]\nregion = \"us-west-2\"\nroute_table_ids = [\"rtb-01234567\"]\nroute_table_tag = \"k=v\"\ntakeover = \"any\"\ncleanup_on_shutdown = true\nmanage_source_dest_check = false\nresync_interval = \"1m\"\ngateway_instance_ids = [\"i-01234567\"]\n");
         let mut b = b;
         b.gateway.node_ip = Some("10.0.0.2".parse().unwrap());
         b.gateway.vpc_cidrs = vec!["10.251.0.0/16".parse().unwrap()];

@@ -13,7 +13,7 @@ use crate::config::Config;
 
 /// What the daemon does, as in packaging/kubernetes/rbac.yaml: (group, resource, verb,
 /// namespaced, resource name).
-const VERBS: [(&str, &str, &str, bool, Option<&str>); 10] = [
+const VERBS: [(&str, &str, &str, bool, Option<&str>); 12] = [
     ("cilium.io", "ciliumnodes", "list", false, None),
     ("cilium.io", "ciliumnodes", "watch", false, None),
     ("cilium.io", "ciliumvtepconfigs", "get", false, None),
@@ -24,6 +24,9 @@ const VERBS: [(&str, &str, &str, bool, Option<&str>); 10] = [
     ("coordination.k8s.io", "leases", "get", true, None),
     ("coordination.k8s.io", "leases", "create", true, None),
     ("coordination.k8s.io", "leases", "update", true, None),
+    // The Lease watch and the health score Leases (by label: the whole namespace).
+    ("coordination.k8s.io", "leases", "list", true, None),
+    ("coordination.k8s.io", "leases", "watch", true, None),
 ];
 
 /// The checks, and the Lease's holder when there is one (for the gateways check).
@@ -86,14 +89,7 @@ pub async fn checks(
             )
         }
     }];
-    out.push(
-        rbac(
-            &client,
-            &config.election.namespace,
-            &config.election.lease_name,
-        )
-        .await,
-    );
+    out.push(rbac(&client, &config.election.namespace).await);
     out.push(crds(&client).await);
     out.push(vtep_shape(&client).await);
     let (check, holder) = lease(
@@ -127,13 +123,10 @@ async fn vtep_shape(client: &kube::Client) -> Check {
     }
 }
 
-async fn rbac(client: &kube::Client, namespace: &str, lease: &str) -> Check {
+async fn rbac(client: &kube::Client, namespace: &str) -> Check {
     let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
     let mut denied = Vec::new();
-    let mut asks: Vec<(&str, &str, &str, bool, Option<&str>)> = VERBS.to_vec();
-    // The standby's watch of the one Lease is authorized by name.
-    asks.push(("coordination.k8s.io", "leases", "list", true, Some(lease)));
-    asks.push(("coordination.k8s.io", "leases", "watch", true, Some(lease)));
+    let asks: Vec<(&str, &str, &str, bool, Option<&str>)> = VERBS.to_vec();
     for (group, resource, verb, namespaced, name) in asks {
         let review = SelfSubjectAccessReview {
             spec: SelfSubjectAccessReviewSpec {

@@ -23,7 +23,9 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::advisor::{Advisor, HealthInputs, Patience};
 use super::decide::{self, Change, Lease, LockAction, LockState};
+use super::health::LeaderVerdict;
 use super::{jitter, ElectionPublisher, Elector, ErrorLog, LockError, LockStore};
 
 #[derive(Debug, Clone)]
@@ -77,11 +79,51 @@ async fn lease_round<K: LockStore>(
     }
 }
 
+/// A Lease contender that may not campaign (see [`HealthInputs::may_campaign`]) only reads
+/// the Lease, so its expiry clock keeps running; it reports the Lease as not its own.
+async fn lease_observe<K: LockStore>(
+    lease: &mut Elector<K>,
+    limit: Duration,
+    errors: &mut ErrorLog,
+) -> Lease {
+    match tokio::time::timeout(limit, lease.observe_only()).await {
+        Ok(Ok(())) | Ok(Err(LockError::Store(_))) => Lease::OtherHolds,
+        Ok(Err(e)) => {
+            errors.report(&e);
+            Lease::Unreachable
+        }
+        Err(_) => Lease::Unreachable,
+    }
+}
+
+/// Whether this gateway, not holding the Lease, may go for it: see
+/// [`HealthInputs::may_campaign`] (a holder whose lease ran out is presumed dead), for at
+/// most a lease duration of a free Lease ([`Patience`]).
+fn may_campaign<K: LockStore>(
+    lease: &Elector<K>,
+    health: &HealthInputs,
+    patience: &mut Patience,
+    now: Instant,
+) -> bool {
+    if lease.is_leader() {
+        return true;
+    }
+    let expired = lease.other_lease_expires_in(now) == Some(Duration::ZERO);
+    let expired_holder = lease.observed_holder().filter(|_| expired);
+    let vetoed = !health.may_campaign(expired_holder, now);
+    let free = lease.observed_holder().is_none() || expired;
+    patience.campaign(vetoed, free, now, lease.timings().lease_duration)
+}
+
 /// Keeps the Lease (acquire, renew, give up on request) and publishes what it learns.
+/// `hand_over` is `give_up` for a voluntary handover (only the log differs).
+#[allow(clippy::too_many_arguments)]
 async fn lease_loop<K: LockStore>(
     lease: &mut Elector<K>,
     view: watch::Sender<LeaseView>,
     give_up: Arc<Notify>,
+    hand_over: Arc<Notify>,
+    health: Option<HealthInputs>,
     wake: Option<Arc<Notify>>,
     cancel: CancellationToken,
 ) {
@@ -91,10 +133,16 @@ async fn lease_loop<K: LockStore>(
         last: None,
     };
     let mut cooldown_until: Option<Instant> = None;
+    let mut patience = Patience::default();
     loop {
         let cooling = cooldown_until.is_some_and(|u| Instant::now() < u);
         let l = if cooling {
             Lease::OtherHolds
+        } else if health
+            .as_ref()
+            .is_some_and(|h| !may_campaign(lease, h, &mut patience, Instant::now()))
+        {
+            lease_observe(lease, t.renew_deadline, &mut errors).await
         } else {
             lease_round(lease, t.renew_deadline, &mut errors).await
         };
@@ -125,20 +173,37 @@ async fn lease_loop<K: LockStore>(
                 _ => std::future::pending().await,
             }
         };
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
-            _ = woken => {}
-            _ = give_up.notified() => {
-                // The lock loop must stop going for the lock before the Lease is gone.
-                view.send_replace(LeaseView { lease: Lease::OtherHolds, holder: None, at: Instant::now() });
-                tracing::warn!(identity = lease.identity(), "holding the Lease but not the DynamoDB lock for {:?}: releasing the Lease", t.lease_duration);
-                if let Ok(Err(e)) = tokio::time::timeout(t.renew_deadline, lease.release(Timestamp::now())).await {
-                    errors.report(&e);
-                }
-                cooldown_until = Some(Instant::now() + t.lease_duration);
-            }
+        let voluntary = tokio::select! {
+            _ = tokio::time::sleep(pause) => continue,
+            _ = woken => continue,
+            _ = give_up.notified() => false,
+            _ = hand_over.notified() => true,
             _ = cancel.cancelled() => return,
+        };
+        // The lock loop must stop going for the lock before the Lease is gone.
+        view.send_replace(LeaseView {
+            lease: Lease::OtherHolds,
+            holder: None,
+            at: Instant::now(),
+        });
+        if voluntary {
+            tracing::info!(
+                identity = lease.identity(),
+                "handed the DynamoDB lock over: releasing the Lease for the healthier gateway"
+            );
+        } else {
+            tracing::warn!(
+                identity = lease.identity(),
+                "holding the Lease but not the DynamoDB lock for {:?}: releasing the Lease",
+                t.lease_duration
+            );
         }
+        if let Ok(Err(e)) =
+            tokio::time::timeout(t.renew_deadline, lease.release(Timestamp::now())).await
+        {
+            errors.report(&e);
+        }
+        cooldown_until = Some(Instant::now() + t.lease_duration);
     }
 }
 
@@ -150,6 +215,19 @@ pub async fn run<K: LockStore, D: LockStore>(
     wake: Option<Arc<Notify>>,
     cancel: CancellationToken,
 ) {
+    run_advised(c, publisher, wake, None, cancel).await
+}
+
+/// [`run`], yielding to a healthier gateway when `health` is given: the lock holder hands
+/// the lock over (released once its hold has run out), then the Lease; a gateway far below
+/// a fresh peer does not go for the Lease.
+pub async fn run_advised<K: LockStore, D: LockStore>(
+    c: &mut Combined<K, D>,
+    publisher: &ElectionPublisher,
+    wake: Option<Arc<Notify>>,
+    health: Option<&mut Advisor>,
+    cancel: CancellationToken,
+) {
     let t = c.lease.timings();
     let lock_t = c.lock.timings();
     let (view_tx, view_rx) = watch::channel(LeaseView {
@@ -158,25 +236,45 @@ pub async fn run<K: LockStore, D: LockStore>(
         at: Instant::now(),
     });
     let give_up = Arc::new(Notify::new());
+    let hand_over = Arc::new(Notify::new());
     let lease_cancel = cancel.child_token();
     let Combined { lease, lock } = c;
-    let lease_task = lease_loop(lease, view_tx, give_up.clone(), wake, lease_cancel.clone());
-    let lock_task = lock_loop(lock, t, lock_t, publisher, view_rx, give_up, cancel);
+    let lease_task = lease_loop(
+        lease,
+        view_tx,
+        give_up.clone(),
+        hand_over.clone(),
+        health.as_ref().map(|h| h.inputs().clone()),
+        wake,
+        lease_cancel.clone(),
+    );
+    let bells = Bells { give_up, hand_over };
+    let lock_task = lock_loop(lock, t, lock_t, publisher, view_rx, bells, health, cancel);
     tokio::join!(lease_task, async {
         lock_task.await;
         lease_cancel.cancel();
     });
 }
 
+/// How the lock loop asks the Lease loop to release the Lease.
+struct Bells {
+    /// Held the Lease a whole lock lease without the lock.
+    give_up: Arc<Notify>,
+    /// Handed the lock over to a healthier gateway.
+    hand_over: Arc<Notify>,
+}
+
 /// The DynamoDB lock's side. Only I/O and publishing here; every rule is in
 /// [`decide::LockState`].
+#[allow(clippy::too_many_arguments)]
 async fn lock_loop<D: LockStore>(
     lock: &mut Elector<D>,
     t: super::Timings,
     lock_t: super::Timings,
     publisher: &ElectionPublisher,
     mut view: watch::Receiver<LeaseView>,
-    give_up: Arc<Notify>,
+    bells: Bells,
+    mut health: Option<&mut Advisor>,
     cancel: CancellationToken,
 ) {
     let mut errors = ErrorLog {
@@ -184,6 +282,9 @@ async fn lock_loop<D: LockStore>(
         last: None,
     };
     let mut state = LockState::new(t, lock_t);
+    // After a voluntary handover the lock is not taken again (the Lease is still ours
+    // for a moment) until the healthier gateway has had its turn.
+    let mut sit_out_until: Option<Instant> = None;
     loop {
         if cancel.is_cancelled() {
             publisher.standby(lock.observed_holder());
@@ -192,7 +293,13 @@ async fn lock_loop<D: LockStore>(
         let v = view.borrow_and_update().clone();
         let started = Instant::now();
         let lease = decide::judge_lease(v.lease, v.at, started, &t);
-        let action = state.action(lease, lock.is_leader(), started);
+        let mut action = state.action(lease, lock.is_leader(), started);
+        if matches!(action, LockAction::Try { .. })
+            && !state.acting()
+            && sit_out_until.is_some_and(|u| started < u)
+        {
+            action = LockAction::Observe;
+        }
         let round = perform(lock, &action, lock_t, publisher, &mut errors).await;
         let plan = state.settle(
             &action,
@@ -212,7 +319,31 @@ async fn lock_loop<D: LockStore>(
             }
         }
         if plan.give_up_lease {
-            give_up.notify_one();
+            bells.give_up.notify_one();
+        }
+        match (health.as_deref_mut(), state.acting()) {
+            (Some(h), true) => {
+                if let LeaderVerdict::HandOver { to, own, peer } = h.leader_round(Instant::now()) {
+                    publisher.standby(None);
+                    tracing::warn!(
+                        identity = lock.identity(),
+                        to,
+                        "handing leadership over: tunnel health {:.0} % here against {:.0} % at {to} for the hold-down; releasing the lock once this term's writes can no longer land",
+                        own * 100.0,
+                        peer * 100.0
+                    );
+                    let at = state.hand_over(Instant::now());
+                    sit_out_until = Some(at + t.lease_duration);
+                    if !release_at(lock, at, lock_t, &cancel, &mut errors).await {
+                        continue;
+                    }
+                    bells.hand_over.notify_one();
+                    h.handed_over(&to, own, peer, Instant::now());
+                    continue;
+                }
+            }
+            (Some(h), false) => h.not_leading(),
+            (None, _) => {}
         }
         let pause = state.pause(
             jitter(lock_t.retry_period),

@@ -326,6 +326,14 @@ impl LockState {
         }
     }
 
+    /// A voluntary handover: stop acting now. Returns when the lock may be freed: once the
+    /// hold has run out, as after a step-down.
+    pub fn hand_over(&mut self, now: Instant) -> Instant {
+        let at = self.acting_until.map_or(now, |u| u.max(now));
+        self.acting_until = None;
+        at
+    }
+
     /// How long the lock loop sleeps (a Lease change wakes it earlier): a leader renews
     /// every lock retry period and never sleeps past its hold; a contender polls at the
     /// Lease's pace and tries the moment the lock's holder runs out.

@@ -5,7 +5,8 @@
 //! the release (which is the graceful release of a stop: the leadership safety rules apply
 //! unchanged).
 //!
-//! Not wired into the daemon yet: scores are not published and nothing calls these.
+//! Wired by [`super::advisor`] (which reads the scores [`super::scores`] publishes) into
+//! the election loops.
 //!
 //! A peer's score counts only while fresh by the *reader's* monotonic clock (when the
 //! reader last saw it change), never by a time the peer wrote: no clock is compared across
@@ -14,6 +15,8 @@
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use crate::config::HealthConfig;
 
 /// The knobs, with their defaults.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,15 +35,21 @@ pub struct HealthRules {
     pub min_between_handovers: Duration,
 }
 
+impl From<&HealthConfig> for HealthRules {
+    fn from(c: &HealthConfig) -> Self {
+        HealthRules {
+            margin: c.margin,
+            recover_margin: c.recover_margin,
+            stale_after: c.stale_after,
+            hold_down: c.hold_down,
+            min_between_handovers: c.min_between_handovers,
+        }
+    }
+}
+
 impl Default for HealthRules {
     fn default() -> Self {
-        HealthRules {
-            margin: 0.25,
-            recover_margin: 0.1,
-            stale_after: Duration::from_secs(5),
-            hold_down: Duration::from_secs(3),
-            min_between_handovers: Duration::from_secs(60),
-        }
+        (&HealthConfig::default()).into()
     }
 }
 
@@ -126,6 +135,11 @@ impl HealthGate {
     /// The handover happened (the release was made).
     pub fn handed_over(&mut self, now: Instant) {
         self.last_handover = Some(now);
+        self.below_since = None;
+    }
+
+    /// Not leading (any more): a later term starts its own hold-down.
+    pub fn not_leading(&mut self) {
         self.below_since = None;
     }
 }

@@ -2,6 +2,7 @@
 //! store (the Kubernetes Lease; optionally a DynamoDB lock), and the loop that publishes
 //! "am I leader, since when, which term" for leader-only work to follow.
 
+pub mod advisor;
 pub mod combined;
 pub mod decide;
 pub mod dynamodb;
@@ -10,6 +11,7 @@ mod handle;
 pub mod health;
 pub mod lease;
 pub mod record;
+pub mod scores;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -20,9 +22,11 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use advisor::{Advisor, Patience};
 use decide::{Change, Hold, Next, Round};
 pub use elector::{Elector, Timings};
 pub use handle::Term;
+use health::LeaderVerdict;
 pub use record::{LeaderRecord, LockError, LockStore, Observed};
 
 use crate::config::JITTER_FACTOR;
@@ -186,12 +190,28 @@ pub async fn run<S: LockStore>(
     wake: Option<Arc<Notify>>,
     cancel: CancellationToken,
 ) {
+    run_advised(elector, publisher, wake, None, cancel).await
+}
+
+/// [`run`], with leadership that yields to a healthier gateway when `health` is given
+/// (issue 15): a leader clearly worse than a fresh peer for the hold-down hands over
+/// ([`hand_over`]); a standby far below a peer does not campaign.
+pub async fn run_advised<S: LockStore>(
+    elector: &mut Elector<S>,
+    publisher: &ElectionPublisher,
+    wake: Option<Arc<Notify>>,
+    mut health: Option<&mut Advisor>,
+    cancel: CancellationToken,
+) {
     let t = elector.timings();
     let mut errors = ErrorLog {
         store: elector.store().describe(),
         last: None,
     };
     let mut hold = Hold::Standby;
+    // After a voluntary handover: no campaigning until then, the healthier peer goes first.
+    let mut sit_out_until: Option<Instant> = None;
+    let mut patience = Patience::default();
     loop {
         if cancel.is_cancelled() {
             publisher.standby(elector.observed_holder());
@@ -201,13 +221,34 @@ pub async fn run<S: LockStore>(
         let plan = match decide::round_limit(hold, started, &t) {
             None => decide::deadline_passed(),
             Some(limit) => {
-                elector.raise_term(publisher.term_floor());
-                let round = round(elector, limit, &mut errors).await;
+                let campaign = hold != Hold::Standby
+                    || health.as_deref().is_none_or(|h| {
+                        may_campaign(elector, h, sit_out_until, &mut patience, started)
+                    });
+                let round = if campaign {
+                    elector.raise_term(publisher.term_floor());
+                    round(elector, limit, &mut errors).await
+                } else {
+                    observe(elector, limit, &mut errors).await
+                };
                 decide::solo(hold, started, Instant::now(), round, &t)
             }
         };
         hold = plan.hold;
         publish(elector, publisher, &plan.change, &mut errors);
+        if let (Some(h), Hold::Leading { until }) = (health.as_deref_mut(), hold) {
+            if let LeaderVerdict::HandOver { to, own, peer } = h.leader_round(Instant::now()) {
+                if !hand_over(elector, publisher, until, &to, own, peer, &cancel).await {
+                    return;
+                }
+                h.handed_over(&to, own, peer, Instant::now());
+                hold = Hold::Standby;
+                sit_out_until = Some(Instant::now() + t.lease_duration);
+                continue;
+            }
+        } else if let Some(h) = health.as_deref_mut() {
+            h.not_leading();
+        }
         let pause = match plan.next {
             Next::At(at) => at.saturating_duration_since(Instant::now()),
             Next::Poll => decide::poll_pause(
@@ -229,6 +270,81 @@ pub async fn run<S: LockStore>(
             _ = woken => {}
             _ = cancel.cancelled() => {}
         }
+    }
+}
+
+/// Whether this standby goes for the lock this round: not while sitting out after its own
+/// handover, nor while a fresh peer is far healthier (the holder whose lease ran out by
+/// our clock excepted: see [`advisor::HealthInputs::may_campaign`]) — for at most a lease
+/// duration of a free lock ([`Patience`]).
+fn may_campaign<S: LockStore>(
+    elector: &Elector<S>,
+    health: &Advisor,
+    sit_out_until: Option<Instant>,
+    patience: &mut Patience,
+    now: Instant,
+) -> bool {
+    if sit_out_until.is_some_and(|u| now < u) {
+        return false;
+    }
+    let expired = elector.other_lease_expires_in(now) == Some(Duration::ZERO);
+    let expired_holder = elector.observed_holder().filter(|_| expired);
+    let vetoed = !health.inputs().may_campaign(expired_holder, now);
+    let free = elector.observed_holder().is_none() || expired;
+    patience.campaign(vetoed, free, now, elector.timings().lease_duration)
+}
+
+/// A voluntary handover, the way a stop gives leadership up: Standby published first (no
+/// write starts after it: every write asks for time left in this term), then the lock
+/// released only once the hold has run out, so every write admitted before has finished
+/// or passed its deadline (the rule of the leadership issue). `false`: cancelled while
+/// waiting; the caller's stop path releases.
+async fn hand_over<S: LockStore>(
+    elector: &mut Elector<S>,
+    publisher: &ElectionPublisher,
+    until: Instant,
+    to: &str,
+    own: f64,
+    peer: f64,
+    cancel: &CancellationToken,
+) -> bool {
+    publisher.standby(None);
+    tracing::warn!(
+        identity = elector.identity(),
+        to,
+        "handing leadership over: tunnel health {:.0} % here against {:.0} % at {to} for the hold-down; releasing once this term's writes can no longer land",
+        own * 100.0,
+        peer * 100.0
+    );
+    tokio::select! {
+        _ = tokio::time::sleep_until(until) => {}
+        _ = cancel.cancelled() => return false,
+    }
+    let limit = elector.timings().renew_deadline;
+    match tokio::time::timeout(limit, elector.release(Timestamp::now())).await {
+        Ok(Ok(_)) => tracing::info!(identity = elector.identity(), "released the Lease for {to}"),
+        Ok(Err(e)) => {
+            tracing::warn!("could not release the Lease ({e}); {to} takes over when it expires")
+        }
+        Err(_) => tracing::warn!("releasing the Lease timed out; {to} takes over when it expires"),
+    }
+    true
+}
+
+/// A standby that may not campaign still reads the lock, so its expiry clock for the
+/// holder keeps running.
+async fn observe<S: LockStore>(
+    elector: &mut Elector<S>,
+    limit: Duration,
+    errors: &mut ErrorLog,
+) -> Round {
+    match tokio::time::timeout(limit, elector.observe_only()).await {
+        Ok(Ok(())) => Round::Lost,
+        Ok(Err(e)) => {
+            errors.report(&e);
+            Round::Failed
+        }
+        Err(_) => Round::TimedOut,
     }
 }
 

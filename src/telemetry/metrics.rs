@@ -114,6 +114,10 @@ pub struct Metrics {
     pub tunnel_probes_lost: Counter,
     /// The share of probed nodes reachable (`None`: no opinion yet, not exported).
     pub tunnel_health_ratio: Arc<std::sync::Mutex<Option<f64>>>,
+    /// The other gateways' fresh health scores, by their election identity.
+    pub peer_tunnel_health_ratio: Family<Labels, Gauge<f64, AtomicU64>>,
+    /// When this gateway last handed leadership over for health (Unix seconds; 0: never).
+    pub last_health_handover_timestamp_seconds: Gauge<f64, AtomicU64>,
     /// The nftables filter's counters as last read (name → packets, bytes).
     filter_counters: Arc<std::sync::Mutex<std::collections::BTreeMap<String, (u64, u64)>>>,
 }
@@ -301,6 +305,16 @@ impl Metrics {
                 Counter::default()
             ),
             tunnel_health_ratio: Arc::default(),
+            peer_tunnel_health_ratio: reg!(
+                "peer_tunnel_health_ratio",
+                "Other gateways' tunnel health scores as this gateway reads them (fresh ones only), by peer",
+                Family::<Labels, Gauge<f64, AtomicU64>>::default()
+            ),
+            last_health_handover_timestamp_seconds: reg!(
+                "last_health_handover_timestamp_seconds",
+                "Unix time this gateway last handed leadership over to a gateway with healthier tunnels (0: never)",
+                Gauge::<f64, AtomicU64>::default()
+            ),
             filter_counters: Arc::default(),
             info,
             gateway: std::sync::Mutex::new(gateway.clone()),

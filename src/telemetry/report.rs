@@ -10,7 +10,7 @@ use crate::election::Leadership;
 use crate::probe::health::{Score, TunnelState};
 use crate::probe::{Tracker, WORST_SHOWN};
 
-use super::status::{NodeTunnel, Role, TunnelStatus};
+use super::status::{NodeTunnel, PeerHealth, Role, TunnelStatus};
 use super::{DaemonStatus, Metrics};
 
 /// Where the daemon's parts report to. Cheap to clone.
@@ -115,6 +115,37 @@ impl Telemetry {
                 unknown: score.unknown,
                 worst,
             });
+        });
+    }
+
+    /// The peers' fresh health scores and this gateway's last handover for health.
+    pub fn peer_health(
+        &self,
+        peers: &[crate::election::health::PeerScore],
+        last: Option<&crate::election::advisor::Handover>,
+    ) {
+        let m = &self.metrics;
+        m.peer_tunnel_health_ratio.clear();
+        for p in peers {
+            m.peer_tunnel_health_ratio
+                .get_or_create(&vec![("peer".to_string(), p.identity.clone())])
+                .set(p.ratio);
+        }
+        if let Some(h) = last {
+            m.last_health_handover_timestamp_seconds
+                .set(h.at.as_millisecond() as f64 / 1000.0);
+        }
+        let now = tokio::time::Instant::now();
+        self.status.update(|s| {
+            s.peer_health = peers
+                .iter()
+                .map(|p| PeerHealth {
+                    identity: p.identity.clone(),
+                    ratio: p.ratio,
+                    age_ms: now.saturating_duration_since(p.seen_changed_at).as_millis() as u64,
+                })
+                .collect();
+            s.last_health_handover = last.map(ToString::to_string);
         });
     }
 

@@ -76,6 +76,12 @@ pub struct StatusSnapshot {
     /// The tunnel probes' view (`None`: probes off or no round yet).
     #[serde(default)]
     pub tunnel: Option<TunnelStatus>,
+    /// The other gateways' fresh tunnel health scores (health-aware leadership).
+    #[serde(default)]
+    pub peer_health: Vec<PeerHealth>,
+    /// This gateway's last voluntary handover for health, and why.
+    #[serde(default)]
+    pub last_health_handover: Option<String>,
     pub parts: BTreeMap<String, PartStatus>,
     pub last_errors: VecDeque<String>,
 }
@@ -90,6 +96,15 @@ pub struct TunnelStatus {
     pub unknown: usize,
     /// The nodes to look at first: down, unknown, then slowest.
     pub worst: Vec<NodeTunnel>,
+}
+
+/// Another gateway's published tunnel health, as this one reads it.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerHealth {
+    pub identity: String,
+    pub ratio: f64,
+    /// Since this gateway saw the score change (its heartbeat).
+    pub age_ms: u64,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]

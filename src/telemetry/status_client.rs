@@ -138,6 +138,17 @@ fn print(s: &StatusSnapshot) {
             );
         }
     }
+    for p in &s.peer_health {
+        println!(
+            "  peer health:  {} {:.0} % (seen {} ms ago)",
+            p.identity,
+            p.ratio * 100.0,
+            p.age_ms
+        );
+    }
+    if let Some(h) = &s.last_health_handover {
+        println!("  handover:     {h}");
+    }
     for (name, p) in &s.parts {
         if !p.alive || p.restarts > 0 {
             println!(

@@ -201,6 +201,17 @@ expect "stale Lease update conflicts" 409 "$DAEMON" PUT "$LEASES/hybrid-gateway-
 
 expect "daemon lists its Lease by name" 200 "$DAEMON" GET "$LEASES?fieldSelector=metadata.name%3Dhybrid-gateway-leader"
 expect "daemon watches its Lease by name" 200 "$DAEMON" GET "$LEASES?fieldSelector=metadata.name%3Dhybrid-gateway-leader&watch=1&timeoutSeconds=1"
+# Health-aware leadership: each gateway publishes its tunnel score in its own Lease and
+# watches the others' by label (issue 15).
+expect "daemon lists the health score Leases by label" 200 "$DAEMON" GET "$LEASES?labelSelector=hybrid-gateway.io%2Fhealth-of%3Dhybrid-gateway-leader"
+expect "daemon watches the health score Leases by label" 200 "$DAEMON" GET "$LEASES?labelSelector=hybrid-gateway.io%2Fhealth-of%3Dhybrid-gateway-leader&watch=1&timeoutSeconds=1"
+expect "daemon creates its health score Lease" 201 "$DAEMON" POST "$LEASES" "{
+  \"apiVersion\": \"coordination.k8s.io/v1\", \"kind\": \"Lease\",
+  \"metadata\": {\"name\": \"hybrid-gateway-leader-health-gw-a\", \"namespace\": \"$NS\",
+               \"labels\": {\"hybrid-gateway.io/health-of\": \"hybrid-gateway-leader\"},
+               \"annotations\": {\"hybrid-gateway.io/tunnel-health-ratio\": \"1.0000\"}},
+  \"spec\": {\"holderIdentity\": \"gw-a\", \"leaseDurationSeconds\": 3}
+}"
 
 now=$(date -u +%Y-%m-%dT%H:%M:%S.000000Z)
 expect "daemon may not create core/v1 Events (it emits none)" 403 "$DAEMON" POST "/api/v1/namespaces/$NS/events" "{
@@ -232,7 +243,8 @@ expect "daemon may not write CiliumVTEPConfig status" 403 "$DAEMON" PATCH "$VT/a
 expect "daemon may not list secrets in its namespace" 403 "$DAEMON" GET "/api/v1/namespaces/$NS/secrets"
 expect "daemon may not list secrets cluster-wide" 403 "$DAEMON" GET /api/v1/secrets
 expect "daemon may not read configmaps in kube-system" 403 "$DAEMON" GET /api/v1/namespaces/kube-system/configmaps
-expect "daemon may not list all Leases" 403 "$DAEMON" GET "$LEASES"
+expect "daemon may not list Leases cluster-wide" 403 "$DAEMON" GET /apis/coordination.k8s.io/v1/leases
+expect "daemon may not list Leases in kube-system" 403 "$DAEMON" GET /apis/coordination.k8s.io/v1/namespaces/kube-system/leases
 expect "daemon may not delete its Lease" 403 "$DAEMON" DELETE "$LEASES/hybrid-gateway-leader"
 expect "daemon may not create Leases outside its namespace" 403 "$DAEMON" POST /apis/coordination.k8s.io/v1/namespaces/default/leases \
     '{"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "x"}, "spec": {}}'

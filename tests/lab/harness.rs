@@ -273,6 +273,16 @@ impl Lab {
         self.run(&["cut", name]);
     }
 
+    /// The hybrid node drops VXLAN arriving from `name`: the tunnel broken in the
+    /// gateway -> node direction only.
+    pub fn block(&self, name: &str) {
+        self.run(&["block", name]);
+    }
+
+    pub fn unblock(&self, name: &str) {
+        self.run(&["unblock", name]);
+    }
+
     /// `hybrid-gateway status` inside the gateway's namespace: (exit code, stdout).
     pub fn status(&self, name: &str) -> (i32, String) {
         let g = self.gw(name);
@@ -780,6 +790,23 @@ impl Probe {
         })
     }
 
+    /// From wall time `at` to the send of the first probe answered after the last one lost
+    /// (traffic back for good, as the peers see it); zero when none was lost, `None` when
+    /// the last probe sent was lost.
+    pub fn restored_since(&self, at: f64) -> Option<Duration> {
+        let st = self.state.lock().unwrap();
+        let first = st.sent.iter().position(|&t| t >= at)? as u32;
+        let &last = st.replies.keys().next_back()?;
+        let last_lost = (first..=last).rev().find(|s| !st.replies.contains_key(s));
+        match last_lost {
+            None => Some(Duration::ZERO),
+            Some(s) => {
+                let back = *st.sent.get(s as usize + 1)?;
+                Some(Duration::from_secs_f64((back - at).max(0.0)))
+            }
+        }
+    }
+
     /// Probes sent from wall time `at` on, up to the last answered one, that got no answer.
     pub fn loss_since(&self, at: f64) -> Loss {
         let st = self.state.lock().unwrap();
@@ -934,6 +961,9 @@ pub enum Mode {
     /// kill -9 and the leader's "instance" leaves the network (its link goes down): the
     /// packets it still forwarded after a crash are gone too.
     InstanceLoss,
+    /// The hybrid node drops the leader's VXLAN (leader -> node only); the leader keeps
+    /// running and must hand over for health (issue 15). Undone by [`unblock_after`].
+    OneSided,
 }
 
 impl Mode {
@@ -942,6 +972,7 @@ impl Mode {
             Mode::Crash => "crash (kill -9)",
             Mode::Graceful => "graceful (SIGTERM)",
             Mode::InstanceLoss => "instance loss (kill -9 + link down)",
+            Mode::OneSided => "one-sided tunnel break (leader -> node)",
         }
     }
 }
@@ -963,6 +994,8 @@ pub struct Trial {
     pub exited: Option<Duration>,
     /// Traffic flows again: consecutive replies after the switch.
     pub resumed: bool,
+    /// From the hit to the first echo answered after the last one lost.
+    pub restored: Option<Duration>,
     pub loss: Loss,
     /// The new leader lost the Lease again right after taking over (left office).
     pub flapped: bool,
@@ -999,10 +1032,13 @@ pub fn trial(lab: &Lab, obs: &Observer, mode: Mode, interval: Duration, limit: D
             lab.signal(from, libc::SIGKILL);
             lab.cut(from);
         }
+        Mode::OneSided => lab.block(from),
     }
-    let exited = wait_until(Duration::from_secs(10), Duration::from_millis(5), || {
-        lab.pid(from).is_none()
-    })
+    // (A one-sided break leaves the process running: nothing to wait for.)
+    let exited = (mode != Mode::OneSided
+        && wait_until(Duration::from_secs(10), Duration::from_millis(5), || {
+            lab.pid(from).is_none()
+        }))
     .then(|| t0.elapsed());
 
     let mut lease = None;
@@ -1023,6 +1059,7 @@ pub fn trial(lab: &Lab, obs: &Observer, mode: Mode, interval: Duration, limit: D
     let after = w0 + since(switch).unwrap_or(limit).as_secs_f64();
     let resumed = probe.wait_consecutive_after(after, 20, Duration::from_secs(15));
     let loss = probe.loss_since(w0);
+    let restored = probe.restored_since(w0);
     drop(probe);
     let flapped = obs.holder_lost_after(t0, |h| lab.gw_of_identity(h) == Some(to));
     Trial {
@@ -1035,9 +1072,31 @@ pub fn trial(lab: &Lab, obs: &Observer, mode: Mode, interval: Duration, limit: D
         switch: since(switch),
         exited: if mode == Mode::Graceful { exited } else { None },
         resumed,
+        restored,
         loss,
         flapped,
     }
+}
+
+/// After a [`Mode::OneSided`] trial: the node accepts the old leader's VXLAN again, and
+/// the old leader (still running, now standby) settles under the new one with its tunnels
+/// healthy again.
+pub fn unblock_after(lab: &Lab, obs: &Observer, name: &str) {
+    lab.unblock(name);
+    let leader = obs
+        .wait_holder(lab, Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("nobody holds the Lease 30 s after a trial"));
+    assert!(
+        lab.wait_standby(name, leader, Duration::from_secs(30)),
+        "{name} is not a standby under {leader} after the unblock:\n{}",
+        lab.status(name).1
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
+            lab.metric(name, "hybrid_gateway_tunnel_health_ratio") == Some(1.0)
+        }),
+        "{name}'s tunnels did not come back after the unblock"
+    );
 }
 
 /// Brings a gateway stopped by a trial back and waits until it settles as standby under

@@ -37,6 +37,9 @@
 #   sudo tests/lab/lab.sh stop GW       SIGTERM (graceful: releases the Lease and the lock)
 #   sudo tests/lab/lab.sh cut GW        take the gateway "instance" off the network (link down)
 #   sudo tests/lab/lab.sh start GW      (re)start a gateway's daemon (and reconnect it)
+#   sudo tests/lab/lab.sh block GW      the hybrid node drops VXLAN (UDP 8472) arriving from GW:
+#                                       the tunnel breaks in the GW -> node direction only
+#   sudo tests/lab/lab.sh unblock GW    undo `block`
 #   sudo tests/lab/lab.sh kubectl ARGS  kubectl as cluster admin, from inside the lab
 #   sudo tests/lab/lab.sh down          stop every process, remove namespaces and the state dir
 #
@@ -47,6 +50,10 @@
 #   HGW_LAB_LOG     the daemons' log filter (default info)
 #   HGW_LAB_POLL    how often the follower reads the moto route table (default 0.1 s)
 #   HGW_LAB_PROFILE the election timings: default (3 s / 2 s / 1 s) or fast (1 s / 600 ms / 250 ms)
+#   HGW_LAB_MIN_HANDOVER_INTERVAL  election.health.min_between_handovers (default 60s; the
+#                   one-sided failover bench shortens it to repeat trials)
+#   HGW_LAB_HEALTH  election.health.enabled: true (default) or false (leadership follows
+#                   liveness only, as before issue 15)
 #   HGW_LAB_MIGRATE set: the migration lab (go-gw above). The gateways' config lists the Go
 #                   instance in aws.gateway_instance_ids, or with HGW_LAB_TAKEOVER=any sets
 #                   aws.takeover = "any" instead (the guide's two ways); HGW_LAB_TAKEOVER=owned:
@@ -236,6 +243,10 @@ else
   printf '\n[election.dynamodb]\ntable = "%s"\n' "$LOCK_TABLE"
 fi)
 
+[election.health]
+enabled = ${HGW_LAB_HEALTH:-true}
+min_between_handovers = "${HGW_LAB_MIN_HANDOVER_INTERVAL:-60s}"
+
 [aws]
 route_table_tag = "$MANAGED_TAG"
 resync_interval = "10s"
@@ -293,6 +304,11 @@ stop_gw() { # stop_gw NAME SIGNAL
   done
   log "$g (pid $pid) still running 5 s after SIG$sig"
   return 1
+}
+
+gw_ip() { # gw_ip NAME: sets GW_IP_OF from lab.env
+  local v=GW_${1#gw-}; v=${v^^}_IP
+  GW_IP_OF=${!v}
 }
 
 lease_holder() { # prints holderIdentity or nothing
@@ -420,6 +436,20 @@ up() {
   nsx node-1 ip link add vx type vxlan id 2 dstport 8472 local "$NODE_IP" nolearning
   nsx node-1 ip link set vx address "$node_mac" up
   nsx node-1 ip addr add "$POD_IP/32" dev lo
+  # Cilium's router address (the CiliumNode's CiliumInternalIP): the gateways' tunnel probes
+  # ping it through the tunnel.
+  nsx node-1 ip addr add "${POD_CIDR%.*}.1/32" dev lo
+  # `block GW` puts GW's address in this set: VXLAN from it is dropped on arrival, a tunnel
+  # broken in one direction only (the node still sends to GW).
+  nsx node-1 nft -f - <<'NFT'
+table inet lab {
+  set blocked { type ipv4_addr; }
+  chain input {
+    type filter hook input priority 0;
+    ip saddr @blocked udp dport 8472 counter drop
+  }
+}
+NFT
 
   local go_ip= go_mac=
   if [[ -n $MIGRATE ]]; then
@@ -625,6 +655,8 @@ case ${1:-} in
   stop) is_gw "${2:-}"; load_env; stop_gw "$2" TERM ;;
   kill) [[ ${2:-} == go-gw ]] || is_gw "${2:-}"; load_env; stop_gw "$2" KILL ;;
   cut) [[ ${2:-} == go-gw ]] || is_gw "${2:-}"; load_env; ip -n "$(ns "$2")" link set eth0 down ;;
+  block) is_gw "${2:-}"; load_env; gw_ip "$2"; nsx node-1 nft add element inet lab blocked "{ $GW_IP_OF }" ;;
+  unblock) is_gw "${2:-}"; load_env; gw_ip "$2"; nsx node-1 nft delete element inet lab blocked "{ $GW_IP_OF }" ;;
   kubectl) shift; kubectl_lab "$@" ;;
   *) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0" >&2; exit 2 ;;
 esac

@@ -485,7 +485,12 @@ fn classify(peer: Peer, req: &Request) -> (Kind, String, Option<String>, String)
             let path = req.path();
             let json: serde_json::Value = serde_json::from_slice(&req.body).unwrap_or_default();
             let detail = format!("{} {}", req.method, path);
-            if path.contains("/leases") && write {
+            // The gateways' health score Leases (issue 15) name their writer as holder too,
+            // but elect nobody: only the election Lease counts.
+            let score_lease = json["metadata"]["labels"]
+                .get("hybrid-gateway.io/health-of")
+                .is_some();
+            if path.contains("/leases") && write && !score_lease {
                 let holder = json["spec"]["holderIdentity"]
                     .as_str()
                     .filter(|h| !h.is_empty() && req.method != "DELETE")

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_ec2::config::interceptors::BeforeTransmitInterceptorContextRef;
+use aws_sdk_ec2::config::interceptors::BeforeTransmitInterceptorContextMut;
 use aws_sdk_ec2::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_ec2::error::BoxError;
 
@@ -16,6 +16,7 @@ use aws_sdk_ec2::types::{Filter, Route, RouteOrigin, RouteState};
 use ipnet::Ipv4Net;
 
 use super::report::{counter_of, Counters, DI, DRT};
+use super::write_fence::WriteFence;
 use super::{Deadline, RouteTables};
 use crate::aws::route_diff::{ObservedRoute, ObservedTable, Target, Trusted, WriteKind};
 use crate::aws::{describe_sdk_error, error_code};
@@ -314,8 +315,10 @@ impl RouteTables {
 /// starved in between would, once resumed, finish sending as a deposed leader (found by
 /// tests/faults.rs: a SIGSTOP right after a throttled first attempt, or during a sync's
 /// second write, put a route write on the wire seconds after the other gateway took
-/// over). Checking on every poll, before the call makes progress, drops it instead.
-/// (`tokio::time::timeout` polls its future before its timer, so it cannot do this.)
+/// over). Checking on every poll, before the call makes progress, drops it instead; the
+/// request's bytes themselves are written by the connection's own task, which the fence
+/// of `write_fence` stops. (`tokio::time::timeout` polls its future before its timer, so
+/// it cannot do this.)
 async fn while_leading<F: std::future::Future>(
     deadline: &dyn Deadline,
     tripped: &AtomicBool,
@@ -336,9 +339,10 @@ async fn while_leading<F: std::future::Future>(
 /// client — the first attempt or any SDK retry — unless leadership still outlasts a whole
 /// call. Checking only before `send()` is not enough: a retry after a throttled first
 /// attempt, or a process stopped or starved between the check and the send, would put
-/// the write on the wire after another gateway took over. (What no in-process check can
-/// close is a stop between this hook and the socket write: microseconds of CPU, not the
-/// seconds of a retry backoff or a call timeout.)
+/// the write on the wire after another gateway took over. The attempt then carries the
+/// same leadership to the HTTP client ([`WriteFence`]), whose connection refuses to write
+/// its bytes once that leadership is over: a stop after this hook, while the connection
+/// task holds the request, no longer sends it late (see `write_fence`).
 struct LeadershipGate {
     deadline: Arc<dyn Deadline + Send>,
     needed: Duration,
@@ -375,14 +379,19 @@ impl Intercept for LeadershipGate {
         "LeadershipGate"
     }
 
-    fn read_before_transmit(
+    fn modify_before_transmit(
         &self,
-        _context: &BeforeTransmitInterceptorContextRef<'_>,
+        context: &mut BeforeTransmitInterceptorContextMut<'_>,
         _components: &RuntimeComponents,
         _cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
         let left = self.deadline.remaining();
         if left > self.needed {
+            // Per attempt: a retry's request is a fresh copy without extensions.
+            context.request_mut().add_extension(WriteFence {
+                deadline: self.deadline.clone(),
+                refused: self.tripped.clone(),
+            });
             return Ok(());
         }
         self.tripped.store(true, Ordering::SeqCst);

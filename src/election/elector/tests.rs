@@ -11,6 +11,8 @@ use super::*;
 #[derive(Default)]
 struct MemStore {
     state: Mutex<Option<(LeaderRecord, u64)>>,
+    /// Every successful write: when, and the holder it wrote.
+    writes: Mutex<Vec<(Instant, String)>>,
 }
 
 impl MemStore {
@@ -41,6 +43,10 @@ impl LockStore for &MemStore {
             return Err(LockError::Conflict);
         }
         *s = Some((record.clone(), 1));
+        self.writes
+            .lock()
+            .unwrap()
+            .push((Instant::now(), record.holder.clone()));
         Ok(Observed {
             record: record.clone(),
             version: "1".into(),
@@ -60,6 +66,10 @@ impl LockStore for &MemStore {
         }
         *r = record.clone();
         *v += 1;
+        self.writes
+            .lock()
+            .unwrap()
+            .push((Instant::now(), record.holder.clone()));
         Ok(Observed {
             record: record.clone(),
             version: v.to_string(),
@@ -363,4 +373,285 @@ async fn a_raised_term_is_written_by_the_holder_and_counted_on_by_the_next() {
     a.raise_term(99);
     assert!(!tick(&mut a).await);
     assert_eq!(store.record().transitions, 42);
+}
+
+// ------------------------------------------------------ health-aware leadership ---
+
+mod health {
+    use super::*;
+    use crate::election::advisor::{Advisor, HealthInputs};
+    use crate::election::health::{HealthRules, PeerScore};
+    use crate::election::{channel, run, run_advised, Leadership};
+    use crate::probe::health::Score;
+    use tokio::sync::watch;
+    use tokio_util::sync::CancellationToken;
+
+    fn score(up: usize, down: usize) -> Option<Score> {
+        Some(Score {
+            up,
+            down,
+            unknown: 0,
+        })
+    }
+
+    /// One contender's health: its own score (set by the test) and its view of the
+    /// other's, republished every 500 ms as a live peer's would be.
+    struct Side {
+        own: watch::Sender<Option<Score>>,
+        peers: watch::Sender<Vec<PeerScore>>,
+    }
+
+    fn side() -> (Side, HealthInputs) {
+        let (own, own_rx) = watch::channel(score(1, 0));
+        let (peers, peers_rx) = watch::channel(Vec::new());
+        (
+            Side { own, peers },
+            HealthInputs::new(own_rx, peers_rx, HealthRules::default()),
+        )
+    }
+
+    /// Every 500 ms until `stop`: each side sees the other's current score, fresh.
+    async fn heartbeats(a: &Side, b: &Side, a_alive: &CancellationToken, stop: &CancellationToken) {
+        let ratio = |s: &Side| s.own.borrow().and_then(|s| s.ratio()).unwrap_or(0.0);
+        while !stop.is_cancelled() {
+            let now = Instant::now();
+            if !a_alive.is_cancelled() {
+                b.peers.send_replace(vec![PeerScore {
+                    identity: "a".into(),
+                    ratio: ratio(a),
+                    seen_changed_at: now,
+                }]);
+            }
+            a.peers.send_replace(vec![PeerScore {
+                identity: "b".into(),
+                ratio: ratio(b),
+                seen_changed_at: now,
+            }]);
+            tokio::select! {
+                _ = tokio::time::sleep(ms(500)) => {}
+                _ = stop.cancelled() => {}
+            }
+        }
+    }
+
+    fn writes_of(store: &MemStore) -> Vec<(Instant, String)> {
+        store.writes.lock().unwrap().clone()
+    }
+
+    /// A leader whose tunnels break (0 % against the standby's 100 %) hands over after the
+    /// hold-down, the way a stop does: Standby published first, the lock released only
+    /// once the hold of its last renewal has run out (no write of its term can still
+    /// land), then the peer takes it; the worse gateway does not take it back.
+    /// `wired = false` is the daemon before issue 15 (leadership follows liveness only).
+    async fn one_sided_break(wired: bool) -> Result<(), String> {
+        let store = MemStore::default();
+        let (sa, ha) = side();
+        let (sb, hb) = side();
+        let (handovers, handed) = watch::channel(None);
+        let mut adv_a = Advisor::new(ha, handovers);
+        let mut adv_b = Advisor::new(hb, watch::channel(None).0);
+        let mut a = Elector::new(&store, "a".into(), T);
+        let mut b = Elector::new(&store, "b".into(), T);
+        let (pa, ha_) = channel();
+        let mut la = ha_.leadership;
+        let (pb, hb_) = channel();
+        let lb = hb_.leadership;
+        let (ca, cb, stop, alive) = (
+            CancellationToken::new(),
+            CancellationToken::new(),
+            CancellationToken::new(),
+            CancellationToken::new(),
+        );
+        let run_a = async {
+            if wired {
+                run_advised(&mut a, &pa, None, Some(&mut adv_a), ca.clone()).await
+            } else {
+                run(&mut a, &pa, None, ca.clone()).await
+            }
+        };
+        let run_b = async {
+            // a goes first.
+            tokio::time::sleep(ms(100)).await;
+            run_advised(&mut b, &pb, None, Some(&mut adv_b), cb.clone()).await
+        };
+        let script = async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            assert!(la.borrow().is_leader(), "a leads before the break");
+            let broke = Instant::now();
+            sa.own.send_replace(score(0, 1));
+            let _ = tokio::time::timeout(Duration::from_secs(30), la.wait_for(|l| !l.is_leader()))
+                .await;
+            let stood_down = Instant::now();
+            tokio::time::sleep(Duration::from_secs(25)).await;
+            let b_leads = lb.borrow().is_leader();
+            ca.cancel();
+            cb.cancel();
+            stop.cancel();
+            (broke, stood_down, b_leads)
+        };
+        let ((), (), (broke, stood_down, b_leads), ()) =
+            tokio::join!(run_a, run_b, script, heartbeats(&sa, &sb, &alive, &stop));
+        let writes = writes_of(&store);
+        let released = writes
+            .iter()
+            .find(|(t, h)| *t >= broke && h.is_empty())
+            .map(|(t, _)| *t)
+            .ok_or_else(|| format!("a never released the lock: {writes:?}"))?;
+        let last_renewal = writes
+            .iter()
+            .filter(|(t, h)| *t < released && h == "a")
+            .map(|(t, _)| *t)
+            .max()
+            .unwrap();
+        let rules = HealthRules::default();
+        assert!(
+            stood_down - broke >= rules.hold_down,
+            "handed over {:?} after the break, before the hold-down",
+            stood_down - broke
+        );
+        assert!(stood_down <= released, "released before standing down");
+        assert!(
+            released >= last_renewal + T.renew_deadline,
+            "released {:?} after the last renewal, before its hold ({:?}) ran out",
+            released - last_renewal,
+            T.renew_deadline
+        );
+        let taken = writes
+            .iter()
+            .find(|(t, h)| *t > released && h == "b")
+            .map(|(t, _)| *t)
+            .ok_or("b never took the lock")?;
+        assert!(
+            taken - released <= Duration::from_millis(2500),
+            "b took {:?}",
+            taken - released
+        );
+        assert!(
+            !writes.iter().any(|(t, h)| *t > released && h == "a"),
+            "a took the lock back while its tunnels were broken: {writes:?}"
+        );
+        assert!(b_leads, "b does not lead at the end");
+        let h = handed.borrow().clone().expect("the handover is reported");
+        assert_eq!((h.to.as_str(), h.own, h.peer), ("b", 0.0, 1.0));
+        Ok(())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_with_broken_tunnels_hands_over_as_a_stop_does() {
+        one_sided_break(true).await.unwrap();
+    }
+
+    /// Without the wiring the broken leader keeps the lock: the test above can fail.
+    #[tokio::test(start_paused = true)]
+    async fn without_health_the_broken_leader_keeps_the_lock() {
+        let e = one_sided_break(false).await.unwrap_err();
+        assert!(e.contains("never released"), "{e}");
+    }
+
+    /// Fast timings (1 s lease): the leader dies while a standby whose probes answer
+    /// through the leader's VTEP scores 0 % against the dead leader's last, still fresh,
+    /// 100 %. The dead holder's score must not keep the standby out: it takes over when
+    /// the lease runs out, not when that score goes stale (2.5 s).
+    #[tokio::test(start_paused = true)]
+    async fn a_standby_worse_than_a_dead_leader_still_takes_over_at_expiry() {
+        const FAST: Timings = Timings {
+            lease_duration: Duration::from_secs(1),
+            renew_deadline: Duration::from_millis(600),
+            retry_period: Duration::from_millis(250),
+        };
+        let store = MemStore::default();
+        let (sa, ha) = side();
+        let (sb, hb) = side();
+        let mut adv_a = Advisor::new(ha, watch::channel(None).0);
+        let mut adv_b = Advisor::new(hb, watch::channel(None).0);
+        let mut a = Elector::new(&store, "a".into(), FAST);
+        let mut b = Elector::new(&store, "b".into(), FAST);
+        let (pa, ha_) = channel();
+        let la = ha_.leadership;
+        let (pb, hb_) = channel();
+        let mut lb = hb_.leadership;
+        let (ca, cb, stop, alive) = (
+            CancellationToken::new(),
+            CancellationToken::new(),
+            CancellationToken::new(),
+            CancellationToken::new(),
+        );
+        let run_a = run_advised(&mut a, &pa, None, Some(&mut adv_a), ca.clone());
+        let run_b = async {
+            tokio::time::sleep(ms(100)).await;
+            run_advised(&mut b, &pb, None, Some(&mut adv_b), cb.clone()).await
+        };
+        let script = async {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            assert!(la.borrow().is_leader());
+            // a dies (no release); its last score stays fresh for b for 2.5 s, and b's
+            // own probes fail at once (their replies went through a).
+            ca.cancel();
+            alive.cancel();
+            sb.own.send_replace(score(0, 1));
+            let died = Instant::now();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(10), lb.wait_for(Leadership::is_leader))
+                    .await;
+            let took = Instant::now() - died;
+            cb.cancel();
+            stop.cancel();
+            took
+        };
+        let ((), (), took, ()) =
+            tokio::join!(run_a, run_b, script, heartbeats(&sa, &sb, &alive, &stop));
+        assert!(
+            took <= FAST.lease_duration + FAST.retry_period * 2,
+            "b took over {took:?} after a died (lease {:?}): it waited for the dead leader's score to go stale",
+            FAST.lease_duration
+        );
+        assert!(writes_of(&store).iter().any(|(_, h)| h == "b"));
+    }
+
+    /// A standby far below a fresh peer gives it the first go at a free lock, but only for
+    /// a lease duration: a peer that publishes scores yet never campaigns (a stuck
+    /// process) must not leave the cluster without a leader.
+    #[tokio::test(start_paused = true)]
+    async fn a_vetoed_standby_campaigns_after_a_lease_of_a_free_lock() {
+        let store = MemStore::default();
+        let (s, inputs) = side();
+        s.own.send_replace(score(0, 1));
+        let mut adv = Advisor::new(inputs, watch::channel(None).0);
+        let mut e = Elector::new(&store, "s".into(), T);
+        let (p, h) = channel();
+        let mut l = h.leadership;
+        let (cancel, stop, alive) = (
+            CancellationToken::new(),
+            CancellationToken::new(),
+            CancellationToken::new(),
+        );
+        let peer = Side {
+            own: watch::channel(score(1, 0)).0,
+            peers: watch::channel(Vec::new()).0,
+        };
+        let started = Instant::now();
+        s.peers.send_replace(vec![PeerScore {
+            identity: "b".into(),
+            ratio: 1.0,
+            seen_changed_at: started,
+        }]);
+        let script = async {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(10), l.wait_for(Leadership::is_leader))
+                    .await;
+            let took = Instant::now() - started;
+            cancel.cancel();
+            stop.cancel();
+            took
+        };
+        let ((), took, ()) = tokio::join!(
+            run_advised(&mut e, &p, None, Some(&mut adv), cancel.clone()),
+            script,
+            heartbeats(&s, &peer, &alive, &stop)
+        );
+        assert!(
+            took >= T.lease_duration && took <= T.lease_duration + T.retry_period * 3,
+            "the vetoed standby took the free lock after {took:?}"
+        );
+    }
 }
