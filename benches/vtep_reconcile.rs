@@ -1,28 +1,43 @@
 //! Reconcile 5,000 hybrid nodes (15,000 kernel entries + the catch-all) into an empty
 //! namespace, then a no-op pass, against `ip -batch` + `bridge -batch` programming the
 //! same entries as the baseline; then, with the 5,000 present, node events one at a time
-//! (a node added, then removed): the time from the event reaching the datapath to its
-//! entries (route, ARP, FDB, filter element) acknowledged by the kernel, as a node event is
-//! handled (delta against the last applied state) and, for comparison, as a full pass
-//! (dump + diff + filter read) handles it. Plus the process's RSS.
+//! (a node added, then removed). An event is timed from the CiliumNode reaching the watch
+//! (its parse, the watch's node set, the published change) to its entries (route, ARP,
+//! FDB, filter element) acknowledged by the kernel, three ways in the same run:
+//! - `delta`: as the daemon handles it now (the watch's node-level change applied to the
+//!   desired state kept across passes);
+//! - `rebuild`: the previous way (the watch sorts and copies the whole set, the pass
+//!   rebuilds the whole desired state and walks it against the last one);
+//! - `full pass`: dump + diff + filter read, as the resync does.
+//!
+//! Plus the process's RSS.
 //! Needs root. Run: `cargo bench --bench vtep_reconcile` (release profile), or
-//! `cargo bench --profile dev --bench vtep_reconcile` (no release build of the deps).
+//! `cargo bench --profile dev --config 'profile.dev.package.hybrid-gateway.opt-level=3'
+//! --bench vtep_reconcile` (this crate optimised, its dependencies at the dev profile's
+//! opt-level 1: no release build of the dependencies; label the figures so).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hybrid_gateway::config::Config;
 use hybrid_gateway::datapath::{Datapath, HybridNode, Mac, Scope};
+use hybrid_gateway::k8s::cilium_nodes::{self, NodeTracker, NodeWatchStats};
 use ipnet::Ipv4Net;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::DynamicObject;
+use kube::runtime::watcher::Event;
+use serde_json::json;
 use support::{veth, Netns};
 
 const NODES: usize = 5_000;
 const TRIALS: usize = 3;
-/// Node events timed per trial (half additions, half removals).
+/// Node events timed per trial and way (half additions, half removals).
 const EVENTS: usize = 200;
 const GW_IP: &str = "10.99.0.1";
 
@@ -45,6 +60,22 @@ fn node(i: usize) -> HybridNode {
     }
 }
 
+/// Node `i` as its CiliumNode, created `i` seconds after the first (so the watch's order
+/// is `i`'s).
+fn cilium_node(i: usize) -> DynamicObject {
+    let n = node(i);
+    let mut o = DynamicObject::new(&n.name, &cilium_nodes::api_resource()).data(json!({
+        "spec": {
+            "addresses": [{"type": "InternalIP", "ip": n.ip.to_string()}],
+            "ipam": {"podCIDRs": n.pod_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>()},
+        }
+    }));
+    o.metadata.creation_timestamp = Some(Time(
+        jiff::Timestamp::from_second(1_780_000_000 + i as i64).unwrap(),
+    ));
+    o
+}
+
 fn config() -> Config {
     let text = format!("[gateway]\nnode_ip = \"{GW_IP}\"\nvpc_cidrs = [\"10.250.0.0/16\"]\nhybrid_pod_cidrs = [\"172.16.0.0/12\"]\n");
     Config::parse(Path::new("bench.toml"), &text).unwrap()
@@ -62,20 +93,44 @@ struct Ours {
     cold: Duration,
     noop: Duration,
     entries: usize,
-    /// Node event → entries in the kernel, as the daemon handles it (delta).
+    /// CiliumNode event → entries in the kernel, as the daemon handles it now.
     events: Vec<Duration>,
-    /// The same events handled by full passes (dump, diff, filter read), as before.
+    /// The watch's share of `events` (parse, ordered set, publication).
+    watch: Vec<Duration>,
+    /// The same events the previous way: whole set sorted and copied, desired state
+    /// rebuilt and walked.
+    events_rebuild: Vec<Duration>,
+    /// The same events handled by full passes (dump, diff, filter read).
     events_full: Vec<Duration>,
 }
 
+/// The previous watch's publication: every usable node sorted by (creation, name) and
+/// cloned into a fresh list.
+fn sorted_copy(nodes: &BTreeMap<String, (jiff::Timestamp, HybridNode)>) -> Arc<Vec<HybridNode>> {
+    let mut ordered: BTreeMap<(jiff::Timestamp, &str), &HybridNode> = BTreeMap::new();
+    for (name, (created, node)) in nodes {
+        ordered.insert((*created, name), node);
+    }
+    Arc::new(ordered.into_values().cloned().collect())
+}
+
 /// Our reconciler: the cold pass, no-op passes, then node events with 5,000 nodes present.
-fn ours(nodes: &[HybridNode]) -> Ours {
+fn ours() -> Ours {
     let (gw, _peer) = gateway();
     let cfg = config();
     gw.run(|| async {
         let (dp, _) = Datapath::setup(&cfg, GW_IP.parse().unwrap()).await.unwrap();
         let pods = &cfg.gateway.hybrid_pod_cidrs;
-        let cold = dp.reconcile(nodes, pods).await.unwrap();
+        // The watch lists the 5,000 (not timed: that is the API's and the parse's time).
+        let mut tracker = NodeTracker::new(Arc::new(NodeWatchStats::default()));
+        tracker.apply(Event::Init);
+        for i in 0..NODES {
+            tracker.apply(Event::InitApply(cilium_node(i)));
+        }
+        let listed = tracker
+            .apply(Event::InitDone)
+            .expect("the first list publishes");
+        let cold = dp.reconcile_set(&listed, pods, Scope::Full).await.unwrap();
         assert!(
             cold.report.errors.is_empty(),
             "{:?}",
@@ -83,45 +138,102 @@ fn ours(nodes: &[HybridNode]) -> Ours {
         );
         let mut noops = Vec::new();
         for _ in 0..5 {
-            let r = dp.reconcile(nodes, pods).await.unwrap();
+            let r = dp.reconcile_set(&listed, pods, Scope::Full).await.unwrap();
             assert_eq!(r.report.changes(), 0, "no-op pass changed something");
             noops.push(r.elapsed);
         }
         noops.sort();
-        let timed = |scope: Scope| {
-            let dp = &dp;
-            async move {
-                let mut set = nodes.to_vec();
-                let mut samples = Vec::with_capacity(EVENTS);
-                for e in 0..EVENTS {
-                    // Even events add a node, odd ones remove it again.
-                    if e % 2 == 0 {
-                        set.push(node(NODES + e));
-                    } else {
-                        set.pop();
-                    }
-                    // The watch publishes a fresh set per event; building it is its cost.
-                    let published = std::sync::Arc::new(set.clone());
-                    let t = Instant::now();
-                    let r = dp.reconcile_scoped(&published, pods, scope).await.unwrap();
-                    samples.push(t.elapsed());
-                    assert!(r.report.errors.is_empty(), "{:?}", r.report.errors);
-                    assert_eq!(r.report.changes(), 3, "one node's route, ARP and FDB entry");
-                }
-                samples
-            }
-        };
-        // A delta pass needs a state the process applied; the last no-op pass left it.
-        let events = timed(Scope::Changes).await;
-        let events_full = timed(Scope::Full).await;
+        // Now: the watch's change, applied to the state the previous pass kept.
+        let (mut events, mut watch) = (Vec::with_capacity(EVENTS), Vec::with_capacity(EVENTS));
+        for e in 0..EVENTS {
+            let obj = cilium_node(NODES + e / 2 * 2);
+            let event = if e % 2 == 0 {
+                Event::Apply(obj)
+            } else {
+                Event::Delete(obj)
+            };
+            let t = Instant::now();
+            let published = tracker.apply(event).expect("a node set change");
+            let w = t.elapsed();
+            let r = dp
+                .reconcile_set(&published, pods, Scope::Changes)
+                .await
+                .unwrap();
+            events.push(t.elapsed());
+            watch.push(w);
+            assert!(r.report.errors.is_empty(), "{:?}", r.report.errors);
+            assert_eq!(r.report.changes(), 3, "one node's route, ARP and FDB entry");
+        }
+        // Before: the whole set sorted and copied per event, the desired state rebuilt.
+        let mut by_name: BTreeMap<String, (jiff::Timestamp, HybridNode)> = (0..NODES)
+            .map(|i| {
+                let n = node(i);
+                let t = jiff::Timestamp::from_second(1_780_000_000 + i as i64).unwrap();
+                (n.name.clone(), (t, n))
+            })
+            .collect();
+        let all = sorted_copy(&by_name);
+        dp.reconcile_scoped(&all, pods, Scope::Full).await.unwrap();
+        let events_rebuild = rebuild_events(&dp, pods, &mut by_name).await;
+        // The resync's way, for comparison.
+        let mut events_full = Vec::with_capacity(EVENTS);
+        for e in 0..EVENTS {
+            let obj = cilium_node(NODES + e / 2 * 2);
+            let event = if e % 2 == 0 {
+                Event::Apply(obj)
+            } else {
+                Event::Delete(obj)
+            };
+            let t = Instant::now();
+            let published = tracker.apply(event).expect("a node set change");
+            let r = dp
+                .reconcile_set(&published, pods, Scope::Full)
+                .await
+                .unwrap();
+            events_full.push(t.elapsed());
+            assert!(r.report.errors.is_empty(), "{:?}", r.report.errors);
+            assert_eq!(r.report.changes(), 3, "one node's route, ARP and FDB entry");
+        }
         Ours {
             cold: cold.elapsed,
             noop: noops[2],
             entries: cold.report.changes(),
             events,
+            watch,
+            events_rebuild,
             events_full,
         }
     })
+}
+
+/// The previous way of handling the same events: per event, the whole set sorted and
+/// copied (as the watch published it), then a pass that rebuilds the desired state and
+/// walks it against the last one.
+async fn rebuild_events(
+    dp: &Datapath,
+    pods: &[Ipv4Net],
+    by_name: &mut BTreeMap<String, (jiff::Timestamp, HybridNode)>,
+) -> Vec<Duration> {
+    let mut samples = Vec::with_capacity(EVENTS);
+    for e in 0..EVENTS {
+        let n = node(NODES + e / 2 * 2);
+        let t = Instant::now();
+        if e % 2 == 0 {
+            let created = jiff::Timestamp::from_second(1_780_000_000 + (NODES + e) as i64).unwrap();
+            by_name.insert(n.name.clone(), (created, n));
+        } else {
+            by_name.remove(&n.name);
+        }
+        let published = sorted_copy(by_name);
+        let r = dp
+            .reconcile_scoped(&published, pods, Scope::Changes)
+            .await
+            .unwrap();
+        samples.push(t.elapsed());
+        assert!(r.report.errors.is_empty(), "{:?}", r.report.errors);
+        assert_eq!(r.report.changes(), 3, "one node's route, ARP and FDB entry");
+    }
+    samples
 }
 
 /// Baseline: the same entries written by iproute2's batch mode on a device made by `ip`.
@@ -181,30 +293,33 @@ fn main() {
     let mut cold = Vec::new();
     let mut noop = Vec::new();
     let mut base = Vec::new();
-    let mut events = Vec::new();
-    let mut events_full = Vec::new();
+    let (mut events, mut watch, mut events_rebuild, mut events_full) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for trial in 0..TRIALS {
         // Alternate which runs first so neither profits from a warmer kernel.
         let (b, o) = if trial % 2 == 0 {
             let b = ip_batch(&nodes);
-            (b, ours(&nodes))
+            (b, ours())
         } else {
-            let o = ours(&nodes);
+            let o = ours();
             (ip_batch(&nodes), o)
         };
         println!(
-            "trial {trial}: hybrid-gateway cold {:>7.1} ms ({} entries), no-op {:>6.1} ms | ip -batch + bridge -batch {:>7.1} ms | node event p50 {:.2} ms (full pass {:.1} ms)",
+            "trial {trial}: hybrid-gateway cold {:>7.1} ms ({} entries), no-op {:>6.1} ms | ip -batch + bridge -batch {:>7.1} ms | node event p50 {:.2} ms (rebuild {:.2} ms, full pass {:.1} ms)",
             ms(o.cold),
             o.entries,
             ms(o.noop),
             ms(b),
             ms(percentile(&o.events, 0.5)),
+            ms(percentile(&o.events_rebuild, 0.5)),
             ms(percentile(&o.events_full, 0.5)),
         );
         cold.push(o.cold);
         noop.push(o.noop);
         base.push(b);
         events.extend(o.events);
+        watch.extend(o.watch);
+        events_rebuild.extend(o.events_rebuild);
         events_full.extend(o.events_full);
     }
     cold.sort();
@@ -219,7 +334,9 @@ fn main() {
         ms(n)
     );
     for (label, samples) in [
-        ("node event (delta)", &events),
+        ("node event (delta, now)", &events),
+        ("  of which the watch", &watch),
+        ("same events, rebuild (before)", &events_rebuild),
         ("same events as full passes", &events_full),
     ] {
         println!(

@@ -1818,3 +1818,166 @@ fn probe_cost_at_5000_nodes() {
     assert!(pps > f64::from(NODES) * 0.5, "{pps} echoes/s");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The daemon's path: CiliumNode events through the watch's tracker, each published set
+/// applied as its node-level change. When the oldest of two conflicting nodes is deleted
+/// the newer one takes its CIDR over (and pushes out a third that only the first had let
+/// in), in the kernel and in the filter, without reading the kernel: drift elsewhere stays
+/// until the full pass repairs it. A node recreated later ranks last and loses.
+#[test]
+fn watched_node_events_hand_conflicts_over_exactly_and_full_passes_repair_drift() {
+    use hybrid_gateway::datapath::Scope;
+    use hybrid_gateway::k8s::cilium_nodes::{api_resource, NodeTracker, NodeWatchStats};
+    use kube::api::DynamicObject;
+    use kube::runtime::watcher::Event;
+    use std::sync::Arc;
+    let obj = |name: &str, created: i64, ip: &str, cidrs: &[&str]| {
+        let mut o = DynamicObject::new(name, &api_resource()).data(serde_json::json!({
+            "spec": {
+                "addresses": [{"type": "InternalIP", "ip": ip}],
+                "ipam": {"podCIDRs": cidrs},
+            }
+        }));
+        o.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            jiff::Timestamp::from_second(1_780_000_000 + created).unwrap(),
+        ));
+        o
+    };
+    let a = || obj("a", 1, "10.99.0.2", &["192.168.32.0/26"]);
+    // b's /25 overlaps a's /26 (rejected while a is there) and c's /26.
+    let b = || obj("b", 2, "10.99.0.3", &["192.168.32.0/25"]);
+    let c = || obj("c", 3, "10.99.0.4", &["192.168.32.64/26"]);
+    let d = || obj("d", 4, "10.99.0.5", &["192.168.33.0/26"]);
+    let (gw, _peer) = gateway();
+    let cfg = config("");
+    let pods = cfg.gateway.hybrid_pod_cidrs.clone();
+    let nodes_set = || gw.sh("nft list set ip hybrid_gateway nodes");
+    let mut tracker = NodeTracker::new(Arc::new(NodeWatchStats::default()));
+    tracker.apply(Event::Init);
+    for o in [c(), a(), d(), b()] {
+        tracker.apply(Event::InitApply(o));
+    }
+    let listed = tracker.apply(Event::InitDone).unwrap();
+    gw.run(|| async {
+        let (dp, _) = Datapath::setup(&cfg, ip(GW_IP)).await.unwrap();
+        let r = dp.reconcile_set(&listed, &pods, Scope::Full).await.unwrap();
+        assert_eq!(r.nodes, 3, "a, c and d; b loses to a: {:?}", r.rejected);
+        // Drift no event reports: d's route removed by hand.
+        gw.sh("ip route del 192.168.33.0/26 dev hybrid_vxlan0");
+        let gone = tracker.apply(Event::Delete(a())).unwrap();
+        let r = dp
+            .reconcile_set(&gone, &pods, Scope::Changes)
+            .await
+            .unwrap();
+        assert!(r.report.errors.is_empty(), "{:?}", r.report.errors);
+        let rep = &r.report;
+        assert_eq!(
+            (
+                rep.routes_set,
+                rep.routes_deleted,
+                rep.neighbours_set,
+                rep.neighbours_deleted,
+                rep.fdb_set,
+                rep.fdb_deleted
+            ),
+            (1, 2, 1, 2, 1, 2),
+            "b in, a and c out; d's missing route untouched"
+        );
+        assert_eq!(
+            r.rejected
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["node c: pod CIDR 192.168.32.64/26 overlaps 192.168.32.0/25 of node b"]
+        );
+        let set = nodes_set();
+        assert!(
+            set.contains("10.99.0.3") && !set.contains("10.99.0.2") && !set.contains("10.99.0.4"),
+            "{set}"
+        );
+        let r = dp.reconcile_set(&gone, &pods, Scope::Full).await.unwrap();
+        assert_eq!(r.report.changes(), 1, "the full pass puts d's route back");
+        // a comes back as a new object: now the newest, it loses to b.
+        let back = tracker
+            .apply(Event::Apply(obj("a", 9, "10.99.0.2", &["192.168.32.0/26"])))
+            .unwrap();
+        let r = dp
+            .reconcile_set(&back, &pods, Scope::Changes)
+            .await
+            .unwrap();
+        assert_eq!(r.report.changes(), 0);
+        assert_eq!(
+            r.rejected
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            [
+                "node c: pod CIDR 192.168.32.64/26 overlaps 192.168.32.0/25 of node b",
+                "node a: pod CIDR 192.168.32.0/26 overlaps 192.168.32.0/25 of node b",
+            ]
+        );
+    });
+    assert_eq!(
+        kernel(&gw),
+        expected(&[
+            ("10.99.0.3", &["192.168.32.0/25"]),
+            ("10.99.0.5", &["192.168.33.0/26"])
+        ])
+    );
+}
+
+/// The filter's node elements change over nfnetlink in one transaction: both ways at
+/// once, and a removal of an element that is not there fails without changing anything
+/// (the caller then rewrites the table).
+#[test]
+fn node_elements_change_over_netlink_atomically() {
+    use hybrid_gateway::datapath::nft_elements;
+    let (gw, _peer) = gateway();
+    gw.sh(
+        "nft add table ip hgw_elements && nft add set ip hgw_elements nodes '{ type ipv4_addr; }'",
+    );
+    let list = || gw.sh("nft list set ip hgw_elements nodes");
+    gw.run(|| async {
+        nft_elements::update(
+            "hgw_elements",
+            "nodes",
+            &[ip("10.99.0.2"), ip("10.99.0.3")],
+            &[],
+        )
+        .unwrap();
+    });
+    let set = list();
+    assert!(
+        set.contains("10.99.0.2") && set.contains("10.99.0.3"),
+        "{set}"
+    );
+    let err = gw.run(|| async {
+        nft_elements::update(
+            "hgw_elements",
+            "nodes",
+            &[ip("10.99.0.4")],
+            &[ip("10.99.0.9")],
+        )
+        .unwrap_err()
+    });
+    assert_eq!(err.raw_os_error(), Some(libc::ENOENT), "{err}");
+    assert!(
+        !list().contains("10.99.0.4"),
+        "the failed batch added nothing: {}",
+        list()
+    );
+    gw.run(|| async {
+        nft_elements::update(
+            "hgw_elements",
+            "nodes",
+            &[ip("10.99.0.4")],
+            &[ip("10.99.0.2")],
+        )
+        .unwrap();
+    });
+    let set = list();
+    assert!(
+        !set.contains("10.99.0.2") && set.contains("10.99.0.3") && set.contains("10.99.0.4"),
+        "{set}"
+    );
+}

@@ -34,7 +34,7 @@ use supervisor::supervise;
 
 use crate::config::Config;
 pub use crate::config::EXIT_CONFIG;
-use crate::datapath::{Datapath, Mac};
+use crate::datapath::{Datapath, Mac, NodeList};
 use crate::k8s::cilium_nodes::{self, NodeSet, NodeWatchStats};
 use crate::k8s::client;
 use crate::probe::{health::Score, Prober};
@@ -363,7 +363,7 @@ impl Daemon {
         };
         self.ctx
             .nodes
-            .send_replace(Some(Arc::new(load_nodes(&path)?)));
+            .send_replace(Some(Arc::new(NodeList::from_nodes(load_nodes(&path)?))));
         tracing::info!(
             "hybrid nodes from {}; no Kubernetes, no election",
             path.display()
@@ -456,7 +456,9 @@ impl Daemon {
             match load_nodes(path) {
                 Ok(n) => {
                     tracing::info!(nodes = n.len(), "reloaded {}", path.display());
-                    self.ctx.nodes.send_replace(Some(Arc::new(n)));
+                    self.ctx
+                        .nodes
+                        .send_replace(Some(Arc::new(NodeList::from_nodes(n))));
                 }
                 Err(e) => tracing::error!("{e:#}; keeping the previous node list"),
             }

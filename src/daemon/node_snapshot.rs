@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::datapath::{Desired, HybridNode, NodePolicy};
+use crate::datapath::{Desired, HybridNode, NodeList, NodePolicy};
 use crate::k8s::cilium_nodes::NodeSet;
 
 /// The file in the state directory.
@@ -87,13 +87,16 @@ pub fn path_in(dir: &Path) -> PathBuf {
 }
 
 /// Writes `nodes` to `dir` atomically (tmp + fsync + rename + fsync of the directory).
-pub fn save(dir: &Path, nodes: &[HybridNode]) -> Result<(), SnapshotError> {
+pub fn save<'a>(
+    dir: &Path,
+    nodes: impl IntoIterator<Item = &'a HybridNode>,
+) -> Result<(), SnapshotError> {
     let path = path_in(dir);
     let file = File {
         version: VERSION,
         written_at: jiff::Timestamp::now().as_second(),
         nodes: nodes
-            .iter()
+            .into_iter()
             .map(|n| Node {
                 name: n.name.clone(),
                 ip: n.ip,
@@ -170,7 +173,7 @@ pub fn load(dir: &Path, policy: &NodePolicy) -> Result<Option<Loaded>, SnapshotE
         });
     }
     Ok(Some(Loaded {
-        nodes: Arc::new(nodes),
+        nodes: Arc::new(NodeList::from_nodes(nodes)),
         written_at: file.written_at,
     }))
 }
@@ -202,10 +205,9 @@ impl Keeper {
         }
         drop(loaded);
         self.latest.send_if_modified(|cur| {
-            if cur
-                .as_ref()
-                .is_some_and(|c| Arc::ptr_eq(c, set) || **c == **set)
-            {
+            // Publications are compared by id: comparing the nodes would cost the whole
+            // set on every pass.
+            if cur.as_ref().is_some_and(|c| c.id() == set.id()) {
                 return false;
             }
             *cur = Some(set.clone());
@@ -235,7 +237,7 @@ async fn write_loop(
         };
         let d = dir.clone();
         // Blocking file I/O and fsync stay off the runtime's workers.
-        match tokio::task::spawn_blocking(move || save(&d, &set)).await {
+        match tokio::task::spawn_blocking(move || save(&d, set.iter())).await {
             Ok(Ok(())) => {
                 if failing {
                     tracing::info!("node set snapshot written again");
@@ -295,7 +297,7 @@ mod tests {
         ];
         save(&d, &nodes).unwrap();
         let l = load(&d, &policy()).unwrap().unwrap();
-        assert_eq!(*l.nodes, nodes);
+        assert_eq!(l.nodes.to_vec(), nodes);
         assert!(l.age() < Duration::from_secs(5));
         assert!(!d.join(format!(".{FILE_NAME}.tmp")).exists());
         std::fs::remove_dir_all(&d).ok();

@@ -114,7 +114,7 @@ impl Target for NodeSync {
         self.last_failed = true;
         let r = self
             .datapath
-            .reconcile_scoped(&set, &config.gateway.hybrid_pod_cidrs, scope)
+            .reconcile_set(&set, &config.gateway.hybrid_pod_cidrs, scope)
             .await?;
         if full {
             self.last_full = Some(Instant::now());

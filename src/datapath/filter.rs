@@ -21,6 +21,8 @@
 //! in one transaction, so a change is atomic (no window without the filter). It is kept
 //! across restarts like the device: a new process rewrites it in place, also atomically.
 //! Reading uses `nft -j list table` parsed here: the crate's counter type is 32 bits wide.
+//! A node event's change to the `nodes` set alone goes over nfnetlink
+//! ([`super::nft_elements`]), one batch, without an `nft` process.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -549,39 +551,18 @@ pub async fn apply(spec: &FilterSpec) -> Result<()> {
 /// event then costs a handful of elements instead of the whole table. Fails (and changes
 /// nothing) if the table is not as last written, e.g. a removed element is missing.
 pub async fn update_nodes(added: &[Ipv4Addr], removed: &[Ipv4Addr]) -> Result<()> {
-    let element = |ips: &[Ipv4Addr]| {
-        NfListObject::Element(Element {
-            family: NfFamily::IP,
-            table: TABLE.into(),
-            name: "nodes".into(),
-            elem: ips
-                .iter()
-                .map(|ip| string(&ip.to_string()))
-                .collect::<Vec<_>>()
-                .into(),
-        })
-    };
-    let mut cmds: Vec<NfObject<'static>> = Vec::new();
-    if !added.is_empty() {
-        cmds.push(NfObject::CmdObject(NfCmd::Add(element(added))));
-    }
-    if !removed.is_empty() {
-        cmds.push(NfObject::CmdObject(NfCmd::Delete(element(removed))));
-    }
-    if cmds.is_empty() {
+    if added.is_empty() && removed.is_empty() {
         return Ok(());
     }
-    let json = serde_json::to_string(&Nftables {
-        objects: cmds.into(),
+    // Over nfnetlink, not through `nft`: a node event should not cost a process start.
+    let (added, removed) = (added.to_vec(), removed.to_vec());
+    let context = format!("updating the node set of nftables table ip {TABLE}");
+    tokio::task::spawn_blocking(move || {
+        super::nft_elements::update(TABLE, "nodes", &added, &removed)
     })
-    .map_err(|e| DatapathError::Invalid(format!("serialising nftables elements: {e}")))?;
-    nft(
-        &["-j", "-f", "-"],
-        Some(json),
-        &format!("updating the node set of nftables table ip {TABLE}"),
-    )
     .await
-    .map(drop)
+    .map_err(|e| DatapathError::Invalid(format!("{context}: {e}")))?
+    .map_err(|source| DatapathError::Io { context, source })
 }
 
 /// The table as it stands, or `None` if there is none.

@@ -5,12 +5,15 @@ pub mod error;
 pub mod filter;
 pub mod mac;
 pub mod netlink;
+pub mod nft_elements;
+pub mod node_list;
 pub mod sysctl;
 pub mod vtep;
 pub mod vxlan;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
@@ -22,8 +25,11 @@ pub const REPAIRS: [&str; 3] = ["device", "sysctl", "filter"];
 pub use filter::FilterSpec;
 pub use mac::Mac;
 pub use netlink::{ApplyReport, LinkEvents, Netlink};
+pub use node_list::NodeList;
 pub use sysctl::SysctlChange;
-pub use vtep::{AddressProblem, Desired, HybridNode, NodePolicy, Rejection};
+pub use vtep::{
+    AddressProblem, Desired, HybridNode, Index, NodeChange, NodePolicy, Rank, Ranked, Rejection,
+};
 pub use vxlan::{Device, DeviceAction};
 
 use crate::config::{Config, VxlanConfig};
@@ -49,8 +55,12 @@ pub struct Datapath {
 /// pass then reads the kernel again.
 #[derive(Default)]
 struct Known {
-    /// Routes, ARP and FDB: exactly this [`Desired`] was applied without an error.
+    /// Routes, ARP and FDB: exactly this [`Desired`] was applied without an error (passes
+    /// given a plain slice of nodes).
     vtep: Option<Desired>,
+    /// The same for passes given a [`NodeList`]: its desired state, kept so the next
+    /// list's changes cost only themselves, and the list it reflects.
+    index: Option<(Box<Index>, Arc<NodeList>)>,
     /// The filter table was last written (or found) as this spec.
     filter: Option<FilterSpec>,
 }
@@ -267,6 +277,29 @@ impl Datapath {
         pod_cidrs: &[Ipv4Net],
         scope: Scope,
     ) -> Result<Reconciled> {
+        self.pass(Input::Slice(nodes), pod_cidrs, scope).await
+    }
+
+    /// [`Datapath::reconcile_scoped`] for a published node list: a [`Scope::Changes`]
+    /// pass after one that applied an earlier list without errors applies the node-level
+    /// changes between the two to the desired state it kept, so its CPU work, like its
+    /// kernel work, is the size of the change. A full pass rebuilds the desired state
+    /// from scratch and compares it with everything the kernel holds.
+    pub async fn reconcile_set(
+        &self,
+        set: &Arc<NodeList>,
+        pod_cidrs: &[Ipv4Net],
+        scope: Scope,
+    ) -> Result<Reconciled> {
+        self.pass(Input::Set(set), pod_cidrs, scope).await
+    }
+
+    async fn pass(
+        &self,
+        input: Input<'_>,
+        pod_cidrs: &[Ipv4Net],
+        scope: Scope,
+    ) -> Result<Reconciled> {
         let started = Instant::now();
         let known = std::mem::take(&mut *self.known.lock().unwrap_or_else(|p| p.into_inner()));
         let (device, mut repairs, known) = match scope {
@@ -282,11 +315,32 @@ impl Datapath {
         let mut policy = self.policy.clone();
         policy.pod_cidrs = pod_cidrs.to_vec();
         policy.own_addresses.extend(own);
-        let (desired, rejected) = Desired::build_with(nodes, &policy);
-        let plan = match &known.vtep {
-            Some(before) => vtep::diff_known(before, &desired),
-            None => vtep::diff(&desired, &self.nl.read_vtep(device.index).await?),
+        // `against_known`: the plan is relative to what this process last applied (not
+        // to a fresh read of the kernel), so its neighbour ops are the node set's change.
+        let (state, plan, against_known) = match input {
+            Input::Slice(nodes) => {
+                let (desired, rejected) = Desired::build_with(nodes, &policy);
+                let plan = match &known.vtep {
+                    Some(before) => vtep::diff_known(before, &desired),
+                    None => vtep::diff(&desired, &self.nl.read_vtep(device.index).await?),
+                };
+                let against_known = known.vtep.is_some();
+                (State::Plain(desired, rejected), plan, against_known)
+            }
+            Input::Set(set) => match known.index {
+                Some((mut index, before)) if index.policy().pod_cidrs == policy.pod_cidrs => {
+                    let plan = index.update(policy.own_addresses, set.changes_since(&before));
+                    (State::Indexed(index, set.clone()), plan, true)
+                }
+                _ => {
+                    let index =
+                        Box::new(Index::build(set.ranked().iter().cloned(), policy.clone()));
+                    let plan = vtep::diff(index.desired(), &self.nl.read_vtep(device.index).await?);
+                    (State::Indexed(index, set.clone()), plan, false)
+                }
+            },
         };
+        let desired = state.desired();
         // The filter learns a new node before its routes exist and forgets a removed one
         // before they go: its VXLAN is accepted exactly while the gateway forwards to it.
         let mut filter_errors = Vec::new();
@@ -294,25 +348,40 @@ impl Datapath {
         let filter = match &self.filter {
             None => None,
             Some(base) => {
-                let spec = FilterSpec {
-                    nodes: desired.neighbours.keys().copied().collect(),
-                    pod_cidrs: policy.pod_cidrs.clone(),
-                    ..base.clone()
-                };
-                let synced = match &known.filter {
+                let synced = match known.filter {
                     // Reading the table back costs an `nft` run and a JSON parse of every
-                    // element: node events only write when the node set changed.
-                    Some(before) if scope == Scope::Changes => {
-                        write_filter_if_changed(before, &spec).await
+                    // element: node events only write when the node set changed, and
+                    // only the elements that did.
+                    Some(mut spec)
+                        if scope == Scope::Changes
+                            && against_known
+                            && spec.pod_cidrs == pod_cidrs =>
+                    {
+                        let (added, removed) = node_changes(&plan, &mut spec.nodes);
+                        let r = write_filter_nodes(&spec, &added, &removed).await;
+                        (spec, r)
                     }
-                    _ => sync_filter(&spec).await,
+                    before => {
+                        let spec = FilterSpec {
+                            nodes: desired.neighbours.keys().copied().collect(),
+                            pod_cidrs: policy.pod_cidrs.clone(),
+                            ..base.clone()
+                        };
+                        let r = match &before {
+                            Some(before) if scope == Scope::Changes => {
+                                write_filter_if_changed(before, &spec).await
+                            }
+                            _ => sync_filter(&spec).await,
+                        };
+                        (spec, r)
+                    }
                 };
                 match synced {
-                    Ok(r) => {
+                    (spec, Ok(r)) => {
                         filter_known = Some(spec);
                         Some(r)
                     }
-                    Err(e) => {
+                    (_, Err(e)) => {
                         filter_errors.push(e);
                         None
                     }
@@ -336,8 +405,15 @@ impl Datapath {
             desired.fdb.len(),
             desired.entry_count(),
         );
+        let rejected = state.rejected();
+        let clean = report.errors.is_empty();
+        let (vtep, index) = match state {
+            State::Plain(desired, _) => (clean.then_some(desired), None),
+            State::Indexed(index, set) => (None, clean.then_some((index, set))),
+        };
         *self.known.lock().unwrap_or_else(|p| p.into_inner()) = Known {
-            vtep: report.errors.is_empty().then_some(desired),
+            vtep,
+            index,
             filter: filter_known,
         };
         report.add_errors += filter_errors.len();
@@ -354,6 +430,52 @@ impl Datapath {
             elapsed: started.elapsed(),
         })
     }
+}
+
+/// What a pass is given: a plain slice (rebuilt and compared whole every time) or a
+/// published list (applied as its change when the previous list is known).
+enum Input<'a> {
+    Slice(&'a [HybridNode]),
+    Set(&'a Arc<NodeList>),
+}
+
+/// The desired state a pass worked out, in the form the next pass will start from.
+enum State {
+    Plain(Desired, Vec<Rejection>),
+    Indexed(Box<Index>, Arc<NodeList>),
+}
+
+impl State {
+    fn desired(&self) -> &Desired {
+        match self {
+            State::Plain(d, _) => d,
+            State::Indexed(i, _) => i.desired(),
+        }
+    }
+
+    fn rejected(&self) -> Vec<Rejection> {
+        match self {
+            State::Plain(_, r) => r.clone(),
+            State::Indexed(i, _) => i.rejected(),
+        }
+    }
+}
+
+/// The filter's node set follows the ARP entries: the nodes a plan (made against the
+/// known state) adds and removes, applied to `nodes`.
+fn node_changes(
+    plan: &vtep::Plan,
+    nodes: &mut BTreeSet<Ipv4Addr>,
+) -> (Vec<Ipv4Addr>, Vec<Ipv4Addr>) {
+    let (mut added, mut removed) = (Vec::new(), Vec::new());
+    for op in plan.ops() {
+        match op {
+            vtep::Op::SetNeighbour { ip, .. } if nodes.insert(*ip) => added.push(*ip),
+            vtep::Op::DelNeighbour { ip } if nodes.remove(ip) => removed.push(*ip),
+            _ => {}
+        }
+    }
+    (added, removed)
 }
 
 /// At start: keep the table a previous process left (its node set is what the kernel
@@ -399,24 +521,42 @@ async fn install_filter(nl: &Netlink, device: &Device, base: &FilterSpec) -> Res
 /// Rewrites the table (atomically) when the node set or the pod CIDRs differ from what was
 /// last written; reads nothing. Drift is the full pass's business.
 async fn write_filter_if_changed(before: &FilterSpec, spec: &FilterSpec) -> Result<FilterReport> {
-    let mut report = FilterReport::default();
     if before == spec {
-        return Ok(report);
+        return Ok(FilterReport::default());
     }
-    report.written = true;
     let only_nodes = before.device == spec.device
         && before.port == spec.port
         && before.tunnel_mtu == spec.tunnel_mtu
         && before.pod_cidrs == spec.pod_cidrs
         && before.vpc_cidrs == spec.vpc_cidrs;
-    if only_nodes {
-        let added: Vec<Ipv4Addr> = spec.nodes.difference(&before.nodes).copied().collect();
-        let removed: Vec<Ipv4Addr> = before.nodes.difference(&spec.nodes).copied().collect();
-        match filter::update_nodes(&added, &removed).await {
-            Ok(()) => return Ok(report),
-            // Not as last written (someone changed it): the whole table, atomically.
-            Err(e) => tracing::debug!("node set update refused ({e}); rewriting the table"),
-        }
+    if !only_nodes {
+        filter::apply(spec).await?;
+        return Ok(FilterReport {
+            written: true,
+            ..FilterReport::default()
+        });
+    }
+    let added: Vec<Ipv4Addr> = spec.nodes.difference(&before.nodes).copied().collect();
+    let removed: Vec<Ipv4Addr> = before.nodes.difference(&spec.nodes).copied().collect();
+    write_filter_nodes(spec, &added, &removed).await
+}
+
+/// Adds and removes node elements (the table otherwise as last written, now `spec`) in one
+/// transaction; nothing when there are none.
+async fn write_filter_nodes(
+    spec: &FilterSpec,
+    added: &[Ipv4Addr],
+    removed: &[Ipv4Addr],
+) -> Result<FilterReport> {
+    let mut report = FilterReport::default();
+    if added.is_empty() && removed.is_empty() {
+        return Ok(report);
+    }
+    report.written = true;
+    match filter::update_nodes(added, removed).await {
+        Ok(()) => return Ok(report),
+        // Not as last written (someone changed it): the whole table, atomically.
+        Err(e) => tracing::debug!("node set update refused ({e}); rewriting the table"),
     }
     filter::apply(spec).await?;
     Ok(report)

@@ -9,6 +9,9 @@ use ipnet::Ipv4Net;
 
 use super::mac::Mac;
 
+mod index;
+pub use index::{Index, NodeChange, Rank, Ranked};
+
 /// Routes we write carry this protocol number so a dump can tell our unreachable routes
 /// from anyone else's (`ip route show proto 158`).
 pub const ROUTE_PROTOCOL: u8 = 158;

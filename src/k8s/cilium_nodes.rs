@@ -21,13 +21,14 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::datapath::HybridNode;
+use crate::datapath::{HybridNode, NodeChange, NodeList, Rank, Ranked};
 
 pub const HYBRID_LABEL: &str = "eks.amazonaws.com/compute-type=hybrid";
 
 /// The hybrid nodes to program, oldest first: when two nodes conflict, the one that was
-/// there first keeps its traffic.
-pub type NodeSet = Arc<Vec<HybridNode>>;
+/// there first keeps its traffic. Each publication carries its node-level change from
+/// the one before, so the datapath applies an event as that change.
+pub type NodeSet = Arc<NodeList>;
 
 /// Counters for operators (exported as metrics by the telemetry part).
 #[derive(Debug, Default)]
@@ -135,13 +136,38 @@ fn entry(obj: &DynamicObject) -> Entry {
     }
 }
 
+impl Entry {
+    /// The node with its place in the conflict order, if it is usable.
+    fn ranked(&self, name: &str) -> Option<Arc<Ranked>> {
+        let node = self.parsed.as_ref().ok()?;
+        Some(Arc::new(Ranked {
+            rank: rank(self.created, name),
+            node: node.clone(),
+        }))
+    }
+}
+
+/// Oldest first, then by name.
+fn rank(created: Option<Timestamp>, name: &str) -> Rank {
+    Rank {
+        created,
+        position: 0,
+        name: name.to_string(),
+    }
+}
+
 /// The watch's view of the cluster, and what it has told operators about bad nodes.
 pub struct NodeTracker {
     nodes: HashMap<String, Entry>,
+    /// The usable nodes in conflict order, kept as events arrive: a publication copies
+    /// pointers, it neither sorts nor clones nodes.
+    ordered: BTreeMap<Rank, Arc<Ranked>>,
     /// Filled during a (re-)list; swapped in whole when it completes, so nodes deleted
     /// while we were disconnected disappear too.
     relist: Option<HashMap<String, Entry>>,
     synced: bool,
+    /// What was last published: the base of the next publication's change.
+    published: Option<NodeSet>,
     warned: HashMap<String, String>,
     stats: Arc<NodeWatchStats>,
 }
@@ -150,8 +176,10 @@ impl NodeTracker {
     pub fn new(stats: Arc<NodeWatchStats>) -> Self {
         NodeTracker {
             nodes: HashMap::new(),
+            ordered: BTreeMap::new(),
             relist: None,
             synced: false,
+            published: None,
             warned: HashMap::new(),
             stats,
         }
@@ -159,16 +187,16 @@ impl NodeTracker {
 
     /// Applies one watch event; returns the new set when the programmable state changed.
     pub fn apply(&mut self, event: Event<DynamicObject>) -> Option<NodeSet> {
-        let changed = match event {
+        let changes = match event {
             Event::Init => {
                 self.relist = Some(HashMap::new());
-                false
+                return None;
             }
             Event::InitApply(obj) => {
                 if let (Some(buf), Some(name)) = (self.relist.as_mut(), obj.metadata.name.clone()) {
                     buf.insert(name, entry(&obj));
                 }
-                false
+                return None;
             }
             Event::InitDone => {
                 let fresh = self.relist.take().unwrap_or_default();
@@ -180,7 +208,17 @@ impl NodeTracker {
                 for name in names {
                     self.warn_if_rejected(&name);
                 }
-                changed
+                if !changed {
+                    return None;
+                }
+                self.ordered = self
+                    .nodes
+                    .iter()
+                    .filter_map(|(name, e)| e.ranked(name))
+                    .map(|r| (r.rank.clone(), r))
+                    .collect();
+                // A whole new list: whoever kept the previous one compares the two.
+                return Some(self.publish(None));
             }
             Event::Apply(obj) => {
                 let name = obj.metadata.name.clone()?;
@@ -188,26 +226,54 @@ impl NodeTracker {
                 let old = self.nodes.insert(name.clone(), new.clone());
                 self.warn_if_rejected(&name);
                 let was = old.as_ref().and_then(|e| e.parsed.as_ref().ok());
-                was != new.parsed.as_ref().ok() && self.synced
+                let moved = old.as_ref().is_some_and(|o| o.created != new.created);
+                if was == new.parsed.as_ref().ok() && !moved {
+                    return None;
+                }
+                let mut changes = Vec::new();
+                if let Some(old) = old.as_ref().and_then(|o| o.ranked(&name)) {
+                    if moved || new.parsed.is_err() {
+                        self.ordered.remove(&old.rank);
+                        changes.push(NodeChange::Remove(old.rank.clone()));
+                    }
+                }
+                if let Some(node) = new.ranked(&name) {
+                    self.ordered.insert(node.rank.clone(), node.clone());
+                    changes.push(NodeChange::Upsert(node));
+                }
+                changes
             }
             Event::Delete(obj) => {
                 let name = obj.metadata.name.as_deref()?;
                 self.warned.remove(name);
-                let removed = self.nodes.remove(name);
-                removed.is_some_and(|e| e.parsed.is_ok()) && self.synced
+                let removed = self.nodes.remove(name)?;
+                let gone = removed.ranked(name)?;
+                self.ordered.remove(&gone.rank);
+                vec![NodeChange::Remove(gone.rank.clone())]
             }
         };
-        changed.then(|| self.node_set())
+        self.synced.then(|| self.publish(Some(changes)))
     }
 
+    /// The usable nodes as a new publication; `changes` turn the previous one into it.
+    fn publish(&mut self, changes: Option<Vec<NodeChange>>) -> NodeSet {
+        let delta = match (&self.published, changes) {
+            (Some(before), Some(changes)) => Some((before.id(), changes)),
+            _ => None,
+        };
+        let set = Arc::new(NodeList::new(
+            self.ordered.values().cloned().collect(),
+            delta,
+        ));
+        self.published = Some(set.clone());
+        set
+    }
+
+    /// The usable nodes as last published (an empty list before the first).
     pub fn node_set(&self) -> NodeSet {
-        let mut ordered: BTreeMap<(Option<Timestamp>, &str), &HybridNode> = BTreeMap::new();
-        for (name, e) in &self.nodes {
-            if let Ok(node) = &e.parsed {
-                ordered.insert((e.created, name), node);
-            }
-        }
-        Arc::new(ordered.into_values().cloned().collect())
+        self.published
+            .clone()
+            .unwrap_or_else(|| Arc::new(NodeList::new(Vec::new(), None)))
     }
 
     /// One warning per node per distinct reason, not one per event.

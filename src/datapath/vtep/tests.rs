@@ -534,3 +534,236 @@ fn delta_plan_matches_the_full_diff_of_a_converged_kernel() {
     let (d, _) = Desired::build(&sets[3], &pods());
     assert!(diff_known(&d, &d).is_empty());
 }
+
+// --- The incremental desired state (`Index`) against the full rebuild ----------------------
+
+fn ranked(created: Option<i64>, name: &str, node: HybridNode) -> std::sync::Arc<Ranked> {
+    std::sync::Arc::new(Ranked {
+        rank: Rank {
+            created: created.map(|s| jiff::Timestamp::from_second(s).unwrap()),
+            position: 0,
+            name: name.into(),
+        },
+        node,
+    })
+}
+
+/// What a full rebuild makes of `nodes` (rank order), as `(desired, rejections)`.
+fn rebuilt(
+    nodes: &std::collections::BTreeMap<Rank, std::sync::Arc<Ranked>>,
+    policy: &NodePolicy,
+) -> (Desired, Vec<Rejection>) {
+    let list: Vec<HybridNode> = nodes.values().map(|r| r.node.clone()).collect();
+    Desired::build_with(&list, policy)
+}
+
+/// The loser takes over when the winner goes, and in turn pushes out a newer node it
+/// clashes with (which the winner's presence had let in); the winner coming back undoes it.
+#[test]
+fn removing_a_conflict_winner_hands_its_claims_over_in_rank_order() {
+    let policy = NodePolicy::for_pod_cidrs(&pods());
+    let a = ranked(Some(1), "a", node("a", "10.99.0.2", &["192.168.32.0/25"]));
+    // b overlaps a (its /24 contains a's /25) and holds 192.168.33.0/26 too.
+    let b = ranked(
+        Some(2),
+        "b",
+        node("b", "10.99.0.3", &["192.168.32.0/24", "192.168.33.0/26"]),
+    );
+    let c = ranked(Some(3), "c", node("c", "10.99.0.4", &["192.168.33.0/27"]));
+    // d has c's IP: it loses to c, and wins once c is pushed out.
+    let d = ranked(Some(4), "d", node("d", "10.99.0.4", &["192.168.33.128/26"]));
+    let mut index = Index::build([a.clone(), b.clone(), c.clone(), d.clone()], policy.clone());
+    let before = index.desired().clone();
+    assert_eq!(
+        before
+            .routes
+            .keys()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["192.168.32.0/25", "192.168.33.0/27"],
+        "a and c hold their CIDRs; b and d lost"
+    );
+    assert_eq!(
+        index.rejected(),
+        vec![
+            Rejection::OverlappingCidr {
+                node: "b".into(),
+                cidr: net("192.168.32.0/24"),
+                owner: "a".into(),
+                owner_cidr: net("192.168.32.0/25"),
+            },
+            Rejection::DuplicateIp {
+                node: "d".into(),
+                ip: ip("10.99.0.4"),
+                owner: "c".into(),
+            },
+        ]
+    );
+    let plan = index.update(BTreeSet::new(), [NodeChange::Remove(a.rank.clone())]);
+    let mut rest = std::collections::BTreeMap::new();
+    for n in [&b, &c, &d] {
+        rest.insert(n.rank.clone(), n.clone());
+    }
+    let (want, rejected) = rebuilt(&rest, &policy);
+    assert_eq!(index.desired(), &want);
+    assert_eq!(index.rejected(), rejected);
+    assert_eq!(plan, diff_known(&before, &want));
+    assert_eq!(
+        want.routes
+            .iter()
+            .map(|(c, v)| format!("{c} via {v}"))
+            .collect::<Vec<_>>(),
+        [
+            "192.168.32.0/24 via 10.99.0.3",
+            "192.168.33.0/26 via 10.99.0.3",
+            "192.168.33.128/26 via 10.99.0.4",
+        ],
+        "b took over, pushed c out, and d took c's IP"
+    );
+    // The old winner comes back: everything is as at first.
+    let plan = index.update(BTreeSet::new(), [NodeChange::Upsert(a.clone())]);
+    assert_eq!(index.desired(), &before);
+    assert_eq!(plan, diff_known(&want, &before));
+}
+
+/// Random event sequences applied one change at a time give, after every step, exactly
+/// the desired state, rejections (owners named included) and plan of a full rebuild.
+#[test]
+fn random_event_sequences_match_a_full_rebuild() {
+    let ips = [
+        "10.99.0.2",
+        "10.99.0.3",
+        "10.99.0.4",
+        "10.99.0.5",
+        "10.99.0.6",
+        "127.0.0.1",
+        "10.250.0.9",
+        "10.99.0.1",
+    ];
+    let names = ["n0", "n1", "n2", "n3", "n4", "n5", "n6", "n7", "n8", "n9"];
+    let mut base_policy = NodePolicy::for_pod_cidrs(&pods());
+    base_policy.vpc_cidrs = vec![net("10.250.0.0/16")];
+    base_policy.max_pod_cidrs = 3;
+    let base_own: BTreeSet<Ipv4Addr> = [ip("10.99.0.1")].into();
+    let mut steps = 0;
+    for seed in 0..400u64 {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        // Nested and overlapping CIDRs inside 192.168.32.0/23 and a few outside it.
+        let cidr = |rng: &mut fastrand::Rng| -> Ipv4Net {
+            if rng.u8(..20) == 0 {
+                return net("10.0.0.0/24");
+            }
+            let len = rng.u8(23..=27);
+            let slots = 1u32 << (len - 23);
+            let start = u32::from(ip("192.168.32.0")) + rng.u32(..slots) * (1 << (32 - len));
+            Ipv4Net::new(Ipv4Addr::from(start), len).unwrap()
+        };
+        let mut nodes: std::collections::BTreeMap<Rank, std::sync::Arc<Ranked>> =
+            Default::default();
+        let mut own = base_own.clone();
+        let mut policy = base_policy.clone();
+        policy.own_addresses = own.clone();
+        let mut index = Index::new(policy.clone());
+        for _ in 0..40 {
+            let mut changes = Vec::new();
+            for _ in 0..rng.usize(1..=3) {
+                let name = names[rng.usize(..names.len())];
+                let current = nodes.keys().find(|r| r.name == name).cloned();
+                match (rng.u8(..10), current) {
+                    (0..=2, Some(rank)) => {
+                        nodes.remove(&rank);
+                        changes.push(NodeChange::Remove(rank));
+                    }
+                    (_, current) => {
+                        let pod_cidrs = (0..rng.usize(0..=4)).map(|_| cidr(&mut rng)).collect();
+                        let n = HybridNode {
+                            name: name.into(),
+                            ip: ip(ips[rng.usize(..ips.len())]),
+                            pod_cidrs,
+                            probe_ip: None,
+                        };
+                        // Mostly an update in place; sometimes recreated (a new rank).
+                        let created = match &current {
+                            Some(r) if rng.u8(..4) != 0 => r.created.map(|t| t.as_second()),
+                            _ => Some(rng.i64(1..6)),
+                        };
+                        let r = ranked(created, name, n);
+                        if let Some(old) = current.filter(|o| *o != r.rank) {
+                            nodes.remove(&old);
+                            changes.push(NodeChange::Remove(old));
+                        }
+                        nodes.insert(r.rank.clone(), r.clone());
+                        changes.push(NodeChange::Upsert(r));
+                    }
+                }
+            }
+            // This host gains or loses an address a node claims.
+            if rng.u8(..8) == 0 {
+                let a = ip(ips[rng.usize(..5)]);
+                if !own.remove(&a) {
+                    own.insert(a);
+                }
+            }
+            policy.own_addresses = own.clone();
+            let before = index.desired().clone();
+            let plan = index.update(own.clone(), changes);
+            let (want, rejected) = rebuilt(&nodes, &policy);
+            assert_eq!(index.desired(), &want, "seed {seed}");
+            assert_eq!(index.rejected(), rejected, "seed {seed}");
+            assert_eq!(plan, diff_known(&before, &want), "seed {seed}");
+            steps += 1;
+        }
+        let fresh = Index::build(nodes.values().cloned(), policy.clone());
+        assert_eq!(fresh.desired(), index.desired(), "seed {seed}");
+        assert_eq!(fresh.rejected(), index.rejected(), "seed {seed}");
+    }
+    assert_eq!(steps, 400 * 40);
+}
+
+/// A list's published change, and the walk used when a consumer missed publications,
+/// both turn the old list into the new one.
+#[test]
+fn node_list_changes_replay_to_the_new_list() {
+    use crate::datapath::NodeList;
+    let n = |name: &str, ip: &str, t: i64| ranked(Some(t), name, node(name, ip, &[]));
+    let (a, b, c) = (
+        n("a", "10.99.0.2", 1),
+        n("b", "10.99.0.3", 2),
+        n("c", "10.99.0.4", 3),
+    );
+    let b2 = n("b", "10.99.0.9", 2);
+    let first = NodeList::new(vec![a.clone(), b.clone()], None);
+    let second = NodeList::new(
+        vec![a.clone(), b2.clone(), c.clone()],
+        Some((
+            first.id(),
+            vec![
+                NodeChange::Upsert(b2.clone()),
+                NodeChange::Upsert(c.clone()),
+            ],
+        )),
+    );
+    let third = NodeList::new(
+        vec![b2.clone(), c.clone()],
+        Some((second.id(), vec![NodeChange::Remove(a.rank.clone())])),
+    );
+    // From the publication before: its delta; from further back: the walk.
+    assert_eq!(
+        third.changes_since(&second),
+        vec![NodeChange::Remove(a.rank.clone())]
+    );
+    assert_eq!(
+        third.changes_since(&first),
+        vec![
+            NodeChange::Remove(a.rank.clone()),
+            NodeChange::Upsert(b2.clone()),
+            NodeChange::Upsert(c.clone()),
+        ]
+    );
+    assert!(third.changes_since(&third).is_empty());
+    let policy = NodePolicy::for_pod_cidrs(&pods());
+    let mut index = Index::build(first.ranked().iter().cloned(), policy.clone());
+    index.update(BTreeSet::new(), third.changes_since(&first));
+    let fresh = Index::build(third.ranked().iter().cloned(), policy);
+    assert_eq!(index.desired(), fresh.desired());
+}
