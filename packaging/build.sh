@@ -79,7 +79,7 @@ fi
 # Every file the packages ship must be there; a missing one is a broken checkout, not
 # something to package around.
 required=(packaging/sbom.py config/config.toml systemd/hybrid-gateway.service systemd/hybrid-gateway.sysusers
-  systemd/rt_protos.conf packaging/kubernetes/rbac.yaml packaging/iam-policy.json
+  systemd/rt_protos.conf packaging/kubernetes/rbac.yaml packaging/kubernetes/rbac-per-az.yaml packaging/iam-policy.json
   packaging/debian/postinst packaging/debian/prerm packaging/debian/postrm packaging/debian/changelog
   packaging/debian/copyright packaging/debian/lintian-overrides
   packaging/rpm/post_install.sh packaging/rpm/pre_uninstall.sh packaging/rpm/post_uninstall.sh

@@ -102,7 +102,7 @@ log "deb: contents and lintian"
 contents="$(dpkg-deb -c "$DEB_BASE")"
 for f in ./usr/bin/hybrid-gateway ./usr/lib/systemd/system/$UNIT ./usr/lib/sysusers.d/hybrid-gateway.conf \
   ./etc/hybrid-gateway/config.toml ./etc/iproute2/rt_protos.d/hybrid-gateway.conf \
-  ./usr/share/hybrid-gateway/rbac.yaml ./usr/share/doc/hybrid-gateway/README.md \
+  ./usr/share/hybrid-gateway/rbac.yaml ./usr/share/hybrid-gateway/rbac-per-az.yaml ./usr/share/doc/hybrid-gateway/README.md \
   ./usr/share/doc/hybrid-gateway/copyright ./usr/share/doc/hybrid-gateway/config.toml.example \
   ./usr/share/doc/hybrid-gateway/sbom.cdx.json ./usr/share/doc/hybrid-gateway/runbook.md \
   ./usr/share/hybrid-gateway/grafana-dashboard.json ./usr/share/hybrid-gateway/alerts.yml \
@@ -156,6 +156,7 @@ check "unit file is the repo's" cmp /usr/lib/systemd/system/$UNIT systemd/$UNIT
 check "config.toml 0644 root:root" test "$(stat -c '%a %U:%G' /etc/hybrid-gateway/config.toml)" = "644 root:root"
 check "config.toml is a conffile (dpkg-query)" contains "/etc/hybrid-gateway/config.toml" "$(dpkg-query -W -f='${Conffiles}' hybrid-gateway)"
 check "rbac.yaml shipped unchanged" cmp /usr/share/hybrid-gateway/rbac.yaml packaging/kubernetes/rbac.yaml
+check "rbac-per-az.yaml shipped unchanged" cmp /usr/share/hybrid-gateway/rbac-per-az.yaml packaging/kubernetes/rbac-per-az.yaml
 if [[ -f packaging/iam-policy.json ]]; then
   check "iam-policy.json shipped unchanged" cmp /usr/share/hybrid-gateway/iam-policy.json packaging/iam-policy.json
 fi
@@ -238,7 +239,7 @@ log "rpm: contents, %config(noreplace), scriptlets"
 rpm_files="$(rpm -qlp "$RPM_BASE" 2>/dev/null)"
 for f in /usr/bin/hybrid-gateway /usr/lib/systemd/system/$UNIT /usr/lib/sysusers.d/hybrid-gateway.conf \
   /etc/hybrid-gateway/config.toml /etc/iproute2/rt_protos.d/hybrid-gateway.conf \
-  /usr/share/hybrid-gateway/rbac.yaml /usr/share/doc/hybrid-gateway/README.md /usr/share/doc/hybrid-gateway/config.toml.example \
+  /usr/share/hybrid-gateway/rbac.yaml /usr/share/hybrid-gateway/rbac-per-az.yaml /usr/share/doc/hybrid-gateway/README.md /usr/share/doc/hybrid-gateway/config.toml.example \
   /usr/share/licenses/hybrid-gateway/LICENSE /usr/share/doc/hybrid-gateway/sbom.cdx.json \
   /usr/share/doc/hybrid-gateway/runbook.md /usr/share/hybrid-gateway/grafana-dashboard.json /usr/share/hybrid-gateway/alerts.yml \
   /usr/share/bash-completion/completions/hybrid-gateway /usr/share/zsh/site-functions/_hybrid-gateway \
