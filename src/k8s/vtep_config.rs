@@ -248,7 +248,7 @@ impl VtepSpec {
 
 /// The endpoint list (`spec.endpoints` or `spec.vtepEndpoints`) of an object as found
 /// (empty when absent or malformed).
-fn endpoints_of(obj: &DynamicObject, shape: Shape) -> Vec<Value> {
+pub(crate) fn endpoints_of(obj: &DynamicObject, shape: Shape) -> Vec<Value> {
     obj.data
         .get("spec")
         .and_then(|s| s.get(shape.list_field()))

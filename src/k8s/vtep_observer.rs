@@ -18,7 +18,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::vtep_config::NAME;
+use super::vtep_config::{endpoints_of, NAME};
 use super::vtep_shape::{Served, Shape};
 
 /// The object as last seen.
@@ -61,12 +61,7 @@ impl Observed {
 /// too).
 pub fn tunnel_endpoints(obj: &DynamicObject, shape: Shape) -> Vec<Ipv4Addr> {
     let mut out = Vec::new();
-    let list = obj
-        .data
-        .get("spec")
-        .and_then(|s| s.get(shape.list_field()))
-        .and_then(Value::as_array);
-    for e in list.into_iter().flatten() {
+    for e in endpoints_of(obj, shape) {
         let ip = e
             .get("tunnelEndpoint")
             .and_then(Value::as_str)

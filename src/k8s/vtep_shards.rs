@@ -31,7 +31,9 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::vtep_config::{self, FIELD_MANAGER, LEADER_ANNOTATION, NAME, TERM_ANNOTATION};
+use super::vtep_config::{
+    self, endpoints_of, FIELD_MANAGER, LEADER_ANNOTATION, NAME, TERM_ANNOTATION,
+};
 use super::vtep_shape::{self, Served, Shape};
 use super::CallError;
 use crate::aws::shards::{Layout, Shard};
@@ -197,15 +199,6 @@ impl ShardVtep {
         now.sort_by_key(key);
         merged == now
     }
-}
-
-fn endpoints_of(obj: &DynamicObject, shape: Shape) -> Vec<Value> {
-    obj.data
-        .get("spec")
-        .and_then(|s| s.get(shape.list_field()))
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default()
 }
 
 /// This shard's fence: may its leader in `term` write over `obj`? Only over a lower term
