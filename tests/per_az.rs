@@ -11,7 +11,9 @@
 //! release. A subnet with another prefix length (Cilium's one cidrMask cannot express the
 //! subnets) → the default shard's leader writes the whole CiliumVTEPConfig alone. The
 //! leadership invariant (no mutation from a gateway after another gateway's later
-//! acquisition) holds per shard on the proxies' record. About 1 minute.
+//! acquisition) holds per shard on the proxies' record. The same with `[election.dynamodb]`:
+//! each shard's lock item is the authority. The fleet is tests/support/fleet.rs (shared
+//! with tests/faults.rs). About 50 s per test.
 //!
 //! Needs root, the cached apiserver build and the AWS peers (tests/aws/peers.sh).
 

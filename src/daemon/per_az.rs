@@ -430,6 +430,7 @@ fn leader_work(
         shared: shared.clone(),
         shard: shard.clone(),
     };
+    let (blocked, blocked_rx) = watch::channel(None);
     vec![
         tokio::spawn(vtep_shards::run(
             i.kube.clone(),
@@ -439,6 +440,15 @@ fn leader_work(
             shared.request_timeout,
             shared.served.clone(),
             shared.plan.clone(),
+            blocked,
+            cancel.clone(),
+        )),
+        // Why the shard's entries cannot be written, into the shard's readiness.
+        tokio::spawn(super::leader::follow_fence(
+            handle.clone(),
+            blocked_rx,
+            Some(shard.to_string()),
+            i.telemetry.clone(),
             cancel.clone(),
         )),
         tokio::spawn(routes.run(handle.clone(), cancel.clone())),

@@ -299,6 +299,30 @@ impl Telemetry {
             }
         });
     }
+
+    /// Per-AZ mode: why this gateway, leading `shard`, cannot write the shard's
+    /// CiliumVTEPConfig entries (`None`s once it can, or once it no longer leads): into the
+    /// shard's status (and so readiness) and the `shard_vtepconfig_*` gauges.
+    pub fn shard_vtepconfig_blocked(
+        &self,
+        shard: &str,
+        fenced: Option<String>,
+        unserved: Option<String>,
+    ) {
+        let labels = vec![("shard".to_string(), shard.to_string())];
+        let m = &self.metrics;
+        m.shard_vtepconfig_fenced
+            .get_or_create(&labels)
+            .set(i64::from(fenced.is_some()));
+        m.shard_vtepconfig_unserved
+            .get_or_create(&labels)
+            .set(i64::from(unserved.is_some()));
+        self.status.update(|s| {
+            let sh = shard_entry(s, shard);
+            sh.fenced = fenced;
+            sh.unserved = unserved;
+        });
+    }
 }
 
 fn sh_leader_of(s: &super::status::StatusSnapshot, shard: &str) -> Option<String> {
