@@ -491,6 +491,91 @@ impl Fleet {
     }
 }
 
+/// The daemons' health and metrics listeners (defaults), inside each gateway's namespace.
+const HEALTH_PORT: u16 = 8088;
+const METRICS_PORT: u16 = 10080;
+const CRD: &str = "ciliumvtepconfigs.cilium.io";
+
+impl Fleet {
+    /// Per-shard readiness: the CiliumVTEPConfig CRD removed → each gateway, leading its own
+    /// zone's shard, cannot write that shard's entries: `/readyz` answers 503 naming the
+    /// shard and why, `hybrid-gateway status` says so under the shard, and the shard's
+    /// `hybrid_gateway_shard_vtepconfig_unserved` gauge is 1 (the other zone's, led
+    /// elsewhere, 0). The CRD back → ready again and each zone's entry names its gateway.
+    async fn shard_readiness_follows_the_served_crd(&self) {
+        let gone = Instant::now();
+        self.kubectl(&["delete", "crd", CRD, "--wait=true"]);
+        for (i, zone) in ZONES.iter().enumerate() {
+            let want = format!("leader of {zone}, ");
+            let body = loop {
+                let (code, body) = self.http_get(i, HEALTH_PORT, "/readyz");
+                if code == 503 && body.contains(&want) && body.contains("not installed") {
+                    break body;
+                }
+                assert!(
+                    gone.elapsed() < BOUND,
+                    "{}: /readyz {code} {body:?} after the CRD was removed\n{}",
+                    self.gws[i].name,
+                    self.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            println!(
+                "CRD removed: {} not ready after {:?}: {}",
+                self.gws[i].name,
+                gone.elapsed(),
+                body.trim()
+            );
+            self.status_shows(
+                i,
+                &[
+                    &format!("shard {zone} (home): leader"),
+                    "not ready: CiliumVTEPConfig entries not written:",
+                ],
+            )
+            .unwrap_or_else(|s| panic!("{}'s status: {s}", self.gws[i].name));
+            let (_, metrics) = self.http_get(i, METRICS_PORT, "/metrics");
+            let gauge = |z: &str| {
+                let series = format!("hybrid_gateway_shard_vtepconfig_unserved{{shard=\"{z}\"}} ");
+                metrics
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&series))
+                    .map(str::trim)
+                    .map(str::to_string)
+            };
+            let other = ZONES[1 - i];
+            assert_eq!(gauge(zone).as_deref(), Some("1"), "{metrics}");
+            assert_ne!(gauge(other).as_deref(), Some("1"), "{metrics}");
+        }
+        // The CRD back: the leaders write their entries again and say ready.
+        self.kubectl_apply(&format!("tests/fixtures/crds/{CRD}.yaml"));
+        self.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            &format!("crd/{CRD}"),
+        ]);
+        let back = self
+            .wait_for(
+                BOUND,
+                |s| {
+                    self.zone_on(s, 0, 0)
+                        && self.zone_on(s, 1, 1)
+                        && (0..2).all(|i| self.http_get(i, HEALTH_PORT, "/readyz").0 == 200)
+                },
+                |_| {},
+            )
+            .await
+            .unwrap_or_else(|s| {
+                panic!(
+                    "not ready again after the CRD came back: {s}\n{}",
+                    self.logs()
+                )
+            });
+        println!("CRD back: both ready, each zone's entry naming its gateway after {back:?}");
+    }
+}
+
 /// HGW_PER_AZ_TRIALS=N repeats the crash and the return N times (default 1) and prints
 /// the figures: kill -9 → gw-b's acquisition of shard a (from the record), → tables and CR
 /// naming gw-b (polled), and gw-b's release → gw-a's acquisition on the return.
@@ -544,6 +629,8 @@ async fn each_gateway_leads_its_zone_fails_over_hands_back_and_falls_back() {
         .unwrap_or_else(|s| panic!("gw-b's status after the takeover: {s}"));
     })
     .await;
+
+    f.shard_readiness_follows_the_served_crd().await;
 
     // A subnet with another prefix length: Cilium's one cidrMask cannot express the
     // subnets any more, so the default shard's leader writes the whole CR alone (one
