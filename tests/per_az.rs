@@ -534,18 +534,9 @@ impl Fleet {
                 ],
             )
             .unwrap_or_else(|s| panic!("{}'s status: {s}", self.gws[i].name));
-            let (_, metrics) = self.http_get(i, METRICS_PORT, "/metrics");
-            let gauge = |z: &str| {
-                let series = format!("hybrid_gateway_shard_vtepconfig_unserved{{shard=\"{z}\"}} ");
-                metrics
-                    .lines()
-                    .find_map(|l| l.strip_prefix(&series))
-                    .map(str::trim)
-                    .map(str::to_string)
-            };
-            let other = ZONES[1 - i];
-            assert_eq!(gauge(zone).as_deref(), Some("1"), "{metrics}");
-            assert_ne!(gauge(other).as_deref(), Some("1"), "{metrics}");
+            let unserved = |z| self.shard_gauge(i, "shard_vtepconfig_unserved", z);
+            assert_eq!(unserved(zone), Some(1));
+            assert_ne!(unserved(ZONES[1 - i]), Some(1));
         }
         // The CRD back: the leaders write their entries again and say ready.
         self.kubectl_apply(&format!("tests/fixtures/crds/{CRD}.yaml"));
@@ -573,6 +564,105 @@ impl Fleet {
                 )
             });
         println!("CRD back: both ready, each zone's entry naming its gateway after {back:?}");
+    }
+
+    /// Gauge `hybrid_gateway_<name>{shard="<shard>"}` of gateway `i`, scraped now.
+    fn shard_gauge(&self, i: usize, name: &str, shard: &str) -> Option<i64> {
+        let (_, metrics) = self.http_get(i, METRICS_PORT, "/metrics");
+        let series = format!("hybrid_gateway_{name}{{shard=\"{shard}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// Whom each shard's CiliumVTEPConfig entries name, judged per shard by every gateway:
+    /// in steady state each gateway's own zone's entries name it (its leader) and the other
+    /// zone's do not; `hybrid-gateway status` says so under each shard. Then gw-b, leader
+    /// of zone b, is frozen (SIGSTOP) and zone b's entry is pointed at gw-a behind its back:
+    /// gw-a, which does not lead zone b, reports that zone b's entries name it — the
+    /// condition of the HybridGatewayShardVtepConfigOnNonLeader alert — until it takes zone
+    /// b over (a lease later). gw-b resumed → each zone back on its own gateway.
+    async fn cr_judged_per_shard(&mut self) {
+        for (i, zone) in ZONES.iter().enumerate() {
+            let other = ZONES[1 - i];
+            let t = Instant::now();
+            while !(self.shard_gauge(i, "shard_vtepconfig_names_me", zone) == Some(1)
+                && self.shard_gauge(i, "shard_vtepconfig_names_me", other) == Some(0)
+                && self.shard_gauge(i, "shard_vtepconfig_named", other) == Some(1))
+            {
+                assert!(
+                    t.elapsed() < Duration::from_secs(5),
+                    "{}: shard gauges: {}",
+                    self.gws[i].name,
+                    self.http_get(i, METRICS_PORT, "/metrics").1
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        self.status_shows(
+            0,
+            &[
+                &format!(
+                    "vtep config entries: tunnelEndpoint {} (this gateway, the shard's leader)",
+                    self.gws[0].ip
+                ),
+                &format!(
+                    "vtep config entries: tunnelEndpoint {} (another gateway)",
+                    self.gws[1].ip
+                ),
+            ],
+        )
+        .unwrap_or_else(|s| panic!("gw-a's status: {s}"));
+
+        // gw-b frozen; zone b's entry pointed at gw-a.
+        self.gws[1].signal(libc::SIGSTOP);
+        let frozen = Instant::now();
+        let crs: Api<DynamicObject> = Api::all_with(
+            self.admin.clone(),
+            &hybrid_gateway::k8s::vtep_config::api_resource(),
+        );
+        let mut cr = crs.get("hybrid-gateway").await.expect("reading the CR");
+        let prefix = format!("vpc-gateway-az-{}-", ZONES[1]);
+        for e in cr.data["spec"]["endpoints"]
+            .as_array_mut()
+            .expect("endpoints")
+            .iter_mut()
+            .filter(|e| e["name"].as_str().is_some_and(|n| n.starts_with(&prefix)))
+        {
+            e["tunnelEndpoint"] = serde_json::Value::String(self.gws[0].ip.clone());
+        }
+        crs.replace("hybrid-gateway", &Default::default(), &cr)
+            .await
+            .expect("pointing zone b's entry at gw-a");
+        let judged = loop {
+            let names_me = self.shard_gauge(0, "shard_vtepconfig_names_me", ZONES[1]);
+            let leads = self.shard_gauge(0, "shard_leader", ZONES[1]);
+            if names_me == Some(1) && leads == Some(0) {
+                break frozen.elapsed();
+            }
+            assert!(
+                leads != Some(1),
+                "gw-a took zone b over before it reported zone b's entries naming it\n{}",
+                self.logs()
+            );
+            assert!(
+                frozen.elapsed() < LEASE_DURATION + Duration::from_secs(1),
+                "gw-a never reported zone b's entries naming it while not leading zone b"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        println!("zone b's entry pointed at gw-a (gw-b frozen): gw-a reported it, not leading zone b, after {judged:?}");
+        self.gws[1].signal(libc::SIGCONT);
+        let back = self
+            .wait_for(
+                BOUND,
+                |s| self.zone_on(s, 0, 0) && self.zone_on(s, 1, 1),
+                |_| {},
+            )
+            .await
+            .unwrap_or_else(|s| panic!("no steady state after gw-b resumed: {s}\n{}", self.logs()));
+        println!("gw-b resumed: each zone back on its own gateway after {back:?}");
     }
 }
 
@@ -616,6 +706,7 @@ async fn each_gateway_leads_its_zone_fails_over_hands_back_and_falls_back() {
         ],
     )
     .unwrap_or_else(|s| panic!("gw-a's status: {s}"));
+    f.cr_judged_per_shard().await;
 
     f.fail_over_and_back(trials(), |f| {
         f.status_shows(
