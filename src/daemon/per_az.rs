@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::aws_side::{AwsSideError, SharedAws};
 use super::node_sync::BACKOFF;
+use super::shard_elector::{ShardElector, ShardStores};
 use crate::aws::shards::{self, Layout, Selection, Shard};
 use crate::aws::{RouteError, RouteTables};
 use crate::backoff::Backoff;
@@ -55,6 +56,8 @@ pub struct PerAzInputs {
     pub aws: SharedAws,
     pub config: watch::Receiver<Arc<Config>>,
     pub telemetry: Telemetry,
+    /// With `[election.dynamodb]`: every shard's election takes its own lock item too.
+    pub dynamodb: Option<aws_sdk_dynamodb::Client>,
 }
 
 /// What every shard's parts share.
@@ -63,6 +66,8 @@ struct Shared {
     namespace: String,
     lease_name: String,
     timings: Timings,
+    /// What each shard's contender is built from.
+    stores: ShardStores,
     /// One lock store call (see [`crate::config::ElectionConfig::store_timeout`]).
     request_timeout: Duration,
     home_az: String,
@@ -108,16 +113,38 @@ impl PerAz {
                 cancel.clone(),
             )),
         ];
-        tracing::info!(identity = %inputs.identity, home = %home_az, lease = %format!("{}/{}", e.namespace, e.lease_name), "joining the per-AZ election");
+        let timings = Timings {
+            lease_duration: e.lease_duration,
+            renew_deadline: e.renew_deadline,
+            retry_period: e.retry_period,
+        };
+        let dynamodb = match (&e.dynamodb, inputs.dynamodb.clone()) {
+            (Some(d), Some(client)) => Some((client, d.clone())),
+            _ => None,
+        };
+        match &dynamodb {
+            Some((_, d)) => {
+                tracing::info!(identity = %inputs.identity, home = %home_az, lease = %format!("{}/{}", e.namespace, e.lease_name), table = %d.table, key = %d.key, "joining the per-AZ election (a Lease and a DynamoDB lock item per shard)")
+            }
+            None => {
+                tracing::info!(identity = %inputs.identity, home = %home_az, lease = %format!("{}/{}", e.namespace, e.lease_name), "joining the per-AZ election (a Lease per shard)")
+            }
+        }
+        let stores = ShardStores {
+            kube: inputs.kube.clone(),
+            namespace: e.namespace.clone(),
+            lease_name: e.lease_name.clone(),
+            identity: inputs.identity.clone(),
+            timings,
+            request_timeout,
+            dynamodb,
+        };
         let shared = Arc::new(Shared {
             inputs,
             namespace: e.namespace.clone(),
             lease_name: e.lease_name.clone(),
-            timings: Timings {
-                lease_duration: e.lease_duration,
-                renew_deadline: e.renew_deadline,
-                retry_period: e.retry_period,
-            },
+            timings,
+            stores,
             request_timeout,
             home_az,
             layout,
@@ -309,7 +336,7 @@ impl Session {
                         Shard::Zone(_) => Some(Claim::start(shared, &shard)),
                         Shard::Default => None,
                     };
-                    let elector = shard_elector(shared, &shard);
+                    let elector = ShardElector::new(&shared.stores, &shard);
                     SessionKind::Home {
                         contender: Contender::start(shared, &shard, elector, None, true),
                         claim,
@@ -340,23 +367,10 @@ impl Session {
     }
 }
 
-fn shard_elector(shared: &Shared, shard: &Shard) -> Elector<LeaseLock> {
-    Elector::new(
-        LeaseLock::new(
-            shared.inputs.kube.clone(),
-            &shared.namespace,
-            &shard.lease_name(&shared.lease_name),
-            shared.request_timeout,
-        ),
-        shared.inputs.identity.clone(),
-        shared.timings,
-    )
-}
-
 /// One shard's election and leader work, stopped as active/standby stops.
 struct Contender {
     shard: Shard,
-    contest: JoinHandle<Elector<LeaseLock>>,
+    contest: JoinHandle<ShardElector>,
     election_cancel: CancellationToken,
     work: Vec<JoinHandle<()>>,
     work_cancel: CancellationToken,
@@ -369,7 +383,7 @@ impl Contender {
     fn start(
         shared: &Arc<Shared>,
         shard: &Shard,
-        mut elector: Elector<LeaseLock>,
+        mut elector: ShardElector,
         wake: Option<Arc<Notify>>,
         home: bool,
     ) -> Contender {
@@ -389,7 +403,7 @@ impl Contender {
         });
         let c = election_cancel.clone();
         let contest = tokio::spawn(async move {
-            election::run(&mut elector, &publisher, Some(wake), c).await;
+            elector.run(&publisher, Some(wake), c).await;
             elector
         });
         work.extend(leader_work(shared, shard, &handle, home, &work_cancel));
@@ -405,7 +419,7 @@ impl Contender {
 
     /// Standby first, then the shard's leader work stopped, then its Lease released; gives
     /// the elector back (a visitor keeps watching with it).
-    async fn stop(self) -> Option<Elector<LeaseLock>> {
+    async fn stop(self) -> Option<ShardElector> {
         self.election_cancel.cancel();
         let elector = self.contest.await.ok();
         self.work_cancel.cancel();
@@ -413,21 +427,7 @@ impl Contender {
             let _ = t.await;
         }
         let mut elector = elector?;
-        match tokio::time::timeout(
-            self.request_timeout,
-            elector.release(jiff::Timestamp::now()),
-        )
-        .await
-        {
-            Ok(Ok(true)) => tracing::info!(shard = %self.shard, "released the shard's Lease"),
-            Ok(Ok(false)) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(shard = %self.shard, "could not release the shard's Lease ({e}); it expires")
-            }
-            Err(_) => {
-                tracing::warn!(shard = %self.shard, "releasing the shard's Lease timed out; it expires")
-            }
-        }
+        elector.release(self.request_timeout, &self.shard).await;
         Some(elector)
     }
 }
@@ -455,6 +455,7 @@ fn leader_work(
         shared: shared.clone(),
         shard: shard.clone(),
     };
+    let (blocked, blocked_rx) = watch::channel(None);
     vec![
         tokio::spawn(vtep_shards::run(
             i.kube.clone(),
@@ -464,6 +465,15 @@ fn leader_work(
             shared.request_timeout,
             shared.served.clone(),
             shared.plan.clone(),
+            blocked,
+            cancel.clone(),
+        )),
+        // Why the shard's entries cannot be written, into the shard's readiness.
+        tokio::spawn(super::leader::follow_fence(
+            handle.clone(),
+            blocked_rx,
+            Some(shard.to_string()),
+            i.telemetry.clone(),
             cancel.clone(),
         )),
         tokio::spawn(routes.run(handle.clone(), cancel.clone())),
@@ -587,7 +597,7 @@ async fn visit(shared: Arc<Shared>, shard: Shard, cancel: CancellationToken) {
         &shard.lease_name(&shared.lease_name),
         watch_cancel.clone(),
     );
-    let mut watcher = Some(shard_elector(&shared, &shard));
+    let mut watcher = Some(ShardElector::new(&shared.stores, &shard));
     let mut running: Option<Contender> = None;
     let started = Instant::now();
     let status = &shared.inputs.telemetry;
@@ -608,11 +618,11 @@ async fn visit(shared: Arc<Shared>, shard: Shard, cancel: CancellationToken) {
             }
             Err(_) => None,
         };
-        // While not campaigning, keep the shard's Lease observed so the expiry clock runs
-        // from the holder's last renewal, not from the moment we start.
+        // While not campaigning, keep the shard's Lease (and lock) observed so the expiry
+        // clocks run from the holder's last renewal, not from the moment we start.
         if let Some(w) = watcher.as_mut() {
-            let _ = tokio::time::timeout(shared.request_timeout, w.observe_only()).await;
-            let leader = w.observed_holder().map(str::to_string);
+            w.observe(shared.request_timeout).await;
+            let leader = w.holder().map(str::to_string);
             status.shard_leadership(
                 shard.name(),
                 false,
@@ -642,7 +652,7 @@ async fn visit(shared: Arc<Shared>, shard: Shard, cancel: CancellationToken) {
                     watcher = c
                         .stop()
                         .await
-                        .or_else(|| Some(shard_elector(&shared, &shard)));
+                        .or_else(|| Some(ShardElector::new(&shared.stores, &shard)));
                 }
             }
             VisitStep::Stay => {}

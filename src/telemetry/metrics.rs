@@ -86,6 +86,11 @@ pub struct Metrics {
     pub shard_term: Family<Labels, Gauge>,
     /// Per-AZ mode: managed route tables in the shard, by shard.
     pub shard_route_tables: Family<Labels, Gauge>,
+    /// Per-AZ mode: 1 while this gateway leads the shard and its fence blocks it, by shard.
+    pub shard_vtepconfig_fenced: Family<Labels, Gauge>,
+    /// Per-AZ mode: 1 while this gateway leads the shard and cannot write its
+    /// CiliumVTEPConfig entries at all, by shard.
+    pub shard_vtepconfig_unserved: Family<Labels, Gauge>,
     pub election_transitions: Counter,
     pub vtep_add: Counter,
     pub vtep_add_errors: Counter,
@@ -183,6 +188,16 @@ impl Metrics {
             shard_route_tables: reg!(
                 "shard_route_tables",
                 "Per-AZ mode: managed route tables in the shard",
+                Family::<Labels, Gauge>::default()
+            ),
+            shard_vtepconfig_fenced: reg!(
+                "shard_vtepconfig_fenced",
+                "Per-AZ mode: 1 while this gateway leads the shard and may not write its CiliumVTEPConfig entries (the shard's term there is not below ours)",
+                Family::<Labels, Gauge>::default()
+            ),
+            shard_vtepconfig_unserved: reg!(
+                "shard_vtepconfig_unserved",
+                "Per-AZ mode: 1 while this gateway leads the shard and cannot write its CiliumVTEPConfig entries at all (no shape we write is served, or no room)",
                 Family::<Labels, Gauge>::default()
             ),
             election_transitions: reg!(

@@ -298,6 +298,30 @@ impl Telemetry {
         });
     }
 
+    /// Per-AZ mode: why this gateway, leading `shard`, cannot write the shard's
+    /// CiliumVTEPConfig entries (`None`s once it can, or once it no longer leads): into the
+    /// shard's status (and so readiness) and the `shard_vtepconfig_*` gauges.
+    pub fn shard_vtepconfig_blocked(
+        &self,
+        shard: &str,
+        fenced: Option<String>,
+        unserved: Option<String>,
+    ) {
+        let labels = vec![("shard".to_string(), shard.to_string())];
+        let m = &self.metrics;
+        m.shard_vtepconfig_fenced
+            .get_or_create(&labels)
+            .set(i64::from(fenced.is_some()));
+        m.shard_vtepconfig_unserved
+            .get_or_create(&labels)
+            .set(i64::from(unserved.is_some()));
+        self.status.update(|s| {
+            let sh = shard_entry(s, shard);
+            sh.fenced = fenced;
+            sh.unserved = unserved;
+        });
+    }
+
     /// Per-AZ mode: this gateway left a shard's election (the layout lost the shard): its
     /// status entry and metric series go, so neither reports a shard that is not there.
     pub fn shard_gone(&self, shard: &str) {
@@ -306,6 +330,8 @@ impl Telemetry {
         m.shard_leader.remove(&labels);
         m.shard_term.remove(&labels);
         m.shard_route_tables.remove(&labels);
+        m.shard_vtepconfig_fenced.remove(&labels);
+        m.shard_vtepconfig_unserved.remove(&labels);
         self.status.update(|s| {
             s.shards.retain(|x| x.shard != shard);
             role_from_shards(s);
