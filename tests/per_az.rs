@@ -8,7 +8,8 @@
 //! CiliumVTEPConfig entry for its subnet names it; a kill -9 of gw-a moves shard a to gw-b
 //! within a lease + 1 s (from the record: the kill to gw-b's acquiring write of shard a's
 //! Lease) while shard b's table never leaves gw-b; gw-a back → shard a handed back by a
-//! release. A subnet with another prefix length (Cilium's one cidrMask cannot express the
+//! release. AZ b's table unmanaged → shard b's Lease released and no longer campaigned
+//! for; managed again → led by gw-b again. A subnet with another prefix length (Cilium's one cidrMask cannot express the
 //! subnets) → the default shard's leader writes the whole CiliumVTEPConfig alone. The
 //! leadership invariant (no mutation from a gateway after another gateway's later
 //! acquisition) holds per shard on the proxies' record. The same with `[election.dynamodb]`:
@@ -313,10 +314,15 @@ impl Fleet {
 
     /// Waits up to 5 s for gateway `i`'s status to contain every one of `want`.
     fn status_shows(&self, i: usize, want: &[&str]) -> Result<(), String> {
+        self.status_until(i, |text| want.iter().all(|w| text.contains(w)))
+    }
+
+    /// Waits up to 5 s for gateway `i`'s status text to satisfy `ok`; `Err`: the last text.
+    fn status_until(&self, i: usize, ok: impl Fn(&str) -> bool) -> Result<(), String> {
         let t = Instant::now();
         loop {
             let text = self.status(i);
-            if want.iter().all(|w| text.contains(w)) {
+            if ok(&text) {
                 return Ok(());
             }
             if t.elapsed() > Duration::from_secs(5) {
@@ -818,6 +824,63 @@ async fn each_gateway_leads_its_zone_fails_over_hands_back_and_falls_back() {
         .unwrap_or_else(|s| panic!("gw-b's status after the takeover: {s}"));
     })
     .await;
+
+    // AZ b's table is no longer managed (its tag removed): shard b leaves the layout, and
+    // both gateways leave its election — gw-b standby and its Lease released, gw-a no
+    // longer a visitor — rather than keeping an empty shard until restart; gw-b's status
+    // stops listing it. Tagged again, the shard is picked up and gw-b leads it again.
+    let managed = || {
+        aws_sdk_ec2::types::Tag::builder()
+            .key("hybrid-gateway.io/managed")
+            .value("true")
+            .build()
+    };
+    let untagged = f.recorder.now();
+    f.ec2
+        .delete_tags()
+        .resources(&f.tables[1])
+        .tags(managed())
+        .send()
+        .await
+        .expect("untagging AZ b's table in moto");
+    let left = f
+        .wait_for(BOUND, |s| !s.holders.contains_key(ZONES[1]), |_| {})
+        .await
+        .unwrap_or_else(|s| {
+            panic!(
+                "shard b's Lease is still held after its table left the layout: {s}\n{}",
+                f.logs()
+            )
+        });
+    assert!(
+        f.first_write(&f.zone_store(1), "gw-b", untagged, false)
+            .is_some(),
+        "shard b's Lease was not released by gw-b: {}",
+        f.logs()
+    );
+    f.status_until(1, |text| !text.contains(ZONES[1]))
+        .unwrap_or_else(|s| panic!("gw-b's status still lists shard b: {s}"));
+    // Nobody campaigns for the vanished shard, past a lease duration.
+    tokio::time::sleep(LEASE_DURATION + Duration::from_secs(1)).await;
+    let s = f.state().await.expect("reading the peers");
+    assert!(
+        !s.holders.contains_key(ZONES[1]),
+        "a gateway took the vanished shard b: {s:?}\n{}",
+        f.logs()
+    );
+    println!("AZ b's table untagged: shard b's Lease released after {left:?}");
+    f.ec2
+        .create_tags()
+        .resources(&f.tables[1])
+        .tags(managed())
+        .send()
+        .await
+        .expect("tagging AZ b's table again in moto");
+    let back = f
+        .wait_for(BOUND, |s| f.zone_on(s, 0, 0) && f.zone_on(s, 1, 1), |_| {})
+        .await
+        .unwrap_or_else(|s| panic!("shard b was not picked up again: {s}\n{}", f.logs()));
+    println!("AZ b's table tagged again: gw-b leads shard b after {back:?}");
 
     f.shard_readiness_follows_the_served_crd().await;
 

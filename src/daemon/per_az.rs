@@ -398,21 +398,38 @@ async fn read_layout(aws: &SharedAws, config: &Config) -> Result<Layout, LayoutE
 }
 
 /// Starts a session for every shard the layout shows (the default shard at once), as they
-/// appear; returns them on `cancel` for a clean stop. A shard that disappears keeps its
-/// session: it has no tables and no subnets, so its leader writes nothing.
+/// appear, and stops the session of an AZ shard the layout no longer has (no managed table
+/// in that AZ any more): it leaves the shard's election — standby, leader work stopped,
+/// its Lease and claim released — rather than renewing an empty shard until restart. A
+/// shard that comes back gets a fresh session. Returns the sessions on `cancel` for a
+/// clean stop.
 async fn manage(shared: Arc<Shared>, cancel: CancellationToken) -> Vec<Session> {
     let mut sessions: Vec<Session> = vec![Session::start(&shared, Shard::Default, &cancel)];
     let mut layout = shared.layout.clone();
     loop {
-        let zones: Vec<String> = layout
+        // Nothing is stopped before a layout has been read.
+        let zones: Option<Vec<String>> = layout
             .borrow_and_update()
             .as_ref()
-            .map(|l| l.zones().map(str::to_string).collect())
-            .unwrap_or_default();
-        for az in zones {
-            let shard = Shard::Zone(az);
-            if !sessions.iter().any(|s| s.shard == shard) {
-                sessions.push(Session::start(&shared, shard, &cancel));
+            .map(|l| l.zones().map(str::to_string).collect());
+        if let Some(zones) = zones {
+            let (kept, gone): (Vec<Session>, Vec<Session>) =
+                sessions.into_iter().partition(|s| match &s.shard {
+                    Shard::Default => true,
+                    Shard::Zone(az) => zones.contains(az),
+                });
+            sessions = kept;
+            for s in gone {
+                let shard = s.shard.clone();
+                tracing::info!(%shard, "no managed route table in {shard} any more: leaving its shard's election");
+                s.stop().await;
+                shared.inputs.telemetry.shard_gone(shard.name());
+            }
+            for az in zones {
+                let shard = Shard::Zone(az);
+                if !sessions.iter().any(|s| s.shard == shard) {
+                    sessions.push(Session::start(&shared, shard, &cancel));
+                }
             }
         }
         tokio::select! {
@@ -426,6 +443,8 @@ async fn manage(shared: Arc<Shared>, cancel: CancellationToken) -> Vec<Session> 
 struct Session {
     shard: Shard,
     kind: SessionKind,
+    /// Stops a visitor's part alone (a child of the manager's cancel).
+    cancel: CancellationToken,
 }
 
 enum SessionKind {
@@ -440,6 +459,7 @@ enum SessionKind {
 
 impl Session {
     fn start(shared: &Arc<Shared>, shard: Shard, cancel: &CancellationToken) -> Session {
+        let cancel = cancel.child_token();
         let kind =
             match &shard {
                 Shard::Zone(az) if *az != shared.home_az => SessionKind::Visitor(tokio::spawn(
@@ -457,10 +477,15 @@ impl Session {
                     }
                 }
             };
-        Session { shard, kind }
+        Session {
+            shard,
+            kind,
+            cancel,
+        }
     }
 
     async fn stop(self) {
+        self.cancel.cancel();
         match self.kind {
             SessionKind::Home { contender, claim } => {
                 if let Some(c) = claim {
@@ -468,7 +493,7 @@ impl Session {
                 }
                 contender.stop().await;
             }
-            // The visitor stops (and releases) on the manager's cancel itself.
+            // The visitor stops (and releases) on its cancel itself.
             SessionKind::Visitor(t) => {
                 let _ = t.await;
             }

@@ -275,9 +275,7 @@ impl Telemetry {
                     s.term = term;
                 }
             }
-            // The gateway as a whole leads while it leads any shard.
-            let any = s.shards.iter().any(|x| x.role == Role::Leader);
-            s.role = if any { Role::Leader } else { Role::Standby };
+            role_from_shards(s);
         });
         let any = self.status.snapshot().role == Role::Leader;
         m.leader_is_active.set(i64::from(any));
@@ -366,6 +364,30 @@ impl Telemetry {
             sh.unserved = unserved;
         });
     }
+
+    /// Per-AZ mode: this gateway left a shard's election (the layout lost the shard): its
+    /// status entry and metric series go, so neither reports a shard that is not there.
+    pub fn shard_gone(&self, shard: &str) {
+        let labels = vec![("shard".to_string(), shard.to_string())];
+        let m = &self.metrics;
+        m.shard_leader.remove(&labels);
+        m.shard_term.remove(&labels);
+        m.shard_route_tables.remove(&labels);
+        m.shard_vtepconfig_fenced.remove(&labels);
+        m.shard_vtepconfig_unserved.remove(&labels);
+        self.status.update(|s| {
+            s.shards.retain(|x| x.shard != shard);
+            role_from_shards(s);
+        });
+        let any = self.status.snapshot().role == Role::Leader;
+        m.leader_is_active.set(i64::from(any));
+    }
+}
+
+/// The gateway as a whole leads while it leads any shard.
+fn role_from_shards(s: &mut super::status::StatusSnapshot) {
+    let any = s.shards.iter().any(|x| x.role == Role::Leader);
+    s.role = if any { Role::Leader } else { Role::Standby };
 }
 
 fn sh_leader_of(s: &super::status::StatusSnapshot, shard: &str) -> Option<String> {
