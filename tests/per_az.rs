@@ -433,10 +433,11 @@ impl Fleet {
             .min()
     }
 
-    /// kill -9 of gw-a and its return, `trials` times: shard a moves to gw-b within a lease
-    /// + 1 s of the kill (from the record: gw-b's acquiring write of shard a's authority
-    /// store) while shard b's table never leaves gw-b; gw-a back → gw-b releases shard a
-    /// and gw-a acquires it. `after_takeover` runs once, after the first takeover.
+    /// kill -9 of gw-a and its return, `trials` times: shard a moves to gw-b within
+    /// [`Fleet::takeover_bound`] of the kill (from the record: gw-b's acquiring write of
+    /// shard a's authority store) while shard b's table never leaves gw-b; gw-a back →
+    /// gw-b releases shard a and gw-a acquires it. `after_takeover` runs once, after the
+    /// first takeover.
     async fn fail_over_and_back(&mut self, trials: usize, after_takeover: impl Fn(&Fleet)) {
         let store_a = self.zone_store(0);
         let (mut takeovers, mut followed, mut gaps) = (Vec::new(), Vec::new(), Vec::new());
