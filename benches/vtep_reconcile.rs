@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hybrid_gateway::config::Config;
-use hybrid_gateway::datapath::{Datapath, HybridNode, Mac, Scope};
+use hybrid_gateway::datapath::{Datapath, HybridNode, Mac, Reconciled, Scope};
 use hybrid_gateway::k8s::cilium_nodes::{self, NodeTracker, NodeWatchStats};
 use ipnet::Ipv4Net;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -97,11 +97,112 @@ struct Ours {
     events: Vec<Duration>,
     /// The watch's share of `events` (parse, ordered set, publication).
     watch: Vec<Duration>,
+    /// Where each of `events` went: the watch, the pass's steps and requests, and the
+    /// rest (the pass returned → the bench resumed).
+    breakdown: Vec<Breakdown>,
     /// The same events the previous way: whole set sorted and copied, desired state
     /// rebuilt and walked.
     events_rebuild: Vec<Duration>,
     /// The same events handled by full passes (dump, diff, filter read).
     events_full: Vec<Duration>,
+}
+
+/// One event's time by step: `(step, time)`, steps summed when a pass ran one twice.
+struct Breakdown {
+    total: Duration,
+    added: bool,
+    steps: Vec<(String, Duration)>,
+}
+
+impl Breakdown {
+    fn of(total: Duration, watch: Duration, r: &Reconciled, added: bool) -> Self {
+        let mut steps: Vec<(String, Duration)> = vec![("watcher step".into(), watch)];
+        let mut add = |name: String, d: Duration| match steps.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, sum)) => *sum += d,
+            None => steps.push((name, d)),
+        };
+        for (step, d) in &r.times.steps {
+            add(format!("pass: {step}"), *d);
+        }
+        // Requests of one phase overlap: the slowest of each kind is what it cost.
+        let mut slowest: BTreeMap<&str, Duration> = BTreeMap::new();
+        for (kind, d) in &r.times.requests {
+            let e = slowest.entry(kind).or_default();
+            *e = (*e).max(*d);
+        }
+        for (kind, d) in slowest {
+            add(format!("request: {kind}"), d);
+        }
+        add(
+            "pass returned -> caller resumed".into(),
+            total.saturating_sub(watch + r.elapsed),
+        );
+        Breakdown {
+            total,
+            added,
+            steps,
+        }
+    }
+}
+
+/// p50 / p99 / max of every step over `events`, then the slowest 1 % of events step by
+/// step: what the tail is made of.
+fn print_breakdown(events: &[Breakdown]) {
+    let mut names: Vec<&str> = Vec::new();
+    for e in events {
+        for (n, _) in &e.steps {
+            if !names.contains(&n.as_str()) {
+                names.push(n);
+            }
+        }
+    }
+    println!(
+        "per-event steps over {} events, ms (a step an event did not run counts 0; a request: the slowest of its kind in the event):",
+        events.len()
+    );
+    println!(
+        "  {:<40} {:>8} {:>8} {:>8} | {:>9} {:>9}",
+        "step", "p50", "p99", "max", "p99 adds", "p99 rems"
+    );
+    let step = |e: &Breakdown, name: &str| {
+        e.steps
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(Duration::ZERO, |(_, d)| *d)
+    };
+    for name in &names {
+        let all: Vec<Duration> = events.iter().map(|e| step(e, name)).collect();
+        let of = |added: bool| -> Vec<Duration> {
+            events
+                .iter()
+                .filter(|e| e.added == added)
+                .map(|e| step(e, name))
+                .collect()
+        };
+        println!(
+            "  {:<40} {:>8.3} {:>8.3} {:>8.3} | {:>9.3} {:>9.3}",
+            name,
+            ms(percentile(&all, 0.5)),
+            ms(percentile(&all, 0.99)),
+            ms(percentile(&all, 1.0)),
+            ms(percentile(&of(true), 0.99)),
+            ms(percentile(&of(false), 0.99)),
+        );
+    }
+    let mut slow: Vec<&Breakdown> = events.iter().collect();
+    slow.sort_by_key(|e| std::cmp::Reverse(e.total));
+    let n = events.len().div_ceil(100);
+    println!("the slowest {n} events, steps over 0.5 ms:");
+    for e in &slow[..n] {
+        let big: Vec<String> = e
+            .steps
+            .iter()
+            .filter(|(_, d)| *d >= Duration::from_micros(500))
+            .map(|(n, d)| format!("{n} {:.2}", ms(*d)))
+            .collect();
+        let kind = if e.added { "add" } else { "remove" };
+        println!("  {:.2} ms ({kind}): {}", ms(e.total), big.join(", "));
+    }
 }
 
 /// The previous watch's publication: every usable node sorted by (creation, name) and
@@ -145,6 +246,7 @@ fn ours() -> Ours {
         noops.sort();
         // Now: the watch's change, applied to the state the previous pass kept.
         let (mut events, mut watch) = (Vec::with_capacity(EVENTS), Vec::with_capacity(EVENTS));
+        let mut breakdown = Vec::with_capacity(EVENTS);
         for e in 0..EVENTS {
             let obj = cilium_node(NODES + e / 2 * 2);
             let event = if e % 2 == 0 {
@@ -159,8 +261,10 @@ fn ours() -> Ours {
                 .reconcile_set(&published, pods, Scope::Changes)
                 .await
                 .unwrap();
-            events.push(t.elapsed());
+            let total = t.elapsed();
+            events.push(total);
             watch.push(w);
+            breakdown.push(Breakdown::of(total, w, &r, e % 2 == 0));
             assert!(r.report.errors.is_empty(), "{:?}", r.report.errors);
             assert_eq!(r.report.changes(), 3, "one node's route, ARP and FDB entry");
         }
@@ -200,6 +304,7 @@ fn ours() -> Ours {
             entries: cold.report.changes(),
             events,
             watch,
+            breakdown,
             events_rebuild,
             events_full,
         }
@@ -295,6 +400,7 @@ fn main() {
     let mut base = Vec::new();
     let (mut events, mut watch, mut events_rebuild, mut events_full) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut breakdown = Vec::new();
     for trial in 0..TRIALS {
         // Alternate which runs first so neither profits from a warmer kernel.
         let (b, o) = if trial % 2 == 0 {
@@ -319,6 +425,7 @@ fn main() {
         base.push(b);
         events.extend(o.events);
         watch.extend(o.watch);
+        breakdown.extend(o.breakdown);
         events_rebuild.extend(o.events_rebuild);
         events_full.extend(o.events_full);
     }
@@ -348,6 +455,7 @@ fn main() {
             if label.starts_with("node") { " (target p99 <= 10 ms)" } else { "" },
         );
     }
+    print_breakdown(&breakdown);
     println!("RSS {}", rss());
 }
 

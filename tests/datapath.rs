@@ -1931,53 +1931,58 @@ fn watched_node_events_hand_conflicts_over_exactly_and_full_passes_repair_drift(
 /// (the caller then rewrites the table).
 #[test]
 fn node_elements_change_over_netlink_atomically() {
-    use hybrid_gateway::datapath::nft_elements;
+    use hybrid_gateway::datapath::nft_elements::ElementSocket;
     let (gw, _peer) = gateway();
     gw.sh(
         "nft add table ip hgw_elements && nft add set ip hgw_elements nodes '{ type ipv4_addr; }'",
     );
     let list = || gw.sh("nft list set ip hgw_elements nodes");
+    // One socket for every batch, as the datapath keeps it: a refused batch must leave it
+    // usable and its answer must not be taken for the next batch's.
     gw.run(|| async {
-        nft_elements::update(
-            "hgw_elements",
-            "nodes",
-            &[ip("10.99.0.2"), ip("10.99.0.3")],
-            &[],
-        )
-        .unwrap();
+        let mut socket = ElementSocket::open().unwrap();
+        socket
+            .update(
+                "hgw_elements",
+                "nodes",
+                &[ip("10.99.0.2"), ip("10.99.0.3")],
+                &[],
+            )
+            .await
+            .unwrap();
+        let set = list();
+        assert!(
+            set.contains("10.99.0.2") && set.contains("10.99.0.3"),
+            "{set}"
+        );
+        let err = socket
+            .update(
+                "hgw_elements",
+                "nodes",
+                &[ip("10.99.0.4")],
+                &[ip("10.99.0.9")],
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOENT), "{err}");
+        assert!(
+            !list().contains("10.99.0.4"),
+            "the failed batch added nothing: {}",
+            list()
+        );
+        socket
+            .update(
+                "hgw_elements",
+                "nodes",
+                &[ip("10.99.0.4")],
+                &[ip("10.99.0.2")],
+            )
+            .await
+            .unwrap();
+        let set = list();
+        assert!(
+            !set.contains("10.99.0.2") && set.contains("10.99.0.3") && set.contains("10.99.0.4"),
+            "{set}"
+        );
     });
-    let set = list();
-    assert!(
-        set.contains("10.99.0.2") && set.contains("10.99.0.3"),
-        "{set}"
-    );
-    let err = gw.run(|| async {
-        nft_elements::update(
-            "hgw_elements",
-            "nodes",
-            &[ip("10.99.0.4")],
-            &[ip("10.99.0.9")],
-        )
-        .unwrap_err()
-    });
-    assert_eq!(err.raw_os_error(), Some(libc::ENOENT), "{err}");
-    assert!(
-        !list().contains("10.99.0.4"),
-        "the failed batch added nothing: {}",
-        list()
-    );
-    gw.run(|| async {
-        nft_elements::update(
-            "hgw_elements",
-            "nodes",
-            &[ip("10.99.0.4")],
-            &[ip("10.99.0.2")],
-        )
-        .unwrap();
-    });
-    let set = list();
-    assert!(
-        !set.contains("10.99.0.2") && set.contains("10.99.0.3") && set.contains("10.99.0.4"),
-        "{set}"
-    );
 }

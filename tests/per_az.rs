@@ -497,6 +497,181 @@ impl Fleet {
     }
 }
 
+/// The daemons' health and metrics listeners (defaults), inside each gateway's namespace.
+const HEALTH_PORT: u16 = 8088;
+const METRICS_PORT: u16 = 10080;
+const CRD: &str = "ciliumvtepconfigs.cilium.io";
+
+impl Fleet {
+    /// Per-shard readiness: the CiliumVTEPConfig CRD removed → each gateway, leading its own
+    /// zone's shard, cannot write that shard's entries: `/readyz` answers 503 naming the
+    /// shard and why, `hybrid-gateway status` says so under the shard, and the shard's
+    /// `hybrid_gateway_shard_vtepconfig_unserved` gauge is 1 (the other zone's, led
+    /// elsewhere, 0). The CRD back → ready again and each zone's entry names its gateway.
+    async fn shard_readiness_follows_the_served_crd(&self) {
+        let gone = Instant::now();
+        self.kubectl(&["delete", "crd", CRD, "--wait=true"]);
+        for (i, zone) in ZONES.iter().enumerate() {
+            let want = format!("leader of {zone}, ");
+            let body = loop {
+                let (code, body) = self.http_get(i, HEALTH_PORT, "/readyz");
+                if code == 503 && body.contains(&want) && body.contains("not installed") {
+                    break body;
+                }
+                assert!(
+                    gone.elapsed() < BOUND,
+                    "{}: /readyz {code} {body:?} after the CRD was removed\n{}",
+                    self.gws[i].name,
+                    self.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            println!(
+                "CRD removed: {} not ready after {:?}: {}",
+                self.gws[i].name,
+                gone.elapsed(),
+                body.trim()
+            );
+            self.status_shows(
+                i,
+                &[
+                    &format!("shard {zone} (home): leader"),
+                    "not ready: CiliumVTEPConfig entries not written:",
+                ],
+            )
+            .unwrap_or_else(|s| panic!("{}'s status: {s}", self.gws[i].name));
+            let unserved = |z| self.shard_gauge(i, "shard_vtepconfig_unserved", z);
+            assert_eq!(unserved(zone), Some(1));
+            assert_ne!(unserved(ZONES[1 - i]), Some(1));
+        }
+        // The CRD back: the leaders write their entries again and say ready.
+        self.kubectl_apply(&format!("tests/fixtures/crds/{CRD}.yaml"));
+        self.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            &format!("crd/{CRD}"),
+        ]);
+        let back = self
+            .wait_for(
+                BOUND,
+                |s| {
+                    self.zone_on(s, 0, 0)
+                        && self.zone_on(s, 1, 1)
+                        && (0..2).all(|i| self.http_get(i, HEALTH_PORT, "/readyz").0 == 200)
+                },
+                |_| {},
+            )
+            .await
+            .unwrap_or_else(|s| {
+                panic!(
+                    "not ready again after the CRD came back: {s}\n{}",
+                    self.logs()
+                )
+            });
+        println!("CRD back: both ready, each zone's entry naming its gateway after {back:?}");
+    }
+
+    /// Gauge `hybrid_gateway_<name>{shard="<shard>"}` of gateway `i`, scraped now.
+    fn shard_gauge(&self, i: usize, name: &str, shard: &str) -> Option<i64> {
+        let (_, metrics) = self.http_get(i, METRICS_PORT, "/metrics");
+        let series = format!("hybrid_gateway_{name}{{shard=\"{shard}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// Whom each shard's CiliumVTEPConfig entries name, judged per shard by every gateway:
+    /// in steady state each gateway's own zone's entries name it (its leader) and the other
+    /// zone's do not; `hybrid-gateway status` says so under each shard. Then gw-b, leader
+    /// of zone b, is frozen (SIGSTOP) and zone b's entry is pointed at gw-a behind its back:
+    /// gw-a, which does not lead zone b, reports that zone b's entries name it — the
+    /// condition of the HybridGatewayShardVtepConfigOnNonLeader alert — until it takes zone
+    /// b over (a lease later). gw-b resumed → each zone back on its own gateway.
+    async fn cr_judged_per_shard(&mut self) {
+        for (i, zone) in ZONES.iter().enumerate() {
+            let other = ZONES[1 - i];
+            let t = Instant::now();
+            while !(self.shard_gauge(i, "shard_vtepconfig_names_me", zone) == Some(1)
+                && self.shard_gauge(i, "shard_vtepconfig_names_me", other) == Some(0)
+                && self.shard_gauge(i, "shard_vtepconfig_named", other) == Some(1))
+            {
+                assert!(
+                    t.elapsed() < Duration::from_secs(5),
+                    "{}: shard gauges: {}",
+                    self.gws[i].name,
+                    self.http_get(i, METRICS_PORT, "/metrics").1
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        self.status_shows(
+            0,
+            &[
+                &format!(
+                    "vtep config entries: tunnelEndpoint {} (this gateway, the shard's leader)",
+                    self.gws[0].ip
+                ),
+                &format!(
+                    "vtep config entries: tunnelEndpoint {} (another gateway)",
+                    self.gws[1].ip
+                ),
+            ],
+        )
+        .unwrap_or_else(|s| panic!("gw-a's status: {s}"));
+
+        // gw-b frozen; zone b's entry pointed at gw-a.
+        self.gws[1].signal(libc::SIGSTOP);
+        let frozen = Instant::now();
+        let crs: Api<DynamicObject> = Api::all_with(
+            self.admin.clone(),
+            &hybrid_gateway::k8s::vtep_config::api_resource(),
+        );
+        let mut cr = crs.get("hybrid-gateway").await.expect("reading the CR");
+        let prefix = format!("vpc-gateway-az-{}-", ZONES[1]);
+        for e in cr.data["spec"]["endpoints"]
+            .as_array_mut()
+            .expect("endpoints")
+            .iter_mut()
+            .filter(|e| e["name"].as_str().is_some_and(|n| n.starts_with(&prefix)))
+        {
+            e["tunnelEndpoint"] = serde_json::Value::String(self.gws[0].ip.clone());
+        }
+        crs.replace("hybrid-gateway", &Default::default(), &cr)
+            .await
+            .expect("pointing zone b's entry at gw-a");
+        let judged = loop {
+            let names_me = self.shard_gauge(0, "shard_vtepconfig_names_me", ZONES[1]);
+            let leads = self.shard_gauge(0, "shard_leader", ZONES[1]);
+            if names_me == Some(1) && leads == Some(0) {
+                break frozen.elapsed();
+            }
+            assert!(
+                leads != Some(1),
+                "gw-a took zone b over before it reported zone b's entries naming it\n{}",
+                self.logs()
+            );
+            assert!(
+                frozen.elapsed() < LEASE_DURATION + Duration::from_secs(1),
+                "gw-a never reported zone b's entries naming it while not leading zone b"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        println!("zone b's entry pointed at gw-a (gw-b frozen): gw-a reported it, not leading zone b, after {judged:?}");
+        self.gws[1].signal(libc::SIGCONT);
+        let back = self
+            .wait_for(
+                BOUND,
+                |s| self.zone_on(s, 0, 0) && self.zone_on(s, 1, 1),
+                |_| {},
+            )
+            .await
+            .unwrap_or_else(|s| panic!("no steady state after gw-b resumed: {s}\n{}", self.logs()));
+        println!("gw-b resumed: each zone back on its own gateway after {back:?}");
+    }
+}
+
 /// HGW_PER_AZ_TRIALS=N repeats the crash and the return N times (default 1) and prints
 /// the figures: kill -9 → gw-b's acquisition of shard a (from the record), → tables and CR
 /// naming gw-b (polled), and gw-b's release → gw-a's acquisition on the return.
@@ -537,6 +712,7 @@ async fn each_gateway_leads_its_zone_fails_over_hands_back_and_falls_back() {
         ],
     )
     .unwrap_or_else(|s| panic!("gw-a's status: {s}"));
+    f.cr_judged_per_shard().await;
 
     f.fail_over_and_back(trials(), |f| {
         f.status_shows(
@@ -607,6 +783,8 @@ async fn each_gateway_leads_its_zone_fails_over_hands_back_and_falls_back() {
         .await
         .unwrap_or_else(|s| panic!("shard b was not picked up again: {s}\n{}", f.logs()));
     println!("AZ b's table tagged again: gw-b leads shard b after {back:?}");
+
+    f.shard_readiness_follows_the_served_crd().await;
 
     // A subnet with another prefix length: Cilium's one cidrMask cannot express the
     // subnets any more, so the default shard's leader writes the whole CR alone (one

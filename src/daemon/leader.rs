@@ -410,7 +410,7 @@ pub(super) async fn follow_shape(
 
 /// Mirrors what the CiliumVTEPConfig names into `status` and the `vtepconfig_read` /
 /// `vtepconfig_names_me` gauges.
-async fn follow_observed(
+pub(super) async fn follow_observed(
     mut observed: tokio::sync::watch::Receiver<vtep_observer::Observed>,
     me: Ipv4Addr,
     telemetry: Telemetry,

@@ -39,6 +39,7 @@ use crate::backoff::Backoff;
 use crate::config::{Config, JITTER_FACTOR};
 use crate::datapath::Mac;
 use crate::election::{self, lease::LeaseLock, ElectionHandle, Elector, Term, Timings};
+use crate::k8s::vtep_observer::{self, ByShard, Observed};
 use crate::k8s::vtep_shape::{self, Served};
 use crate::k8s::vtep_shards::{self, CrPlan, ShardVtep};
 use crate::reconcile::{self, Outcome, Target, Wakeups};
@@ -93,7 +94,7 @@ impl PerAz {
         let (plan_tx, plan) = watch::channel(None);
         let (shape_tx, served) = watch::channel(Served::Unknown);
         let request_timeout = e.store_timeout(config.kubernetes.request_timeout);
-        let background = vec![
+        let mut background = vec![
             tokio::spawn(read_layouts(
                 inputs.aws.clone(),
                 inputs.config.clone(),
@@ -113,6 +114,31 @@ impl PerAz {
                 cancel.clone(),
             )),
         ];
+        // What the CR names, read on every gateway: whole (as in active/standby) and per
+        // shard, judged against each shard's leader.
+        let (observed_tx, observed) = watch::channel(Observed::Unknown);
+        let (by_shard_tx, by_shard) = watch::channel(None);
+        background.extend([
+            tokio::spawn(vtep_observer::run_by_shard(
+                inputs.kube.clone(),
+                served.clone(),
+                observed_tx,
+                Some(by_shard_tx),
+                cancel.clone(),
+            )),
+            tokio::spawn(super::leader::follow_observed(
+                observed,
+                inputs.node_ip,
+                inputs.telemetry.clone(),
+                cancel.clone(),
+            )),
+            tokio::spawn(follow_observed_shards(
+                by_shard,
+                inputs.node_ip,
+                inputs.telemetry.clone(),
+                cancel.clone(),
+            )),
+        ]);
         let timings = Timings {
             lease_duration: e.lease_duration,
             renew_deadline: e.renew_deadline,
@@ -167,6 +193,44 @@ impl PerAz {
         futures::future::join_all(sessions.into_iter().map(Session::stop)).await;
         for t in self.background {
             let _ = t.await;
+        }
+    }
+}
+
+/// Mirrors whom each shard's CiliumVTEPConfig entries name into the shard gauges and the
+/// status of the shards this gateway takes part in — on every change of the object, and
+/// every second (a change of leadership changes the judgement, not the object).
+async fn follow_observed_shards(
+    mut by_shard: watch::Receiver<ByShard>,
+    me: Ipv4Addr,
+    telemetry: Telemetry,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let now = by_shard.borrow_and_update().clone();
+        let known: Vec<String> = telemetry
+            .status
+            .snapshot()
+            .shards
+            .into_iter()
+            .map(|s| s.shard)
+            .collect();
+        let mut all: std::collections::BTreeSet<&str> = known.iter().map(String::as_str).collect();
+        if let Some(m) = &now {
+            all.extend(m.keys().map(String::as_str));
+        }
+        for shard in all {
+            let names = now
+                .as_ref()
+                .map(|m| m.get(shard).map_or(&[][..], Vec::as_slice));
+            let in_status = known.iter().any(|k| k == shard);
+            telemetry.shard_vtepconfig_observed(shard, names, me, in_status);
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = by_shard.changed() => if r.is_err() { return },
+            _ = tick.tick() => {}
         }
     }
 }

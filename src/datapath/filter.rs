@@ -27,7 +27,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 use nftables::expr::{
@@ -43,6 +43,8 @@ use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
 use super::error::{DatapathError, Result};
+use super::nft_elements::ElementSocket;
+use super::PassTimes;
 
 pub const TABLE: &str = "hybrid_gateway";
 /// Before the default filter priority (0), so our drops come first.
@@ -547,22 +549,38 @@ pub async fn apply(spec: &FilterSpec) -> Result<()> {
     .map(drop)
 }
 
-/// Changes only the `nodes` set: `added` in, `removed` out, in one transaction. A node
-/// event then costs a handful of elements instead of the whole table. Fails (and changes
-/// nothing) if the table is not as last written, e.g. a removed element is missing.
-pub async fn update_nodes(added: &[Ipv4Addr], removed: &[Ipv4Addr]) -> Result<()> {
+/// Adds `added` to and removes `removed` from the `nodes` set in one transaction, over
+/// `socket` (opened when `None`; dropped after any error, so a late answer to a failed
+/// batch never meets the next one). Fails, changing nothing, when the set is not as
+/// last written.
+pub async fn update_nodes(
+    socket: &mut Option<ElementSocket>,
+    added: &[Ipv4Addr],
+    removed: &[Ipv4Addr],
+    times: &mut PassTimes,
+) -> Result<()> {
     if added.is_empty() && removed.is_empty() {
         return Ok(());
     }
     // Over nfnetlink, not through `nft`: a node event should not cost a process start.
-    let (added, removed) = (added.to_vec(), removed.to_vec());
-    let context = format!("updating the node set of nftables table ip {TABLE}");
-    tokio::task::spawn_blocking(move || {
-        super::nft_elements::update(TABLE, "nodes", &added, &removed)
+    let context = || format!("updating the node set of nftables table ip {TABLE}");
+    let started = Instant::now();
+    let s = match socket {
+        Some(s) => s,
+        None => socket.insert(ElementSocket::open().map_err(|source| DatapathError::Io {
+            context: context(),
+            source,
+        })?),
+    };
+    let r = s.update(TABLE, "nodes", added, removed).await;
+    times.add("filter: element batch", started.elapsed());
+    r.map_err(|source| {
+        *socket = None;
+        DatapathError::Io {
+            context: context(),
+            source,
+        }
     })
-    .await
-    .map_err(|e| DatapathError::Invalid(format!("{context}: {e}")))?
-    .map_err(|source| DatapathError::Io { context, source })
 }
 
 /// The table as it stands, or `None` if there is none.

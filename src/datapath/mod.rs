@@ -7,6 +7,7 @@ pub mod mac;
 pub mod netlink;
 pub mod nft_elements;
 pub mod node_list;
+pub mod pass_times;
 pub mod sysctl;
 pub mod vtep;
 pub mod vxlan;
@@ -26,6 +27,7 @@ pub use filter::FilterSpec;
 pub use mac::Mac;
 pub use netlink::{ApplyReport, LinkEvents, Netlink};
 pub use node_list::NodeList;
+pub use pass_times::PassTimes;
 pub use sysctl::SysctlChange;
 pub use vtep::{
     AddressProblem, Desired, HybridNode, Index, NodeChange, NodePolicy, Rank, Ranked, Rejection,
@@ -49,6 +51,9 @@ pub struct Datapath {
     filter: Option<FilterSpec>,
     /// What the last passes left in the kernel, so a node event costs its change only.
     known: std::sync::Mutex<Known>,
+    /// The nfnetlink socket node events change the filter's node set over, kept open
+    /// (see [`nft_elements`]); `None` until first used and after an error.
+    elements: tokio::sync::Mutex<Option<nft_elements::ElementSocket>>,
 }
 
 /// The kernel as this process last left it. Cleared whenever a write failed: the next
@@ -112,6 +117,8 @@ pub struct Reconciled {
     /// Drift found and repaired in this pass (device, sysctls, filter).
     pub repairs: Vec<Repair>,
     pub elapsed: Duration,
+    /// Where `elapsed` went, step by step.
+    pub times: PassTimes,
 }
 
 impl Datapath {
@@ -151,6 +158,7 @@ impl Datapath {
                 policy,
                 filter,
                 known: std::sync::Mutex::new(Known::default()),
+                elements: tokio::sync::Mutex::new(None),
             },
             changes,
         ))
@@ -301,10 +309,13 @@ impl Datapath {
         scope: Scope,
     ) -> Result<Reconciled> {
         let started = Instant::now();
+        let mut times = PassTimes::default();
         let known = std::mem::take(&mut *self.known.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut t = times.step("known state", started);
         let (device, mut repairs, known) = match scope {
             Scope::Full => {
                 let (device, repairs) = self.check_host().await?;
+                t = times.step("host check", t);
                 (device, repairs, Known::default())
             }
             Scope::Changes => (self.device(), Vec::new(), known),
@@ -312,6 +323,7 @@ impl Datapath {
         // Addresses come and go (a second ENI, a container bridge): a node may never claim
         // one this host holds right now.
         let own = self.nl.local_ipv4s().await?;
+        t = times.step("own addresses", t);
         let mut policy = self.policy.clone();
         policy.pod_cidrs = pod_cidrs.to_vec();
         policy.own_addresses.extend(own);
@@ -320,6 +332,7 @@ impl Datapath {
         let (state, plan, against_known) = match input {
             Input::Slice(nodes) => {
                 let (desired, rejected) = Desired::build_with(nodes, &policy);
+                t = times.step("desired state (build)", t);
                 let plan = match &known.vtep {
                     Some(before) => vtep::diff_known(before, &desired),
                     None => vtep::diff(&desired, &self.nl.read_vtep(device.index).await?),
@@ -329,22 +342,36 @@ impl Datapath {
             }
             Input::Set(set) => match known.index {
                 Some((mut index, before)) if index.policy().pod_cidrs == policy.pod_cidrs => {
-                    let plan = index.update(policy.own_addresses, set.changes_since(&before));
+                    let changes = set.changes_since(&before);
+                    t = times.step("node list change", t);
+                    drop(before);
+                    t = times.step("previous list dropped", t);
+                    let plan = index.update(policy.own_addresses, changes);
                     (State::Indexed(index, set.clone()), plan, true)
                 }
                 _ => {
                     let index =
                         Box::new(Index::build(set.ranked().iter().cloned(), policy.clone()));
+                    t = times.step("desired state (build)", t);
                     let plan = vtep::diff(index.desired(), &self.nl.read_vtep(device.index).await?);
                     (State::Indexed(index, set.clone()), plan, false)
                 }
             },
         };
+        t = times.step(
+            if against_known {
+                "plan (against the known state)"
+            } else {
+                "kernel dump + diff"
+            },
+            t,
+        );
         let desired = state.desired();
         // The filter learns a new node before its routes exist and forgets a removed one
         // before they go: its VXLAN is accepted exactly while the gateway forwards to it.
         let mut filter_errors = Vec::new();
         let mut filter_known = None;
+        let mut elements = self.elements.lock().await;
         let filter = match &self.filter {
             None => None,
             Some(base) => {
@@ -358,7 +385,9 @@ impl Datapath {
                             && spec.pod_cidrs == pod_cidrs =>
                     {
                         let (added, removed) = node_changes(&plan, &mut spec.nodes);
-                        let r = write_filter_nodes(&spec, &added, &removed).await;
+                        let r =
+                            write_filter_nodes(&mut elements, &spec, &added, &removed, &mut times)
+                                .await;
                         (spec, r)
                     }
                     before => {
@@ -369,7 +398,8 @@ impl Datapath {
                         };
                         let r = match &before {
                             Some(before) if scope == Scope::Changes => {
-                                write_filter_if_changed(before, &spec).await
+                                write_filter_if_changed(&mut elements, before, &spec, &mut times)
+                                    .await
                             }
                             _ => sync_filter(&spec).await,
                         };
@@ -388,11 +418,14 @@ impl Datapath {
                 }
             }
         };
+        drop(elements);
+        t = times.step("filter", t);
         let mut report = if plan.is_empty() {
             ApplyReport::default()
         } else {
-            self.nl.apply(device.index, &plan).await
+            self.nl.apply_timed(device.index, &plan, &mut times).await
         };
+        t = times.step("netlink apply", t);
         if let Some(f) = &filter {
             repairs.extend(f.repaired.iter().map(|d| Repair {
                 what: "filter",
@@ -406,6 +439,7 @@ impl Datapath {
             desired.entry_count(),
         );
         let rejected = state.rejected();
+        t = times.step("rejected list", t);
         let clean = report.errors.is_empty();
         let (vtep, index) = match state {
             State::Plain(desired, _) => (clean.then_some(desired), None),
@@ -416,8 +450,15 @@ impl Datapath {
             index,
             filter: filter_known,
         };
+        times.step("keep state", t);
         report.add_errors += filter_errors.len();
         report.errors.extend(filter_errors);
+        let elapsed = started.elapsed();
+        tracing::debug!(
+            ?scope,
+            elapsed_ms = elapsed.as_secs_f64() * 1e3,
+            "pass steps: {times}"
+        );
         Ok(Reconciled {
             desired_entries: entries,
             nodes: nodes_n,
@@ -427,7 +468,8 @@ impl Datapath {
             report,
             filter,
             repairs,
-            elapsed: started.elapsed(),
+            elapsed,
+            times,
         })
     }
 }
@@ -520,7 +562,12 @@ async fn install_filter(nl: &Netlink, device: &Device, base: &FilterSpec) -> Res
 
 /// Rewrites the table (atomically) when the node set or the pod CIDRs differ from what was
 /// last written; reads nothing. Drift is the full pass's business.
-async fn write_filter_if_changed(before: &FilterSpec, spec: &FilterSpec) -> Result<FilterReport> {
+async fn write_filter_if_changed(
+    elements: &mut Option<nft_elements::ElementSocket>,
+    before: &FilterSpec,
+    spec: &FilterSpec,
+    times: &mut PassTimes,
+) -> Result<FilterReport> {
     if before == spec {
         return Ok(FilterReport::default());
     }
@@ -538,27 +585,31 @@ async fn write_filter_if_changed(before: &FilterSpec, spec: &FilterSpec) -> Resu
     }
     let added: Vec<Ipv4Addr> = spec.nodes.difference(&before.nodes).copied().collect();
     let removed: Vec<Ipv4Addr> = before.nodes.difference(&spec.nodes).copied().collect();
-    write_filter_nodes(spec, &added, &removed).await
+    write_filter_nodes(elements, spec, &added, &removed, times).await
 }
 
 /// Adds and removes node elements (the table otherwise as last written, now `spec`) in one
 /// transaction; nothing when there are none.
 async fn write_filter_nodes(
+    elements: &mut Option<nft_elements::ElementSocket>,
     spec: &FilterSpec,
     added: &[Ipv4Addr],
     removed: &[Ipv4Addr],
+    times: &mut PassTimes,
 ) -> Result<FilterReport> {
     let mut report = FilterReport::default();
     if added.is_empty() && removed.is_empty() {
         return Ok(report);
     }
     report.written = true;
-    match filter::update_nodes(added, removed).await {
+    match filter::update_nodes(elements, added, removed, times).await {
         Ok(()) => return Ok(report),
         // Not as last written (someone changed it): the whole table, atomically.
         Err(e) => tracing::debug!("node set update refused ({e}); rewriting the table"),
     }
+    let t = Instant::now();
     filter::apply(spec).await?;
+    times.add("filter: table rewritten (batch refused)", t.elapsed());
     Ok(report)
 }
 

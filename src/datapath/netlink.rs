@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt, TryStreamExt};
 use ipnet::Ipv4Net;
@@ -29,6 +29,7 @@ use super::vtep::{
     Actual, KernelFdb, KernelNeighbour, KernelRoute, KernelRouteKind, Op, Plan, ROUTE_PROTOCOL,
     UNREACHABLE_METRIC,
 };
+use super::PassTimes;
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const DUMP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -385,20 +386,33 @@ impl Netlink {
     /// Applies `plan` on device `index`, phase by phase. A failed op is reported and does not
     /// stop the others; the next reconcile retries it.
     pub async fn apply(&self, index: u32, plan: &Plan) -> ApplyReport {
+        self.apply_timed(index, plan, &mut PassTimes::default())
+            .await
+    }
+
+    /// [`Netlink::apply`], recording each phase's time and each request's round trip.
+    pub async fn apply_timed(&self, index: u32, plan: &Plan, times: &mut PassTimes) -> ApplyReport {
         let mut report = ApplyReport::default();
         let mut nodes = NodeOutcomes::default();
         for phase in &plan.phases {
+            let started = Instant::now();
             // Indices, not `&Op`, cross the closure: a closure generic over the borrow's
             // lifetime would not be `Send` for tokio::spawn.
-            let results: Vec<(usize, Result<()>)> = stream::iter(0..phase.len())
+            let results: Vec<(usize, Result<()>, Duration)> = stream::iter(0..phase.len())
                 .map(|i| {
                     let op = &phase[i];
-                    async move { (i, self.apply_op(index, op).await) }
+                    async move {
+                        let sent = Instant::now();
+                        let r = self.apply_op(index, op).await;
+                        (i, r, sent.elapsed())
+                    }
                 })
                 .buffer_unordered(IN_FLIGHT)
                 .collect()
                 .await;
-            for (i, result) in results {
+            times.add("netlink phase", started.elapsed());
+            for (i, result, took) in results {
+                times.requests.push((request_kind(&phase[i]), took));
                 let op = &phase[i];
                 let deleting = matches!(
                     op,
@@ -541,6 +555,18 @@ impl Netlink {
                 .await
             }
         }
+    }
+}
+
+/// What the bench and the debug log call an op's request.
+fn request_kind(op: &Op) -> &'static str {
+    match op {
+        Op::SetRoute { .. } | Op::SetUnreachable { .. } => "route add",
+        Op::DelRoute(_) => "route del",
+        Op::SetNeighbour { .. } => "neigh add",
+        Op::DelNeighbour { .. } => "neigh del",
+        Op::SetFdb { .. } => "fdb add",
+        Op::DelFdb { .. } => "fdb del",
     }
 }
 

@@ -2,10 +2,21 @@
 //! transaction): what a node event does to the filter's `nodes` set. Spawning `nft` for
 //! that costs a process start and its ruleset parse, tens of milliseconds on a busy host,
 //! for a few bytes of change. Everything else about the table still goes through `nft`.
+//!
+//! The socket is kept open across batches. Closing a NETLINK_NETFILTER socket makes the
+//! kernel finish releasing whatever earlier transactions deleted before `close` returns
+//! (`nft_rcv_nl_event` flushes nf_tables' destroy work, which waits for an RCU grace
+//! period): with a socket per batch, every node removal waited for a grace period, 5–30 ms
+//! (the per-event p99). Kept open, that release happens in the kernel's own worker.
+//! The kernel handles a batch inside `sendto`, so its acknowledgements are queued when the
+//! send returns: no worker thread is needed to wait for them.
 
 use std::io;
 use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
+
+use tokio::io::unix::AsyncFd;
 
 const NETLINK_NETFILTER: libc::c_int = 12;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -29,18 +40,124 @@ const NFPROTO_IPV4: u8 = 2;
 /// How long the kernel may take to answer.
 const TIMEOUT: Duration = Duration::from_secs(2);
 
-/// `added` into and `removed` out of set `set` of table `ip table`, atomically: any
-/// failure (a removed element missing, the set gone) changes nothing and is returned.
-/// Blocking: run it off the async workers.
-pub fn update(table: &str, set: &str, added: &[Ipv4Addr], removed: &[Ipv4Addr]) -> io::Result<()> {
+/// A NETLINK_NETFILTER socket for set element batches, kept open, in the network namespace
+/// of the thread that opened it (like [`super::Netlink`]).
+pub struct ElementSocket {
+    fd: AsyncFd<OwnedFd>,
+    /// The next sequence number: acknowledgements of an earlier batch that timed out are
+    /// told apart from this one's by it.
+    seq: u32,
+}
+
+impl ElementSocket {
+    /// Opens the socket; must be called inside a tokio runtime.
+    pub fn open() -> io::Result<Self> {
+        // SAFETY: plain socket(2); the descriptor is owned by the OwnedFd made from it.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                NETLINK_NETFILTER,
+            )
+        };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh descriptor nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: the OwnedFd is moved into the AsyncFd, which alone owns and closes it.
+        let fd = unsafe { AsyncFd::register(fd) }.map_err(io::Error::from)?;
+        Ok(ElementSocket { fd, seq: 1 })
+    }
+
+    /// `added` into and `removed` out of set `set` of table `ip table`, atomically: any
+    /// failure (a removed element missing, the set gone) changes nothing and is returned.
+    /// After an error that is not the kernel's answer (a timeout, a socket error) the
+    /// socket should be replaced: a late answer could still arrive.
+    pub async fn update(
+        &mut self,
+        table: &str,
+        set: &str,
+        added: &[Ipv4Addr],
+        removed: &[Ipv4Addr],
+    ) -> io::Result<()> {
+        let first = self.seq;
+        let (batch, acks) = batch(table, set, added, removed, &mut self.seq);
+        if acks == 0 {
+            return Ok(());
+        }
+        match tokio::time::timeout(TIMEOUT, self.exchange(&batch, first, acks)).await {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer from nf_tables within {TIMEOUT:?}"),
+            )),
+        }
+    }
+
+    async fn exchange(&self, batch: &[u8], first: u32, acks: usize) -> io::Result<()> {
+        loop {
+            let mut ready = self.fd.writable().await?;
+            match ready.try_io(|fd| send(fd.get_ref().as_raw_fd(), batch)) {
+                Ok(r) => {
+                    r?;
+                    break;
+                }
+                Err(_would_block) => continue,
+            }
+        }
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut want = acks;
+        let mut failed = None;
+        while want > 0 {
+            let mut ready = self.fd.readable().await?;
+            let n = match ready.try_io(|fd| recv(fd.get_ref().as_raw_fd(), &mut buf)) {
+                Ok(r) => r?,
+                Err(_would_block) => continue,
+            };
+            for (seq, code) in acknowledgements(&buf[..n])? {
+                // Sequence numbers this batch used: `first` (BEGIN) .. the END message.
+                if seq.wrapping_sub(first) >= self.seq.wrapping_sub(first) {
+                    continue;
+                }
+                want = want.saturating_sub(1);
+                if code != 0 && failed.is_none() {
+                    failed = Some(code);
+                }
+            }
+            // The kernel aborts a batch at its first error and answers no further message.
+            if failed.is_some() {
+                break;
+            }
+        }
+        match failed {
+            Some(code) => Err(io::Error::from_raw_os_error(-code)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The batch's bytes and how many acknowledgements it asks for; `seq` is advanced past
+/// the sequence numbers it uses.
+fn batch(
+    table: &str,
+    set: &str,
+    added: &[Ipv4Addr],
+    removed: &[Ipv4Addr],
+    seq: &mut u32,
+) -> (Vec<u8>, usize) {
     let mut batch = Vec::new();
-    let mut seq = 1u32;
+    let mut next = || {
+        let s = *seq;
+        *seq = seq.wrapping_add(1);
+        s
+    };
     message(
         &mut batch,
         NFNL_MSG_BATCH_BEGIN,
         NLM_F_REQUEST,
         0,
-        seq,
+        next(),
         |_| {},
     );
     let mut acks = 0;
@@ -51,7 +168,6 @@ pub fn update(table: &str, set: &str, added: &[Ipv4Addr], removed: &[Ipv4Addr]) 
         if ips.is_empty() {
             continue;
         }
-        seq += 1;
         acks += 1;
         let kind = (NFNL_SUBSYS_NFTABLES << 8) | kind;
         message(
@@ -59,7 +175,7 @@ pub fn update(table: &str, set: &str, added: &[Ipv4Addr], removed: &[Ipv4Addr]) 
             kind,
             NLM_F_REQUEST | NLM_F_ACK | flags,
             NFPROTO_IPV4,
-            seq,
+            next(),
             |b| {
                 attr(b, NFTA_SET_ELEM_LIST_TABLE, &cstr(table));
                 attr(b, NFTA_SET_ELEM_LIST_SET, &cstr(set));
@@ -75,21 +191,15 @@ pub fn update(table: &str, set: &str, added: &[Ipv4Addr], removed: &[Ipv4Addr]) 
             },
         );
     }
-    if acks == 0 {
-        return Ok(());
-    }
-    seq += 1;
     message(
         &mut batch,
         NFNL_MSG_BATCH_END,
         NLM_F_REQUEST,
         0,
-        seq,
+        next(),
         |_| {},
     );
-    let socket = Socket::open()?;
-    socket.send(&batch)?;
-    socket.acks(acks)
+    (batch, acks)
 }
 
 fn cstr(s: &str) -> Vec<u8> {
@@ -150,110 +260,55 @@ fn nested(b: &mut Vec<u8>, kind: u16, body: impl FnOnce(&mut Vec<u8>)) {
     b[start..start + 2].copy_from_slice(&len.to_ne_bytes());
 }
 
-/// A NETLINK_NETFILTER socket, closed on drop.
-struct Socket(libc::c_int);
-
-impl Socket {
-    fn open() -> io::Result<Self> {
-        // SAFETY: plain socket(2); the descriptor is owned by the returned value.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                NETLINK_NETFILTER,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let socket = Socket(fd);
-        let tv = libc::timeval {
-            tv_sec: TIMEOUT.as_secs() as libc::time_t,
-            tv_usec: 0,
-        };
-        // SAFETY: `tv` outlives the call and its size is passed.
-        let r = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(socket)
+fn send(fd: libc::c_int, batch: &[u8]) -> io::Result<()> {
+    // SAFETY: a zeroed sockaddr_nl is valid; the kernel is pid 0.
+    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    // SAFETY: `batch` and `addr` outlive the call and their sizes are passed.
+    let n = unsafe {
+        libc::sendto(
+            fd,
+            batch.as_ptr().cast(),
+            batch.len(),
+            0,
+            (&addr as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
     }
-
-    fn send(&self, batch: &[u8]) -> io::Result<()> {
-        // SAFETY: a zeroed sockaddr_nl is valid; the kernel is pid 0.
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        // SAFETY: `batch` and `addr` outlive the call and their sizes are passed.
-        let n = unsafe {
-            libc::sendto(
-                self.0,
-                batch.as_ptr().cast(),
-                batch.len(),
-                0,
-                (&addr as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    /// Waits for `want` acknowledgements; the first error the kernel reports is returned
-    /// (the batch was then aborted as a whole).
-    fn acks(&self, mut want: usize) -> io::Result<()> {
-        let mut buf = vec![0u8; 64 * 1024];
-        while want > 0 {
-            // SAFETY: `buf` is valid for its length.
-            let n = unsafe { libc::recv(self.0, buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                return Err(match e.kind() {
-                    io::ErrorKind::WouldBlock => io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("no answer from nf_tables within {TIMEOUT:?}"),
-                    ),
-                    _ => e,
-                });
-            }
-            let mut msg = &buf[..n as usize];
-            while msg.len() >= 16 {
-                let len = u32::from_ne_bytes([msg[0], msg[1], msg[2], msg[3]]) as usize;
-                let kind = u16::from_ne_bytes([msg[4], msg[5]]);
-                if len < 16 || len > msg.len() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "truncated netlink answer",
-                    ));
-                }
-                if kind == NLMSG_ERROR && len >= 20 {
-                    let code = i32::from_ne_bytes([msg[16], msg[17], msg[18], msg[19]]);
-                    if code != 0 {
-                        return Err(io::Error::from_raw_os_error(-code));
-                    }
-                    want = want.saturating_sub(1);
-                }
-                msg = &msg[((len + 3) & !3).min(msg.len())..];
-            }
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
-impl Drop for Socket {
-    fn drop(&mut self) {
-        // SAFETY: the descriptor is ours and closed once.
-        unsafe {
-            libc::close(self.0);
-        }
+fn recv(fd: libc::c_int, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for its length.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
     }
+    Ok(n as usize)
+}
+
+/// The `(sequence number, error code)` of every NLMSG_ERROR message in `buf` (code 0: an
+/// acknowledgement).
+fn acknowledgements(mut msg: &[u8]) -> io::Result<Vec<(u32, i32)>> {
+    let mut acks = Vec::new();
+    while msg.len() >= 16 {
+        let len = u32::from_ne_bytes([msg[0], msg[1], msg[2], msg[3]]) as usize;
+        let kind = u16::from_ne_bytes([msg[4], msg[5]]);
+        if len < 16 || len > msg.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "truncated netlink answer",
+            ));
+        }
+        let seq = u32::from_ne_bytes([msg[8], msg[9], msg[10], msg[11]]);
+        if kind == NLMSG_ERROR && len >= 20 {
+            let code = i32::from_ne_bytes([msg[16], msg[17], msg[18], msg[19]]);
+            acks.push((seq, code));
+        }
+        msg = &msg[((len + 3) & !3).min(msg.len())..];
+    }
+    Ok(acks)
 }

@@ -73,7 +73,7 @@ pub fn entry_name(shard: &Shard, i: usize) -> String {
 }
 
 /// The shard an entry name says it belongs to (`vpc-gateway-az-<shard>-<digits>`).
-fn shard_of_entry(name: &str) -> Option<&str> {
+pub(crate) fn shard_of_entry(name: &str) -> Option<&str> {
     let rest = name.strip_prefix(ENTRY_PREFIX)?;
     let (shard, i) = rest.rsplit_once('-')?;
     (!shard.is_empty() && !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit())).then_some(shard)

@@ -298,6 +298,49 @@ impl Telemetry {
         });
     }
 
+    /// Per-AZ mode: whom `shard`'s CiliumVTEPConfig entries name (`None`: not read yet),
+    /// judged against who leads the shard here (`me`: this gateway's tunnel endpoint):
+    /// the `shard_vtepconfig_names_me` / `_named` gauges always, and the shard's status
+    /// line when `in_status` (a shard this gateway takes part in).
+    pub fn shard_vtepconfig_observed(
+        &self,
+        shard: &str,
+        names: Option<&[std::net::Ipv4Addr]>,
+        me: std::net::Ipv4Addr,
+        in_status: bool,
+    ) {
+        let labels = vec![("shard".to_string(), shard.to_string())];
+        let names_me = names.is_some_and(|n| n.contains(&me));
+        let m = &self.metrics;
+        m.shard_vtepconfig_names_me
+            .get_or_create(&labels)
+            .set(i64::from(names_me));
+        m.shard_vtepconfig_named
+            .get_or_create(&labels)
+            .set(names.map_or(0, |n| n.len() as i64));
+        if !in_status {
+            return;
+        }
+        self.status.update(|s| {
+            let sh = shard_entry(s, shard);
+            let leads = sh.role == Role::Leader;
+            sh.vtepconfig_names = Some(match names {
+                None => "not read yet".to_string(),
+                Some([]) => "no entries".to_string(),
+                Some(n) => {
+                    let list: Vec<String> = n.iter().map(ToString::to_string).collect();
+                    let judged = match (leads, names_me, n.len()) {
+                        (true, true, 1) => "this gateway, the shard's leader",
+                        (true, _, _) => "NOT only this gateway, which leads the shard",
+                        (false, true, _) => "this gateway, which does NOT lead the shard",
+                        (false, false, _) => "another gateway",
+                    };
+                    format!("tunnelEndpoint {} ({judged})", list.join(", "))
+                }
+            });
+        });
+    }
+
     /// Per-AZ mode: why this gateway, leading `shard`, cannot write the shard's
     /// CiliumVTEPConfig entries (`None`s once it can, or once it no longer leads): into the
     /// shard's status (and so readiness) and the `shard_vtepconfig_*` gauges.

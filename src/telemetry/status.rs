@@ -113,6 +113,10 @@ pub struct ShardStatus {
     /// write is served, no room under Cilium's limit).
     #[serde(default)]
     pub unserved: Option<String>,
+    /// Whom the shard's CiliumVTEPConfig entries name, as this gateway reads them (every
+    /// gateway reads them), and whether that agrees with who leads the shard here.
+    #[serde(default)]
+    pub vtepconfig_names: Option<String>,
 }
 
 impl ShardStatus {

@@ -253,24 +253,39 @@ impl Fleet {
             .join("\n")
     }
 
-    /// `kubectl apply -f <repo>/<file>` as the cluster admin, as an operator would.
-    pub fn kubectl_apply(&self, file: &str) {
-        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+    /// `kubectl <args>` as the cluster admin, as an operator would; panics on failure.
+    pub fn kubectl(&self, args: &[&str]) {
         let out = Command::new(&self.server.env["K8S_KUBECTL"])
             .arg("--kubeconfig")
             .arg(self.server.admin_kubeconfig())
             .arg("--request-timeout=30s")
-            .arg("apply")
-            .arg("-f")
-            .arg(&file)
+            .args(args)
             .output()
             .expect("running kubectl");
         assert!(
             out.status.success(),
-            "kubectl apply -f {}: {}",
-            file.display(),
+            "kubectl {args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// `kubectl apply -f <repo>/<file>`.
+    pub fn kubectl_apply(&self, file: &str) {
+        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+        self.kubectl(&["apply", "-f", file.to_str().unwrap()]);
+    }
+
+    /// GET `http://127.0.0.1:<port><path>` inside gateway `i`'s namespace (the daemon's
+    /// listeners): the status code (0: no answer) and the body.
+    pub fn http_get(&self, i: usize, port: u16, path: &str) -> (u16, String) {
+        let out = self.gws[i].ns.try_sh(&format!(
+            "curl -s -m 5 -w '\\n%{{http_code}}' http://127.0.0.1:{port}{path}"
+        ));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        match text.rsplit_once('\n') {
+            Some((body, code)) => (code.trim().parse().unwrap_or(0), body.to_string()),
+            None => (0, text),
+        }
     }
 }
 
