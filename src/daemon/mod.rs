@@ -508,7 +508,7 @@ impl Daemon {
                 e.stop(final_stop).await;
             }
             if let Some(p) = per_az {
-                p.stop().await;
+                p.stop(final_stop).await;
             }
             ctx.cancel.cancel();
             for t in tasks {

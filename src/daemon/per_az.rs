@@ -75,6 +75,9 @@ struct Shared {
     layout: watch::Receiver<Option<Arc<Layout>>>,
     plan: watch::Receiver<Option<CrPlan>>,
     served: watch::Receiver<Served>,
+    /// The shards this gateway campaigns for now (home, or visiting), with their
+    /// leadership: a final stop deletes the routes of those it leads.
+    contending: std::sync::Mutex<Vec<(Shard, ElectionHandle)>>,
 }
 
 /// The running per-AZ election: the layout reader, the served-shape look-up, and one
@@ -83,6 +86,7 @@ pub struct PerAz {
     cancel: CancellationToken,
     manager: JoinHandle<Vec<Session>>,
     background: Vec<JoinHandle<()>>,
+    shared: Arc<Shared>,
 }
 
 impl PerAz {
@@ -176,24 +180,90 @@ impl PerAz {
             layout,
             plan,
             served,
+            contending: std::sync::Mutex::new(Vec::new()),
         });
-        let manager = tokio::spawn(manage(shared, cancel.clone()));
+        let manager = tokio::spawn(manage(shared.clone(), cancel.clone()));
         PerAz {
             cancel,
             manager,
             background,
+            shared,
         }
     }
 
     /// Every shard as a clean stop of active/standby: standby, leader work stopped, then
     /// the Leases released (claims first, so a visitor campaigns as soon as it can).
-    pub async fn stop(self) {
+    ///
+    /// `final_stop` (package removal, not a restart) with `aws.cleanup_on_shutdown` first
+    /// deletes this gateway's VPC routes in the tables of every shard it leads, while it
+    /// still leads each, as active/standby does for its tables.
+    pub async fn stop(self, final_stop: bool) {
+        if final_stop {
+            self.shared.clean_up_led_shards().await;
+        }
         self.cancel.cancel();
         let sessions = self.manager.await.unwrap_or_default();
         futures::future::join_all(sessions.into_iter().map(Session::stop)).await;
         for t in self.background {
             let _ = t.await;
         }
+    }
+}
+
+impl Shared {
+    /// Final stop: every shard led here, its tables' routes to this gateway's ENI deleted
+    /// (each write within the shard's leadership, as any leader work), all at once.
+    async fn clean_up_led_shards(&self) {
+        let led: Vec<(Shard, ElectionHandle)> = self
+            .contending
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, h)| h.leadership.borrow().is_leader())
+            .collect();
+        let cleanups = led.iter().map(|(shard, handle)| async move {
+            match self.clean_up(shard, handle).await {
+                Ok(None) => {}
+                Ok(Some(report)) => tracing::info!(
+                    %shard,
+                    deleted = report.deleted(),
+                    "final stop: deleted this gateway's VPC routes in the shard's tables"
+                ),
+                Err(e) => tracing::warn!(
+                    %shard,
+                    "final stop: could not delete this gateway's VPC routes in the shard's tables: {e}"
+                ),
+            }
+        });
+        futures::future::join_all(cleanups).await;
+    }
+
+    /// `None`: the shard has no tables (or no layout was read).
+    async fn clean_up(
+        &self,
+        shard: &Shard,
+        handle: &ElectionHandle,
+    ) -> Result<Option<crate::aws::SyncReport>, ShardRoutesError> {
+        let config = self.inputs.config.borrow().clone();
+        let tables = match self.layout.borrow().as_ref() {
+            Some(l) => l.tables_of(shard).to_vec(),
+            None => return Ok(None),
+        };
+        if tables.is_empty() {
+            return Ok(None);
+        }
+        let aws = self
+            .inputs
+            .aws
+            .get_or_discover(&config)
+            .await
+            .map_err(ShardRoutesError::Aws)?;
+        aws.route_tables_for(&config, tables)
+            .cleanup(&aws.identity.primary_eni, handle)
+            .await
+            .map(Some)
+            .map_err(ShardRoutesError::Routes)
     }
 }
 
@@ -433,6 +503,7 @@ impl Session {
 
 /// One shard's election and leader work, stopped as active/standby stops.
 struct Contender {
+    shared: Arc<Shared>,
     shard: Shard,
     contest: JoinHandle<ShardElector>,
     election_cancel: CancellationToken,
@@ -471,7 +542,12 @@ impl Contender {
             elector
         });
         work.extend(leader_work(shared, shard, &handle, home, &work_cancel));
+        if let Ok(mut c) = shared.contending.lock() {
+            c.retain(|(s, _)| s != shard);
+            c.push((shard.clone(), handle));
+        }
         Contender {
+            shared: shared.clone(),
             shard: shard.clone(),
             contest,
             election_cancel,
@@ -484,6 +560,9 @@ impl Contender {
     /// Standby first, then the shard's leader work stopped, then its Lease released; gives
     /// the elector back (a visitor keeps watching with it).
     async fn stop(self) -> Option<ShardElector> {
+        if let Ok(mut c) = self.shared.contending.lock() {
+            c.retain(|(s, _)| *s != self.shard);
+        }
         self.election_cancel.cancel();
         let elector = self.contest.await.ok();
         self.work_cancel.cancel();

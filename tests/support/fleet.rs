@@ -37,9 +37,14 @@ impl Gateway {
         self.child.as_ref().map_or(0, |c| c.id() as i32)
     }
 
+    /// Signals the daemon; nothing when none runs (pid 0 would signal the test's own
+    /// process group).
     pub fn signal(&self, sig: i32) {
-        // SAFETY: kill has no memory-safety preconditions.
-        unsafe { libc::kill(self.pid(), sig) };
+        let pid = self.pid();
+        if pid > 0 {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(pid, sig) };
+        }
     }
 
     /// Drops the proxies' fault rules and heals any cut.
