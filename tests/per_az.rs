@@ -861,8 +861,16 @@ async fn each_gateway_leads_its_zone_fails_over_hands_back_and_falls_back() {
     );
     f.status_until(1, |text| !text.contains(ZONES[1]))
         .unwrap_or_else(|s| panic!("gw-b's status still lists shard b: {s}"));
-    // Nobody campaigns for the vanished shard, past a lease duration.
+    // Nobody campaigns for the vanished shard, past a lease duration; and gw-b's shard
+    // series are gone with it (no stale "leader of us-west-2b").
     tokio::time::sleep(LEASE_DURATION + Duration::from_secs(1)).await;
+    for gauge in ["shard_leader", "shard_term", "shard_route_tables"] {
+        assert_eq!(
+            f.shard_gauge(1, gauge, ZONES[1]),
+            None,
+            "gw-b still exports {gauge} for the vanished shard"
+        );
+    }
     let s = f.state().await.expect("reading the peers");
     assert!(
         !s.holders.contains_key(ZONES[1]),

@@ -375,7 +375,8 @@ impl Telemetry {
         m.shard_route_tables.remove(&labels);
         m.shard_vtepconfig_fenced.remove(&labels);
         m.shard_vtepconfig_unserved.remove(&labels);
-        // Set again by the CR observer while the object still has entries of the shard.
+        // The observer sets these again within a second if the object still has entries of
+        // the shard; otherwise they would keep the vanished shard's last values.
         m.shard_vtepconfig_names_me.remove(&labels);
         m.shard_vtepconfig_named.remove(&labels);
         self.status.update(|s| {
