@@ -40,8 +40,8 @@ enum Command {
         json: bool,
     },
     /// Check everything the gateway depends on, read-only: configuration, IMDS and the
-    /// VPC's CIDRs, source/destination check, route tables (DryRun writes), the DynamoDB
-    /// table, Kubernetes RBAC, the Cilium CRDs, the Lease, this host's sysctls, device and
+    /// VPC's CIDRs, source/destination check, route tables (DryRun writes), per-AZ mode's
+    /// shards and CiliumVTEPConfig layout, the DynamoDB table, Kubernetes RBAC, the Cilium CRDs, the Lease, this host's sysctls, device and
     /// filter, and the path MTU to every hybrid node. One line per check (ok / WARN / FAIL
     /// with the fix); exits 1 when any check fails.
     Doctor {
@@ -161,6 +161,13 @@ fn main() -> ExitCode {
         Command::CheckConfig { path } => match Config::load_or_exit(&path) {
             Ok(config) => {
                 println!("{}", config.summary());
+                // check-config stays offline: the shards come from the VPC's tables and
+                // subnets, which only doctor (and the daemon at start) read.
+                if config.election.mode == hybrid_gateway::config::ElectionMode::PerAz {
+                    println!(
+                        "election.mode = per-az: the shards and the per-subnet CiliumVTEPConfig depend on the VPC's route tables and subnets, which check-config does not read; run `hybrid-gateway doctor` on a gateway to judge them"
+                    );
+                }
                 ExitCode::SUCCESS
             }
             Err(code) => code,

@@ -209,3 +209,30 @@ fn version_flag_status_json_completions_and_man_page() {
         "{help}"
     );
 }
+
+/// `check-config` makes no AWS call: in per-AZ mode it says that the layout (shards,
+/// per-subnet CiliumVTEPConfig) is judged by `doctor`, which reads the VPC.
+#[test]
+fn check_config_in_per_az_mode_points_at_doctor() {
+    let path = write(
+        "per-az.toml",
+        "[gateway]\nvpc_cidrs = [\"10.250.0.0/16\"]\nhybrid_pod_cidrs = [\"192.168.32.0/23\"]\n\
+         [election]\nmode = \"per-az\"\n\
+         [aws]\nroute_table_tag = \"hybrid-gateway.io/managed=true\"\n",
+    );
+    let out = bin().arg("check-config").arg(&path).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(
+        lines[1].starts_with("election.mode = per-az:")
+            && lines[1].contains("run `hybrid-gateway doctor`"),
+        "{stdout}"
+    );
+    std::fs::remove_file(path).ok();
+}

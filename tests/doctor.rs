@@ -3,7 +3,8 @@
 //! its own namespace): every check passes on the healthy lab, and three faults injected
 //! at the peers (a secondary VPC CIDR the config lacks, a verb removed from the
 //! ClusterRole, a hop on the path to the hybrid node that cannot take a full tunnel
-//! packet) each turn exactly their check to FAIL, with a non-zero exit.
+//! packet) each turn exactly their check to FAIL, with a non-zero exit. In per-AZ mode (a
+//! copy of the config) the layout checks follow what moto's tables and subnets say.
 //!
 //! Needs root and the peers of `tests/k8s/apiserver.sh` and `tests/aws/peers.sh`.
 
@@ -191,6 +192,8 @@ fn doctor_passes_on_a_healthy_gateway_and_names_three_injected_faults() {
     let v: serde_json::Value = serde_json::from_str(json.trim()).expect("one JSON object");
     assert_eq!(v["ok"], true, "{json}");
 
+    per_az_layout(&lab, leader);
+
     // Three faults, at the peers and on the path.
     // 1. The VPC gains a secondary CIDR the configuration does not list.
     moto(
@@ -263,4 +266,91 @@ fn doctor_passes_on_a_healthy_gateway_and_names_three_injected_faults() {
             "{check}:\n{faulty}"
         );
     }
+}
+
+/// Per-AZ mode's layout, judged from moto by doctor with a per-AZ copy of the gateway's
+/// config (the lab's daemons stay active/standby; associations do not change what they do):
+/// no table serving one AZ's subnets → WARN; a table per AZ → the shards and per-subnet
+/// endpoints shown; a /20 subnet beside the /24s → WARN naming the fallback and the fix.
+fn per_az_layout(lab: &Lab, gw: &str) {
+    let g = lab.gw(gw);
+    let cfg = g.config.with_extension("per-az.toml");
+    let text = std::fs::read_to_string(&g.config).unwrap();
+    let dynamodb = format!(
+        "[election.dynamodb]\ntable = \"{}\"\n",
+        lab.var("LOCK_TABLE")
+    );
+    assert!(text.contains(&dynamodb), "the lab config changed:\n{text}");
+    let text = text.replacen(&dynamodb, "", 1).replacen(
+        "[election]\n",
+        "[election]\nmode = \"per-az\"\n",
+        1,
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let region = lab.var("AWS_REGION");
+    let run = |what: &str| {
+        let (_, out) = doctor_with(lab, gw, &cfg, false);
+        println!("--- doctor in per-AZ mode, {what} ({gw}):\n{out}");
+        (
+            line(&out, "per_az_shards").to_string(),
+            line(&out, "per_az_vtep_config").to_string(),
+        )
+    };
+
+    let (shards, vtep) = run("no table associated with a subnet");
+    assert!(
+        shards.starts_with("WARN")
+            && shards.contains("every table is in the default shard")
+            && shards.contains("fix: associate each managed route table"),
+        "{shards}"
+    );
+    assert!(vtep.starts_with("ok "), "{vtep}");
+
+    // As `lab.sh up --per-az` does: table i serves the subnet of AZ i.
+    moto(
+        lab,
+        &format!(
+            "import json\nseed = json.load(open('{}'))\n\
+             for table, subnet in zip(seed['route_tables'], seed['subnets']):\n    \
+             ec2.associate_route_table(RouteTableId=table, SubnetId=subnet['subnet_id'])",
+            lab.dir.join("seed.json").display()
+        ),
+    );
+    let tables: Vec<&str> = lab.var("ROUTE_TABLES").split_whitespace().collect();
+    let (shards, vtep) = run("a table per AZ");
+    assert!(
+        shards.starts_with("ok ")
+            && shards.contains("default: no table")
+            && shards.contains(&format!("{region}a"))
+            && shards.contains(&format!("{region}b"))
+            && tables.iter().all(|t| shards.contains(t))
+            && shards.contains("(this gateway's)"),
+        "{shards}"
+    );
+    assert!(
+        vtep.starts_with("ok ")
+            && vtep.contains(&format!(
+                "10.250.1.0/24 → {region}a, 10.250.2.0/24 → {region}b"
+            )),
+        "{vtep}"
+    );
+
+    // A subnet of another prefix length: Cilium's one cidrMask cannot express the subnets.
+    moto(
+        lab,
+        &format!(
+            "vpc = ec2.describe_vpcs(Filters=[{{'Name': 'cidr', 'Values': ['{}']}}])['Vpcs'][0]['VpcId']\n\
+             ec2.create_subnet(VpcId=vpc, CidrBlock='10.250.128.0/20', AvailabilityZone='{region}a')",
+            lab.var("VPC_CIDR")
+        ),
+    );
+    let (_, vtep) = run("a /20 subnet beside the /24s");
+    assert!(
+        vtep.starts_with("WARN")
+            && vtep.contains("prefix lengths /20, /24")
+            && vtep.contains("default shard's leader writes the CiliumVTEPConfig alone")
+            && vtep.contains("fix: keep the subnets inside gateway.vpc_cidrs"),
+        "{vtep}"
+    );
+    std::fs::remove_file(&cfg).ok();
 }

@@ -13,6 +13,8 @@
 //!
 //! Needs root, the cached apiserver build and the AWS peers (tests/aws/peers.sh).
 
+#[path = "support/fleet.rs"]
+mod fleet;
 #[path = "support/aws.rs"]
 mod peers;
 #[path = "support/record.rs"]
@@ -21,9 +23,6 @@ mod record;
 mod recorder;
 mod support;
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,9 +32,7 @@ use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::Api;
 
 use record::{Event, Kind};
-use recorder::{Effect, Peer, Recorder, RecordingProxy, Rule};
-use support::k8s::{client, ApiServer};
-use support::Netns;
+use recorder::{Effect, Rule};
 
 const NS: &str = "hybrid-gateway";
 const LEASE: &str = "hybrid-gateway-leader";
@@ -178,58 +175,27 @@ impl Mode {
     }
 }
 
-struct Gateway {
-    name: &'static str,
-    ns: Netns,
-    ip: String,
-    eni: String,
-    dir: PathBuf,
-    kube: RecordingProxy,
-    ec2: RecordingProxy,
-    ddb: RecordingProxy,
-    _imds: RecordingProxy,
-    child: Option<Child>,
-}
-
-impl Gateway {
-    fn pid(&self) -> i32 {
-        self.child.as_ref().map_or(0, |c| c.id() as i32)
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill has no memory-safety preconditions.
-        unsafe { libc::kill(self.pid(), sig) };
-    }
-
-    fn clear(&self) {
-        for p in [&self.kube, &self.ec2, &self.ddb] {
-            p.clear();
-            p.set_cut(false);
-        }
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-}
-
+/// The shared fleet (tests/support/fleet.rs), run in one election mode.
 struct Fleet {
-    _server: ApiServer,
-    _aws: peers::Peers,
-    admin: kube::Client,
-    ec2: aws_sdk_ec2::Client,
-    ddb: aws_sdk_dynamodb::Client,
+    base: fleet::Fleet,
     lock_table: String,
     tables: Vec<String>,
-    gws: Vec<Gateway>,
-    recorder: Arc<Recorder>,
     mode: Mode,
     /// (start time on the record's clock, gateway, mode) of every daemon process.
     processes: Vec<(Duration, &'static str, Mode)>,
-    env: BTreeMap<String, String>,
-    kubeconfig: String,
+}
+
+impl std::ops::Deref for Fleet {
+    type Target = fleet::Fleet;
+    fn deref(&self) -> &fleet::Fleet {
+        &self.base
+    }
+}
+
+impl std::ops::DerefMut for Fleet {
+    fn deref_mut(&mut self) -> &mut fleet::Fleet {
+        &mut self.base
+    }
 }
 
 /// The election timings the daemons run with: the default profile (3 s / 2 s / 1 s), or
@@ -254,7 +220,7 @@ fn slow_ec2() -> Duration {
     }
 }
 
-fn daemon_config(g: &Gateway, mode: Mode, table: &str) -> String {
+fn daemon_config(g: &fleet::Gateway, mode: Mode, table: &str) -> String {
     let lock = match mode {
         Mode::LeaseOnly => String::new(),
         Mode::Combined => format!("[election.dynamodb]\ntable = \"{table}\"\n"),
@@ -273,104 +239,26 @@ fn daemon_config(g: &Gateway, mode: Mode, table: &str) -> String {
     )
 }
 
-fn socket(url: &str) -> std::net::SocketAddr {
-    url.trim_start_matches("http://")
-        .trim_start_matches("https://")
-        .trim_end_matches('/')
-        .parse()
-        .unwrap_or_else(|e| panic!("{url}: {e}"))
-}
-
 impl Fleet {
     async fn start(tag: &str, mode: Mode) -> Fleet {
-        hybrid_gateway::k8s::client::install_crypto_provider();
-        let server = ApiServer::start();
-        let aws = peers::Peers::start();
         let lock_table = format!("hgw-faults-{tag}-{}", std::process::id());
-        let seed = aws.seed(&["--route-tables", "2", "--lock-table", &lock_table]);
-        aws.imds("gw-b", "Name=gw-b", &[]);
-        let recorder = Recorder::new();
-        let api = socket(&format!("127.0.0.1:{}", server.env["K8S_API_PORT"]));
-        let moto = socket(&aws.var("MOTO_URL"));
-        let dynamo = socket(&aws.var("AWS_ENDPOINT_URL_DYNAMODB"));
-        let pki = server.dir.join("pki");
-        let kubeconfig = std::fs::read_to_string(server.daemon_kubeconfig()).unwrap();
-        let mut gws = Vec::new();
-        for name in ["gw-a", "gw-b"] {
-            let inst = &seed["instances"][name];
-            let ip = inst["private_ip"].as_str().unwrap().to_string();
-            let ns = Netns::new(&format!("f{tag}{}", &name[3..]));
-            ns.sh(&format!(
-                "ip link add eth0 type veth peer name eth0p && ip addr add {ip}/16 dev eth0 \
-                 && ip link set eth0 up && ip link set eth0p up"
-            ));
-            let imds_url = aws.var(&format!(
-                "IMDS_{}_URL",
-                name.to_uppercase().replace('-', "_")
-            ));
-            let proxy = |peer, up, pki: Option<&std::path::Path>| {
-                RecordingProxy::start(name, peer, up, Some(&ns.name), pki, recorder.clone())
-            };
-            let dir = std::env::temp_dir().join(format!("{}-{name}", ns.name));
-            std::fs::create_dir_all(&dir).unwrap();
-            let g = Gateway {
-                name,
-                ip,
-                eni: inst["eni_id"].as_str().unwrap().to_string(),
-                dir,
-                kube: proxy(Peer::Kube, api, Some(&pki)),
-                ec2: proxy(Peer::Ec2, moto, None),
-                ddb: proxy(Peer::Dynamo, dynamo, None),
-                _imds: proxy(Peer::Plain, socket(&imds_url), None),
-                ns,
-                child: None,
-            };
-            gws.push(g);
-        }
-        let admin = client(&server.admin_kubeconfig()).await;
-        // The test's own clients (credentials, region) read moto and DynamoDB Local directly.
-        aws.export_sdk_env();
-        let sdk = hybrid_gateway::aws::sdk_config("us-west-2", &Default::default()).await;
-        let ec2 = aws_sdk_ec2::Client::from_conf(
-            aws_sdk_ec2::config::Builder::from(&sdk)
-                .endpoint_url(aws.var("MOTO_URL"))
-                .build(),
-        );
-        let ddb = aws_sdk_dynamodb::Client::from_conf(
-            aws_sdk_dynamodb::config::Builder::from(&sdk)
-                .endpoint_url(aws.var("AWS_ENDPOINT_URL_DYNAMODB"))
-                .build(),
-        );
-        let env = [
-            "AWS_ACCESS_KEY_ID",
-            "AWS_SECRET_ACCESS_KEY",
-            "AWS_REGION",
-            "AWS_CONFIG_FILE",
-            "AWS_SHARED_CREDENTIALS_FILE",
-        ]
-        .iter()
-        .map(|k| (k.to_string(), aws.var(k)))
-        .collect();
-        let tables = seed["route_tables"]
+        let base = fleet::Fleet::start(
+            &format!("f{tag}"),
+            &["--route-tables", "2", "--lock-table", &lock_table],
+        )
+        .await;
+        let tables = base.seed["route_tables"]
             .as_array()
             .unwrap()
             .iter()
             .map(|t| t.as_str().unwrap().to_string())
             .collect();
         let mut f = Fleet {
-            _server: server,
-            _aws: aws,
-            admin,
-            ec2,
-            ddb,
+            base,
             lock_table,
             tables,
-            gws,
-            recorder,
             mode,
             processes: Vec::new(),
-            env,
-            kubeconfig,
         };
         for i in 0..f.gws.len() {
             f.spawn(i);
@@ -378,77 +266,12 @@ impl Fleet {
         f
     }
 
+    /// Starts gateway `i` in the fleet's current mode.
     fn spawn(&mut self, i: usize) {
-        let g = &self.gws[i];
-        let kc = self
-            .kubeconfig
-            .lines()
-            .map(|l| {
-                if l.trim_start().starts_with("server:") {
-                    format!("    server: https://{}", g.kube.addr)
-                } else {
-                    l.to_string()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
-        std::fs::write(g.dir.join("kubeconfig"), kc).unwrap();
-        let cfg = g.dir.join("config.toml");
-        std::fs::write(&cfg, daemon_config(g, self.mode, &self.lock_table)).unwrap();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(g.dir.join("daemon.log"))
-            .unwrap();
-        let child = Command::new("/usr/sbin/ip")
-            .args(["netns", "exec", &g.ns.name])
-            .arg(env!("CARGO_BIN_EXE_hybrid-gateway"))
-            .arg("run")
-            .arg("--config")
-            .arg(&cfg)
-            .env_clear()
-            .envs(&self.env)
-            .env(
-                "PATH",
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            )
-            .env("NO_COLOR", "1")
-            .env("AWS_ENDPOINT_URL_EC2", format!("http://{}", g.ec2.addr))
-            .env(
-                "AWS_ENDPOINT_URL_DYNAMODB",
-                format!("http://{}", g.ddb.addr),
-            )
-            .env(
-                "AWS_EC2_METADATA_SERVICE_ENDPOINT",
-                format!("http://{}", g._imds.addr),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("starting hybrid-gateway run");
+        let config = daemon_config(&self.gws[i], self.mode, &self.lock_table);
+        self.base.spawn(i, &config);
         self.processes
             .push((self.recorder.now(), self.gws[i].name, self.mode));
-        self.gws[i].child = Some(child);
-    }
-
-    /// SIGTERM and wait (a graceful stop releases what it holds).
-    fn stop(&mut self, i: usize) {
-        let g = &mut self.gws[i];
-        g.signal(libc::SIGCONT);
-        g.signal(libc::SIGTERM);
-        if let Some(mut c) = g.child.take() {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn index(&self, name: &str) -> usize {
-        self.gws.iter().position(|g| g.name == name).unwrap()
     }
 
     /// Who the authority store names now (read directly from the peer).
@@ -640,29 +463,6 @@ impl Fleet {
         record::acquisitions(&self.recorder.events(), &Kind::LeaseWrite)
             .iter()
             .any(|(t, g)| *t >= since && g == gw)
-    }
-
-    fn logs(&self) -> String {
-        self.gws
-            .iter()
-            .map(|g| format!("--- {} daemon.log (tail)\n{}", g.name, g.log_tail()))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        for i in 0..self.gws.len() {
-            self.stop(i);
-        }
-        for g in &self.gws {
-            if std::thread::panicking() {
-                eprintln!("daemon logs kept in {}", g.dir.display());
-            } else {
-                let _ = std::fs::remove_dir_all(&g.dir);
-            }
-        }
     }
 }
 

@@ -8,13 +8,18 @@
 //! CiliumVTEPConfig entry for its subnet names it; a kill -9 of gw-a moves shard a to gw-b
 //! within a lease + 1 s (from the record: the kill to gw-b's acquiring write of shard a's
 //! Lease) while shard b's table never leaves gw-b; gw-a back → shard a handed back by a
-//! release. A subnet with another prefix length (Cilium's one cidrMask cannot express the
+//! release. AZ b's table unmanaged → shard b's Lease released and no longer campaigned
+//! for; managed again → led by gw-b again. A subnet with another prefix length (Cilium's one cidrMask cannot express the
 //! subnets) → the default shard's leader writes the whole CiliumVTEPConfig alone. The
 //! leadership invariant (no mutation from a gateway after another gateway's later
-//! acquisition) holds per shard on the proxies' record. About 1 minute.
+//! acquisition) holds per shard on the proxies' record. The same with `[election.dynamodb]`:
+//! each shard's lock item is the authority. The fleet is tests/support/fleet.rs (shared
+//! with tests/faults.rs). About 50 s per test.
 //!
 //! Needs root, the cached apiserver build and the AWS peers (tests/aws/peers.sh).
 
+#[path = "support/fleet.rs"]
+mod fleet;
 #[path = "support/aws.rs"]
 mod peers;
 #[path = "support/record.rs"]
@@ -24,70 +29,66 @@ mod recorder;
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use aws_sdk_dynamodb::types::AttributeValue;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::DynamicObject;
 use kube::Api;
 
 use record::Kind;
-use recorder::{Peer, Recorder, RecordingProxy};
-use support::k8s::{client, ApiServer};
-use support::Netns;
 
 const NS: &str = "hybrid-gateway";
 const LEASE: &str = "hybrid-gateway-leader";
 const CIDR: &str = "192.168.32.0/23";
 const LEASE_DURATION: Duration = Duration::from_secs(3);
+const RETRY_PERIOD: Duration = Duration::from_secs(1);
 const ZONES: [&str; 2] = ["us-west-2a", "us-west-2b"];
 /// Start-up, takeover and handback bound: election rounds, a layout read and the writes.
 const BOUND: Duration = Duration::from_secs(20);
 
-struct Gateway {
-    name: &'static str,
-    ns: Netns,
-    ip: String,
-    eni: String,
-    dir: PathBuf,
-    kube: RecordingProxy,
-    ec2: RecordingProxy,
-    imds: RecordingProxy,
-    child: Option<Child>,
-}
+/// The DynamoDB lock's configured key in the test with the lock: the default shard's item;
+/// each AZ shard's is `<key>-<az>`.
+const LOCK_KEY: &str = "pz/leader";
 
+/// The shared fleet (tests/support/fleet.rs) in per-AZ mode.
 struct Fleet {
-    _server: ApiServer,
-    _aws: peers::Peers,
-    admin: kube::Client,
-    ec2: aws_sdk_ec2::Client,
+    base: fleet::Fleet,
     /// The managed table of each zone, in ZONES order.
     tables: Vec<String>,
     vpc_id: String,
-    gws: Vec<Gateway>,
-    recorder: Arc<Recorder>,
-    env: BTreeMap<String, String>,
-    kubeconfig: String,
+    /// With the DynamoDB lock: its table (the daemons then elect with a Lease and a lock
+    /// item per shard).
+    lock_table: Option<String>,
 }
 
-fn socket(url: &str) -> std::net::SocketAddr {
-    url.trim_start_matches("http://")
-        .trim_start_matches("https://")
-        .trim_end_matches('/')
-        .parse()
-        .unwrap_or_else(|e| panic!("{url}: {e}"))
+impl std::ops::Deref for Fleet {
+    type Target = fleet::Fleet;
+    fn deref(&self) -> &fleet::Fleet {
+        &self.base
+    }
 }
 
-fn daemon_config(g: &Gateway) -> String {
+impl std::ops::DerefMut for Fleet {
+    fn deref_mut(&mut self) -> &mut fleet::Fleet {
+        &mut self.base
+    }
+}
+
+fn daemon_config(g: &fleet::Gateway, lock_table: Option<&str>) -> String {
+    let lock = lock_table.map_or(String::new(), |t| {
+        format!("[election.dynamodb]\ntable = \"{t}\"\nkey = \"{LOCK_KEY}\"\n")
+    });
     format!(
         "[gateway]\nvpc_cidrs = [\"10.250.0.0/16\"]\nhybrid_pod_cidrs = [\"{CIDR}\"]\n\
          [datapath]\nresync_interval = \"10s\"\nfilter = false\n\
          [kubernetes]\nkubeconfig = \"{dir}/kubeconfig\"\nrequest_timeout = \"1s\"\n\
          [election]\nidentity = \"{name}\"\nmode = \"per-az\"\n\
          lease_duration = \"3s\"\nrenew_deadline = \"2s\"\nretry_period = \"1s\"\n\
+         {lock}\
          [aws]\nroute_table_tag = \"hybrid-gateway.io/managed=true\"\nresync_interval = \"5s\"\n\
+         cleanup_on_shutdown = true\n\
          [log]\nlevel = \"info\"\n",
         dir = g.dir.display(),
         name = g.name,
@@ -98,62 +99,27 @@ fn daemon_config(g: &Gateway) -> String {
 /// for the hybrid pod CIDR, and each CiliumVTEPConfig entry's tunnel endpoint.
 #[derive(Debug, Default, Clone)]
 struct State {
+    /// Who acts for each shard: the Lease's holder, or with DynamoDB the lock item's.
     holders: BTreeMap<String, String>,
     routes: BTreeMap<String, String>,
     cr: BTreeMap<String, String>,
 }
 
 impl Fleet {
-    async fn start(tag: &str) -> Fleet {
-        hybrid_gateway::k8s::client::install_crypto_provider();
-        let server = ApiServer::start();
-        let aws = peers::Peers::start();
-        let seed = aws.seed(&["--route-tables", "2"]);
-        aws.imds("gw-b", "Name=gw-b", &[]);
-        let recorder = Recorder::new();
-        let api = socket(&format!("127.0.0.1:{}", server.env["K8S_API_PORT"]));
-        let moto = socket(&aws.var("MOTO_URL"));
-        let pki = server.dir.join("pki");
-        let kubeconfig = std::fs::read_to_string(server.daemon_kubeconfig()).unwrap();
-        let mut gws = Vec::new();
-        for name in ["gw-a", "gw-b"] {
-            let inst = &seed["instances"][name];
-            let ip = inst["private_ip"].as_str().unwrap().to_string();
-            let ns = Netns::new(&format!("z{tag}{}", &name[3..]));
-            ns.sh(&format!(
-                "ip link add eth0 type veth peer name eth0p && ip addr add {ip}/16 dev eth0 \
-                 && ip link set eth0 up && ip link set eth0p up"
-            ));
-            let imds_url = aws.var(&format!(
-                "IMDS_{}_URL",
-                name.to_uppercase().replace('-', "_")
-            ));
-            let proxy = |peer, up, pki: Option<&std::path::Path>| {
-                RecordingProxy::start(name, peer, up, Some(&ns.name), pki, recorder.clone())
-            };
-            let dir = std::env::temp_dir().join(format!("{}-{name}", ns.name));
-            std::fs::create_dir_all(&dir).unwrap();
-            gws.push(Gateway {
-                name,
-                ip,
-                eni: inst["eni_id"].as_str().unwrap().to_string(),
-                dir,
-                kube: proxy(Peer::Kube, api, Some(&pki)),
-                ec2: proxy(Peer::Ec2, moto, None),
-                imds: proxy(Peer::Plain, socket(&imds_url), None),
-                ns,
-                child: None,
-            });
+    /// `lock`: elect with a DynamoDB lock item per shard too.
+    async fn start(tag: &str, lock: bool) -> Fleet {
+        let lock_table = lock.then(|| format!("hgw-per-az-{tag}-{}", std::process::id()));
+        let mut seed_args = vec!["--route-tables", "2"];
+        if let Some(t) = &lock_table {
+            seed_args.extend(["--lock-table", t.as_str()]);
         }
-        let admin = client(&server.admin_kubeconfig()).await;
-        apply_per_az_rbac(&server);
-        aws.export_sdk_env();
-        let sdk = hybrid_gateway::aws::sdk_config("us-west-2", &Default::default()).await;
-        let ec2 = aws_sdk_ec2::Client::from_conf(
-            aws_sdk_ec2::config::Builder::from(&sdk)
-                .endpoint_url(aws.var("MOTO_URL"))
-                .build(),
-        );
+        let base = fleet::Fleet::start(&format!("z{tag}"), &seed_args).await;
+        // Per-AZ mode watches the shard and claim Leases, whose names depend on the AZs:
+        // the shipped RBAC's watch rule names only `hybrid-gateway-leader`, so per-AZ mode
+        // ships rbac-per-az.yaml (list/watch of Leases in the namespace), applied here as
+        // an operator would.
+        base.kubectl_apply("packaging/kubernetes/rbac-per-az.yaml");
+        let seed = base.seed.clone();
         // One managed table per AZ: table i serves the subnet of ZONES[i].
         let mut tables = Vec::new();
         for (i, zone) in ZONES.iter().enumerate() {
@@ -167,7 +133,8 @@ impl Fleet {
                 .as_str()
                 .unwrap()
                 .to_string();
-            ec2.associate_route_table()
+            base.ec2
+                .associate_route_table()
                 .route_table_id(&table)
                 .subnet_id(&subnet)
                 .send()
@@ -175,27 +142,11 @@ impl Fleet {
                 .expect("associating a table in moto");
             tables.push(table);
         }
-        let env = [
-            "AWS_ACCESS_KEY_ID",
-            "AWS_SECRET_ACCESS_KEY",
-            "AWS_REGION",
-            "AWS_CONFIG_FILE",
-            "AWS_SHARED_CREDENTIALS_FILE",
-        ]
-        .iter()
-        .map(|k| (k.to_string(), aws.var(k)))
-        .collect();
         let mut f = Fleet {
-            _server: server,
-            _aws: aws,
-            admin,
-            ec2,
+            base,
             tables,
             vpc_id: seed["vpc_id"].as_str().unwrap().to_string(),
-            gws,
-            recorder,
-            env,
-            kubeconfig,
+            lock_table,
         };
         for i in 0..f.gws.len() {
             f.spawn(i);
@@ -204,73 +155,42 @@ impl Fleet {
     }
 
     fn spawn(&mut self, i: usize) {
-        let g = &self.gws[i];
-        let kc = self
-            .kubeconfig
-            .lines()
-            .map(|l| {
-                if l.trim_start().starts_with("server:") {
-                    format!("    server: https://{}", g.kube.addr)
-                } else {
-                    l.to_string()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
-        std::fs::write(g.dir.join("kubeconfig"), kc).unwrap();
-        let cfg = g.dir.join("config.toml");
-        std::fs::write(&cfg, daemon_config(g)).unwrap();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(g.dir.join("daemon.log"))
-            .unwrap();
-        let child = Command::new("/usr/sbin/ip")
-            .args(["netns", "exec", &g.ns.name])
-            .arg(env!("CARGO_BIN_EXE_hybrid-gateway"))
-            .arg("run")
-            .arg("--config")
-            .arg(&cfg)
-            .env_clear()
-            .envs(&self.env)
-            .env(
-                "PATH",
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            )
-            .env("NO_COLOR", "1")
-            .env("AWS_ENDPOINT_URL_EC2", format!("http://{}", g.ec2.addr))
-            .env(
-                "AWS_EC2_METADATA_SERVICE_ENDPOINT",
-                format!("http://{}", g.imds.addr),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("starting hybrid-gateway run");
-        self.gws[i].child = Some(child);
+        let config = daemon_config(&self.gws[i], self.lock_table.as_deref());
+        self.base.spawn(i, &config);
     }
 
-    /// kill -9: nothing released.
-    fn kill(&mut self, i: usize) {
-        if let Some(mut c) = self.gws[i].child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+    /// The shard's lock item key (`zone` "default" or an AZ).
+    fn lock_key(zone: &str) -> String {
+        match zone {
+            "default" => LOCK_KEY.to_string(),
+            z => format!("{LOCK_KEY}-{z}"),
         }
     }
 
-    fn stop(&mut self, i: usize) {
-        let g = &mut self.gws[i];
-        if let Some(mut c) = g.child.take() {
-            // SAFETY: kill has no memory-safety preconditions.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
+    /// The owner of the lock item `key` (None: released or never written), read from
+    /// DynamoDB Local directly.
+    async fn lock_owner(&self, key: &str) -> Result<Option<String>, String> {
+        let table = self.lock_table.as_deref().ok_or("no lock table")?;
+        let item = self
+            .ddb
+            .get_item()
+            .table_name(table)
+            .key("lock_key", AttributeValue::S(key.to_string()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| format!("GetItem {key}: {e:?}"))?
+            .item;
+        Ok(item.and_then(|i| {
+            if matches!(i.get("released"), Some(AttributeValue::Bool(true))) {
+                return None;
             }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+            i.get("owner")?
+                .as_s()
+                .ok()
+                .filter(|o| !o.is_empty())
+                .cloned()
+        }))
     }
 
     async fn state(&self) -> Result<State, String> {
@@ -287,6 +207,10 @@ impl Fleet {
                 .map_err(|e| format!("Lease {name}: {e}"))?
                 .and_then(|l| l.spec?.holder_identity)
                 .filter(|h| !h.is_empty());
+            let holder = match self.lock_table {
+                Some(_) => self.lock_owner(&Self::lock_key(zone)).await?,
+                None => holder,
+            };
             if let Some(h) = holder {
                 s.holders
                     .insert(zone.to_string(), record::gateway_of(&h).to_string());
@@ -374,22 +298,6 @@ impl Fleet {
         Err(last)
     }
 
-    fn logs(&self) -> String {
-        self.gws
-            .iter()
-            .map(|g| {
-                let text = std::fs::read_to_string(g.dir.join("daemon.log")).unwrap_or_default();
-                let lines: Vec<&str> = text.lines().collect();
-                format!(
-                    "--- {} daemon.log (tail)\n{}",
-                    g.name,
-                    lines[lines.len().saturating_sub(40)..].join("\n")
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
     /// `hybrid-gateway status` of gateway `i` (text), as an operator on it would run it.
     fn status(&self, i: usize) -> String {
         let g = &self.gws[i];
@@ -406,10 +314,15 @@ impl Fleet {
 
     /// Waits up to 5 s for gateway `i`'s status to contain every one of `want`.
     fn status_shows(&self, i: usize, want: &[&str]) -> Result<(), String> {
+        self.status_until(i, |text| want.iter().all(|w| text.contains(w)))
+    }
+
+    /// Waits up to 5 s for gateway `i`'s status text to satisfy `ok`; `Err`: the last text.
+    fn status_until(&self, i: usize, ok: impl Fn(&str) -> bool) -> Result<(), String> {
         let t = Instant::now();
         loop {
             let text = self.status(i);
-            if want.iter().all(|w| text.contains(w)) {
+            if ok(&text) {
                 return Ok(());
             }
             if t.elapsed() > Duration::from_secs(5) {
@@ -419,14 +332,25 @@ impl Fleet {
         }
     }
 
+    /// Whose acquisitions decide who may act: the Lease's, or with DynamoDB the lock's.
+    fn authority(&self) -> Kind {
+        match self.lock_table {
+            Some(_) => Kind::LockWrite,
+            None => Kind::LeaseWrite,
+        }
+    }
+
     /// The invariant on each shard's part of the record.
     fn violations(&self) -> Vec<String> {
         let events = self.recorder.events();
+        let authority = self.authority();
+        let lock = |zone: &str| self.lock_table.as_ref().map(|_| Self::lock_key(zone));
         let mut out = Vec::new();
         for (i, zone) in ZONES.iter().enumerate() {
             let mine = record::shard_events(
                 &events,
                 &format!("{LEASE}-{zone}"),
+                lock(zone).as_deref(),
                 &self.tables[i..=i],
                 &format!("hybrid-gateway.io/term-{zone}"),
             );
@@ -437,14 +361,20 @@ impl Fleet {
                 record::summary(&events)
             );
             out.extend(
-                record::violations(&mine, &Kind::LeaseWrite)
+                record::violations(&mine, &authority)
                     .into_iter()
                     .map(|v| format!("shard {zone}: {v}")),
             );
         }
-        let default = record::shard_events(&events, LEASE, &[], "hybrid-gateway.io/term");
+        let default = record::shard_events(
+            &events,
+            LEASE,
+            lock("default").as_deref(),
+            &[],
+            "hybrid-gateway.io/term",
+        );
         out.extend(
-            record::violations(&default, &Kind::LeaseWrite)
+            record::violations(&default, &authority)
                 .into_iter()
                 .map(|v| format!("shard default: {v}")),
         );
@@ -452,66 +382,408 @@ impl Fleet {
     }
 }
 
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        for i in 0..self.gws.len() {
-            self.stop(i);
+impl Fleet {
+    /// kill -9 → the other gateway's acquisition of the shard: a lease + 1 s with the
+    /// Lease alone (a standby watches the Lease, so its expiry clock starts at the holder's
+    /// last renewal). With DynamoDB, active/standby's combined election polls the lock item
+    /// every jittered retry period (1–2.2 s) instead: a renewal just after a poll starts the
+    /// clock at the next poll, so the bound is a lease + 2.2 s + 1 s.
+    fn takeover_bound(&self) -> Duration {
+        let poll = match self.lock_table {
+            Some(_) => RETRY_PERIOD.mul_f64(1.0 + hybrid_gateway::config::JITTER_FACTOR),
+            None => Duration::ZERO,
+        };
+        LEASE_DURATION + poll + Duration::from_secs(1)
+    }
+
+    /// The authority store of zone `z`'s shard as the record names it: its Lease, or with
+    /// DynamoDB its lock item's key.
+    fn zone_store(&self, z: usize) -> String {
+        match self.lock_table {
+            Some(_) => Self::lock_key(ZONES[z]),
+            None => format!("{LEASE}-{}", ZONES[z]),
         }
-        for g in &self.gws {
-            if std::thread::panicking() {
-                eprintln!("daemon logs kept in {}", g.dir.display());
-            } else {
-                let _ = std::fs::remove_dir_all(&g.dir);
+    }
+
+    /// Successful writes of the authority store `store` from `gw` after `since` that set a
+    /// holder (`acquire`) or release it; the first one's time.
+    fn first_write(
+        &self,
+        store: &str,
+        gw: &str,
+        since: Duration,
+        acquire: bool,
+    ) -> Option<Duration> {
+        let kind = self.authority();
+        self.recorder
+            .events()
+            .into_iter()
+            .filter(|e| {
+                e.kind == kind
+                    && e.at > since
+                    && e.gw == gw
+                    && (200..300).contains(&e.status)
+                    && e.holder.is_some() == acquire
+                    && match kind {
+                        Kind::LockWrite => e.detail.contains(&format!(" key={store} ")),
+                        _ => e.detail.rsplit('/').next() == Some(store),
+                    }
+            })
+            .map(|e| e.at)
+            .min()
+    }
+
+    /// kill -9 of gw-a and its return, `trials` times: shard a moves to gw-b within a lease
+    /// + 1 s of the kill (from the record: gw-b's acquiring write of shard a's authority
+    /// store) while shard b's table never leaves gw-b; gw-a back → gw-b releases shard a
+    /// and gw-a acquires it. `after_takeover` runs once, after the first takeover.
+    async fn fail_over_and_back(&mut self, trials: usize, after_takeover: impl Fn(&Fleet)) {
+        let store_a = self.zone_store(0);
+        let (mut takeovers, mut followed, mut gaps) = (Vec::new(), Vec::new(), Vec::new());
+        for trial in 0..trials {
+            // kill -9 gw-a: shard a moves to gw-b; shard b's table never leaves gw-b.
+            let killed = self.recorder.now();
+            self.kill(0);
+            let mut b_moved = Vec::new();
+            let (b_table, b_eni) = (self.tables[1].clone(), self.gws[1].eni.clone());
+            let failover = self
+                .wait_for(
+                    BOUND,
+                    |s| self.zone_on(s, 0, 1) && self.zone_on(s, 1, 1),
+                    |s| {
+                        if s.routes.get(&b_table) != Some(&b_eni) {
+                            b_moved.push(format!("{:?}", s.routes));
+                        }
+                    },
+                )
+                .await
+                .unwrap_or_else(|s| panic!("shard a did not move to gw-b: {s}\n{}", self.logs()));
+            assert!(b_moved.is_empty(), "shard b's table moved: {b_moved:?}");
+            let took = self
+                .first_write(&store_a, "gw-b", killed, true)
+                .expect("gw-b acquired shard a")
+                - killed;
+            println!("trial {trial}: kill -9 gw-a: gw-b acquired shard a ({store_a}) {took:?} after the kill; tables and CR followed after {failover:?}");
+            assert!(
+                took <= self.takeover_bound(),
+                "takeover of shard a took {took:?} (bound {:?})",
+                self.takeover_bound()
+            );
+            if trial == 0 {
+                after_takeover(self);
             }
+
+            // gw-a returns: gw-b hands shard a back with a release.
+            let back = self.recorder.now();
+            self.spawn(0);
+            let handback = self
+                .wait_for(
+                    BOUND,
+                    |s| self.zone_on(s, 0, 0) && self.zone_on(s, 1, 1),
+                    |_| {},
+                )
+                .await
+                .unwrap_or_else(|s| panic!("shard a did not move back: {s}\n{}", self.logs()));
+            let released = self
+                .first_write(&store_a, "gw-b", back, false)
+                .unwrap_or_else(|| panic!("gw-b did not release shard a: {}", self.logs()));
+            let gap = self
+                .first_write(&store_a, "gw-a", released, true)
+                .expect("gw-a acquired shard a after the release")
+                - released;
+            println!("trial {trial}: gw-a restarted: shard a back on gw-a after {handback:?}; gw-b's release → gw-a's acquisition {gap:?}");
+            takeovers.push(took);
+            followed.push(failover);
+            gaps.push(gap);
+        }
+        if trials > 1 {
+            let show = |name: &str, v: &mut Vec<Duration>| {
+                v.sort();
+                println!(
+                    "{name} over {trials} trials: min {:?} median {:?} max {:?}",
+                    v[0],
+                    v[v.len() / 2],
+                    v[v.len() - 1]
+                );
+            };
+            show("kill -9 → takeover of shard a", &mut takeovers);
+            show("kill -9 → tables and CR name gw-b", &mut followed);
+            show("handback: release → acquisition", &mut gaps);
         }
     }
 }
 
-/// Per-AZ mode watches the shard and claim Leases, whose names depend on the AZs: the
-/// shipped RBAC's watch rule names only `hybrid-gateway-leader`, so per-AZ mode ships
-/// packaging/kubernetes/rbac-per-az.yaml (list/watch of Leases in the namespace), applied
-/// here as an operator would.
-fn apply_per_az_rbac(server: &ApiServer) {
-    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("packaging/kubernetes/rbac-per-az.yaml");
-    let out = Command::new(&server.env["K8S_KUBECTL"])
-        .arg("--kubeconfig")
-        .arg(server.admin_kubeconfig())
-        .arg("--request-timeout=30s")
-        .arg("apply")
-        .arg("-f")
-        .arg(&file)
-        .output()
-        .expect("running kubectl");
-    assert!(
-        out.status.success(),
-        "kubectl apply -f {}: {}",
-        file.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// The daemons' health and metrics listeners (defaults), inside each gateway's namespace.
+const HEALTH_PORT: u16 = 8088;
+const METRICS_PORT: u16 = 10080;
+const CRD: &str = "ciliumvtepconfigs.cilium.io";
+
+impl Fleet {
+    /// Per-shard readiness: the CiliumVTEPConfig CRD removed → each gateway, leading its own
+    /// zone's shard, cannot write that shard's entries: `/readyz` answers 503 naming the
+    /// shard and why, `hybrid-gateway status` says so under the shard, and the shard's
+    /// `hybrid_gateway_shard_vtepconfig_unserved` gauge is 1 (the other zone's, led
+    /// elsewhere, 0). The CRD back → ready again and each zone's entry names its gateway.
+    async fn shard_readiness_follows_the_served_crd(&self) {
+        let gone = Instant::now();
+        self.kubectl(&["delete", "crd", CRD, "--wait=true"]);
+        for (i, zone) in ZONES.iter().enumerate() {
+            let want = format!("leader of {zone}, ");
+            let body = loop {
+                let (code, body) = self.http_get(i, HEALTH_PORT, "/readyz");
+                if code == 503 && body.contains(&want) && body.contains("not installed") {
+                    break body;
+                }
+                assert!(
+                    gone.elapsed() < BOUND,
+                    "{}: /readyz {code} {body:?} after the CRD was removed\n{}",
+                    self.gws[i].name,
+                    self.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            println!(
+                "CRD removed: {} not ready after {:?}: {}",
+                self.gws[i].name,
+                gone.elapsed(),
+                body.trim()
+            );
+            self.status_shows(
+                i,
+                &[
+                    &format!("shard {zone} (home): leader"),
+                    "not ready: CiliumVTEPConfig entries not written:",
+                ],
+            )
+            .unwrap_or_else(|s| panic!("{}'s status: {s}", self.gws[i].name));
+            let unserved = |z| self.shard_gauge(i, "shard_vtepconfig_unserved", z);
+            assert_eq!(unserved(zone), Some(1));
+            assert_ne!(unserved(ZONES[1 - i]), Some(1));
+        }
+        // The CRD back: the leaders write their entries again and say ready.
+        self.kubectl_apply(&format!("tests/fixtures/crds/{CRD}.yaml"));
+        self.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            &format!("crd/{CRD}"),
+        ]);
+        let back = self
+            .wait_for(
+                BOUND,
+                |s| {
+                    self.zone_on(s, 0, 0)
+                        && self.zone_on(s, 1, 1)
+                        && (0..2).all(|i| self.http_get(i, HEALTH_PORT, "/readyz").0 == 200)
+                },
+                |_| {},
+            )
+            .await
+            .unwrap_or_else(|s| {
+                panic!(
+                    "not ready again after the CRD came back: {s}\n{}",
+                    self.logs()
+                )
+            });
+        println!("CRD back: both ready, each zone's entry naming its gateway after {back:?}");
+    }
+
+    /// Gauge `hybrid_gateway_<name>{shard="<shard>"}` of gateway `i`, scraped now.
+    fn shard_gauge(&self, i: usize, name: &str, shard: &str) -> Option<i64> {
+        let (_, metrics) = self.http_get(i, METRICS_PORT, "/metrics");
+        let series = format!("hybrid_gateway_{name}{{shard=\"{shard}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// Whom each shard's CiliumVTEPConfig entries name, judged per shard by every gateway:
+    /// in steady state each gateway's own zone's entries name it (its leader) and the other
+    /// zone's do not; `hybrid-gateway status` says so under each shard. Then gw-b, leader
+    /// of zone b, is frozen (SIGSTOP) and zone b's entry is pointed at gw-a behind its back:
+    /// gw-a, which does not lead zone b, reports that zone b's entries name it — the
+    /// condition of the HybridGatewayShardVtepConfigOnNonLeader alert — until it takes zone
+    /// b over (a lease later). gw-b resumed → each zone back on its own gateway.
+    async fn cr_judged_per_shard(&mut self) {
+        for (i, zone) in ZONES.iter().enumerate() {
+            let other = ZONES[1 - i];
+            let t = Instant::now();
+            while !(self.shard_gauge(i, "shard_vtepconfig_names_me", zone) == Some(1)
+                && self.shard_gauge(i, "shard_vtepconfig_names_me", other) == Some(0)
+                && self.shard_gauge(i, "shard_vtepconfig_named", other) == Some(1))
+            {
+                assert!(
+                    t.elapsed() < Duration::from_secs(5),
+                    "{}: shard gauges: {}",
+                    self.gws[i].name,
+                    self.http_get(i, METRICS_PORT, "/metrics").1
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        // The per-shard alert rules query only series a per-AZ daemon exports (the rest of
+        // the rules are checked against a daemon in tests/daemon.rs).
+        let rules = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/monitoring/alerts.yml"
+        ))
+        .unwrap();
+        let (_, metrics) = self.http_get(0, METRICS_PORT, "/metrics");
+        let queried: std::collections::BTreeSet<&str> = rules
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|t| t.starts_with("hybrid_gateway_shard_"))
+            .collect();
+        assert!(queried.len() >= 3, "{queried:?}");
+        for name in queried {
+            assert!(
+                metrics.contains(&format!("# TYPE {name} ")),
+                "alerts.yml queries {name}, which a per-AZ daemon does not export:\n{metrics}"
+            );
+        }
+        self.status_shows(
+            0,
+            &[
+                &format!(
+                    "vtep config entries: tunnelEndpoint {} (this gateway, the shard's leader)",
+                    self.gws[0].ip
+                ),
+                &format!(
+                    "vtep config entries: tunnelEndpoint {} (another gateway)",
+                    self.gws[1].ip
+                ),
+            ],
+        )
+        .unwrap_or_else(|s| panic!("gw-a's status: {s}"));
+
+        // gw-b frozen; zone b's entry pointed at gw-a.
+        self.gws[1].signal(libc::SIGSTOP);
+        let frozen = Instant::now();
+        let crs: Api<DynamicObject> = Api::all_with(
+            self.admin.clone(),
+            &hybrid_gateway::k8s::vtep_config::api_resource(),
+        );
+        let mut cr = crs.get("hybrid-gateway").await.expect("reading the CR");
+        let prefix = format!("vpc-gateway-az-{}-", ZONES[1]);
+        for e in cr.data["spec"]["endpoints"]
+            .as_array_mut()
+            .expect("endpoints")
+            .iter_mut()
+            .filter(|e| e["name"].as_str().is_some_and(|n| n.starts_with(&prefix)))
+        {
+            e["tunnelEndpoint"] = serde_json::Value::String(self.gws[0].ip.clone());
+        }
+        crs.replace("hybrid-gateway", &Default::default(), &cr)
+            .await
+            .expect("pointing zone b's entry at gw-a");
+        let judged = loop {
+            let names_me = self.shard_gauge(0, "shard_vtepconfig_names_me", ZONES[1]);
+            let leads = self.shard_gauge(0, "shard_leader", ZONES[1]);
+            if names_me == Some(1) && leads == Some(0) {
+                break frozen.elapsed();
+            }
+            assert!(
+                leads != Some(1),
+                "gw-a took zone b over before it reported zone b's entries naming it\n{}",
+                self.logs()
+            );
+            assert!(
+                frozen.elapsed() < LEASE_DURATION + Duration::from_secs(1),
+                "gw-a never reported zone b's entries naming it while not leading zone b"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        println!("zone b's entry pointed at gw-a (gw-b frozen): gw-a reported it, not leading zone b, after {judged:?}");
+        self.gws[1].signal(libc::SIGCONT);
+        let back = self
+            .wait_for(
+                BOUND,
+                |s| self.zone_on(s, 0, 0) && self.zone_on(s, 1, 1),
+                |_| {},
+            )
+            .await
+            .unwrap_or_else(|s| panic!("no steady state after gw-b resumed: {s}\n{}", self.logs()));
+        println!("gw-b resumed: each zone back on its own gateway after {back:?}");
+    }
 }
 
-/// When gw-b's first write naming it holder of `lease` reached the API server after `since`.
-fn acquired_at(recorder: &Recorder, lease: &str, gw: &str, since: Duration) -> Option<Duration> {
-    recorder
-        .events()
-        .into_iter()
-        .filter(|e| {
-            e.kind == Kind::LeaseWrite
-                && e.at > since
-                && e.gw == gw
+/// The package's removal script leaves this before stopping the daemon (a final stop).
+const FINAL_STOP_MARKER: &str = "/run/hybrid-gateway/final-stop";
+
+impl Fleet {
+    /// `aws.cleanup_on_shutdown` on a final stop, per shard: gw-a (leading zone a) stopped
+    /// with the package's final-stop marker deletes its route in zone a's table — from the
+    /// record: gw-a's DeleteRoute of that table reached EC2 after the stop began, while gw-a
+    /// still held zone a (the per-shard invariant, checked after, would flag it otherwise)
+    /// — and sends no route write to zone b's table, which it does not lead. gw-b then
+    /// takes zone a over (it was released) and points the table at itself.
+    async fn final_stop_cleans_up_the_led_shard(&mut self) {
+        std::fs::create_dir_all("/run/hybrid-gateway").unwrap();
+        std::fs::write(FINAL_STOP_MARKER, b"").unwrap();
+        let stopped = self.recorder.now();
+        self.stop(0);
+        // The marker is consumed by the stopping daemon; never leave it for another.
+        let consumed = std::fs::remove_file(FINAL_STOP_MARKER).is_err();
+        let events = self.recorder.events();
+        let routes_from_a: Vec<&record::Event> = events
+            .iter()
+            .filter(|e| e.at > stopped && e.gw == "gw-a" && e.kind == Kind::Route)
+            .collect();
+        let deleted_a = routes_from_a.iter().any(|e| {
+            e.detail.starts_with("DeleteRoute ")
+                && e.detail.contains(&format!(" {} ", self.tables[0]))
                 && (200..300).contains(&e.status)
-                && e.holder.is_some()
-                && e.detail.rsplit('/').next() == Some(lease)
-        })
-        .map(|e| e.at)
-        .min()
+        });
+        assert!(
+            consumed && deleted_a,
+            "final stop of gw-a: marker consumed {consumed}, route writes after the stop: {routes_from_a:?}\n{}",
+            self.logs()
+        );
+        assert!(
+            !routes_from_a
+                .iter()
+                .any(|e| e.detail.contains(&format!(" {} ", self.tables[1]))),
+            "gw-a wrote zone b's table on its final stop: {routes_from_a:?}"
+        );
+        println!(
+            "final stop of gw-a: {}",
+            routes_from_a
+                .iter()
+                .map(|e| e.detail.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        let took = self
+            .wait_for(
+                BOUND,
+                |s| self.zone_on(s, 0, 1) && self.zone_on(s, 1, 1),
+                |_| {},
+            )
+            .await
+            .unwrap_or_else(|s| {
+                panic!(
+                    "zone a did not move to gw-b after gw-a's final stop: {s}\n{}",
+                    self.logs()
+                )
+            });
+        println!("gw-a's final stop: zone a on gw-b after {took:?}");
+    }
+}
+
+/// HGW_PER_AZ_TRIALS=N repeats the crash and the return N times (default 1) and prints
+/// the figures: kill -9 → gw-b's acquisition of shard a (from the record), → tables and CR
+/// naming gw-b (polled), and gw-b's release → gw-a's acquisition on the return.
+fn trials() -> usize {
+    std::env::var("HGW_PER_AZ_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_gateway_leads_its_zone_fails_over_hands_back_and_falls_back() {
     support::require_root();
-    let mut f = Fleet::start("pz").await;
+    let mut f = Fleet::start("pz", false).await;
     let steady = f
         .wait_for(BOUND, |s| f.zone_on(s, 0, 0) && f.zone_on(s, 1, 1), |_| {})
         .await
@@ -538,99 +810,87 @@ async fn each_gateway_leads_its_zone_fails_over_hands_back_and_falls_back() {
         ],
     )
     .unwrap_or_else(|s| panic!("gw-a's status: {s}"));
+    f.cr_judged_per_shard().await;
 
-    // HGW_PER_AZ_TRIALS=N repeats the crash and the return N times (default 1) and prints
-    // the figures: kill -9 → gw-b's acquisition of shard a (from the record), → tables and
-    // CR naming gw-b (polled), and gw-b's release → gw-a's acquisition on the return.
-    let trials: usize = std::env::var("HGW_PER_AZ_TRIALS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
-    let lease_a = format!("{LEASE}-{}", ZONES[0]);
-    let (mut takeovers, mut followed, mut gaps) = (Vec::new(), Vec::new(), Vec::new());
-    for trial in 0..trials {
-        // kill -9 gw-a: shard a moves to gw-b; shard b's table never leaves gw-b.
-        let killed = f.recorder.now();
-        f.kill(0);
-        let mut b_moved = Vec::new();
-        let (b_table, b_eni) = (f.tables[1].clone(), f.gws[1].eni.clone());
-        let failover = f
-            .wait_for(
-                BOUND,
-                |s| f.zone_on(s, 0, 1) && f.zone_on(s, 1, 1),
-                |s| {
-                    if s.routes.get(&b_table) != Some(&b_eni) {
-                        b_moved.push(format!("{:?}", s.routes));
-                    }
-                },
+    f.fail_over_and_back(trials(), |f| {
+        f.status_shows(
+            1,
+            &[
+                "us-west-2a (1/1 tables)",
+                "us-west-2b (1/1 tables)",
+                "shard us-west-2a: leader",
+            ],
+        )
+        .unwrap_or_else(|s| panic!("gw-b's status after the takeover: {s}"));
+    })
+    .await;
+
+    // AZ b's table is no longer managed (its tag removed): shard b leaves the layout, and
+    // both gateways leave its election — gw-b standby and its Lease released, gw-a no
+    // longer a visitor — rather than keeping an empty shard until restart; gw-b's status
+    // stops listing it. Tagged again, the shard is picked up and gw-b leads it again.
+    let managed = || {
+        aws_sdk_ec2::types::Tag::builder()
+            .key("hybrid-gateway.io/managed")
+            .value("true")
+            .build()
+    };
+    let untagged = f.recorder.now();
+    f.ec2
+        .delete_tags()
+        .resources(&f.tables[1])
+        .tags(managed())
+        .send()
+        .await
+        .expect("untagging AZ b's table in moto");
+    let left = f
+        .wait_for(BOUND, |s| !s.holders.contains_key(ZONES[1]), |_| {})
+        .await
+        .unwrap_or_else(|s| {
+            panic!(
+                "shard b's Lease is still held after its table left the layout: {s}\n{}",
+                f.logs()
             )
-            .await
-            .unwrap_or_else(|s| panic!("shard a did not move to gw-b: {s}\n{}", f.logs()));
-        assert!(b_moved.is_empty(), "shard b's table moved: {b_moved:?}");
-        let took = acquired_at(&f.recorder, &lease_a, "gw-b", killed)
-            .expect("gw-b acquired shard a")
-            - killed;
-        println!("trial {trial}: kill -9 gw-a: gw-b acquired shard a {took:?} after the kill; tables and CR followed after {failover:?}");
-        assert!(
-            took <= LEASE_DURATION + Duration::from_secs(1),
-            "takeover of shard a took {took:?}"
+        });
+    assert!(
+        f.first_write(&f.zone_store(1), "gw-b", untagged, false)
+            .is_some(),
+        "shard b's Lease was not released by gw-b: {}",
+        f.logs()
+    );
+    f.status_until(1, |text| !text.contains(ZONES[1]))
+        .unwrap_or_else(|s| panic!("gw-b's status still lists shard b: {s}"));
+    // Nobody campaigns for the vanished shard, past a lease duration; and gw-b's shard
+    // series are gone with it (no stale "leader of us-west-2b").
+    tokio::time::sleep(LEASE_DURATION + Duration::from_secs(1)).await;
+    for gauge in ["shard_leader", "shard_term", "shard_route_tables"] {
+        assert_eq!(
+            f.shard_gauge(1, gauge, ZONES[1]),
+            None,
+            "gw-b still exports {gauge} for the vanished shard"
         );
-        if trial == 0 {
-            f.status_shows(
-                1,
-                &[
-                    "us-west-2a (1/1 tables)",
-                    "us-west-2b (1/1 tables)",
-                    "shard us-west-2a: leader",
-                ],
-            )
-            .unwrap_or_else(|s| panic!("gw-b's status after the takeover: {s}"));
-        }
+    }
+    let s = f.state().await.expect("reading the peers");
+    assert!(
+        !s.holders.contains_key(ZONES[1]),
+        "a gateway took the vanished shard b: {s:?}\n{}",
+        f.logs()
+    );
+    println!("AZ b's table untagged: shard b's Lease released after {left:?}");
+    f.ec2
+        .create_tags()
+        .resources(&f.tables[1])
+        .tags(managed())
+        .send()
+        .await
+        .expect("tagging AZ b's table again in moto");
+    let back = f
+        .wait_for(BOUND, |s| f.zone_on(s, 0, 0) && f.zone_on(s, 1, 1), |_| {})
+        .await
+        .unwrap_or_else(|s| panic!("shard b was not picked up again: {s}\n{}", f.logs()));
+    println!("AZ b's table tagged again: gw-b leads shard b after {back:?}");
 
-        // gw-a returns: gw-b hands shard a back with a release.
-        let back = f.recorder.now();
-        f.spawn(0);
-        let handback = f
-            .wait_for(BOUND, |s| f.zone_on(s, 0, 0) && f.zone_on(s, 1, 1), |_| {})
-            .await
-            .unwrap_or_else(|s| panic!("shard a did not move back: {s}\n{}", f.logs()));
-        let released = f
-            .recorder
-            .events()
-            .into_iter()
-            .filter(|e| {
-                e.kind == Kind::LeaseWrite
-                    && e.at > back
-                    && e.gw == "gw-b"
-                    && e.holder.is_none()
-                    && (200..300).contains(&e.status)
-                    && e.detail.rsplit('/').next() == Some(lease_a.as_str())
-            })
-            .map(|e| e.at)
-            .min()
-            .unwrap_or_else(|| panic!("gw-b did not release shard a: {}", f.logs()));
-        let gap = acquired_at(&f.recorder, &lease_a, "gw-a", released)
-            .expect("gw-a acquired shard a after the release")
-            - released;
-        println!("trial {trial}: gw-a restarted: shard a back on gw-a after {handback:?}; gw-b's release → gw-a's acquisition {gap:?}");
-        takeovers.push(took);
-        followed.push(failover);
-        gaps.push(gap);
-    }
-    if trials > 1 {
-        let show = |name: &str, v: &mut Vec<Duration>| {
-            v.sort();
-            println!(
-                "{name} over {trials} trials: min {:?} median {:?} max {:?}",
-                v[0],
-                v[v.len() / 2],
-                v[v.len() - 1]
-            );
-        };
-        show("kill -9 → takeover of shard a", &mut takeovers);
-        show("kill -9 → tables and CR name gw-b", &mut followed);
-        show("handback: release → acquisition", &mut gaps);
-    }
+    f.shard_readiness_follows_the_served_crd().await;
 
     // A subnet with another prefix length: Cilium's one cidrMask cannot express the
     // subnets any more, so the default shard's leader writes the whole CR alone (one
@@ -669,4 +929,53 @@ async fn each_gateway_leads_its_zone_fails_over_hands_back_and_falls_back() {
         "per-shard invariant broken: {v:#?}\n{}",
         f.logs()
     );
+}
+
+/// Per-AZ mode with `[election.dynamodb]`: each shard's election is active/standby's
+/// Lease + DynamoDB lock, on the shard's Lease and its own lock item (the default shard's
+/// is the configured key, each AZ's `<key>-<az>`). Asserted from what reached DynamoDB
+/// Local and the other peers: each gateway holds its own zone's lock item and its table
+/// and CR entry name it; kill -9 of gw-a → gw-b acquires shard a's lock item within a
+/// lease + 1 s; gw-a back → gw-b releases the item and gw-a acquires it; and per shard, no
+/// route or CR write arrives from a gateway after another gateway acquired that shard's
+/// lock item (the lock, not the Lease, is the authority). About 1 minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_dynamodb_each_zone_has_its_own_lock_item_and_one_writer() {
+    support::require_root();
+    let mut f = Fleet::start("pd", true).await;
+    let steady = f
+        .wait_for(BOUND, |s| f.zone_on(s, 0, 0) && f.zone_on(s, 1, 1), |_| {})
+        .await
+        .unwrap_or_else(|s| panic!("no steady state: {s}\n{}", f.logs()));
+    println!("steady state (each gateway holds its zone's lock item) after {steady:?}");
+    // One item per shard, under the documented keys; the default shard's is the key itself.
+    for zone in ["default"].into_iter().chain(ZONES) {
+        let key = Fleet::lock_key(zone);
+        let owner = f.lock_owner(&key).await.unwrap();
+        assert!(owner.is_some(), "no holder of lock item {key}");
+    }
+    f.fail_over_and_back(trials(), |_| {}).await;
+    f.final_stop_cleans_up_the_led_shard().await;
+    let v = f.violations();
+    assert!(
+        v.is_empty(),
+        "per-shard invariant (lock authority) broken: {v:#?}\n{}",
+        f.logs()
+    );
+    // Each shard's lock item was written, and only its holder's effects count: the record
+    // holds acquisitions of both zones' items by both gateways (the takeover and the return).
+    let events = f.recorder.events();
+    for gw in ["gw-a", "gw-b"] {
+        let key = Fleet::lock_key(ZONES[0]);
+        assert!(
+            record::acquisitions(
+                &record::shard_events(&events, "-", Some(&key), &[], "-"),
+                &Kind::LockWrite
+            )
+            .iter()
+            .any(|(_, g)| g == gw),
+            "{gw} never acquired {key}: {}",
+            record::summary(&events)
+        );
+    }
 }

@@ -45,6 +45,16 @@ impl Shard {
         }
     }
 
+    /// The shard's DynamoDB lock item (`election.dynamodb.key`): `<key>-<az>`; the default
+    /// shard keeps `key`, so a switch between modes keeps one item (and one term) for it,
+    /// as the Lease does.
+    pub fn lock_key(&self, key: &str) -> String {
+        match self {
+            Shard::Default => key.to_string(),
+            Shard::Zone(az) => format!("{key}-{az}"),
+        }
+    }
+
     /// `default` or the AZ name: status, metrics and the CiliumVTEPConfig's names.
     pub fn name(&self) -> &str {
         match self {
@@ -480,6 +490,11 @@ mod tests {
         assert_eq!(
             Shard::Zone("us-east-1a".into()).lease_name("hgw"),
             "hgw-us-east-1a"
+        );
+        assert_eq!(Shard::Default.lock_key("c/hgw"), "c/hgw");
+        assert_eq!(
+            Shard::Zone("us-east-1a".into()).lock_key("c/hgw"),
+            "c/hgw-us-east-1a"
         );
         assert_eq!(Shard::Default.claim_lease_name("hgw"), None);
         assert_eq!(

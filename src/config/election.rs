@@ -125,14 +125,6 @@ impl Validator<'_> {
             })?;
         }
         if let (ElectionMode::PerAz, Some(span)) = (e.mode, &mode_span) {
-            if raw.dynamodb.is_some() {
-                return Err(self.invalid(
-                    "election.mode",
-                    span,
-                    "\"per-az\"",
-                    "per-AZ mode elects with one Lease per shard and does not support the DynamoDB lock yet: remove [election.dynamodb] or use mode = \"active-standby\"",
-                ));
-            }
             if !manages_routes {
                 return Err(self.invalid(
                     "election.mode",

@@ -442,11 +442,11 @@ fn election_mode_defaults_to_active_standby_and_per_az_needs_route_tables() {
         8,
         &["election.mode", "aws.route_table_ids", "route_table_tag"],
     );
-    rejects(
-        &format!(
-            "{GOOD}{tables}\n[election]\nmode = \"per-az\"\n[election.dynamodb]\ntable = \"locks\"\n"
-        ),
-        11,
-        &["election.mode", "DynamoDB", "[election.dynamodb]"],
-    );
+    // With the DynamoDB lock: a lock item per shard (the default shard's is the key).
+    let c = parse(&format!(
+        "{GOOD}{tables}\n[election]\nmode = \"per-az\"\n[election.dynamodb]\ntable = \"locks\"\nkey = \"c/hgw\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.election.mode, ElectionMode::PerAz);
+    assert_eq!(c.election.dynamodb.map(|d| d.key).as_deref(), Some("c/hgw"));
 }

@@ -357,6 +357,7 @@ fn spawn_leader_work(
         tokio::spawn(follow_fence(
             handle.clone(),
             fenced_rx,
+            None,
             inputs.telemetry.clone(),
             cancel.clone(),
         )),
@@ -409,7 +410,7 @@ pub(super) async fn follow_shape(
 
 /// Mirrors what the CiliumVTEPConfig names into `status` and the `vtepconfig_read` /
 /// `vtepconfig_names_me` gauges.
-async fn follow_observed(
+pub(super) async fn follow_observed(
     mut observed: tokio::sync::watch::Receiver<vtep_observer::Observed>,
     me: Ipv4Addr,
     telemetry: Telemetry,
@@ -432,10 +433,12 @@ async fn follow_observed(
 
 /// Mirrors why the leader cannot write the CiliumVTEPConfig (fenced, no shape we write
 /// is served, or no room for our endpoints) into readiness, and the fence into the `vtepconfig_fenced` gauge; only a
-/// leader can be blocked.
-async fn follow_fence(
+/// leader can be blocked. `shard` (per-AZ mode): the shard whose leadership `handle` is;
+/// its status entry and `shard_vtepconfig_*` gauges are the ones set.
+pub(super) async fn follow_fence(
     mut handle: ElectionHandle,
     mut blocked: tokio::sync::watch::Receiver<Option<vtep_config::Blocked>>,
+    shard: Option<String>,
     telemetry: Telemetry,
     cancel: CancellationToken,
 ) {
@@ -451,14 +454,18 @@ async fn follow_fence(
             ) => (None, Some(w)),
             None => (None, None),
         };
-        telemetry
-            .metrics
-            .vtepconfig_fenced
-            .set(i64::from(fenced.is_some()));
-        telemetry.status.update(|s| {
-            s.vtepconfig_fenced = fenced;
-            s.vtepconfig_unserved = unserved;
-        });
+        if let Some(shard) = &shard {
+            telemetry.shard_vtepconfig_blocked(shard, fenced, unserved);
+        } else {
+            telemetry
+                .metrics
+                .vtepconfig_fenced
+                .set(i64::from(fenced.is_some()));
+            telemetry.status.update(|s| {
+                s.vtepconfig_fenced = fenced;
+                s.vtepconfig_unserved = unserved;
+            });
+        }
         tokio::select! {
             _ = cancel.cancelled() => return,
             r = blocked.changed() => if r.is_err() { return },

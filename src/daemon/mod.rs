@@ -11,6 +11,7 @@ mod node_sync;
 mod per_az;
 mod reload;
 mod route_sync;
+mod shard_elector;
 mod static_nodes;
 mod supervisor;
 mod systemd;
@@ -443,6 +444,7 @@ impl Daemon {
                 aws: ctx.aws.clone(),
                 config: ctx.config.subscribe(),
                 telemetry: ctx.telemetry.clone(),
+                dynamodb: ctx.aws.get().map(|a| aws_sdk_dynamodb::Client::new(&a.sdk)),
             },
             home,
         ));
@@ -506,7 +508,7 @@ impl Daemon {
                 e.stop(final_stop).await;
             }
             if let Some(p) = per_az {
-                p.stop().await;
+                p.stop(final_stop).await;
             }
             ctx.cancel.cancel();
             for t in tasks {

@@ -32,12 +32,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::aws_side::{AwsSideError, SharedAws};
 use super::node_sync::BACKOFF;
+use super::shard_elector::{ShardElector, ShardStores};
 use crate::aws::shards::{self, Layout, Selection, Shard};
 use crate::aws::{RouteError, RouteTables};
 use crate::backoff::Backoff;
 use crate::config::{Config, JITTER_FACTOR};
 use crate::datapath::Mac;
 use crate::election::{self, lease::LeaseLock, ElectionHandle, Elector, Term, Timings};
+use crate::k8s::vtep_observer::{self, ByShard, Observed};
 use crate::k8s::vtep_shape::{self, Served};
 use crate::k8s::vtep_shards::{self, CrPlan, ShardVtep};
 use crate::reconcile::{self, Outcome, Target, Wakeups};
@@ -55,6 +57,8 @@ pub struct PerAzInputs {
     pub aws: SharedAws,
     pub config: watch::Receiver<Arc<Config>>,
     pub telemetry: Telemetry,
+    /// With `[election.dynamodb]`: every shard's election takes its own lock item too.
+    pub dynamodb: Option<aws_sdk_dynamodb::Client>,
 }
 
 /// What every shard's parts share.
@@ -63,12 +67,17 @@ struct Shared {
     namespace: String,
     lease_name: String,
     timings: Timings,
+    /// What each shard's contender is built from.
+    stores: ShardStores,
     /// One lock store call (see [`crate::config::ElectionConfig::store_timeout`]).
     request_timeout: Duration,
     home_az: String,
     layout: watch::Receiver<Option<Arc<Layout>>>,
     plan: watch::Receiver<Option<CrPlan>>,
     served: watch::Receiver<Served>,
+    /// The shards this gateway campaigns for now (home, or visiting), with their
+    /// leadership: a final stop deletes the routes of those it leads.
+    contending: std::sync::Mutex<Vec<(Shard, ElectionHandle)>>,
 }
 
 /// The running per-AZ election: the layout reader, the served-shape look-up, and one
@@ -77,6 +86,7 @@ pub struct PerAz {
     cancel: CancellationToken,
     manager: JoinHandle<Vec<Session>>,
     background: Vec<JoinHandle<()>>,
+    shared: Arc<Shared>,
 }
 
 impl PerAz {
@@ -88,7 +98,7 @@ impl PerAz {
         let (plan_tx, plan) = watch::channel(None);
         let (shape_tx, served) = watch::channel(Served::Unknown);
         let request_timeout = e.store_timeout(config.kubernetes.request_timeout);
-        let background = vec![
+        let mut background = vec![
             tokio::spawn(read_layouts(
                 inputs.aws.clone(),
                 inputs.config.clone(),
@@ -108,38 +118,189 @@ impl PerAz {
                 cancel.clone(),
             )),
         ];
-        tracing::info!(identity = %inputs.identity, home = %home_az, lease = %format!("{}/{}", e.namespace, e.lease_name), "joining the per-AZ election");
+        // What the CR names, read on every gateway: whole (as in active/standby) and per
+        // shard, judged against each shard's leader.
+        let (observed_tx, observed) = watch::channel(Observed::Unknown);
+        let (by_shard_tx, by_shard) = watch::channel(None);
+        background.extend([
+            tokio::spawn(vtep_observer::run_by_shard(
+                inputs.kube.clone(),
+                served.clone(),
+                observed_tx,
+                Some(by_shard_tx),
+                cancel.clone(),
+            )),
+            tokio::spawn(super::leader::follow_observed(
+                observed,
+                inputs.node_ip,
+                inputs.telemetry.clone(),
+                cancel.clone(),
+            )),
+            tokio::spawn(follow_observed_shards(
+                by_shard,
+                inputs.node_ip,
+                inputs.telemetry.clone(),
+                cancel.clone(),
+            )),
+        ]);
+        let timings = Timings {
+            lease_duration: e.lease_duration,
+            renew_deadline: e.renew_deadline,
+            retry_period: e.retry_period,
+        };
+        let dynamodb = match (&e.dynamodb, inputs.dynamodb.clone()) {
+            (Some(d), Some(client)) => Some((client, d.clone())),
+            _ => None,
+        };
+        match &dynamodb {
+            Some((_, d)) => {
+                tracing::info!(identity = %inputs.identity, home = %home_az, lease = %format!("{}/{}", e.namespace, e.lease_name), table = %d.table, key = %d.key, "joining the per-AZ election (a Lease and a DynamoDB lock item per shard)")
+            }
+            None => {
+                tracing::info!(identity = %inputs.identity, home = %home_az, lease = %format!("{}/{}", e.namespace, e.lease_name), "joining the per-AZ election (a Lease per shard)")
+            }
+        }
+        let stores = ShardStores {
+            kube: inputs.kube.clone(),
+            namespace: e.namespace.clone(),
+            lease_name: e.lease_name.clone(),
+            identity: inputs.identity.clone(),
+            timings,
+            request_timeout,
+            dynamodb,
+        };
         let shared = Arc::new(Shared {
             inputs,
             namespace: e.namespace.clone(),
             lease_name: e.lease_name.clone(),
-            timings: Timings {
-                lease_duration: e.lease_duration,
-                renew_deadline: e.renew_deadline,
-                retry_period: e.retry_period,
-            },
+            timings,
+            stores,
             request_timeout,
             home_az,
             layout,
             plan,
             served,
+            contending: std::sync::Mutex::new(Vec::new()),
         });
-        let manager = tokio::spawn(manage(shared, cancel.clone()));
+        let manager = tokio::spawn(manage(shared.clone(), cancel.clone()));
         PerAz {
             cancel,
             manager,
             background,
+            shared,
         }
     }
 
     /// Every shard as a clean stop of active/standby: standby, leader work stopped, then
     /// the Leases released (claims first, so a visitor campaigns as soon as it can).
-    pub async fn stop(self) {
+    ///
+    /// `final_stop` (package removal, not a restart) with `aws.cleanup_on_shutdown` first
+    /// deletes this gateway's VPC routes in the tables of every shard it leads, while it
+    /// still leads each, as active/standby does for its tables.
+    pub async fn stop(self, final_stop: bool) {
+        if final_stop {
+            self.shared.clean_up_led_shards().await;
+        }
         self.cancel.cancel();
         let sessions = self.manager.await.unwrap_or_default();
         futures::future::join_all(sessions.into_iter().map(Session::stop)).await;
         for t in self.background {
             let _ = t.await;
+        }
+    }
+}
+
+impl Shared {
+    /// Final stop: every shard led here, its tables' routes to this gateway's ENI deleted
+    /// (each write within the shard's leadership, as any leader work), all at once.
+    async fn clean_up_led_shards(&self) {
+        let led: Vec<(Shard, ElectionHandle)> = self
+            .contending
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, h)| h.leadership.borrow().is_leader())
+            .collect();
+        let cleanups = led.iter().map(|(shard, handle)| async move {
+            match self.clean_up(shard, handle).await {
+                Ok(None) => {}
+                Ok(Some(report)) => tracing::info!(
+                    %shard,
+                    deleted = report.deleted(),
+                    "final stop: deleted this gateway's VPC routes in the shard's tables"
+                ),
+                Err(e) => tracing::warn!(
+                    %shard,
+                    "final stop: could not delete this gateway's VPC routes in the shard's tables: {e}"
+                ),
+            }
+        });
+        futures::future::join_all(cleanups).await;
+    }
+
+    /// `None`: the shard has no tables (or no layout was read).
+    async fn clean_up(
+        &self,
+        shard: &Shard,
+        handle: &ElectionHandle,
+    ) -> Result<Option<crate::aws::SyncReport>, ShardRoutesError> {
+        let config = self.inputs.config.borrow().clone();
+        let tables = match self.layout.borrow().as_ref() {
+            Some(l) => l.tables_of(shard).to_vec(),
+            None => return Ok(None),
+        };
+        if tables.is_empty() {
+            return Ok(None);
+        }
+        let aws = self
+            .inputs
+            .aws
+            .get_or_discover(&config)
+            .await
+            .map_err(ShardRoutesError::Aws)?;
+        aws.route_tables_for(&config, tables)
+            .cleanup(&aws.identity.primary_eni, handle)
+            .await
+            .map(Some)
+            .map_err(ShardRoutesError::Routes)
+    }
+}
+
+/// Mirrors whom each shard's CiliumVTEPConfig entries name into the shard gauges and the
+/// status of the shards this gateway takes part in — on every change of the object, and
+/// every second (a change of leadership changes the judgement, not the object).
+async fn follow_observed_shards(
+    mut by_shard: watch::Receiver<ByShard>,
+    me: Ipv4Addr,
+    telemetry: Telemetry,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let now = by_shard.borrow_and_update().clone();
+        let known: Vec<String> = telemetry
+            .status
+            .snapshot()
+            .shards
+            .into_iter()
+            .map(|s| s.shard)
+            .collect();
+        let mut all: std::collections::BTreeSet<&str> = known.iter().map(String::as_str).collect();
+        if let Some(m) = &now {
+            all.extend(m.keys().map(String::as_str));
+        }
+        for shard in all {
+            let names = now
+                .as_ref()
+                .map(|m| m.get(shard).map_or(&[][..], Vec::as_slice));
+            let in_status = known.iter().any(|k| k == shard);
+            telemetry.shard_vtepconfig_observed(shard, names, me, in_status);
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = by_shard.changed() => if r.is_err() { return },
+            _ = tick.tick() => {}
         }
     }
 }
@@ -237,21 +398,38 @@ async fn read_layout(aws: &SharedAws, config: &Config) -> Result<Layout, LayoutE
 }
 
 /// Starts a session for every shard the layout shows (the default shard at once), as they
-/// appear; returns them on `cancel` for a clean stop. A shard that disappears keeps its
-/// session: it has no tables and no subnets, so its leader writes nothing.
+/// appear, and stops the session of an AZ shard the layout no longer has (no managed table
+/// in that AZ any more): it leaves the shard's election — standby, leader work stopped,
+/// its Lease and claim released — rather than renewing an empty shard until restart. A
+/// shard that comes back gets a fresh session. Returns the sessions on `cancel` for a
+/// clean stop.
 async fn manage(shared: Arc<Shared>, cancel: CancellationToken) -> Vec<Session> {
     let mut sessions: Vec<Session> = vec![Session::start(&shared, Shard::Default, &cancel)];
     let mut layout = shared.layout.clone();
     loop {
-        let zones: Vec<String> = layout
+        // Nothing is stopped before a layout has been read.
+        let zones: Option<Vec<String>> = layout
             .borrow_and_update()
             .as_ref()
-            .map(|l| l.zones().map(str::to_string).collect())
-            .unwrap_or_default();
-        for az in zones {
-            let shard = Shard::Zone(az);
-            if !sessions.iter().any(|s| s.shard == shard) {
-                sessions.push(Session::start(&shared, shard, &cancel));
+            .map(|l| l.zones().map(str::to_string).collect());
+        if let Some(zones) = zones {
+            let (kept, gone): (Vec<Session>, Vec<Session>) =
+                sessions.into_iter().partition(|s| match &s.shard {
+                    Shard::Default => true,
+                    Shard::Zone(az) => zones.contains(az),
+                });
+            sessions = kept;
+            for s in gone {
+                let shard = s.shard.clone();
+                tracing::info!(%shard, "no managed route table in {shard} any more: leaving its shard's election");
+                s.stop().await;
+                shared.inputs.telemetry.shard_gone(shard.name());
+            }
+            for az in zones {
+                let shard = Shard::Zone(az);
+                if !sessions.iter().any(|s| s.shard == shard) {
+                    sessions.push(Session::start(&shared, shard, &cancel));
+                }
             }
         }
         tokio::select! {
@@ -265,6 +443,8 @@ async fn manage(shared: Arc<Shared>, cancel: CancellationToken) -> Vec<Session> 
 struct Session {
     shard: Shard,
     kind: SessionKind,
+    /// Stops a visitor's part alone (a child of the manager's cancel).
+    cancel: CancellationToken,
 }
 
 enum SessionKind {
@@ -279,6 +459,7 @@ enum SessionKind {
 
 impl Session {
     fn start(shared: &Arc<Shared>, shard: Shard, cancel: &CancellationToken) -> Session {
+        let cancel = cancel.child_token();
         let kind =
             match &shard {
                 Shard::Zone(az) if *az != shared.home_az => SessionKind::Visitor(tokio::spawn(
@@ -289,17 +470,22 @@ impl Session {
                         Shard::Zone(_) => Some(Claim::start(shared, &shard)),
                         Shard::Default => None,
                     };
-                    let elector = shard_elector(shared, &shard);
+                    let elector = ShardElector::new(&shared.stores, &shard);
                     SessionKind::Home {
                         contender: Contender::start(shared, &shard, elector, None, true),
                         claim,
                     }
                 }
             };
-        Session { shard, kind }
+        Session {
+            shard,
+            kind,
+            cancel,
+        }
     }
 
     async fn stop(self) {
+        self.cancel.cancel();
         match self.kind {
             SessionKind::Home { contender, claim } => {
                 if let Some(c) = claim {
@@ -307,7 +493,7 @@ impl Session {
                 }
                 contender.stop().await;
             }
-            // The visitor stops (and releases) on the manager's cancel itself.
+            // The visitor stops (and releases) on its cancel itself.
             SessionKind::Visitor(t) => {
                 let _ = t.await;
             }
@@ -315,23 +501,11 @@ impl Session {
     }
 }
 
-fn shard_elector(shared: &Shared, shard: &Shard) -> Elector<LeaseLock> {
-    Elector::new(
-        LeaseLock::new(
-            shared.inputs.kube.clone(),
-            &shared.namespace,
-            &shard.lease_name(&shared.lease_name),
-            shared.request_timeout,
-        ),
-        shared.inputs.identity.clone(),
-        shared.timings,
-    )
-}
-
 /// One shard's election and leader work, stopped as active/standby stops.
 struct Contender {
+    shared: Arc<Shared>,
     shard: Shard,
-    contest: JoinHandle<Elector<LeaseLock>>,
+    contest: JoinHandle<ShardElector>,
     election_cancel: CancellationToken,
     work: Vec<JoinHandle<()>>,
     work_cancel: CancellationToken,
@@ -344,7 +518,7 @@ impl Contender {
     fn start(
         shared: &Arc<Shared>,
         shard: &Shard,
-        mut elector: Elector<LeaseLock>,
+        mut elector: ShardElector,
         wake: Option<Arc<Notify>>,
         home: bool,
     ) -> Contender {
@@ -364,11 +538,16 @@ impl Contender {
         });
         let c = election_cancel.clone();
         let contest = tokio::spawn(async move {
-            election::run(&mut elector, &publisher, Some(wake), c).await;
+            elector.run(&publisher, Some(wake), c).await;
             elector
         });
         work.extend(leader_work(shared, shard, &handle, home, &work_cancel));
+        if let Ok(mut c) = shared.contending.lock() {
+            c.retain(|(s, _)| s != shard);
+            c.push((shard.clone(), handle));
+        }
         Contender {
+            shared: shared.clone(),
             shard: shard.clone(),
             contest,
             election_cancel,
@@ -380,7 +559,10 @@ impl Contender {
 
     /// Standby first, then the shard's leader work stopped, then its Lease released; gives
     /// the elector back (a visitor keeps watching with it).
-    async fn stop(self) -> Option<Elector<LeaseLock>> {
+    async fn stop(self) -> Option<ShardElector> {
+        if let Ok(mut c) = self.shared.contending.lock() {
+            c.retain(|(s, _)| *s != self.shard);
+        }
         self.election_cancel.cancel();
         let elector = self.contest.await.ok();
         self.work_cancel.cancel();
@@ -388,21 +570,7 @@ impl Contender {
             let _ = t.await;
         }
         let mut elector = elector?;
-        match tokio::time::timeout(
-            self.request_timeout,
-            elector.release(jiff::Timestamp::now()),
-        )
-        .await
-        {
-            Ok(Ok(true)) => tracing::info!(shard = %self.shard, "released the shard's Lease"),
-            Ok(Ok(false)) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(shard = %self.shard, "could not release the shard's Lease ({e}); it expires")
-            }
-            Err(_) => {
-                tracing::warn!(shard = %self.shard, "releasing the shard's Lease timed out; it expires")
-            }
-        }
+        elector.release(self.request_timeout, &self.shard).await;
         Some(elector)
     }
 }
@@ -430,6 +598,7 @@ fn leader_work(
         shared: shared.clone(),
         shard: shard.clone(),
     };
+    let (blocked, blocked_rx) = watch::channel(None);
     vec![
         tokio::spawn(vtep_shards::run(
             i.kube.clone(),
@@ -439,6 +608,15 @@ fn leader_work(
             shared.request_timeout,
             shared.served.clone(),
             shared.plan.clone(),
+            blocked,
+            cancel.clone(),
+        )),
+        // Why the shard's entries cannot be written, into the shard's readiness.
+        tokio::spawn(super::leader::follow_fence(
+            handle.clone(),
+            blocked_rx,
+            Some(shard.to_string()),
+            i.telemetry.clone(),
             cancel.clone(),
         )),
         tokio::spawn(routes.run(handle.clone(), cancel.clone())),
@@ -562,7 +740,7 @@ async fn visit(shared: Arc<Shared>, shard: Shard, cancel: CancellationToken) {
         &shard.lease_name(&shared.lease_name),
         watch_cancel.clone(),
     );
-    let mut watcher = Some(shard_elector(&shared, &shard));
+    let mut watcher = Some(ShardElector::new(&shared.stores, &shard));
     let mut running: Option<Contender> = None;
     let started = Instant::now();
     let status = &shared.inputs.telemetry;
@@ -583,11 +761,11 @@ async fn visit(shared: Arc<Shared>, shard: Shard, cancel: CancellationToken) {
             }
             Err(_) => None,
         };
-        // While not campaigning, keep the shard's Lease observed so the expiry clock runs
-        // from the holder's last renewal, not from the moment we start.
+        // While not campaigning, keep the shard's Lease (and lock) observed so the expiry
+        // clocks run from the holder's last renewal, not from the moment we start.
         if let Some(w) = watcher.as_mut() {
-            let _ = tokio::time::timeout(shared.request_timeout, w.observe_only()).await;
-            let leader = w.observed_holder().map(str::to_string);
+            w.observe(shared.request_timeout).await;
+            let leader = w.holder().map(str::to_string);
             status.shard_leadership(
                 shard.name(),
                 false,
@@ -617,7 +795,7 @@ async fn visit(shared: Arc<Shared>, shard: Shard, cancel: CancellationToken) {
                     watcher = c
                         .stop()
                         .await
-                        .or_else(|| Some(shard_elector(&shared, &shard)));
+                        .or_else(|| Some(ShardElector::new(&shared.stores, &shard)));
                 }
             }
             VisitStep::Stay => {}

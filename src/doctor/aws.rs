@@ -1,5 +1,6 @@
 //! The AWS side: IMDS, the VPC's CIDR blocks, the source/destination check, the managed
-//! route tables (found, in this VPC, writable by a `DryRun` write) and the DynamoDB table.
+//! route tables (found, in this VPC, writable by a `DryRun` write), per-AZ mode's layout
+//! and the DynamoDB table.
 
 use aws_config::SdkConfig;
 use aws_sdk_ec2::error::ProvideErrorMetadata;
@@ -8,7 +9,7 @@ use ipnet::Ipv4Net;
 use super::{Check, CALL_TIMEOUT};
 use crate::aws::imds::{self, Identity, ImdsSettings, Overrides};
 use crate::aws::{eni, sdk_config, SdkSettings};
-use crate::config::Config;
+use crate::config::{Config, ElectionMode};
 
 /// What the Kubernetes checks reuse (an EKS token is signed with these credentials).
 pub struct Aws {
@@ -105,6 +106,9 @@ pub async fn checks(config: &Config, out: &mut Vec<Check>) -> Option<Aws> {
         },
     );
     out.extend(route_tables(config, &ec2, &identity).await);
+    if config.election.mode == ElectionMode::PerAz {
+        out.extend(super::per_az::checks(config, &ec2, &identity).await);
+    }
     if let Some(d) = &config.election.dynamodb {
         let table = dynamodb_table(&sdk, &d.table).await;
         let active = table.status == super::Status::Ok;

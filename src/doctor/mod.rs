@@ -6,6 +6,7 @@
 mod aws;
 mod host;
 mod kube;
+mod per_az;
 
 use std::io::Write;
 use std::time::Duration;

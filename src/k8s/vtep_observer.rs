@@ -6,7 +6,12 @@
 //! `leader_is_active` that tells "the CR points at a non-leader" (a gateway named but not
 //! leading) and "the CR points at nobody we run" (no live gateway named) apart, which is
 //! what the alert rules need.
+//!
+//! In per-AZ mode each shard's leader writes only its shard's entries, so the observer
+//! also splits what the object names by shard ([`by_shard`]): each shard's entries must
+//! name that shard's leader.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use futures::StreamExt;
@@ -18,8 +23,9 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::vtep_config::{endpoints_of, NAME};
+use super::vtep_config::{endpoints_of, is_gateway_name, NAME};
 use super::vtep_shape::{Served, Shape};
+use super::vtep_shards::shard_of_entry;
 
 /// The object as last seen.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -73,20 +79,61 @@ pub fn tunnel_endpoints(obj: &DynamicObject, shape: Shape) -> Vec<Ipv4Addr> {
     out
 }
 
+/// Per shard (`default` or the AZ), the distinct `tunnelEndpoint`s of the gateway entries
+/// of that shard: per-AZ mode's `vpc-gateway-az-<shard>-<i>`, and active/standby's names
+/// (written by the default shard's leader in per-AZ mode's fallback) under `default`.
+/// Other writers' entries (not a gateway's) are left out.
+pub fn by_shard(obj: &DynamicObject, shape: Shape) -> BTreeMap<String, Vec<Ipv4Addr>> {
+    let mut out: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
+    for e in endpoints_of(obj, shape) {
+        let name = e.get("name").and_then(Value::as_str).unwrap_or("");
+        let shard = match shard_of_entry(name) {
+            Some(s) => s,
+            None if is_gateway_name(name) => "default",
+            None => continue,
+        };
+        let ip = e
+            .get("tunnelEndpoint")
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse::<Ipv4Addr>().ok());
+        let names = out.entry(shard.to_string()).or_default();
+        if let Some(ip) = ip.filter(|ip| !names.contains(ip)) {
+            names.push(ip);
+        }
+    }
+    out
+}
+
+/// What each shard's entries name, for per-AZ mode: `None` while [`Observed::Unknown`];
+/// empty when the object is missing.
+pub type ByShard = Option<BTreeMap<String, Vec<Ipv4Addr>>>;
+
 /// Follows the object in the served shape until `cancel`, publishing what it names. A
 /// change of the served shape restarts the watch in the new one.
 pub async fn run(
     client: kube::Client,
-    mut served: watch::Receiver<Served>,
+    served: watch::Receiver<Served>,
     out: watch::Sender<Observed>,
     cancel: CancellationToken,
 ) {
+    run_by_shard(client, served, out, None, cancel).await
+}
+
+/// [`run`], also publishing what each shard's entries name into `shards` (per-AZ mode).
+pub async fn run_by_shard(
+    client: kube::Client,
+    mut served: watch::Receiver<Served>,
+    out: watch::Sender<Observed>,
+    shards: Option<watch::Sender<ByShard>>,
+    cancel: CancellationToken,
+) {
+    let sinks = Sinks { out, shards };
     loop {
         let shape = served.borrow_and_update().shape();
-        out.send_replace(Observed::Unknown);
+        sinks.unknown();
         let follow = async {
             match shape {
-                Some(shape) => follow(client.clone(), shape, &out).await,
+                Some(shape) => follow(client.clone(), shape, &sinks).await,
                 None => std::future::pending().await,
             }
         };
@@ -98,7 +145,37 @@ pub async fn run(
     }
 }
 
-async fn follow(client: kube::Client, shape: Shape, out: &watch::Sender<Observed>) {
+/// Where the observer publishes.
+struct Sinks {
+    out: watch::Sender<Observed>,
+    shards: Option<watch::Sender<ByShard>>,
+}
+
+impl Sinks {
+    fn unknown(&self) {
+        self.out.send_replace(Observed::Unknown);
+        if let Some(s) = &self.shards {
+            s.send_replace(None);
+        }
+    }
+
+    fn missing(&self) {
+        self.out.send_replace(Observed::Missing);
+        if let Some(s) = &self.shards {
+            s.send_replace(Some(BTreeMap::new()));
+        }
+    }
+
+    fn seen(&self, obj: &DynamicObject, shape: Shape) {
+        self.out
+            .send_replace(Observed::Names(tunnel_endpoints(obj, shape)));
+        if let Some(s) = &self.shards {
+            s.send_replace(Some(by_shard(obj, shape)));
+        }
+    }
+}
+
+async fn follow(client: kube::Client, shape: Shape, out: &Sinks) {
     let api: Api<DynamicObject> = Api::all_with(client, &shape.api_resource());
     let config = watcher::Config::default()
         .fields(&format!("metadata.name={NAME}"))
@@ -111,18 +188,12 @@ async fn follow(client: kube::Client, shape: Shape, out: &watch::Sender<Observed
             Ok(Event::Init) => listed = false,
             Ok(Event::InitApply(obj)) => {
                 listed = true;
-                out.send_replace(Observed::Names(tunnel_endpoints(&obj, shape)));
+                out.seen(&obj, shape);
             }
-            Ok(Event::InitDone) if !listed => {
-                out.send_replace(Observed::Missing);
-            }
+            Ok(Event::InitDone) if !listed => out.missing(),
             Ok(Event::InitDone) => {}
-            Ok(Event::Apply(obj)) => {
-                out.send_replace(Observed::Names(tunnel_endpoints(&obj, shape)));
-            }
-            Ok(Event::Delete(_)) => {
-                out.send_replace(Observed::Missing);
-            }
+            Ok(Event::Apply(obj)) => out.seen(&obj, shape),
+            Ok(Event::Delete(_)) => out.missing(),
             // The last answer stands while the API is away (the backoff retries); the
             // Lease and node watches already say the API is unreachable.
             Err(e) => tracing::debug!("CiliumVTEPConfig observer: {e}"),
@@ -134,6 +205,25 @@ async fn follow(client: kube::Client, shape: Shape, out: &watch::Sender<Observed
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn entries_are_split_by_shard_and_other_writers_left_out() {
+        let v2 = Shape::V2 { cidr_mask: true };
+        let obj = DynamicObject::new(NAME, &v2.api_resource()).data(json!({"spec": {"endpoints": [
+            {"name": "vpc-gateway-az-us-east-1a-0", "tunnelEndpoint": "10.0.0.1"},
+            {"name": "vpc-gateway-az-us-east-1a-1", "tunnelEndpoint": "10.0.0.1"},
+            {"name": "vpc-gateway-az-us-east-1b-0", "tunnelEndpoint": "10.0.0.2"},
+            {"name": "vpc-gateway-az-default-0", "tunnelEndpoint": "10.0.0.3"},
+            {"name": "vpc-gateway", "tunnelEndpoint": "10.0.0.4"},
+            {"name": "onprem", "tunnelEndpoint": "10.0.0.9"},
+        ]}}));
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let got = by_shard(&obj, v2);
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!(got["us-east-1a"], vec![ip("10.0.0.1")]);
+        assert_eq!(got["us-east-1b"], vec![ip("10.0.0.2")]);
+        assert_eq!(got["default"], vec![ip("10.0.0.3"), ip("10.0.0.4")]);
+    }
 
     #[test]
     fn endpoints_are_read_in_either_shape_once_each() {

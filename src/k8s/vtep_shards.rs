@@ -32,7 +32,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::vtep_config::{
-    self, endpoints_of, FIELD_MANAGER, LEADER_ANNOTATION, NAME, TERM_ANNOTATION,
+    self, endpoints_of, Blocked, VtepConfigError, FIELD_MANAGER, LEADER_ANNOTATION, NAME,
+    TERM_ANNOTATION,
 };
 use super::vtep_shape::{self, Served, Shape};
 use super::CallError;
@@ -72,7 +73,7 @@ pub fn entry_name(shard: &Shard, i: usize) -> String {
 }
 
 /// The shard an entry name says it belongs to (`vpc-gateway-az-<shard>-<digits>`).
-fn shard_of_entry(name: &str) -> Option<&str> {
+pub(crate) fn shard_of_entry(name: &str) -> Option<&str> {
     let rest = name.strip_prefix(ENTRY_PREFIX)?;
     let (shard, i) = rest.rsplit_once('-')?;
     (!shard.is_empty() && !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit())).then_some(shard)
@@ -343,6 +344,7 @@ pub async fn run(
     timeout: Duration,
     served: watch::Receiver<Served>,
     plan: watch::Receiver<Option<CrPlan>>,
+    blocked: watch::Sender<Option<Blocked>>,
     cancel: CancellationToken,
 ) {
     let start = |term: Term| {
@@ -369,6 +371,8 @@ pub async fn run(
             timeout,
             plan: plan.clone(),
             fallback_said: None,
+            served: now.clone(),
+            blocked: blocked.clone(),
         };
         let wakeups = Wakeups::new()
             .on_stream(changes.take_until(shape_changed))
@@ -387,6 +391,10 @@ struct ShardWriter {
     plan: watch::Receiver<Option<CrPlan>>,
     /// The fallback reason last logged, so it is said once, not every pass.
     fallback_said: Option<String>,
+    /// The served shape as this writer started with it (the reason when none is served).
+    served: Served,
+    /// Why the last pass could not write; `None` once one could (into readiness).
+    blocked: watch::Sender<Option<Blocked>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -406,11 +414,61 @@ impl Target for ShardWriter {
         let Some(plan) = self.plan.borrow_and_update().clone() else {
             return Ok(Outcome::idle());
         };
-        let Some(api) = &self.api else {
+        if self.served == Served::Unknown {
+            // Not looked up yet: the answer ends this writer and starts the next.
+            return Ok(Outcome::idle());
+        }
+        let Some(api) = self.api.clone() else {
+            self.blocked
+                .send_replace(Some(Blocked::NotServed(self.served.describe())));
             return Err(WriterError::NotServed);
         };
         let n = self.term.number();
-        let wrote = match &plan.per_subnet {
+        let wrote = self.write(&api, &plan).await;
+        let wrote = match wrote {
+            Ok(w) => {
+                self.blocked.send_replace(None);
+                w
+            }
+            Err(e) => {
+                let why = match &e {
+                    WriterError::Shard(f @ ShardVtepError::Fenced { .. }) => {
+                        Some(Blocked::Fenced(f.to_string()))
+                    }
+                    WriterError::Whole(f @ VtepConfigError::Fenced { .. }) => {
+                        Some(Blocked::Fenced(f.to_string()))
+                    }
+                    WriterError::Whole(t @ VtepConfigError::TooManyEndpoints { .. }) => {
+                        Some(Blocked::TooManyEndpoints(t.to_string()))
+                    }
+                    _ => None,
+                };
+                if let Some(why) = why {
+                    self.blocked.send_replace(Some(why));
+                }
+                return Err(e);
+            }
+        };
+        if wrote {
+            tracing::info!(shard = %self.spec.shard, term = n, endpoint = %self.spec.tunnel_endpoint, "CiliumVTEPConfig {NAME}: shard entries applied");
+        }
+        Ok(Outcome::resync(u64::from(wrote), RESYNC))
+    }
+
+    fn failed(&mut self, e: &WriterError) {
+        tracing::warn!(shard = %self.spec.shard, term = self.term.number(), "{e}; retrying");
+    }
+}
+
+impl ShardWriter {
+    /// This shard's entries (or, in the fallback, the default shard's whole CR) as leader
+    /// of this term; whether it wrote.
+    async fn write(
+        &mut self,
+        api: &Api<DynamicObject>,
+        plan: &CrPlan,
+    ) -> Result<bool, WriterError> {
+        Ok(match &plan.per_subnet {
             Ok(()) => {
                 self.fallback_said = None;
                 ensure(
@@ -430,7 +488,7 @@ impl Target for ShardWriter {
                     self.fallback_said = Some(why.clone());
                 }
                 if self.spec.shard != Shard::Default {
-                    return Ok(Outcome::idle());
+                    return Ok(false);
                 }
                 let whole = vtep_config::VtepSpec {
                     node_selector: self.spec.node_selector.clone(),
@@ -445,15 +503,7 @@ impl Target for ShardWriter {
                     .await
                     .map_err(WriterError::Whole)?
             }
-        };
-        if wrote {
-            tracing::info!(shard = %self.spec.shard, term = n, endpoint = %self.spec.tunnel_endpoint, "CiliumVTEPConfig {NAME}: shard entries applied");
-        }
-        Ok(Outcome::resync(u64::from(wrote), RESYNC))
-    }
-
-    fn failed(&mut self, e: &WriterError) {
-        tracing::warn!(shard = %self.spec.shard, term = self.term.number(), "{e}; retrying");
+        })
     }
 }
 

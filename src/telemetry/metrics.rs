@@ -86,6 +86,16 @@ pub struct Metrics {
     pub shard_term: Family<Labels, Gauge>,
     /// Per-AZ mode: managed route tables in the shard, by shard.
     pub shard_route_tables: Family<Labels, Gauge>,
+    /// Per-AZ mode: 1 while this gateway leads the shard and its fence blocks it, by shard.
+    pub shard_vtepconfig_fenced: Family<Labels, Gauge>,
+    /// Per-AZ mode: 1 while this gateway leads the shard and cannot write its
+    /// CiliumVTEPConfig entries at all, by shard.
+    pub shard_vtepconfig_unserved: Family<Labels, Gauge>,
+    /// Per-AZ mode: 1 while the shard's CiliumVTEPConfig entries name this gateway (leader
+    /// of the shard or not), by shard; every gateway reads them.
+    pub shard_vtepconfig_names_me: Family<Labels, Gauge>,
+    /// Per-AZ mode: the distinct gateways the shard's CiliumVTEPConfig entries name, by shard.
+    pub shard_vtepconfig_named: Family<Labels, Gauge>,
     pub election_transitions: Counter,
     pub vtep_add: Counter,
     pub vtep_add_errors: Counter,
@@ -186,6 +196,26 @@ impl Metrics {
             shard_route_tables: reg!(
                 "shard_route_tables",
                 "Per-AZ mode: managed route tables in the shard",
+                Family::<Labels, Gauge>::default()
+            ),
+            shard_vtepconfig_fenced: reg!(
+                "shard_vtepconfig_fenced",
+                "Per-AZ mode: 1 while this gateway leads the shard and may not write its CiliumVTEPConfig entries (the shard's term there is not below ours)",
+                Family::<Labels, Gauge>::default()
+            ),
+            shard_vtepconfig_names_me: reg!(
+                "shard_vtepconfig_names_me",
+                "Per-AZ mode: 1 while the shard's CiliumVTEPConfig entries name this gateway as tunnelEndpoint (leader of the shard or not)",
+                Family::<Labels, Gauge>::default()
+            ),
+            shard_vtepconfig_named: reg!(
+                "shard_vtepconfig_named",
+                "Per-AZ mode: distinct tunnelEndpoints the shard's CiliumVTEPConfig entries name (0: the shard has no entries)",
+                Family::<Labels, Gauge>::default()
+            ),
+            shard_vtepconfig_unserved: reg!(
+                "shard_vtepconfig_unserved",
+                "Per-AZ mode: 1 while this gateway leads the shard and cannot write its CiliumVTEPConfig entries at all (no shape we write is served, or no room)",
                 Family::<Labels, Gauge>::default()
             ),
             election_transitions: reg!(

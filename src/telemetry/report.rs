@@ -275,9 +275,7 @@ impl Telemetry {
                     s.term = term;
                 }
             }
-            // The gateway as a whole leads while it leads any shard.
-            let any = s.shards.iter().any(|x| x.role == Role::Leader);
-            s.role = if any { Role::Leader } else { Role::Standby };
+            role_from_shards(s);
         });
         let any = self.status.snapshot().role == Role::Leader;
         m.leader_is_active.set(i64::from(any));
@@ -299,6 +297,101 @@ impl Telemetry {
             }
         });
     }
+
+    /// Per-AZ mode: whom `shard`'s CiliumVTEPConfig entries name (`None`: not read yet),
+    /// judged against who leads the shard here (`me`: this gateway's tunnel endpoint):
+    /// the `shard_vtepconfig_names_me` / `_named` gauges always, and the shard's status
+    /// line when `in_status` (a shard this gateway takes part in).
+    pub fn shard_vtepconfig_observed(
+        &self,
+        shard: &str,
+        names: Option<&[std::net::Ipv4Addr]>,
+        me: std::net::Ipv4Addr,
+        in_status: bool,
+    ) {
+        let labels = vec![("shard".to_string(), shard.to_string())];
+        let names_me = names.is_some_and(|n| n.contains(&me));
+        let m = &self.metrics;
+        m.shard_vtepconfig_names_me
+            .get_or_create(&labels)
+            .set(i64::from(names_me));
+        m.shard_vtepconfig_named
+            .get_or_create(&labels)
+            .set(names.map_or(0, |n| n.len() as i64));
+        if !in_status {
+            return;
+        }
+        self.status.update(|s| {
+            let sh = shard_entry(s, shard);
+            let leads = sh.role == Role::Leader;
+            sh.vtepconfig_names = Some(match names {
+                None => "not read yet".to_string(),
+                Some([]) => "no entries".to_string(),
+                Some(n) => {
+                    let list: Vec<String> = n.iter().map(ToString::to_string).collect();
+                    let judged = match (leads, names_me, n.len()) {
+                        (true, true, 1) => "this gateway, the shard's leader",
+                        (true, _, _) => "NOT only this gateway, which leads the shard",
+                        (false, true, _) => "this gateway, which does NOT lead the shard",
+                        (false, false, _) => "another gateway",
+                    };
+                    format!("tunnelEndpoint {} ({judged})", list.join(", "))
+                }
+            });
+        });
+    }
+
+    /// Per-AZ mode: why this gateway, leading `shard`, cannot write the shard's
+    /// CiliumVTEPConfig entries (`None`s once it can, or once it no longer leads): into the
+    /// shard's status (and so readiness) and the `shard_vtepconfig_*` gauges.
+    pub fn shard_vtepconfig_blocked(
+        &self,
+        shard: &str,
+        fenced: Option<String>,
+        unserved: Option<String>,
+    ) {
+        let labels = vec![("shard".to_string(), shard.to_string())];
+        let m = &self.metrics;
+        m.shard_vtepconfig_fenced
+            .get_or_create(&labels)
+            .set(i64::from(fenced.is_some()));
+        m.shard_vtepconfig_unserved
+            .get_or_create(&labels)
+            .set(i64::from(unserved.is_some()));
+        self.status.update(|s| {
+            let sh = shard_entry(s, shard);
+            sh.fenced = fenced;
+            sh.unserved = unserved;
+        });
+    }
+
+    /// Per-AZ mode: this gateway left a shard's election (the layout lost the shard): its
+    /// status entry and metric series go, so neither reports a shard that is not there.
+    pub fn shard_gone(&self, shard: &str) {
+        let labels = vec![("shard".to_string(), shard.to_string())];
+        let m = &self.metrics;
+        m.shard_leader.remove(&labels);
+        m.shard_term.remove(&labels);
+        m.shard_route_tables.remove(&labels);
+        m.shard_vtepconfig_fenced.remove(&labels);
+        m.shard_vtepconfig_unserved.remove(&labels);
+        // The observer sets these again within a second if the object still has entries of
+        // the shard; otherwise they would keep the vanished shard's last values.
+        m.shard_vtepconfig_names_me.remove(&labels);
+        m.shard_vtepconfig_named.remove(&labels);
+        self.status.update(|s| {
+            s.shards.retain(|x| x.shard != shard);
+            role_from_shards(s);
+        });
+        let any = self.status.snapshot().role == Role::Leader;
+        m.leader_is_active.set(i64::from(any));
+    }
+}
+
+/// The gateway as a whole leads while it leads any shard.
+fn role_from_shards(s: &mut super::status::StatusSnapshot) {
+    let any = s.shards.iter().any(|x| x.role == Role::Leader);
+    s.role = if any { Role::Leader } else { Role::Standby };
 }
 
 fn sh_leader_of(s: &super::status::StatusSnapshot, shard: &str) -> Option<String> {

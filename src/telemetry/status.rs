@@ -105,6 +105,32 @@ pub struct ShardStatus {
     pub tables: Vec<String>,
     /// Of those, in sync after this gateway's last pass (while it leads).
     pub tables_in_sync: usize,
+    /// While this gateway leads the shard: why it may not write the shard's
+    /// CiliumVTEPConfig entries right now (the shard's fence carries a term not below ours).
+    #[serde(default)]
+    pub fenced: Option<String>,
+    /// While this gateway leads the shard: why it cannot write them at all (no shape we
+    /// write is served, no room under Cilium's limit).
+    #[serde(default)]
+    pub unserved: Option<String>,
+    /// Whom the shard's CiliumVTEPConfig entries name, as this gateway reads them (every
+    /// gateway reads them), and whether that agrees with who leads the shard here.
+    #[serde(default)]
+    pub vtepconfig_names: Option<String>,
+}
+
+impl ShardStatus {
+    /// Led here but its CiliumVTEPConfig entries cannot be written: why.
+    pub fn blocked(&self) -> Option<String> {
+        if self.role != Role::Leader {
+            return None;
+        }
+        match (&self.fenced, &self.unserved) {
+            (Some(w), _) => Some(format!("fenced: {w}")),
+            (None, Some(w)) => Some(w.clone()),
+            (None, None) => None,
+        }
+    }
 }
 
 /// What the tunnel probes found in their last round.
@@ -149,11 +175,23 @@ impl StatusSnapshot {
             && self.identity_known
             && self.vtepconfig_fenced.is_none()
             && self.vtepconfig_unserved.is_none()
+            && self.shards.iter().all(|s| s.blocked().is_none())
     }
 
     /// Every supervised part is running.
     pub fn healthy(&self) -> bool {
         self.parts.values().all(|p| p.alive)
+    }
+
+    /// Per-AZ mode: every shard led here whose CiliumVTEPConfig entries cannot be written,
+    /// `leader of us-east-1a, fenced: … · leader of default, …`; `None` if there is none.
+    fn shards_blocked(&self) -> Option<String> {
+        let all: Vec<String> = self
+            .shards
+            .iter()
+            .filter_map(|s| Some(format!("leader of {}, {}", s.shard, s.blocked()?)))
+            .collect();
+        (!all.is_empty()).then(|| all.join(" · "))
     }
 
     /// Per-AZ mode: `leads us-east-1a (2/2 tables) · standby for us-east-1b · …`.
@@ -214,6 +252,8 @@ impl StatusSnapshot {
                 waiting.push("first node sync");
             }
             parts.push(format!("starting: waiting for {}", waiting.join(", ")));
+        } else if let Some(why) = self.shards_blocked() {
+            parts.push(why);
         } else if !self.shards.is_empty() {
             parts.push(self.shards_line());
         } else if self.role == Role::Leader {
@@ -389,6 +429,47 @@ mod tests {
         assert_eq!(
             s.line(),
             "leads us-east-1a (2/2 tables) · standby for default, us-east-1b · 2 hybrid nodes"
+        );
+        assert!(s.ready());
+    }
+
+    #[test]
+    fn a_shard_leader_that_cannot_write_its_entries_is_not_ready_and_says_which_and_why() {
+        let shard = |name: &str, role: Role| ShardStatus {
+            shard: name.into(),
+            role,
+            ..ShardStatus::default()
+        };
+        let mut s = StatusSnapshot {
+            device_up: true,
+            nodes_synced: true,
+            identity_known: true,
+            shards: vec![
+                shard("default", Role::Standby),
+                shard("us-east-1a", Role::Leader),
+            ],
+            ..StatusSnapshot::default()
+        };
+        assert!(s.ready());
+        // A standby's reason does not count: it writes nothing.
+        s.shards[0].unserved = Some("CiliumVTEPConfig not served".into());
+        assert!(s.ready());
+        s.shards[1].fenced = Some("term 9 there".into());
+        assert!(!s.ready());
+        assert!(
+            s.line()
+                .starts_with("leader of us-east-1a, fenced: term 9 there"),
+            "{}",
+            s.line()
+        );
+        s.shards[1].fenced = None;
+        s.shards[1].unserved = Some("CiliumVTEPConfig not served".into());
+        assert!(!s.ready());
+        assert!(
+            s.line()
+                .starts_with("leader of us-east-1a, CiliumVTEPConfig not served"),
+            "{}",
+            s.line()
         );
     }
 

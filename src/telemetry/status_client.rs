@@ -113,6 +113,12 @@ fn print(s: &StatusSnapshot) {
             sh.tables.join(", "),
             sh.tables_in_sync
         );
+        if let Some(names) = &sh.vtepconfig_names {
+            println!("    vtep config entries: {names}");
+        }
+        if let Some(why) = sh.blocked() {
+            println!("    not ready: CiliumVTEPConfig entries not written: {why}");
+        }
     }
     if let Some(names) = &s.vtepconfig_names {
         println!("  vtep config:  {names}");

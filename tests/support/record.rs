@@ -115,12 +115,14 @@ pub fn violations_given(events: &[Event], acq: &[(Duration, String)]) -> Vec<Str
 }
 
 /// One shard's part of a per-AZ record, for [`violations`] per shard: the writes of its
-/// Lease `lease` (the request path's last segment), route writes to its `tables`, and
-/// CiliumVTEPConfig writes setting its fence annotation `term_key`
-/// (`hybrid-gateway.io/term-<az>`; the default shard's is `hybrid-gateway.io/term`).
+/// Lease `lease` (the request path's last segment) and of its DynamoDB lock item
+/// `lock_key` (if any), route writes to its `tables`, and CiliumVTEPConfig writes setting
+/// its fence annotation `term_key` (`hybrid-gateway.io/term-<az>`; the default shard's is
+/// `hybrid-gateway.io/term`).
 pub fn shard_events(
     events: &[Event],
     lease: &str,
+    lock_key: Option<&str>,
     tables: &[String],
     term_key: &str,
 ) -> Vec<Event> {
@@ -128,6 +130,7 @@ pub fn shard_events(
         .iter()
         .filter(|e| match e.kind {
             Kind::LeaseWrite => e.detail.rsplit('/').next() == Some(lease),
+            Kind::LockWrite => lock_key.is_some_and(|k| e.detail.contains(&format!(" key={k} "))),
             Kind::Route => tables.iter().any(|t| e.detail.contains(&format!(" {t} "))),
             Kind::Cr => e
                 .detail

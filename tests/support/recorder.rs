@@ -555,7 +555,12 @@ fn classify(peer: Peer, req: &Request) -> (Kind, String, Option<String>, String)
                         .as_str()
                         .filter(|h| !h.is_empty() && !released && op == "PutItem")
                         .map(String::from);
-                    let detail = format!("{op} owner={holder:?} released={released}");
+                    // The item's key: per-AZ mode writes one lock item per shard.
+                    let key = json["Item"]["lock_key"]["S"]
+                        .as_str()
+                        .or(json["Key"]["lock_key"]["S"].as_str())
+                        .unwrap_or("");
+                    let detail = format!("{op} key={key} owner={holder:?} released={released}");
                     (Kind::LockWrite, op, holder, detail)
                 }
                 _ => (Kind::Read, op.clone(), None, op),
