@@ -2,6 +2,7 @@
 //! runs on every change of the nodes or the configuration, every
 //! `datapath.resync_interval` (drift repair), and with backoff after failures.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::node_snapshot::Keeper;
 use crate::backoff::Backoff;
 use crate::config::Config;
-use crate::datapath::{Datapath, DatapathError, Reconciled, Scope};
+use crate::datapath::{Datapath, DatapathError, Reconciled, Rejection, Scope};
 use crate::k8s::cilium_nodes::NodeSet;
 use crate::reconcile::{self, Outcome, Target, Wakeups};
 use crate::telemetry::Telemetry;
@@ -144,7 +145,9 @@ impl Target for NodeSync {
 /// rejected node's warning only when the reason changes.
 #[derive(Default)]
 struct Reporter {
-    rejected: Vec<String>,
+    rejected: HashSet<String>,
+    /// The list `rejected` was made from.
+    last: Option<Arc<Vec<Rejection>>>,
 }
 
 impl Reporter {
@@ -173,12 +176,23 @@ impl Reporter {
                 repair.detail
             );
         }
-        let now: Vec<String> = r.rejected.iter().map(ToString::to_string).collect();
-        for (rej, text) in r.rejected.iter().zip(&now) {
-            if !self.rejected.contains(text) {
+        // The same list as last time (no rejection changed): nothing new to say, and a
+        // node event does not pay for every rejected node.
+        if self
+            .last
+            .as_ref()
+            .is_some_and(|l| Arc::ptr_eq(l, &r.rejected))
+        {
+            return;
+        }
+        let now: HashSet<String> = r.rejected.iter().map(ToString::to_string).collect();
+        for rej in r.rejected.iter() {
+            let text = rej.to_string();
+            if !self.rejected.contains(&text) {
                 tracing::warn!(node = rej.node(), "skipping node: {text}");
             }
         }
         self.rejected = now;
+        self.last = Some(r.rejected.clone());
     }
 }

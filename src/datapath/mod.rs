@@ -109,7 +109,9 @@ pub struct Reconciled {
     pub nodes: usize,
     pub routes: usize,
     pub fdb: usize,
-    pub rejected: Vec<Rejection>,
+    /// Shared with the desired state kept for the next pass: the same list (pointer) as
+    /// the previous pass's when no rejection changed.
+    pub rejected: Arc<Vec<Rejection>>,
     pub report: ApplyReport,
     /// `None` when the filter is off, or when it could not be read (the error is in
     /// `report.errors`).
@@ -338,7 +340,11 @@ impl Datapath {
                     None => vtep::diff(&desired, &self.nl.read_vtep(device.index).await?),
                 };
                 let against_known = known.vtep.is_some();
-                (State::Plain(desired, rejected), plan, against_known)
+                (
+                    State::Plain(desired, Arc::new(rejected)),
+                    plan,
+                    against_known,
+                )
             }
             Input::Set(set) => match known.index {
                 Some((mut index, before)) if index.policy().pod_cidrs == policy.pod_cidrs => {
@@ -350,8 +356,7 @@ impl Datapath {
                     (State::Indexed(index, set.clone()), plan, true)
                 }
                 _ => {
-                    let index =
-                        Box::new(Index::build(set.ranked().iter().cloned(), policy.clone()));
+                    let index = Box::new(Index::build(set.ranked().cloned(), policy.clone()));
                     t = times.step("desired state (build)", t);
                     let plan = vtep::diff(index.desired(), &self.nl.read_vtep(device.index).await?);
                     (State::Indexed(index, set.clone()), plan, false)
@@ -483,7 +488,7 @@ enum Input<'a> {
 
 /// The desired state a pass worked out, in the form the next pass will start from.
 enum State {
-    Plain(Desired, Vec<Rejection>),
+    Plain(Desired, Arc<Vec<Rejection>>),
     Indexed(Box<Index>, Arc<NodeList>),
 }
 
@@ -495,10 +500,10 @@ impl State {
         }
     }
 
-    fn rejected(&self) -> Vec<Rejection> {
+    fn rejected(&self) -> Arc<Vec<Rejection>> {
         match self {
             State::Plain(_, r) => r.clone(),
-            State::Indexed(i, _) => i.rejected(),
+            State::Indexed(i, _) => i.rejected_shared(),
         }
     }
 }

@@ -21,6 +21,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::datapath::node_list::RankedNodes;
 use crate::datapath::{HybridNode, NodeChange, NodeList, Rank, Ranked};
 
 pub const HYBRID_LABEL: &str = "eks.amazonaws.com/compute-type=hybrid";
@@ -161,7 +162,7 @@ pub struct NodeTracker {
     nodes: HashMap<String, Entry>,
     /// The usable nodes in conflict order, kept as events arrive: a publication copies
     /// pointers, it neither sorts nor clones nodes.
-    ordered: BTreeMap<Rank, Arc<Ranked>>,
+    ordered: RankedNodes,
     /// Filled during a (re-)list; swapped in whole when it completes, so nodes deleted
     /// while we were disconnected disappear too.
     relist: Option<HashMap<String, Entry>>,
@@ -176,7 +177,7 @@ impl NodeTracker {
     pub fn new(stats: Arc<NodeWatchStats>) -> Self {
         NodeTracker {
             nodes: HashMap::new(),
-            ordered: BTreeMap::new(),
+            ordered: RankedNodes::default(),
             relist: None,
             synced: false,
             published: None,
@@ -211,12 +212,13 @@ impl NodeTracker {
                 if !changed {
                     return None;
                 }
-                self.ordered = self
+                let mut ordered: Vec<Arc<Ranked>> = self
                     .nodes
                     .iter()
                     .filter_map(|(name, e)| e.ranked(name))
-                    .map(|r| (r.rank.clone(), r))
                     .collect();
+                ordered.sort_unstable_by(|a, b| a.rank.cmp(&b.rank));
+                self.ordered = RankedNodes::from_sorted(ordered);
                 // A whole new list: whoever kept the previous one compares the two.
                 return Some(self.publish(None));
             }
@@ -238,7 +240,7 @@ impl NodeTracker {
                     }
                 }
                 if let Some(node) = new.ranked(&name) {
-                    self.ordered.insert(node.rank.clone(), node.clone());
+                    self.ordered.insert(node.clone());
                     changes.push(NodeChange::Upsert(node));
                 }
                 changes
@@ -261,10 +263,7 @@ impl NodeTracker {
             (Some(before), Some(changes)) => Some((before.id(), changes)),
             _ => None,
         };
-        let set = Arc::new(NodeList::new(
-            self.ordered.values().cloned().collect(),
-            delta,
-        ));
+        let set = Arc::new(NodeList::from_ranked(self.ordered.clone(), delta));
         self.published = Some(set.clone());
         set
     }

@@ -136,6 +136,9 @@ pub struct Metrics {
     pub last_health_handover_timestamp_seconds: Gauge<f64, AtomicU64>,
     /// The nftables filter's counters as last read (name → packets, bytes).
     filter_counters: Arc<std::sync::Mutex<std::collections::BTreeMap<String, (u64, u64)>>>,
+    /// The rejection list `nodes_rejected` was last set from: a pass handing on the same
+    /// list (no rejection changed) costs nothing.
+    last_rejections: std::sync::Mutex<Option<Arc<Vec<Rejection>>>>,
 }
 
 impl Metrics {
@@ -367,6 +370,7 @@ impl Metrics {
                 Gauge::<f64, AtomicU64>::default()
             ),
             filter_counters: Arc::default(),
+            last_rejections: std::sync::Mutex::default(),
             info,
             gateway: std::sync::Mutex::new(gateway.clone()),
             registry: root,
@@ -419,7 +423,15 @@ impl Metrics {
     }
 
     /// Sets `nodes_rejected{reason}` from a pass's rejections; reasons with none read 0.
-    pub fn record_rejections(&self, rejected: &[Rejection]) {
+    pub fn record_rejections(&self, rejected: &Arc<Vec<Rejection>>) {
+        let mut last = self
+            .last_rejections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if last.as_ref().is_some_and(|l| Arc::ptr_eq(l, rejected)) {
+            return;
+        }
+        *last = Some(rejected.clone());
         for reason in Rejection::REASONS {
             let n = rejected.iter().filter(|r| r.reason() == reason).count();
             self.nodes_rejected

@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use ipnet::Ipv4Net;
 use jiff::Timestamp;
@@ -69,6 +69,9 @@ pub struct Index {
     cidr_owner: BTreeMap<u32, (Ipv4Net, Rank)>,
     desired: Desired,
     rejected: BTreeMap<Rank, Rejection>,
+    /// `rejected` as a list, made when first asked for after it changed: passes whose
+    /// event changed no rejection hand on the same list without copying it.
+    rejected_list: OnceLock<Arc<Vec<Rejection>>>,
 }
 
 #[derive(Debug, Clone)]
@@ -112,6 +115,7 @@ impl Index {
             ip_owner: HashMap::new(),
             cidr_owner: BTreeMap::new(),
             rejected: BTreeMap::new(),
+            rejected_list: OnceLock::new(),
         }
     }
 
@@ -137,6 +141,23 @@ impl Index {
     /// Why each rejected node was left out, in rank order.
     pub fn rejected(&self) -> Vec<Rejection> {
         self.rejected.values().cloned().collect()
+    }
+
+    /// [`Index::rejected`], shared: the same list (pointer) until a rejection changes.
+    pub fn rejected_shared(&self) -> Arc<Vec<Rejection>> {
+        self.rejected_list
+            .get_or_init(|| Arc::new(self.rejected()))
+            .clone()
+    }
+
+    fn set_rejected(&mut self, rank: &Rank, rejection: Option<Rejection>) {
+        let changed = match rejection {
+            Some(r) => self.rejected.insert(rank.clone(), r.clone()) != Some(r),
+            None => self.rejected.remove(rank).is_some(),
+        };
+        if changed {
+            self.rejected_list = OnceLock::new();
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -246,7 +267,7 @@ impl Index {
                 }
             }
         }
-        self.rejected.remove(rank);
+        self.set_rejected(rank, None);
         pass.work.remove(rank);
     }
 
@@ -268,7 +289,7 @@ impl Index {
                 Ok(cidrs) => {
                     self.evict_clashes(pass, &rank, node.ip, &cidrs);
                     self.admit(pass, &rank, node.ip, &cidrs);
-                    self.rejected.remove(&rank);
+                    self.set_rejected(&rank, None);
                     if before.as_ref() != Some(&cidrs) && pass.track {
                         if let Some(old) = &before {
                             self.wake(pass, &rank, node.ip, old);
@@ -280,7 +301,7 @@ impl Index {
                     }
                 }
                 Err(rejection) => {
-                    self.rejected.insert(rank.clone(), rejection);
+                    self.set_rejected(&rank, Some(rejection));
                     if let Some(old) = &before {
                         self.wake(pass, &rank, node.ip, old);
                     }

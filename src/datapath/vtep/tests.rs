@@ -762,8 +762,8 @@ fn node_list_changes_replay_to_the_new_list() {
     );
     assert!(third.changes_since(&third).is_empty());
     let policy = NodePolicy::for_pod_cidrs(&pods());
-    let mut index = Index::build(first.ranked().iter().cloned(), policy.clone());
+    let mut index = Index::build(first.ranked().cloned(), policy.clone());
     index.update(BTreeSet::new(), third.changes_since(&first));
-    let fresh = Index::build(third.ranked().iter().cloned(), policy);
+    let fresh = Index::build(third.ranked().cloned(), policy);
     assert_eq!(index.desired(), fresh.desired());
 }
