@@ -87,6 +87,10 @@ fn daemon_config(g: &fleet::Gateway, lock_table: Option<&str>) -> String {
     let lock = lock_table.map_or(String::new(), |t| {
         format!("[election.dynamodb]\ntable = \"{t}\"\nkey = \"{LOCK_KEY}\"\n")
     });
+    // Only the DynamoDB fleet tests the final stop. The final-stop marker is one host-wide
+    // file and both tests of this file run at once: a Lease-only gateway stopping while the
+    // marker is there would take it (and delete its routes) in the other test's place.
+    let cleanup = lock_table.is_some();
     format!(
         "[gateway]\nvpc_cidrs = [\"10.250.0.0/16\"]\nhybrid_pod_cidrs = [\"{CIDR}\"]\n\
          [datapath]\nresync_interval = \"10s\"\nfilter = false\n\
@@ -95,7 +99,7 @@ fn daemon_config(g: &fleet::Gateway, lock_table: Option<&str>) -> String {
          lease_duration = \"3s\"\nrenew_deadline = \"2s\"\nretry_period = \"1s\"\n\
          {lock}\
          [aws]\nroute_table_tag = \"hybrid-gateway.io/managed=true\"\nresync_interval = \"5s\"\n\
-         cleanup_on_shutdown = true\n\
+         cleanup_on_shutdown = {cleanup}\n\
          [log]\nlevel = \"info\"\n",
         dir = g.dir.display(),
         name = g.name,
