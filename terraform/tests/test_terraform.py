@@ -369,7 +369,10 @@ def t_iam_dynamodb_lock_table_only():
     assert "aws_dynamodb_table.lock" in r and "local.lock_table_arn" in r, r
     assert ":table/${local.lock_table_name}" in unq(LOCALS["lock_table_arn"])
     (c,) = s["condition"]
-    assert c["variable"] == "dynamodb:LeadingKeys" and c["values"] == ["${local.lock_key}"], c
+    assert c["test"] == "ForAllValues:StringLike" and c["variable"] == "dynamodb:LeadingKeys", c
+    # The configured key only, plus "<key>-<az>" per shard in per-AZ mode.
+    want = '${var.election_mode == "per-az" ? [local.lock_key, "${local.lock_key}-*"] : [local.lock_key]}'
+    assert c["values"] == want, c
 
 
 def t_eni_tagged_for_source_dest_permission():
@@ -510,7 +513,7 @@ CONFIG_CASES = {
                      endpoint="https://0123456789ABCDEF.gr7.us-west-2.eks.amazonaws.com",
                      ca_file="/etc/hybrid-gateway/eks-ca.pem", region="us-west-2", route_table_ids=[],
                      route_table_tag="hybrid-gateway.io/managed=my-cluster", takeover="owned", cleanup_on_shutdown=False,
-                     election_namespace="hybrid-gateway", dynamodb_lock=True,
+                     election_namespace="hybrid-gateway", election_mode="active-standby", dynamodb_lock=True,
                      lock_table_name="my-cluster-hybrid-gateway-lock", lock_key="my-cluster/hybrid-gateway-leader",
                      metrics_listen="", extra_config=""),
 }
@@ -518,6 +521,7 @@ CONFIG_CASES["ids, no tag, no lock, cleanup"] = dict(
     CONFIG_CASES["defaults"], vpc_cidrs=["10.0.0.0/16", "100.64.0.0/16"], hybrid_pod_cidrs=["192.168.32.0/23", "192.168.64.0/22"],
     route_table_ids=["rtb-0123456789abcdef0", "rtb-0fedcba9876543210"], route_table_tag=None, takeover="any",
     cleanup_on_shutdown=True, dynamodb_lock=False, election_namespace="kube-system")
+CONFIG_CASES["per-az"] = dict(CONFIG_CASES["defaults"], election_mode="per-az")
 CONFIG_CASES["metrics exposed"] = dict(CONFIG_CASES["defaults"], metrics_listen="0.0.0.0:10080")
 CONFIG_CASES["extra_config"] = dict(CONFIG_CASES["defaults"], extra_config='[datapath]\nresync_interval = "10s"')
 
@@ -533,6 +537,7 @@ def t_config_renders_and_daemon_accepts():
         assert cfg["gateway"]["vpc_cidrs"] == values["vpc_cidrs"]
         assert "kubeconfig" not in cfg.get("kubernetes", {}), "kubeconfig and [kubernetes.eks] are exclusive"
         assert ("dynamodb" in cfg["election"]) == values["dynamodb_lock"]
+        assert cfg["election"]["mode"] == values["election_mode"]
         with tempfile.NamedTemporaryFile("w", suffix=".toml") as f:
             f.write(text)
             f.flush()
@@ -615,6 +620,8 @@ BAD_VARS = {
     "tag without value": ({"route_table_tag": "managed"}, "key=value"),
     "bad architecture": ({"architecture": "armv7"}, "x86_64"),
     "system: group": ({"kubernetes_group": "system:masters"}, "system:"),
+    "unknown election mode": ({"election_mode": "per-zone"}, "election_mode must be"),
+    "wildcard in lock key": ({"lock_key": "c/*"}, "without * or ?"),
     # What check-config rejects, rejected at plan time too.
     "VPC CIDR with host bits": ({"vpc_cidrs": ["10.250.3.0/16"]}, "without host bits"),
     "pod CIDR with host bits": ({"hybrid_pod_cidrs": ["192.168.33.0/23"]}, "without host bits"),
@@ -733,7 +740,7 @@ TESTS = [
     ("IAM: route writes only in the cluster's VPC (ec2:Vpc)", t_iam_route_writes_in_own_vpc),
     ("IAM: lifecycle hook and health reporting scoped to this module's groups", t_iam_lifecycle_scoped),
     ("module README lists every input and output, and the endpoints/NAT needed", t_module_readme_documents_inputs_outputs),
-    ("variable validations evaluated by terraform (good accepted, 27 bad rejected)", t_variable_validations_with_terraform),
+    ("variable validations evaluated by terraform (good accepted, 29 bad rejected)", t_variable_validations_with_terraform),
 ]
 
 

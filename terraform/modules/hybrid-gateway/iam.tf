@@ -97,7 +97,9 @@ data "aws_iam_policy_document" "daemon" {
     }
   }
 
-  # The leader lock: one item of one table.
+  # The leader lock: one item of one table; in per-AZ mode also one item per AZ shard
+  # ("<lock_key>-<az>"). StringLike so the per-AZ wildcard can be expressed; lock_key itself
+  # may not contain * or ? (validated), so for it this is an exact match.
   dynamic "statement" {
     for_each = var.enable_dynamodb_lock ? [1] : []
     content {
@@ -108,9 +110,9 @@ data "aws_iam_policy_document" "daemon" {
       ]
       resources = [var.create_lock_table ? aws_dynamodb_table.lock[0].arn : local.lock_table_arn]
       condition {
-        test     = "ForAllValues:StringEquals"
+        test     = "ForAllValues:StringLike"
         variable = "dynamodb:LeadingKeys"
-        values   = [local.lock_key]
+        values   = var.election_mode == "per-az" ? [local.lock_key, "${local.lock_key}-*"] : [local.lock_key]
       }
     }
   }

@@ -60,6 +60,7 @@ locals {
     takeover            = var.takeover
     cleanup_on_shutdown = var.cleanup_on_shutdown
     election_namespace  = var.election_namespace
+    election_mode       = var.election_mode
     dynamodb_lock       = var.enable_dynamodb_lock
     lock_table_name     = local.lock_table_name
     lock_key            = local.lock_key

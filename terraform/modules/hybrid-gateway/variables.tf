@@ -285,6 +285,17 @@ variable "election_namespace" {
   }
 }
 
+variable "election_mode" {
+  description = "Config election.mode: \"active-standby\" (one leader for every route table, the default) or \"per-az\" (one leader per Availability Zone: each managed route table must be associated with subnets of one AZ; apply packaging/kubernetes/rbac-per-az.yaml as well). With the DynamoDB lock, per-az also lets the role use the per-shard lock items \"<lock_key>-<az>\"."
+  type        = string
+  default     = "active-standby"
+
+  validation {
+    condition     = contains(["active-standby", "per-az"], var.election_mode)
+    error_message = "election_mode must be \"active-standby\" or \"per-az\"."
+  }
+}
+
 # ---------------------------------------------------------------------------------------------
 # VPC route tables (config [aws])
 # ---------------------------------------------------------------------------------------------
@@ -356,13 +367,13 @@ variable "lock_table_name" {
 }
 
 variable "lock_key" {
-  description = "Partition key value of the lock item (config election.dynamodb.key). The IAM policy limits the role to this one item. null (default): \"<cluster_name>/hybrid-gateway-leader\", so clusters sharing a table never share a lock."
+  description = "Partition key value of the lock item (config election.dynamodb.key). The IAM policy limits the role to this one item (and, with election_mode = \"per-az\", to \"<lock_key>-<az>\"). null (default): \"<cluster_name>/hybrid-gateway-leader\", so clusters sharing a table never share a lock."
   type        = string
   default     = null
 
   validation {
-    condition     = var.lock_key == null || try(length(var.lock_key) > 0 && length(var.lock_key) <= 1024, false)
-    error_message = "lock_key must be 1-1024 characters."
+    condition     = var.lock_key == null || try(length(var.lock_key) > 0 && length(var.lock_key) <= 1024 && !can(regex("[*?]", var.lock_key)), false)
+    error_message = "lock_key must be 1-1024 characters, without * or ? (the IAM condition matches keys with StringLike)."
   }
 }
 
