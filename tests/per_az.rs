@@ -1,20 +1,27 @@
 //! Per-AZ mode (issue 16) on real peers: two `hybrid-gateway run` processes, gw-a in
 //! us-west-2a and gw-b in us-west-2b (IMDS backed by moto), each in its own network
-//! namespace and reaching the kube-apiserver and moto only through recording proxies.
+//! namespace and reaching the kube-apiserver, moto and DynamoDB Local only through
+//! recording proxies (the fleet is tests/support/fleet.rs, shared with tests/faults.rs).
 //! The VPC has one managed route table per AZ (each associated with that AZ's subnet).
 //!
 //! Asserted from the peers' side: in steady state each gateway leads its own AZ's shard
 //! (its Lease), its table routes the hybrid pod CIDR to its own ENI and the
-//! CiliumVTEPConfig entry for its subnet names it; a kill -9 of gw-a moves shard a to gw-b
-//! within a lease + 1 s (from the record: the kill to gw-b's acquiring write of shard a's
-//! Lease) while shard b's table never leaves gw-b; gw-a back → shard a handed back by a
-//! release. AZ b's table unmanaged → shard b's Lease released and no longer campaigned
-//! for; managed again → led by gw-b again. A subnet with another prefix length (Cilium's one cidrMask cannot express the
+//! CiliumVTEPConfig entry for its subnet names it; every gateway judges whom each shard's
+//! entries name (a shard's entry pointed at a gateway that does not lead the shard shows
+//! on that gateway); a kill -9 of gw-a moves shard a to gw-b within a lease + 1 s (from
+//! the record: the kill to gw-b's acquiring write of shard a's Lease) while shard b's table
+//! never leaves gw-b; gw-a back → shard a handed back by a release. AZ b's table
+//! unmanaged → shard b's Lease released and no longer campaigned for; managed again → led
+//! by gw-b again. The CRD removed → each shard leader not ready, naming its shard; back →
+//! ready. A subnet with another prefix length (Cilium's one cidrMask cannot express the
 //! subnets) → the default shard's leader writes the whole CiliumVTEPConfig alone. The
 //! leadership invariant (no mutation from a gateway after another gateway's later
-//! acquisition) holds per shard on the proxies' record. The same with `[election.dynamodb]`:
-//! each shard's lock item is the authority. The fleet is tests/support/fleet.rs (shared
-//! with tests/faults.rs). About 50 s per test.
+//! acquisition) holds per shard on the proxies' record.
+//!
+//! The same with `[election.dynamodb]`: each shard has its own lock item, which is the
+//! authority of the invariant; the takeover bound allows for the lock poll; and a final
+//! stop (`cleanup_on_shutdown`) deletes the stopping gateway's routes in the shard it leads
+//! only. About 60 s and 45 s; run together, 70–100 s.
 //!
 //! Needs root, the cached apiserver build and the AWS peers (tests/aws/peers.sh).
 
@@ -80,6 +87,10 @@ fn daemon_config(g: &fleet::Gateway, lock_table: Option<&str>) -> String {
     let lock = lock_table.map_or(String::new(), |t| {
         format!("[election.dynamodb]\ntable = \"{t}\"\nkey = \"{LOCK_KEY}\"\n")
     });
+    // Only the DynamoDB fleet tests the final stop. The final-stop marker is one host-wide
+    // file and both tests of this file run at once: a Lease-only gateway stopping while the
+    // marker is there would take it (and delete its routes) in the other test's place.
+    let cleanup = lock_table.is_some();
     format!(
         "[gateway]\nvpc_cidrs = [\"10.250.0.0/16\"]\nhybrid_pod_cidrs = [\"{CIDR}\"]\n\
          [datapath]\nresync_interval = \"10s\"\nfilter = false\n\
@@ -88,7 +99,7 @@ fn daemon_config(g: &fleet::Gateway, lock_table: Option<&str>) -> String {
          lease_duration = \"3s\"\nrenew_deadline = \"2s\"\nretry_period = \"1s\"\n\
          {lock}\
          [aws]\nroute_table_tag = \"hybrid-gateway.io/managed=true\"\nresync_interval = \"5s\"\n\
-         cleanup_on_shutdown = true\n\
+         cleanup_on_shutdown = {cleanup}\n\
          [log]\nlevel = \"info\"\n",
         dir = g.dir.display(),
         name = g.name,
@@ -433,10 +444,11 @@ impl Fleet {
             .min()
     }
 
-    /// kill -9 of gw-a and its return, `trials` times: shard a moves to gw-b within a lease
-    /// + 1 s of the kill (from the record: gw-b's acquiring write of shard a's authority
-    /// store) while shard b's table never leaves gw-b; gw-a back → gw-b releases shard a
-    /// and gw-a acquires it. `after_takeover` runs once, after the first takeover.
+    /// kill -9 of gw-a and its return, `trials` times: shard a moves to gw-b within
+    /// [`Fleet::takeover_bound`] of the kill (from the record: gw-b's acquiring write of
+    /// shard a's authority store) while shard b's table never leaves gw-b; gw-a back →
+    /// gw-b releases shard a and gw-a acquires it. `after_takeover` runs once, after the
+    /// first takeover.
     async fn fail_over_and_back(&mut self, trials: usize, after_takeover: impl Fn(&Fleet)) {
         let store_a = self.zone_store(0);
         let (mut takeovers, mut followed, mut gaps) = (Vec::new(), Vec::new(), Vec::new());
@@ -953,6 +965,17 @@ async fn with_dynamodb_each_zone_has_its_own_lock_item_and_one_writer() {
         let key = Fleet::lock_key(zone);
         let owner = f.lock_owner(&key).await.unwrap();
         assert!(owner.is_some(), "no holder of lock item {key}");
+    }
+    // Each gateway holds a lock item (its zone's) and says so.
+    for i in 0..2 {
+        let (_, metrics) = f.http_get(i, METRICS_PORT, "/metrics");
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.trim() == "hybrid_gateway_dynamodb_lock_held 1"),
+            "{}: {metrics}",
+            f.gws[i].name
+        );
     }
     f.fail_over_and_back(trials(), |_| {}).await;
     f.final_stop_cleans_up_the_led_shard().await;

@@ -32,18 +32,7 @@ const V2: &str = "ciliumvtepconfigs.cilium.io.yaml";
 const V2ALPHA1: &str = "v2alpha1/ciliumvtepconfigs.cilium.io.yaml";
 
 fn kubectl(server: &ApiServer, args: &[&str]) {
-    let out = std::process::Command::new(&server.env["K8S_KUBECTL"])
-        .arg("--kubeconfig")
-        .arg(server.admin_kubeconfig())
-        .arg("--request-timeout=30s")
-        .args(args)
-        .output()
-        .expect("running kubectl");
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    server.kubectl(args);
 }
 
 /// Removes the CiliumVTEPConfig CRD (and with it every object of it).

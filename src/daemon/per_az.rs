@@ -624,22 +624,30 @@ fn leader_work(
             handle.clone(),
             shard.to_string(),
             home,
+            shared.stores.dynamodb.is_some(),
             i.telemetry.clone(),
             cancel.clone(),
         )),
     ]
 }
 
+/// `lock_in_use`: with DynamoDB, leading a shard means holding its lock item, and
+/// `dynamodb_lock_held` says whether this gateway holds any shard's.
 async fn follow(
     mut handle: ElectionHandle,
     shard: String,
     home: bool,
+    lock_in_use: bool,
     telemetry: Telemetry,
     cancel: CancellationToken,
 ) {
     loop {
         let l = handle.leadership.borrow_and_update().clone();
         telemetry.shard_leadership(&shard, home, &l);
+        if lock_in_use {
+            let m = &telemetry.metrics;
+            m.dynamodb_lock_held.set(m.leader_is_active.get());
+        }
         tokio::select! {
             _ = cancel.cancelled() => return,
             r = handle.leadership.changed() => if r.is_err() { return },

@@ -37,8 +37,9 @@ pub(super) struct ShardStores {
     pub dynamodb: Option<(aws_sdk_dynamodb::Client, DynamoDbLockConfig)>,
 }
 
+/// Boxed: an elector is several hundred bytes, and sessions move them around.
 pub(super) enum ShardElector {
-    Lease(Elector<LeaseLock>),
+    Lease(Box<Elector<LeaseLock>>),
     Combined(Box<Combined<LeaseLock, DynamoDbLockStore>>),
 }
 
@@ -55,7 +56,7 @@ impl ShardElector {
             stores.timings,
         );
         match &stores.dynamodb {
-            None => ShardElector::Lease(lease),
+            None => ShardElector::Lease(Box::new(lease)),
             Some((client, d)) => {
                 // As active/standby builds it: the lock's own lease, the same other timings.
                 let lock = Elector::new(

@@ -260,18 +260,7 @@ impl Fleet {
 
     /// `kubectl <args>` as the cluster admin, as an operator would; panics on failure.
     pub fn kubectl(&self, args: &[&str]) {
-        let out = Command::new(&self.server.env["K8S_KUBECTL"])
-            .arg("--kubeconfig")
-            .arg(self.server.admin_kubeconfig())
-            .arg("--request-timeout=30s")
-            .args(args)
-            .output()
-            .expect("running kubectl");
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.server.kubectl(args);
     }
 
     /// `kubectl apply -f <repo>/<file>`.

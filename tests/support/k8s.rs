@@ -145,6 +145,22 @@ impl ApiServer {
         self.dir.join("admin.kubeconfig")
     }
 
+    /// `kubectl <args>` as the cluster admin; panics on failure.
+    pub fn kubectl(&self, args: &[&str]) {
+        let out = std::process::Command::new(&self.env["K8S_KUBECTL"])
+            .arg("--kubeconfig")
+            .arg(self.admin_kubeconfig())
+            .arg("--request-timeout=30s")
+            .args(args)
+            .output()
+            .expect("running kubectl");
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// The daemon's identity: bound only by the RBAC we ship.
     pub fn daemon_kubeconfig(&self) -> PathBuf {
         self.dir.join("daemon.kubeconfig")
