@@ -1138,6 +1138,65 @@ fn watch_repair(ns: &Netns, breaking: &str, repaired: impl Fn() -> bool) -> Repa
     Repaired { after, saw_unready }
 }
 
+/// The filter table flushed or deleted is put back at once (nftables notifications), not
+/// at the resync: the resync here is a minute away, so without the notification both
+/// repairs would miss the 20 s `watch_repair` allows.
+#[test]
+fn a_flushed_or_deleted_filter_table_is_repaired_at_once() {
+    let t = topology();
+    let dir = tempdir();
+    let cfg_path = dir.join("config.toml");
+    let nodes_path = dir.join("nodes.toml");
+    std::fs::write(
+        &cfg_path,
+        format!("[gateway]\nnode_ip = \"{GW_IP}\"\nvpc_cidrs = [\"10.250.0.0/16\"]\nhybrid_pod_cidrs = [\"192.168.32.0/23\"]\n[datapath]\nresync_interval = \"60s\"\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        &nodes_path,
+        format!("[[node]]\nname = \"n1\"\nip = \"{NODE_IP}\"\npod_cidrs = [\"192.168.32.0/25\"]\n"),
+    )
+    .unwrap();
+    let daemon = t.gw.spawn(
+        env!("CARGO_BIN_EXE_hybrid-gateway"),
+        &[
+            "run",
+            "--config",
+            cfg_path.to_str().unwrap(),
+            "--static-nodes",
+            nodes_path.to_str().unwrap(),
+        ],
+    );
+    let intact = || {
+        let out = t.gw.try_sh("nft list table ip hybrid_gateway");
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.contains("vxlan-from-nodes-only") && text.contains(NODE_IP)
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || intact() && ready(&t.gw)),
+        "filter never installed"
+    );
+    let flushed = watch_repair(&t.gw, "nft flush table ip hybrid_gateway", intact);
+    assert!(
+        flushed.after < Duration::from_secs(2),
+        "flushed table repaired after {:?}",
+        flushed.after
+    );
+    let deleted = watch_repair(&t.gw, "nft delete table ip hybrid_gateway", intact);
+    assert!(
+        deleted.after < Duration::from_secs(2),
+        "deleted table repaired after {:?}",
+        deleted.after
+    );
+    let ping = t.vpc.try_sh("ping -c 1 -W 1 192.168.32.10");
+    assert!(ping.status.success(), "no forwarding after the repairs");
+    println!(
+        "filter repair times with a 60 s resync: table flushed {:?}, table deleted {:?}",
+        flushed.after, deleted.after
+    );
+    drop(daemon);
+}
+
 #[test]
 fn drift_is_repaired_at_once_on_link_events_and_at_the_resync_otherwise() {
     let t = topology();

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::node_snapshot::Keeper;
 use crate::backoff::Backoff;
 use crate::config::Config;
-use crate::datapath::{Datapath, DatapathError, Reconciled, Rejection, Scope};
+use crate::datapath::{filter, Datapath, DatapathError, Reconciled, Rejection, Scope};
 use crate::k8s::cilium_nodes::NodeSet;
 use crate::reconcile::{self, Outcome, Target, Wakeups};
 use crate::telemetry::Telemetry;
@@ -27,7 +27,8 @@ pub struct NodeSync {
     pub config: watch::Receiver<Arc<Config>>,
     pub telemetry: Telemetry,
     reporter: Reporter,
-    /// Set by the link notification stream: the next pass looks at everything.
+    /// Set by the link and nftables notification streams: the next pass looks at
+    /// everything.
     link_event: Arc<AtomicBool>,
     /// When the last full pass (device, sysctls, every entry, the filter) ran and whether
     /// the last pass went wrong: both call for the next pass to be full.
@@ -86,6 +87,29 @@ impl NodeSync {
             Err(e) => tracing::warn!(
                 "no link notifications ({e}); the device is checked at every resync only"
             ),
+        }
+        // The filter table flushed or deleted (the node set's elements aside): the same.
+        match self.datapath.filter_events() {
+            Some(Ok(events)) => {
+                let flag = self.link_event.clone();
+                wakeups = wakeups.on_stream(futures::stream::unfold(
+                    (events, flag),
+                    |(mut events, flag)| async move {
+                        if let Err(e) = events.next(filter::TABLE).await {
+                            tracing::warn!(
+                                "nftables notifications lost ({e}); the filter is checked at every resync only"
+                            );
+                            std::future::pending::<()>().await;
+                        }
+                        flag.store(true, Ordering::SeqCst);
+                        Some(((), (events, flag)))
+                    },
+                ));
+            }
+            Some(Err(e)) => tracing::warn!(
+                "no nftables notifications ({e}); the filter is checked at every resync only"
+            ),
+            None => {}
         }
         reconcile::drive(&mut self, &mut wakeups, BACKOFF, &cancel).await;
     }

@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod filter;
+pub mod filter_events;
 pub mod mac;
 pub mod netlink;
 pub mod nft_elements;
@@ -234,6 +235,18 @@ impl Datapath {
     /// Link notifications about the device, to run a pass (and so a repair) at once.
     pub fn link_events(&self) -> Result<LinkEvents> {
         LinkEvents::open()
+    }
+
+    /// Notifications of the filter table's deletions (flushed, deleted), to run a pass
+    /// (and so a repair) at once; `None` when the filter is off.
+    pub fn filter_events(&self) -> Option<Result<filter_events::FilterEvents>> {
+        self.filter.as_ref()?;
+        Some(
+            filter_events::FilterEvents::open().map_err(|source| DatapathError::Io {
+                context: "subscribing to nftables notifications".into(),
+                source,
+            }),
+        )
     }
 
     /// The device exists, is ours, up and right; forwarding and rp_filter still hold.
