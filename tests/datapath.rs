@@ -1155,18 +1155,15 @@ fn watch_repair(ns: &Netns, breaking: &str, repaired: impl Fn() -> bool) -> Repa
     }
 }
 
-/// The filter table flushed or deleted is put back at once (nftables notifications), not
-/// at the resync: the resync here is a minute away, so without the notification both
-/// repairs would miss the 20 s `watch_repair` allows.
-#[test]
-fn a_flushed_or_deleted_filter_table_is_repaired_at_once() {
-    let t = topology();
+/// The daemon on the gateway with one static node (`n1` at NODE_IP, 192.168.32.0/25) and
+/// the given `datapath.resync_interval`.
+fn one_node_daemon(t: &Topology, resync: &str) -> support::Proc {
     let dir = tempdir();
     let cfg_path = dir.join("config.toml");
     let nodes_path = dir.join("nodes.toml");
     std::fs::write(
         &cfg_path,
-        format!("[gateway]\nnode_ip = \"{GW_IP}\"\nvpc_cidrs = [\"10.250.0.0/16\"]\nhybrid_pod_cidrs = [\"192.168.32.0/23\"]\n[datapath]\nresync_interval = \"60s\"\n"),
+        format!("[gateway]\nnode_ip = \"{GW_IP}\"\nvpc_cidrs = [\"10.250.0.0/16\"]\nhybrid_pod_cidrs = [\"192.168.32.0/23\"]\n[datapath]\nresync_interval = \"{resync}\"\n"),
     )
     .unwrap();
     std::fs::write(
@@ -1174,7 +1171,7 @@ fn a_flushed_or_deleted_filter_table_is_repaired_at_once() {
         format!("[[node]]\nname = \"n1\"\nip = \"{NODE_IP}\"\npod_cidrs = [\"192.168.32.0/25\"]\n"),
     )
     .unwrap();
-    let daemon = t.gw.spawn(
+    t.gw.spawn(
         env!("CARGO_BIN_EXE_hybrid-gateway"),
         &[
             "run",
@@ -1183,7 +1180,16 @@ fn a_flushed_or_deleted_filter_table_is_repaired_at_once() {
             "--static-nodes",
             nodes_path.to_str().unwrap(),
         ],
-    );
+    )
+}
+
+/// The filter table flushed or deleted is put back at once (nftables notifications), not
+/// at the resync: the resync here is a minute away, so without the notification both
+/// repairs would miss the 20 s `watch_repair` allows.
+#[test]
+fn a_flushed_or_deleted_filter_table_is_repaired_at_once() {
+    let t = topology();
+    let daemon = one_node_daemon(&t, "60s");
     let intact = || {
         let out = t.gw.try_sh("nft list table ip hybrid_gateway");
         let text = String::from_utf8_lossy(&out.stdout);
@@ -1217,29 +1223,7 @@ fn a_flushed_or_deleted_filter_table_is_repaired_at_once() {
 #[test]
 fn drift_is_repaired_at_once_on_link_events_and_at_the_resync_otherwise() {
     let t = topology();
-    let dir = tempdir();
-    let cfg_path = dir.join("config.toml");
-    let nodes_path = dir.join("nodes.toml");
-    std::fs::write(
-        &cfg_path,
-        format!("[gateway]\nnode_ip = \"{GW_IP}\"\nvpc_cidrs = [\"10.250.0.0/16\"]\nhybrid_pod_cidrs = [\"192.168.32.0/23\"]\n[datapath]\nresync_interval = \"5s\"\n"),
-    )
-    .unwrap();
-    std::fs::write(
-        &nodes_path,
-        format!("[[node]]\nname = \"n1\"\nip = \"{NODE_IP}\"\npod_cidrs = [\"192.168.32.0/25\"]\n"),
-    )
-    .unwrap();
-    let daemon = t.gw.spawn(
-        env!("CARGO_BIN_EXE_hybrid-gateway"),
-        &[
-            "run",
-            "--config",
-            cfg_path.to_str().unwrap(),
-            "--static-nodes",
-            nodes_path.to_str().unwrap(),
-        ],
-    );
+    let daemon = one_node_daemon(&t, "5s");
     let programmed = || {
         let out = t.gw.try_sh("ip route show dev hybrid_vxlan0");
         String::from_utf8_lossy(&out.stdout).contains("192.168.32.0/25")

@@ -37,6 +37,24 @@ const NFTA_SET_ELEM_KEY: u16 = 1;
 const NFTA_DATA_VALUE: u16 = 1;
 const NFPROTO_IPV4: u8 = 2;
 
+/// A non-blocking NETLINK_NETFILTER socket in the calling thread's network namespace
+/// (also [`super::filter_events`]' subscription, which binds it to a group).
+pub(super) fn netfilter_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the descriptor is owned by the OwnedFd made from it.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            NETLINK_NETFILTER,
+        )
+    };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh descriptor nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
 /// How long the kernel may take to answer.
 const TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -52,21 +70,8 @@ pub struct ElementSocket {
 impl ElementSocket {
     /// Opens the socket; must be called inside a tokio runtime.
     pub fn open() -> io::Result<Self> {
-        // SAFETY: plain socket(2); the descriptor is owned by the OwnedFd made from it.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                NETLINK_NETFILTER,
-            )
-        };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a fresh descriptor nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         // SAFETY: the OwnedFd is moved into the AsyncFd, which alone owns and closes it.
-        let fd = unsafe { AsyncFd::register(fd) }.map_err(io::Error::from)?;
+        let fd = unsafe { AsyncFd::register(netfilter_socket()?) }.map_err(io::Error::from)?;
         Ok(ElementSocket { fd, seq: 1 })
     }
 
