@@ -1156,8 +1156,8 @@ fn watch_repair(ns: &Netns, breaking: &str, repaired: impl Fn() -> bool) -> Repa
 }
 
 /// The daemon on the gateway with one static node (`n1` at NODE_IP, 192.168.32.0/25) and
-/// the given `datapath.resync_interval`.
-fn one_node_daemon(t: &Topology, resync: &str) -> support::Proc {
+/// the given `datapath.resync_interval`; and its directory, for the caller to remove.
+fn one_node_daemon(t: &Topology, resync: &str) -> (support::Proc, std::path::PathBuf) {
     let dir = tempdir();
     let cfg_path = dir.join("config.toml");
     let nodes_path = dir.join("nodes.toml");
@@ -1171,7 +1171,7 @@ fn one_node_daemon(t: &Topology, resync: &str) -> support::Proc {
         format!("[[node]]\nname = \"n1\"\nip = \"{NODE_IP}\"\npod_cidrs = [\"192.168.32.0/25\"]\n"),
     )
     .unwrap();
-    t.gw.spawn(
+    let daemon = t.gw.spawn(
         env!("CARGO_BIN_EXE_hybrid-gateway"),
         &[
             "run",
@@ -1180,7 +1180,8 @@ fn one_node_daemon(t: &Topology, resync: &str) -> support::Proc {
             "--static-nodes",
             nodes_path.to_str().unwrap(),
         ],
-    )
+    );
+    (daemon, dir)
 }
 
 /// The filter table flushed or deleted is put back at once (nftables notifications), not
@@ -1189,7 +1190,7 @@ fn one_node_daemon(t: &Topology, resync: &str) -> support::Proc {
 #[test]
 fn a_flushed_or_deleted_filter_table_is_repaired_at_once() {
     let t = topology();
-    let daemon = one_node_daemon(&t, "60s");
+    let (daemon, dir) = one_node_daemon(&t, "60s");
     let intact = || {
         let out = t.gw.try_sh("nft list table ip hybrid_gateway");
         let text = String::from_utf8_lossy(&out.stdout);
@@ -1218,12 +1219,13 @@ fn a_flushed_or_deleted_filter_table_is_repaired_at_once() {
         flushed.after, deleted.after
     );
     drop(daemon);
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn drift_is_repaired_at_once_on_link_events_and_at_the_resync_otherwise() {
     let t = topology();
-    let daemon = one_node_daemon(&t, "5s");
+    let (daemon, dir) = one_node_daemon(&t, "5s");
     let programmed = || {
         let out = t.gw.try_sh("ip route show dev hybrid_vxlan0");
         String::from_utf8_lossy(&out.stdout).contains("192.168.32.0/25")
