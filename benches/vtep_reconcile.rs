@@ -215,6 +215,16 @@ fn sorted_copy(nodes: &BTreeMap<String, (jiff::Timestamp, HybridNode)>) -> Arc<V
     Arc::new(ordered.into_values().cloned().collect())
 }
 
+/// Event `e` of the series: even ones add a node beyond the 5,000, odd ones remove it again.
+fn node_event(e: usize) -> Event<DynamicObject> {
+    let obj = cilium_node(NODES + e / 2 * 2);
+    if e % 2 == 0 {
+        Event::Apply(obj)
+    } else {
+        Event::Delete(obj)
+    }
+}
+
 /// Our reconciler: the cold pass, no-op passes, then node events with 5,000 nodes present.
 fn ours() -> Ours {
     let (gw, _peer) = gateway();
@@ -248,12 +258,7 @@ fn ours() -> Ours {
         let (mut events, mut watch) = (Vec::with_capacity(EVENTS), Vec::with_capacity(EVENTS));
         let mut breakdown = Vec::with_capacity(EVENTS);
         for e in 0..EVENTS {
-            let obj = cilium_node(NODES + e / 2 * 2);
-            let event = if e % 2 == 0 {
-                Event::Apply(obj)
-            } else {
-                Event::Delete(obj)
-            };
+            let event = node_event(e);
             let t = Instant::now();
             let published = tracker.apply(event).expect("a node set change");
             let w = t.elapsed();
@@ -282,12 +287,7 @@ fn ours() -> Ours {
         // The resync's way, for comparison.
         let mut events_full = Vec::with_capacity(EVENTS);
         for e in 0..EVENTS {
-            let obj = cilium_node(NODES + e / 2 * 2);
-            let event = if e % 2 == 0 {
-                Event::Apply(obj)
-            } else {
-                Event::Delete(obj)
-            };
+            let event = node_event(e);
             let t = Instant::now();
             let published = tracker.apply(event).expect("a node set change");
             let r = dp
