@@ -185,6 +185,8 @@ impl Reporter {
                 arp_deleted = rep.neighbours_deleted,
                 fdb_set = rep.fdb_set,
                 fdb_deleted = rep.fdb_deleted,
+                nexthops_set = rep.nexthops_set,
+                nexthops_deleted = rep.nexthops_deleted,
                 entries = r.desired_entries,
                 elapsed_ms = r.elapsed.as_millis() as u64,
                 "datapath reconciled"

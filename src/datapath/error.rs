@@ -17,6 +17,13 @@ pub enum DatapathError {
         #[source]
         source: io::Error,
     },
+    /// The kernel refused a request sent over a raw netlink socket (nexthop objects).
+    #[error("{context}: {source}")]
+    Kernel {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("{0}")]
     Invalid(String),
     /// `nft` ran and refused; `missing` when what it was asked about does not exist.
@@ -49,6 +56,7 @@ impl DatapathError {
                 source: rtnetlink::Error::NetlinkError(msg),
                 ..
             } => msg.code.map(|c| -c.get()),
+            DatapathError::Kernel { source, .. } => source.raw_os_error(),
             _ => None,
         }
     }

@@ -6,9 +6,11 @@ pub mod filter;
 pub mod filter_events;
 pub mod mac;
 pub mod netlink;
+pub mod nexthop;
 pub mod nft_elements;
 pub mod node_list;
 pub mod pass_times;
+pub mod raw_netlink;
 pub mod sysctl;
 pub mod vtep;
 pub mod vxlan;
@@ -349,7 +351,7 @@ impl Datapath {
                 let (desired, rejected) = Desired::build_with(nodes, &policy);
                 t = times.step("desired state (build)", t);
                 let plan = match &known.vtep {
-                    Some(before) => vtep::diff_known(before, &desired),
+                    Some(before) => vtep::diff_known(before, &desired, &self.nl.route_style()),
                     None => vtep::diff(&desired, &self.nl.read_vtep(device.index).await?),
                 };
                 let against_known = known.vtep.is_some();
@@ -365,7 +367,7 @@ impl Datapath {
                     t = times.step("node list change", t);
                     drop(before);
                     t = times.step("previous list dropped", t);
-                    let plan = index.update(policy.own_addresses, changes);
+                    let plan = index.update(policy.own_addresses, changes, &self.nl.route_style());
                     (State::Indexed(index, set.clone()), plan, true)
                 }
                 _ => {

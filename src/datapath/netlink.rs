@@ -25,9 +25,10 @@ use tokio::task::JoinHandle;
 
 use super::error::{DatapathError, Result};
 use super::mac::Mac;
+use super::nexthop::{NexthopChange, NexthopSocket};
 use super::vtep::{
-    Actual, KernelFdb, KernelNeighbour, KernelRoute, KernelRouteKind, Op, Plan, ROUTE_PROTOCOL,
-    UNREACHABLE_METRIC,
+    Actual, KernelFdb, KernelNeighbour, KernelNexthop, KernelRoute, KernelRouteKind, Op, Plan,
+    RouteStyle, ROUTE_PROTOCOL, UNREACHABLE_METRIC,
 };
 use super::PassTimes;
 
@@ -83,6 +84,8 @@ pub struct ApplyReport {
     pub neighbours_deleted: usize,
     pub fdb_set: usize,
     pub fdb_deleted: usize,
+    pub nexthops_set: usize,
+    pub nexthops_deleted: usize,
     pub add_errors: usize,
     pub remove_errors: usize,
     pub errors: Vec<DatapathError>,
@@ -103,6 +106,8 @@ impl ApplyReport {
             + self.neighbours_deleted
             + self.fdb_set
             + self.fdb_deleted
+            + self.nexthops_set
+            + self.nexthops_deleted
     }
 }
 
@@ -121,10 +126,14 @@ impl NodeOutcomes {
             Op::SetRoute { via, .. } => (*via, true),
             Op::SetNeighbour { ip, .. } => (*ip, true),
             Op::SetFdb { dst, .. } => (*dst, true),
+            Op::SetNexthop { via, .. } => (*via, true),
             // A node's ARP entry is what makes it a node: its removal removes the node. A
             // stale route or FDB entry alone is a change to a node, or debris.
             Op::DelNeighbour { ip } => (*ip, false),
-            Op::SetUnreachable { .. } | Op::DelRoute(_) | Op::DelFdb { .. } => return,
+            Op::SetUnreachable { .. }
+            | Op::DelRoute(_)
+            | Op::DelFdb { .. }
+            | Op::DelNexthop { .. } => return,
         };
         match (set, failed) {
             (true, false) => self.set.insert(ip),
@@ -146,6 +155,10 @@ impl NodeOutcomes {
 pub struct Netlink {
     handle: Handle,
     connection: JoinHandle<()>,
+    /// Nexthop requests (the `rtnetlink` crate has none); replaced after a socket error.
+    nexthops: tokio::sync::Mutex<Option<NexthopSocket>>,
+    /// How routes name their node, as the last [`Netlink::read_vtep`] found the kernel.
+    style: std::sync::Mutex<RouteStyle>,
 }
 
 impl Drop for Netlink {
@@ -168,10 +181,119 @@ impl Netlink {
             .socket_mut()
             .socket_mut()
             .set_rx_buf_sz(RECV_BUFFER);
+        // Opened here, on the caller's thread, so it lives in the same namespace.
+        let nexthops = NexthopSocket::open().map_err(|source| DatapathError::Io {
+            context: "opening an rtnetlink socket for nexthop objects".into(),
+            source,
+        })?;
         Ok(Netlink {
             handle,
             connection: tokio::spawn(connection),
+            nexthops: tokio::sync::Mutex::new(Some(nexthops)),
+            style: std::sync::Mutex::new(RouteStyle::gateways()),
         })
+    }
+
+    /// How routes name their node, as the last kernel dump found it (gateway routes
+    /// before the first).
+    pub fn route_style(&self) -> RouteStyle {
+        self.style.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Every nexthop object, split into ours (on device `index`, or carrying our protocol)
+    /// and the ids of everyone else's; `None` when the kernel has no nexthop objects.
+    async fn read_nexthops(&self, index: u32) -> Result<Option<(Vec<KernelNexthop>, Vec<u32>)>> {
+        let mut guard = self.nexthops.lock().await;
+        let socket = match guard.as_mut() {
+            Some(s) => s,
+            None => guard.insert(NexthopSocket::open().map_err(|source| DatapathError::Io {
+                context: "opening an rtnetlink socket for nexthop objects".into(),
+                source,
+            })?),
+        };
+        let entries = match socket.dump().await {
+            Ok(entries) => entries,
+            // Linux < 5.3 has no RTM_GETNEXTHOP: routes keep their gateway.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EINVAL)) => {
+                return Ok(None)
+            }
+            Err(source) => {
+                *guard = None;
+                return Err(DatapathError::Io {
+                    context: "dumping nexthop objects".into(),
+                    source,
+                });
+            }
+        };
+        let (mut ours, mut foreign) = (Vec::new(), Vec::new());
+        for e in entries {
+            let mine = e.family == libc::AF_INET as u8
+                && !e.special
+                && (e.oif == Some(index) || e.protocol == ROUTE_PROTOCOL);
+            if mine {
+                ours.push(KernelNexthop {
+                    id: e.id,
+                    gateway: e.gateway,
+                    on_device: e.oif == Some(index),
+                    onlink: e.onlink,
+                    protocol: e.protocol,
+                });
+            } else {
+                foreign.push(e.id);
+            }
+        }
+        Ok(Some((ours, foreign)))
+    }
+
+    /// Applies nexthop ops in as few datagrams as the kernel takes; one result per op.
+    async fn apply_nexthops(&self, index: u32, ops: &[&Op]) -> Vec<Result<()>> {
+        let changes: Vec<NexthopChange> = ops
+            .iter()
+            .filter_map(|op| match **op {
+                Op::SetNexthop { id, via } => Some(NexthopChange::Set {
+                    id,
+                    via,
+                    oif: index,
+                    protocol: ROUTE_PROTOCOL,
+                }),
+                Op::DelNexthop { id } => Some(NexthopChange::Delete { id }),
+                _ => None,
+            })
+            .collect();
+        debug_assert_eq!(changes.len(), ops.len());
+        let mut guard = self.nexthops.lock().await;
+        let opened = match guard.as_mut() {
+            Some(s) => Ok(s),
+            None => NexthopSocket::open().map(|s| guard.insert(s)),
+        };
+        let answered = match opened {
+            Ok(socket) => socket.apply(&changes).await,
+            Err(e) => Err(e),
+        };
+        match answered {
+            Ok(codes) => ops
+                .iter()
+                .zip(codes)
+                .map(|(op, code)| match code {
+                    0 => Ok(()),
+                    code => Err(DatapathError::Kernel {
+                        context: describe(op),
+                        source: std::io::Error::from_raw_os_error(code),
+                    }),
+                })
+                .collect(),
+            Err(e) => {
+                *guard = None;
+                ops.iter()
+                    .map(|op| {
+                        Err(DatapathError::Io {
+                            context: describe(op),
+                            source: std::io::Error::new(e.kind(), e.to_string()),
+                        })
+                    })
+                    .collect()
+            }
+        }
     }
 
     /// The link called `name`, or `None` if there is none.
@@ -331,8 +453,22 @@ impl Netlink {
         .await
     }
 
-    /// Everything the daemon owns on device `index`: routes, ARP entries and FDB entries.
+    /// Everything the daemon owns on device `index`: routes, ARP entries, FDB entries and
+    /// nexthop objects. Also learns how routes should name their node ([`RouteStyle`]).
     pub async fn read_vtep(&self, index: u32) -> Result<Actual> {
+        // Nexthops first: a route by one of ours is ours even when the kernel leaves the
+        // nexthop's device out of route dumps (`net.ipv4.nexthop_compat_mode = 0`).
+        let (nexthops, style) = match self.read_nexthops(index).await? {
+            Some((ours, foreign)) => (
+                ours,
+                RouteStyle {
+                    nexthops: true,
+                    foreign: foreign.into_iter().collect(),
+                },
+            ),
+            None => (Vec::new(), RouteStyle::gateways()),
+        };
+        let our_ids: BTreeSet<u32> = nexthops.iter().map(|n| n.id).collect();
         let routes = async {
             let req = self
                 .handle
@@ -340,7 +476,11 @@ impl Netlink {
                 .get(RouteMessageBuilder::<Ipv4Addr>::new().build());
             let dump = req.execute().try_collect::<Vec<_>>();
             let msgs = timed(DUMP_TIMEOUT, || "dumping IPv4 routes".into(), dump).await?;
-            Ok::<_, DatapathError>(msgs.iter().filter_map(|m| owned_route(m, index)).collect())
+            Ok::<_, DatapathError>(
+                msgs.iter()
+                    .filter_map(|m| owned_route(m, index, &our_ids))
+                    .collect(),
+            )
         };
         let neighbours = async {
             let dump = self
@@ -376,10 +516,13 @@ impl Netlink {
         let routes = routes.await?;
         let neighbours = neighbours.await?;
         let fdb = fdb.await?;
+        *self.style.lock().unwrap_or_else(|p| p.into_inner()) = style.clone();
         Ok(Actual {
             routes,
             neighbours,
             fdb,
+            nexthops,
+            style,
         })
     }
 
@@ -396,9 +539,11 @@ impl Netlink {
         let mut nodes = NodeOutcomes::default();
         for phase in &plan.phases {
             let started = Instant::now();
+            let (nexthop_ops, other): (Vec<usize>, Vec<usize>) = (0..phase.len())
+                .partition(|i| matches!(phase[*i], Op::SetNexthop { .. } | Op::DelNexthop { .. }));
             // Indices, not `&Op`, cross the closure: a closure generic over the borrow's
             // lifetime would not be `Send` for tokio::spawn.
-            let results: Vec<(usize, Result<()>, Duration)> = stream::iter(0..phase.len())
+            let requests = stream::iter(other)
                 .map(|i| {
                     let op = &phase[i];
                     async move {
@@ -408,15 +553,34 @@ impl Netlink {
                     }
                 })
                 .buffer_unordered(IN_FLIGHT)
-                .collect()
-                .await;
+                .collect::<Vec<(usize, Result<()>, Duration)>>();
+            // Nexthop objects go in batches on their own socket, alongside.
+            let batched = async {
+                if nexthop_ops.is_empty() {
+                    return Vec::new();
+                }
+                let sent = Instant::now();
+                let ops: Vec<&Op> = nexthop_ops.iter().map(|i| &phase[*i]).collect();
+                let results = self.apply_nexthops(index, &ops).await;
+                let took = sent.elapsed();
+                nexthop_ops
+                    .iter()
+                    .zip(results)
+                    .map(|(i, r)| (*i, r, took))
+                    .collect()
+            };
+            let (mut results, batched) = futures::join!(requests, batched);
+            results.extend(batched);
             times.add("netlink phase", started.elapsed());
             for (i, result, took) in results {
                 times.requests.push((request_kind(&phase[i]), took));
                 let op = &phase[i];
                 let deleting = matches!(
                     op,
-                    Op::DelRoute(_) | Op::DelNeighbour { .. } | Op::DelFdb { .. }
+                    Op::DelRoute(_)
+                        | Op::DelNeighbour { .. }
+                        | Op::DelFdb { .. }
+                        | Op::DelNexthop { .. }
                 );
                 let failed = matches!(&result, Err(e) if !(deleting && e.is_not_found()));
                 nodes.record(op, failed);
@@ -436,6 +600,8 @@ impl Netlink {
                         Op::DelNeighbour { .. } => report.neighbours_deleted += 1,
                         Op::SetFdb { .. } => report.fdb_set += 1,
                         Op::DelFdb { .. } => report.fdb_deleted += 1,
+                        Op::SetNexthop { .. } => report.nexthops_set += 1,
+                        Op::DelNexthop { .. } => report.nexthops_deleted += 1,
                     },
                 }
             }
@@ -447,14 +613,19 @@ impl Netlink {
     async fn apply_op(&self, index: u32, op: &Op) -> Result<()> {
         let ctx = || describe(op);
         match op {
-            Op::SetRoute { dst, via } => {
-                let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            Op::SetRoute { dst, via, nhid } => {
+                let b = RouteMessageBuilder::<Ipv4Addr>::new()
                     .destination_prefix(dst.network(), dst.prefix_len())
-                    .gateway(*via)
-                    .output_interface(index)
-                    .onlink()
-                    .protocol(RouteProtocol::from(ROUTE_PROTOCOL))
-                    .build();
+                    .protocol(RouteProtocol::from(ROUTE_PROTOCOL));
+                let msg = match nhid {
+                    // The device, gateway and onlink flag are the nexthop object's.
+                    Some(id) => {
+                        let mut msg = b.build();
+                        msg.attributes.push(RouteAttribute::NhId(*id));
+                        msg
+                    }
+                    None => b.gateway(*via).output_interface(index).onlink().build(),
+                };
                 timed(
                     REQUEST_TIMEOUT,
                     ctx,
@@ -477,28 +648,31 @@ impl Netlink {
                 .await
             }
             Op::DelRoute(route) => {
-                let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+                let b = RouteMessageBuilder::<Ipv4Addr>::new()
                     .destination_prefix(route.dst.network(), route.dst.prefix_len())
                     .priority(route.metric)
                     .protocol(RouteProtocol::from(route.protocol))
                     // NOWHERE: match the route whatever scope it was written with.
                     .scope(RouteScope::NoWhere);
-                b = match route.kind {
+                let msg = match route.kind {
+                    // The kernel matches a route by nexthop on its id alone; naming a
+                    // device or gateway would match nothing.
+                    KernelRouteKind::Device { nhid: Some(id), .. } => {
+                        let mut msg = b.build();
+                        msg.attributes.push(RouteAttribute::NhId(id));
+                        msg
+                    }
                     KernelRouteKind::Device { gateway, .. } => {
                         let b = b.output_interface(index);
                         match gateway {
                             Some(g) => b.gateway(g),
                             None => b,
                         }
+                        .build()
                     }
-                    KernelRouteKind::Unreachable => b.kind(RouteType::Unreachable),
+                    KernelRouteKind::Unreachable => b.kind(RouteType::Unreachable).build(),
                 };
-                timed(
-                    REQUEST_TIMEOUT,
-                    ctx,
-                    self.handle.route().del(b.build()).execute(),
-                )
-                .await
+                timed(REQUEST_TIMEOUT, ctx, self.handle.route().del(msg).execute()).await
             }
             Op::SetNeighbour { ip, mac } => {
                 let req = self
@@ -554,6 +728,10 @@ impl Netlink {
                 )
                 .await
             }
+            Op::SetNexthop { .. } | Op::DelNexthop { .. } => {
+                let mut results = self.apply_nexthops(index, &[op]).await;
+                results.pop().unwrap_or(Ok(()))
+            }
         }
     }
 }
@@ -567,6 +745,8 @@ fn request_kind(op: &Op) -> &'static str {
         Op::DelNeighbour { .. } => "neigh del",
         Op::SetFdb { .. } => "fdb add",
         Op::DelFdb { .. } => "fdb del",
+        Op::SetNexthop { .. } => "nexthop add (batched)",
+        Op::DelNexthop { .. } => "nexthop del (batched)",
     }
 }
 
@@ -592,7 +772,12 @@ async fn timed<T>(
 /// The operator-facing name of an op, e.g. for "adding route 192.168.32.0/25 via 10.0.0.7: File exists".
 pub fn describe(op: &Op) -> String {
     match op {
-        Op::SetRoute { dst, via } => format!("setting route {dst} via {via} onlink"),
+        Op::SetRoute {
+            dst,
+            via,
+            nhid: Some(id),
+        } => format!("setting route {dst} nhid {id} (node {via})"),
+        Op::SetRoute { dst, via, .. } => format!("setting route {dst} via {via} onlink"),
         Op::SetUnreachable { dst } => format!("setting unreachable route {dst}"),
         Op::DelRoute(r) => format!(
             "deleting route {} ({:?}, metric {})",
@@ -602,6 +787,8 @@ pub fn describe(op: &Op) -> String {
         Op::DelNeighbour { ip } => format!("deleting ARP entry {ip}"),
         Op::SetFdb { mac, dst } => format!("setting FDB entry {mac} dst {dst}"),
         Op::DelFdb { mac, dst } => format!("deleting FDB entry {mac} dst {dst:?}"),
+        Op::SetNexthop { id, via } => format!("setting nexthop id {id} via {via} onlink"),
+        Op::DelNexthop { id } => format!("deleting nexthop id {id}"),
     }
 }
 
@@ -654,12 +841,13 @@ fn parse_link(msg: LinkMessage) -> LinkState {
     state
 }
 
-fn owned_route(msg: &RouteMessage, index: u32) -> Option<KernelRoute> {
+/// `ours`: the ids of our nexthop objects (a route by one of them is ours).
+fn owned_route(msg: &RouteMessage, index: u32, ours: &BTreeSet<u32>) -> Option<KernelRoute> {
     if msg.header.address_family != AddressFamily::Inet {
         return None;
     }
     let mut table = u32::from(msg.header.table);
-    let (mut dst, mut gateway, mut oif, mut metric) = (None, None, None, 0);
+    let (mut dst, mut gateway, mut oif, mut metric, mut nhid) = (None, None, None, 0, None);
     for attr in &msg.attributes {
         match attr {
             RouteAttribute::Table(t) => table = *t,
@@ -667,6 +855,7 @@ fn owned_route(msg: &RouteMessage, index: u32) -> Option<KernelRoute> {
             RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(*g),
             RouteAttribute::Oif(o) => oif = Some(*o),
             RouteAttribute::Priority(p) => metric = *p,
+            RouteAttribute::NhId(id) => nhid = Some(*id),
             _ => {}
         }
     }
@@ -675,11 +864,14 @@ fn owned_route(msg: &RouteMessage, index: u32) -> Option<KernelRoute> {
     }
     let protocol = u8::from(msg.header.protocol);
     let kind = match msg.header.kind {
-        RouteType::Unicast if oif == Some(index) => KernelRouteKind::Device {
-            gateway,
-            onlink: msg.header.flags.contains(RouteFlags::Onlink),
-            universe: msg.header.scope == RouteScope::Universe,
-        },
+        RouteType::Unicast if oif == Some(index) || nhid.is_some_and(|id| ours.contains(&id)) => {
+            KernelRouteKind::Device {
+                gateway,
+                onlink: msg.header.flags.contains(RouteFlags::Onlink),
+                universe: msg.header.scope == RouteScope::Universe,
+                nhid,
+            }
+        }
         RouteType::Unreachable if protocol == ROUTE_PROTOCOL => KernelRouteKind::Unreachable,
         _ => return None,
     };

@@ -13,10 +13,14 @@
 
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
+
+use super::raw_netlink::{
+    self as raw, acknowledgements, attr, nested, recv, send, NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST,
+};
 
 const NETLINK_NETFILTER: libc::c_int = 12;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -24,11 +28,6 @@ const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_DELSETELEM: u16 = 14;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_CREATE: u16 = 0x400;
-const NLMSG_ERROR: u16 = 0x2;
-const NLA_F_NESTED: u16 = 0x8000;
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
@@ -40,19 +39,7 @@ const NFPROTO_IPV4: u8 = 2;
 /// A non-blocking NETLINK_NETFILTER socket in the calling thread's network namespace
 /// (also [`super::filter_events`]' subscription, which binds it to a group).
 pub(super) fn netfilter_socket() -> io::Result<OwnedFd> {
-    // SAFETY: plain socket(2); the descriptor is owned by the OwnedFd made from it.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            NETLINK_NETFILTER,
-        )
-    };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `raw` is a fresh descriptor nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+    raw::socket(NETLINK_NETFILTER)
 }
 
 /// How long the kernel may take to answer.
@@ -213,12 +200,6 @@ fn cstr(s: &str) -> Vec<u8> {
     v
 }
 
-fn pad(b: &mut Vec<u8>) {
-    while b.len() % 4 != 0 {
-        b.push(0);
-    }
-}
-
 /// One netlink message with an nfgenmsg header; `body` appends its attributes.
 fn message(
     b: &mut Vec<u8>,
@@ -228,92 +209,12 @@ fn message(
     seq: u32,
     body: impl FnOnce(&mut Vec<u8>),
 ) {
-    let start = b.len();
-    b.extend_from_slice(&[0; 4]); // length, filled in below
-    b.extend_from_slice(&kind.to_ne_bytes());
-    b.extend_from_slice(&flags.to_ne_bytes());
-    b.extend_from_slice(&seq.to_ne_bytes());
-    b.extend_from_slice(&0u32.to_ne_bytes());
     // nfgenmsg: family, version, resource id (big endian: the batch's subsystem).
-    b.push(family);
-    b.push(0);
     let res_id = if kind == NFNL_MSG_BATCH_BEGIN || kind == NFNL_MSG_BATCH_END {
         NFNL_SUBSYS_NFTABLES
     } else {
         0
     };
-    b.extend_from_slice(&res_id.to_be_bytes());
-    body(b);
-    pad(b);
-    let len = (b.len() - start) as u32;
-    b[start..start + 4].copy_from_slice(&len.to_ne_bytes());
-}
-
-fn attr(b: &mut Vec<u8>, kind: u16, value: &[u8]) {
-    b.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
-    b.extend_from_slice(&kind.to_ne_bytes());
-    b.extend_from_slice(value);
-    pad(b);
-}
-
-fn nested(b: &mut Vec<u8>, kind: u16, body: impl FnOnce(&mut Vec<u8>)) {
-    let start = b.len();
-    b.extend_from_slice(&[0; 2]);
-    b.extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
-    body(b);
-    let len = (b.len() - start) as u16;
-    b[start..start + 2].copy_from_slice(&len.to_ne_bytes());
-}
-
-fn send(fd: libc::c_int, batch: &[u8]) -> io::Result<()> {
-    // SAFETY: a zeroed sockaddr_nl is valid; the kernel is pid 0.
-    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    // SAFETY: `batch` and `addr` outlive the call and their sizes are passed.
-    let n = unsafe {
-        libc::sendto(
-            fd,
-            batch.as_ptr().cast(),
-            batch.len(),
-            0,
-            (&addr as *const libc::sockaddr_nl).cast(),
-            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-        )
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-fn recv(fd: libc::c_int, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is valid for its length.
-    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(n as usize)
-}
-
-/// The `(sequence number, error code)` of every NLMSG_ERROR message in `buf` (code 0: an
-/// acknowledgement).
-fn acknowledgements(mut msg: &[u8]) -> io::Result<Vec<(u32, i32)>> {
-    let mut acks = Vec::new();
-    while msg.len() >= 16 {
-        let len = u32::from_ne_bytes([msg[0], msg[1], msg[2], msg[3]]) as usize;
-        let kind = u16::from_ne_bytes([msg[4], msg[5]]);
-        if len < 16 || len > msg.len() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "truncated netlink answer",
-            ));
-        }
-        let seq = u32::from_ne_bytes([msg[8], msg[9], msg[10], msg[11]]);
-        if kind == NLMSG_ERROR && len >= 20 {
-            let code = i32::from_ne_bytes([msg[16], msg[17], msg[18], msg[19]]);
-            acks.push((seq, code));
-        }
-        msg = &msg[((len + 3) & !3).min(msg.len())..];
-    }
-    Ok(acks)
+    let [r0, r1] = res_id.to_be_bytes();
+    raw::message(b, kind, flags, seq, &[family, 0, r0, r1], body);
 }

@@ -15,6 +15,44 @@ pub use index::{Index, NodeChange, Rank, Ranked};
 /// Routes we write carry this protocol number so a dump can tell our unreachable routes
 /// from anyone else's (`ip route show proto 158`).
 pub const ROUTE_PROTOCOL: u8 = 158;
+/// The id of node `ip`'s nexthop object: its address as a number. Deterministic, so a
+/// restarted daemon finds the objects it made; never 0 (0.0.0.0/8 is rejected).
+pub fn nexthop_id(ip: Ipv4Addr) -> u32 {
+    u32::from(ip)
+}
+
+/// How a node's routes name it: by its nexthop object where the kernel has them (see
+/// [`super::nexthop`] for why), else by gateway as before. Read with every kernel dump.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteStyle {
+    /// The kernel has nexthop objects (Linux ≥ 5.3).
+    pub nexthops: bool,
+    /// Ids held by nexthop objects that are not ours: they are never touched, and a node
+    /// whose id is among them is routed by gateway.
+    pub foreign: BTreeSet<u32>,
+}
+
+impl RouteStyle {
+    /// Gateway routes only: a kernel without nexthop objects.
+    pub fn gateways() -> Self {
+        RouteStyle::default()
+    }
+
+    /// Nexthop objects, none of them someone else's.
+    pub fn nexthops() -> Self {
+        RouteStyle {
+            nexthops: true,
+            foreign: BTreeSet::new(),
+        }
+    }
+
+    /// The nexthop id node `ip`'s routes use, or `None` for a gateway route.
+    pub fn nhid(&self, ip: Ipv4Addr) -> Option<u32> {
+        let id = nexthop_id(ip);
+        (self.nexthops && !self.foreign.contains(&id)).then_some(id)
+    }
+}
+
 /// Metric of the catch-all unreachable routes: higher than the per-node routes (metric 0),
 /// so a node whose pod CIDR equals a whole configured range still wins.
 pub const UNREACHABLE_METRIC: u32 = 4242;
@@ -422,11 +460,13 @@ pub struct KernelRoute {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KernelRouteKind {
-    /// A unicast route out of our device.
+    /// A unicast route out of our device (directly, or by one of our nexthop objects).
     Device {
         gateway: Option<Ipv4Addr>,
         onlink: bool,
         universe: bool,
+        /// The nexthop object it goes by (`nhid`), if any.
+        nhid: Option<u32>,
     },
     Unreachable,
 }
@@ -447,29 +487,70 @@ pub struct KernelFdb {
     pub permanent: bool,
 }
 
+/// A nexthop object the daemon owns: one on our device, or one carrying
+/// [`ROUTE_PROTOCOL`] (not a group, blackhole or FDB nexthop).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelNexthop {
+    pub id: u32,
+    pub gateway: Option<Ipv4Addr>,
+    pub on_device: bool,
+    pub onlink: bool,
+    pub protocol: u8,
+}
+
 /// What the kernel holds on (or for) our device, as read by netlink dumps.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Actual {
     pub routes: Vec<KernelRoute>,
     pub neighbours: Vec<KernelNeighbour>,
     pub fdb: Vec<KernelFdb>,
+    pub nexthops: Vec<KernelNexthop>,
+    /// How routes should name their node, as this dump found the kernel.
+    pub style: RouteStyle,
 }
 
 /// One kernel change. Every add is a create-or-replace, so a plan is safe to re-run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    SetRoute { dst: Ipv4Net, via: Ipv4Addr },
-    SetUnreachable { dst: Ipv4Net },
+    /// `nhid: Some` routes by node `via`'s nexthop object, `None` by gateway `via`.
+    SetRoute {
+        dst: Ipv4Net,
+        via: Ipv4Addr,
+        nhid: Option<u32>,
+    },
+    SetUnreachable {
+        dst: Ipv4Net,
+    },
     DelRoute(KernelRoute),
-    SetNeighbour { ip: Ipv4Addr, mac: Mac },
-    DelNeighbour { ip: Ipv4Addr },
-    SetFdb { mac: Mac, dst: Ipv4Addr },
-    DelFdb { mac: Mac, dst: Option<Ipv4Addr> },
+    SetNeighbour {
+        ip: Ipv4Addr,
+        mac: Mac,
+    },
+    DelNeighbour {
+        ip: Ipv4Addr,
+    },
+    SetFdb {
+        mac: Mac,
+        dst: Ipv4Addr,
+    },
+    DelFdb {
+        mac: Mac,
+        dst: Option<Ipv4Addr>,
+    },
+    /// Node `via`'s nexthop object `id`: `via <via> dev <device> onlink`.
+    SetNexthop {
+        id: u32,
+        via: Ipv4Addr,
+    },
+    DelNexthop {
+        id: u32,
+    },
 }
 
 /// The changes, in four phases that must run in order so no packet meets a half-built
 /// path: stale routes go first (nothing new is sent toward a node being removed), then
-/// ARP/FDB for new or changed nodes, then their routes, then stale ARP/FDB entries.
+/// ARP/FDB and nexthop objects for new or changed nodes, then their routes, then stale
+/// ARP/FDB entries and nexthop objects (deleting a nexthop deletes routes still using it).
 /// Ops within a phase are independent and may run concurrently.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Plan {
@@ -502,6 +583,7 @@ pub fn diff(desired: &Desired, actual: &Actual) -> Plan {
     diff_routes(desired, actual, &mut plan);
     diff_neighbours(desired, actual, &mut plan);
     diff_fdb(desired, actual, &mut plan);
+    diff_nexthops(desired, actual, &mut plan);
     plan
 }
 
@@ -514,19 +596,26 @@ fn diff_routes(desired: &Desired, actual: &Actual, plan: &mut Plan) {
                 gateway,
                 onlink,
                 universe,
+                nhid,
             } if route.metric == 0 => {
                 match desired.routes.get(&route.dst) {
                     // The first route for a wanted prefix is kept and, if wrong, replaced in
-                    // place; any further one is a duplicate.
+                    // place (a gateway route left by an older version becomes a route by
+                    // nexthop without a moment without a route); any further one is a
+                    // duplicate.
                     Some(via) if seen_routes.insert(route.dst) => {
+                        let want = actual.style.nhid(*via);
                         let correct = route.protocol == ROUTE_PROTOCOL
-                            && *gateway == Some(*via)
-                            && *onlink
-                            && *universe;
+                            && *universe
+                            && match want {
+                                Some(id) => *nhid == Some(id),
+                                None => nhid.is_none() && *gateway == Some(*via) && *onlink,
+                            };
                         if !correct {
                             plan.phases[SET_ROUTES].push(Op::SetRoute {
                                 dst: route.dst,
                                 via: *via,
+                                nhid: want,
                             });
                         }
                         true
@@ -549,6 +638,7 @@ fn diff_routes(desired: &Desired, actual: &Actual, plan: &mut Plan) {
             plan.phases[SET_ROUTES].push(Op::SetRoute {
                 dst: *dst,
                 via: *via,
+                nhid: actual.style.nhid(*via),
             });
         }
     }
@@ -621,26 +711,91 @@ fn diff_fdb(desired: &Desired, actual: &Actual, plan: &mut Plan) {
     }
 }
 
+/// One nexthop object per node whose routes go by one: wrong ones replaced in place (their
+/// routes follow), missing ones added before the routes that use them, ours that no node
+/// wants removed last.
+fn diff_nexthops(desired: &Desired, actual: &Actual, plan: &mut Plan) {
+    let wanted: BTreeMap<u32, Ipv4Addr> = desired
+        .neighbours
+        .keys()
+        .filter_map(|ip| actual.style.nhid(*ip).map(|id| (id, *ip)))
+        .collect();
+    let mut seen = BTreeSet::new();
+    for nh in &actual.nexthops {
+        match wanted.get(&nh.id) {
+            Some(via) => {
+                let correct = nh.on_device
+                    && nh.onlink
+                    && nh.gateway == Some(*via)
+                    && nh.protocol == ROUTE_PROTOCOL;
+                if seen.insert(nh.id) && !correct {
+                    plan.phases[SET_L2].push(Op::SetNexthop {
+                        id: nh.id,
+                        via: *via,
+                    });
+                }
+            }
+            None => plan.phases[DEL_L2].push(Op::DelNexthop { id: nh.id }),
+        }
+    }
+    for (id, via) in wanted {
+        if !seen.contains(&id) {
+            plan.phases[SET_L2].push(Op::SetNexthop { id, via });
+        }
+    }
+}
+
+/// The route a plan made against a known state deletes: node `via`'s route to `dst`, as
+/// [`RouteStyle`] wrote it.
+pub(super) fn node_route(dst: Ipv4Net, via: Ipv4Addr, style: &RouteStyle) -> KernelRoute {
+    KernelRoute {
+        dst,
+        metric: 0,
+        protocol: ROUTE_PROTOCOL,
+        kind: KernelRouteKind::Device {
+            gateway: Some(via),
+            onlink: true,
+            universe: true,
+            nhid: style.nhid(via),
+        },
+    }
+}
+
+/// The ops a node's arrival (`mac: Some`) or departure makes on its ARP entry and, where
+/// its routes go by one, its nexthop object.
+pub(super) fn node_l2_ops(plan: &mut Plan, ip: Ipv4Addr, mac: Option<Mac>, style: &RouteStyle) {
+    let nhid = style.nhid(ip);
+    match mac {
+        Some(mac) => {
+            plan.phases[SET_L2].push(Op::SetNeighbour { ip, mac });
+            if let Some(id) = nhid {
+                plan.phases[SET_L2].push(Op::SetNexthop { id, via: ip });
+            }
+        }
+        None => {
+            plan.phases[DEL_L2].push(Op::DelNeighbour { ip });
+            if let Some(id) = nhid {
+                plan.phases[DEL_L2].push(Op::DelNexthop { id });
+            }
+        }
+    }
+}
+
 /// The plan that turns a kernel known to hold exactly `old` (a previous [`Desired`] applied
 /// without errors) into `new`, without reading the kernel: what a node event costs is the
 /// size of its change, not of the node set. Walks the two ordered maps side by side, so it
 /// is O(n) in comparisons but allocates only for the ops it returns.
-pub fn diff_known(old: &Desired, new: &Desired) -> Plan {
+/// `style` is the kernel's as the last dump found it.
+pub fn diff_known(old: &Desired, new: &Desired, style: &RouteStyle) -> Plan {
     let mut plan = Plan::default();
     merge(&old.routes, &new.routes, |dst, was, now| match (was, now) {
-        (Some(via), None) => plan.phases[DEL_ROUTES].push(Op::DelRoute(KernelRoute {
-            dst: *dst,
-            metric: 0,
-            protocol: ROUTE_PROTOCOL,
-            kind: KernelRouteKind::Device {
-                gateway: Some(*via),
-                onlink: true,
-                universe: true,
-            },
-        })),
+        (Some(via), None) => {
+            plan.phases[DEL_ROUTES].push(Op::DelRoute(node_route(*dst, *via, style)))
+        }
         (_, Some(via)) => plan.phases[SET_ROUTES].push(Op::SetRoute {
             dst: *dst,
             via: *via,
+            nhid: style.nhid(*via),
         }),
         (None, None) => {}
     });
@@ -663,12 +818,9 @@ pub fn diff_known(old: &Desired, new: &Desired) -> Plan {
             },
         );
     }
-    merge(&old.neighbours, &new.neighbours, |ip, was, now| {
-        match (was, now) {
-            (Some(_), None) => plan.phases[DEL_L2].push(Op::DelNeighbour { ip: *ip }),
-            (_, Some(mac)) => plan.phases[SET_L2].push(Op::SetNeighbour { ip: *ip, mac: *mac }),
-            (None, None) => {}
-        }
+    // A node's MAC follows from its IP: an entry only ever appears or goes.
+    merge(&old.neighbours, &new.neighbours, |ip, _, now| {
+        node_l2_ops(&mut plan, *ip, now.copied(), style)
     });
     merge(&old.fdb, &new.fdb, |mac, was, now| match (was, now) {
         (Some(dst), None) => plan.phases[DEL_L2].push(Op::DelFdb {

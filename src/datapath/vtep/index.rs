@@ -20,8 +20,8 @@ use ipnet::Ipv4Net;
 use jiff::Timestamp;
 
 use super::{
-    overlaps, Desired, HybridNode, KernelRoute, KernelRouteKind, NodePolicy, Op, Plan, Rejection,
-    DEL_L2, DEL_ROUTES, ROUTE_PROTOCOL, SET_L2, SET_ROUTES,
+    node_l2_ops, node_route, overlaps, Desired, HybridNode, NodePolicy, Op, Plan, Rejection,
+    RouteStyle, DEL_L2, DEL_ROUTES, SET_L2, SET_ROUTES,
 };
 use crate::datapath::mac::Mac;
 
@@ -170,11 +170,13 @@ impl Index {
 
     /// Applies `changes` and this host's current addresses; returns the plan that turns
     /// a kernel holding the previous desired state into the new one: exactly what
-    /// [`super::diff_known`] would say, at the cost of the change.
+    /// [`super::diff_known`] would say, at the cost of the change. `style` is the
+    /// kernel's as the last dump found it.
     pub fn update(
         &mut self,
         own_addresses: BTreeSet<Ipv4Addr>,
         changes: impl IntoIterator<Item = NodeChange>,
+        style: &RouteStyle,
     ) -> Plan {
         let mut pass = Pass {
             track: true,
@@ -207,7 +209,7 @@ impl Index {
             }
         }
         self.settle(&mut pass);
-        self.plan(pass)
+        self.plan(pass, style)
     }
 
     /// Puts `node` in (replacing the node of the same rank) and queues it for judging.
@@ -513,33 +515,27 @@ impl Index {
 
     /// The ops for the entries this update touched whose value differs from before, in
     /// the order [`super::diff_known`] emits them.
-    fn plan(&self, pass: Pass) -> Plan {
+    fn plan(&self, pass: Pass, style: &RouteStyle) -> Plan {
         let mut plan = Plan::default();
         for (dst, was) in pass.routes {
             match (was, self.desired.routes.get(&dst).copied()) {
-                (Some(via), None) => plan.phases[DEL_ROUTES].push(Op::DelRoute(KernelRoute {
-                    dst,
-                    metric: 0,
-                    protocol: ROUTE_PROTOCOL,
-                    kind: KernelRouteKind::Device {
-                        gateway: Some(via),
-                        onlink: true,
-                        universe: true,
-                    },
-                })),
+                (Some(via), None) => {
+                    plan.phases[DEL_ROUTES].push(Op::DelRoute(node_route(dst, via, style)))
+                }
                 (was, Some(via)) if was != Some(via) => {
-                    plan.phases[SET_ROUTES].push(Op::SetRoute { dst, via })
+                    plan.phases[SET_ROUTES].push(Op::SetRoute {
+                        dst,
+                        via,
+                        nhid: style.nhid(via),
+                    })
                 }
                 _ => {}
             }
         }
         for (ip, was) in pass.neighbours {
-            match (was, self.desired.neighbours.get(&ip).copied()) {
-                (Some(_), None) => plan.phases[DEL_L2].push(Op::DelNeighbour { ip }),
-                (was, Some(mac)) if was != Some(mac) => {
-                    plan.phases[SET_L2].push(Op::SetNeighbour { ip, mac })
-                }
-                _ => {}
+            let now = self.desired.neighbours.get(&ip).copied();
+            if was != now {
+                node_l2_ops(&mut plan, ip, now, style);
             }
         }
         for (mac, was) in pass.fdb {

@@ -26,6 +26,7 @@ fn ours(dst: &str, via: &str) -> KernelRoute {
             gateway: Some(ip(via)),
             onlink: true,
             universe: true,
+            nhid: None,
         },
     }
 }
@@ -52,13 +53,19 @@ fn fdb(addr: &str) -> KernelFdb {
     }
 }
 
-/// The kernel state that exactly satisfies `desired`.
+/// The kernel state that exactly satisfies `desired`, with gateway routes.
 fn converged(desired: &Desired) -> Actual {
+    converged_with(desired, &RouteStyle::gateways())
+}
+
+/// The kernel state that exactly satisfies `desired` when routes are written as `style`
+/// says.
+fn converged_with(desired: &Desired, style: &RouteStyle) -> Actual {
     Actual {
         routes: desired
             .routes
             .iter()
-            .map(|(d, v)| ours(&d.to_string(), &v.to_string()))
+            .map(|(d, v)| node_route(*d, *v, style))
             .chain(
                 desired
                     .unreachable
@@ -72,6 +79,30 @@ fn converged(desired: &Desired) -> Actual {
             .map(|i| neigh(&i.to_string()))
             .collect(),
         fdb: desired.fdb.values().map(|i| fdb(&i.to_string())).collect(),
+        nexthops: desired
+            .neighbours
+            .keys()
+            .filter_map(|ip| style.nhid(*ip).map(|id| our_nexthop(id, *ip)))
+            .collect(),
+        style: style.clone(),
+    }
+}
+
+fn our_nexthop(id: u32, via: Ipv4Addr) -> KernelNexthop {
+    KernelNexthop {
+        id,
+        gateway: Some(via),
+        on_device: true,
+        onlink: true,
+        protocol: ROUTE_PROTOCOL,
+    }
+}
+
+/// Nexthop objects, with node 10.80.0.3's id held by someone else's.
+fn nexthops_with_a_foreign_id() -> RouteStyle {
+    RouteStyle {
+        nexthops: true,
+        foreign: [nexthop_id(ip("10.80.0.3"))].into(),
     }
 }
 
@@ -106,11 +137,13 @@ fn empty_kernel_gets_everything_in_phase_order() {
         vec![
             Op::SetRoute {
                 dst: net("192.168.32.0/25"),
-                via: ip("10.99.0.2")
+                via: ip("10.99.0.2"),
+                nhid: None
             },
             Op::SetRoute {
                 dst: net("192.168.33.0/25"),
-                via: ip("10.99.0.2")
+                via: ip("10.99.0.2"),
+                nhid: None
             },
             Op::SetUnreachable {
                 dst: net("192.168.32.0/23")
@@ -146,7 +179,8 @@ fn node_ip_change_replaces_route_and_moves_l2() {
         plan.phases[SET_ROUTES],
         vec![Op::SetRoute {
             dst: net("192.168.32.0/25"),
-            via: ip("10.99.0.3")
+            via: ip("10.99.0.3"),
+            nhid: None
         }]
     );
     assert_eq!(
@@ -189,7 +223,8 @@ fn cidr_change_removes_old_route() {
         plan.phases[SET_ROUTES],
         vec![Op::SetRoute {
             dst: net("192.168.32.128/25"),
-            via: ip("10.99.0.2")
+            via: ip("10.99.0.2"),
+            nhid: None
         }]
     );
     assert_eq!(plan.len(), 2);
@@ -225,6 +260,7 @@ fn wrong_attributes_are_replaced_not_duplicated() {
             gateway: Some(ip("10.99.0.2")),
             onlink: false,
             universe: true,
+            nhid: None,
         },
         ..actual.routes[0].clone()
     };
@@ -235,7 +271,8 @@ fn wrong_attributes_are_replaced_not_duplicated() {
         plan.phases[SET_ROUTES],
         vec![Op::SetRoute {
             dst: net("192.168.32.0/25"),
-            via: ip("10.99.0.2")
+            via: ip("10.99.0.2"),
+            nhid: None
         }]
     );
     assert_eq!(plan.phases[SET_L2].len(), 2);
@@ -518,21 +555,29 @@ fn delta_plan_matches_the_full_diff_of_a_converged_kernel() {
             })
             .collect()
     };
-    for (i, old_nodes) in sets.iter().enumerate() {
-        for new_nodes in &sets {
-            for (j, new_pods) in pod_sets.iter().enumerate() {
-                let (old, _) = Desired::build(old_nodes, &pod_sets[i % 2]);
-                let (new, _) = Desired::build(new_nodes, new_pods);
-                assert_eq!(
-                    sorted(diff_known(&old, &new)),
-                    sorted(diff(&new, &converged(&old))),
-                    "from set {i} to {new_nodes:?} with pods {j}"
-                );
+    let styles = [
+        RouteStyle::gateways(),
+        RouteStyle::nexthops(),
+        nexthops_with_a_foreign_id(),
+    ];
+    for style in &styles {
+        for (i, old_nodes) in sets.iter().enumerate() {
+            for new_nodes in &sets {
+                for (j, new_pods) in pod_sets.iter().enumerate() {
+                    let (old, _) = Desired::build(old_nodes, &pod_sets[i % 2]);
+                    let (new, _) = Desired::build(new_nodes, new_pods);
+                    assert_eq!(
+                        sorted(diff_known(&old, &new, style)),
+                        sorted(diff(&new, &converged_with(&old, style))),
+                        "from set {i} to {new_nodes:?} with pods {j}, {style:?}"
+                    );
+                }
             }
         }
+        let (d, _) = Desired::build(&sets[3], &pods());
+        assert!(diff_known(&d, &d, style).is_empty());
+        assert!(diff(&d, &converged_with(&d, style)).is_empty());
     }
-    let (d, _) = Desired::build(&sets[3], &pods());
-    assert!(diff_known(&d, &d).is_empty());
 }
 
 // --- The incremental desired state (`Index`) against the full rebuild ----------------------
@@ -599,7 +644,11 @@ fn removing_a_conflict_winner_hands_its_claims_over_in_rank_order() {
             },
         ]
     );
-    let plan = index.update(BTreeSet::new(), [NodeChange::Remove(a.rank.clone())]);
+    let plan = index.update(
+        BTreeSet::new(),
+        [NodeChange::Remove(a.rank.clone())],
+        &RouteStyle::gateways(),
+    );
     let mut rest = std::collections::BTreeMap::new();
     for n in [&b, &c, &d] {
         rest.insert(n.rank.clone(), n.clone());
@@ -607,7 +656,7 @@ fn removing_a_conflict_winner_hands_its_claims_over_in_rank_order() {
     let (want, rejected) = rebuilt(&rest, &policy);
     assert_eq!(index.desired(), &want);
     assert_eq!(index.rejected(), rejected);
-    assert_eq!(plan, diff_known(&before, &want));
+    assert_eq!(plan, diff_known(&before, &want, &RouteStyle::gateways()));
     assert_eq!(
         want.routes
             .iter()
@@ -621,9 +670,13 @@ fn removing_a_conflict_winner_hands_its_claims_over_in_rank_order() {
         "b took over, pushed c out, and d took c's IP"
     );
     // The old winner comes back: everything is as at first.
-    let plan = index.update(BTreeSet::new(), [NodeChange::Upsert(a.clone())]);
+    let plan = index.update(
+        BTreeSet::new(),
+        [NodeChange::Upsert(a.clone())],
+        &RouteStyle::gateways(),
+    );
     assert_eq!(index.desired(), &before);
-    assert_eq!(plan, diff_known(&want, &before));
+    assert_eq!(plan, diff_known(&want, &before, &RouteStyle::gateways()));
 }
 
 /// Random event sequences applied one change at a time give, after every step, exactly
@@ -648,6 +701,15 @@ fn random_event_sequences_match_a_full_rebuild() {
     let mut steps = 0;
     for seed in 0..400u64 {
         let mut rng = fastrand::Rng::with_seed(seed);
+        // Half the seeds route by nexthop object, one node's id held by someone else.
+        let style = if seed % 2 == 0 {
+            RouteStyle::gateways()
+        } else {
+            RouteStyle {
+                nexthops: true,
+                foreign: [nexthop_id(ip(ips[1]))].into(),
+            }
+        };
         // Nested and overlapping CIDRs inside 192.168.32.0/23 and a few outside it.
         let cidr = |rng: &mut fastrand::Rng| -> Ipv4Net {
             if rng.u8(..20) == 0 {
@@ -706,11 +768,11 @@ fn random_event_sequences_match_a_full_rebuild() {
             }
             policy.own_addresses = own.clone();
             let before = index.desired().clone();
-            let plan = index.update(own.clone(), changes);
+            let plan = index.update(own.clone(), changes, &style);
             let (want, rejected) = rebuilt(&nodes, &policy);
             assert_eq!(index.desired(), &want, "seed {seed}");
             assert_eq!(index.rejected(), rejected, "seed {seed}");
-            assert_eq!(plan, diff_known(&before, &want), "seed {seed}");
+            assert_eq!(plan, diff_known(&before, &want, &style), "seed {seed}");
             steps += 1;
         }
         let fresh = Index::build(nodes.values().cloned(), policy.clone());
@@ -763,7 +825,133 @@ fn node_list_changes_replay_to_the_new_list() {
     assert!(third.changes_since(&third).is_empty());
     let policy = NodePolicy::for_pod_cidrs(&pods());
     let mut index = Index::build(first.ranked().cloned(), policy.clone());
-    index.update(BTreeSet::new(), third.changes_since(&first));
+    index.update(
+        BTreeSet::new(),
+        third.changes_since(&first),
+        &RouteStyle::nexthops(),
+    );
     let fresh = Index::build(third.ranked().cloned(), policy);
     assert_eq!(index.desired(), fresh.desired());
+}
+
+// --- Routes by nexthop object -----------------------------------------------------------
+
+#[test]
+fn nexthops_come_before_their_routes_and_go_after_them() {
+    let style = RouteStyle::nexthops();
+    let (d, _) = Desired::build(&[node("a", "10.80.0.2", &["192.168.32.0/26"])], &pods());
+    let empty = Actual {
+        style: style.clone(),
+        ..Actual::default()
+    };
+    let plan = diff(&d, &empty);
+    let id = nexthop_id(ip("10.80.0.2"));
+    assert!(plan.phases[SET_L2].contains(&Op::SetNexthop {
+        id,
+        via: ip("10.80.0.2")
+    }));
+    assert!(plan.phases[SET_ROUTES].contains(&Op::SetRoute {
+        dst: net("192.168.32.0/26"),
+        via: ip("10.80.0.2"),
+        nhid: Some(id),
+    }));
+    let gone = diff(&Desired::build(&[], &pods()).0, &converged_with(&d, &style));
+    assert_eq!(
+        gone.phases[DEL_ROUTES],
+        vec![Op::DelRoute(node_route(
+            net("192.168.32.0/26"),
+            ip("10.80.0.2"),
+            &style
+        ))]
+    );
+    assert!(gone.phases[DEL_L2].contains(&Op::DelNexthop { id }));
+}
+
+/// What an older version (or the reference) left: gateway routes. Each is replaced in
+/// place by a route by nexthop, never deleted first.
+#[test]
+fn gateway_routes_are_replaced_in_place_by_routes_by_nexthop() {
+    let (d, _) = Desired::build(
+        &[
+            node("a", "10.80.0.2", &["192.168.32.0/26"]),
+            node("b", "10.80.0.3", &["192.168.32.64/26"]),
+        ],
+        &pods(),
+    );
+    let mut actual = converged(&d);
+    actual.style = RouteStyle::nexthops();
+    let plan = diff(&d, &actual);
+    assert!(plan.phases[DEL_ROUTES].is_empty() && plan.phases[DEL_L2].is_empty());
+    assert_eq!(
+        plan.phases[SET_L2],
+        vec![
+            Op::SetNexthop {
+                id: nexthop_id(ip("10.80.0.2")),
+                via: ip("10.80.0.2")
+            },
+            Op::SetNexthop {
+                id: nexthop_id(ip("10.80.0.3")),
+                via: ip("10.80.0.3")
+            },
+        ]
+    );
+    assert_eq!(plan.phases[SET_ROUTES].len(), 2);
+    // And back, should the kernel lose nexthop objects (a downgrade works the same way).
+    let mut back = converged_with(&d, &RouteStyle::nexthops());
+    back.style = RouteStyle::gateways();
+    let plan = diff(&d, &back);
+    assert!(plan.phases[DEL_ROUTES].is_empty());
+    assert_eq!(plan.phases[SET_ROUTES].len(), 2);
+    assert_eq!(plan.phases[DEL_L2].len(), 2, "our nexthop objects go");
+}
+
+#[test]
+fn a_node_whose_id_someone_else_holds_is_routed_by_gateway() {
+    let style = nexthops_with_a_foreign_id();
+    let (d, _) = Desired::build(
+        &[
+            node("a", "10.80.0.2", &["192.168.32.0/26"]),
+            node("b", "10.80.0.3", &["192.168.32.64/26"]),
+        ],
+        &pods(),
+    );
+    let plan = diff(
+        &d,
+        &Actual {
+            style: style.clone(),
+            ..Actual::default()
+        },
+    );
+    let b_id = nexthop_id(ip("10.80.0.3"));
+    assert!(plan
+        .ops()
+        .all(|op| !matches!(op, Op::SetNexthop { id, .. } if *id == b_id)));
+    assert!(plan.phases[SET_ROUTES].contains(&Op::SetRoute {
+        dst: net("192.168.32.64/26"),
+        via: ip("10.80.0.3"),
+        nhid: None,
+    }));
+}
+
+#[test]
+fn a_wrong_nexthop_is_replaced_and_a_stray_one_removed() {
+    let style = RouteStyle::nexthops();
+    let (d, _) = Desired::build(&[node("a", "10.80.0.2", &["192.168.32.0/26"])], &pods());
+    let mut actual = converged_with(&d, &style);
+    let id = nexthop_id(ip("10.80.0.2"));
+    actual.nexthops[0].gateway = Some(ip("10.80.0.77"));
+    actual.nexthops.push(our_nexthop(7, ip("10.80.0.7")));
+    let plan = diff(&d, &actual);
+    assert_eq!(
+        plan.phases[SET_L2],
+        vec![Op::SetNexthop {
+            id,
+            via: ip("10.80.0.2")
+        }]
+    );
+    assert_eq!(plan.phases[DEL_L2], vec![Op::DelNexthop { id: 7 }]);
+    assert!(
+        plan.phases[SET_ROUTES].is_empty(),
+        "the route follows its nexthop"
+    );
 }
