@@ -1,9 +1,11 @@
-//! Reconcile 5,000 hybrid nodes (15,000 kernel entries + the catch-all) into an empty
-//! namespace, then a no-op pass, against `ip -batch` + `bridge -batch` programming the
-//! same entries as the baseline; then, with the 5,000 present, node events one at a time
+//! Reconcile 5,000 hybrid nodes (20,000 kernel entries + the catch-all: a nexthop object,
+//! a route, an ARP and an FDB entry per node) into an empty namespace, then a no-op pass,
+//! against `ip -batch` + `bridge -batch` programming the same nodes as the baseline, twice:
+//! with routes that name their gateway (the issue's baseline, 15,000 entries) and with the
+//! daemon's nexthop objects; then, with the 5,000 present, node events one at a time
 //! (a node added, then removed). An event is timed from the CiliumNode reaching the watch
-//! (its parse, the watch's node set, the published change) to its entries (route, ARP,
-//! FDB, filter element) acknowledged by the kernel, three ways in the same run:
+//! (its parse, the watch's node set, the published change) to its entries (nexthop, route,
+//! ARP, FDB, filter element) acknowledged by the kernel, three ways in the same run:
 //! - `delta`: as the daemon handles it now (the watch's node-level change applied to the
 //!   desired state kept across passes);
 //! - `rebuild`: the previous way (the watch sorts and copies the whole set, the pass
@@ -271,7 +273,11 @@ fn ours() -> Ours {
             watch.push(w);
             breakdown.push(Breakdown::of(total, w, &r, e % 2 == 0));
             assert!(r.report.errors.is_empty(), "{:?}", r.report.errors);
-            assert_eq!(r.report.changes(), 3, "one node's route, ARP and FDB entry");
+            assert_eq!(
+                r.report.changes(),
+                4,
+                "one node's route, ARP, FDB entry and nexthop"
+            );
         }
         // Before: the whole set sorted and copied per event, the desired state rebuilt.
         let mut by_name: BTreeMap<String, (jiff::Timestamp, HybridNode)> = (0..NODES)
@@ -296,7 +302,11 @@ fn ours() -> Ours {
                 .unwrap();
             events_full.push(t.elapsed());
             assert!(r.report.errors.is_empty(), "{:?}", r.report.errors);
-            assert_eq!(r.report.changes(), 3, "one node's route, ARP and FDB entry");
+            assert_eq!(
+                r.report.changes(),
+                4,
+                "one node's route, ARP, FDB entry and nexthop"
+            );
         }
         Ours {
             cold: cold.elapsed,
@@ -336,13 +346,19 @@ async fn rebuild_events(
             .unwrap();
         samples.push(t.elapsed());
         assert!(r.report.errors.is_empty(), "{:?}", r.report.errors);
-        assert_eq!(r.report.changes(), 3, "one node's route, ARP and FDB entry");
+        assert_eq!(
+            r.report.changes(),
+            4,
+            "one node's route, ARP, FDB entry and nexthop"
+        );
     }
     samples
 }
 
 /// Baseline: the same entries written by iproute2's batch mode on a device made by `ip`.
-fn ip_batch(nodes: &[HybridNode]) -> Duration {
+/// `nexthops`: routes by nexthop object, as the daemon writes them; otherwise routes that
+/// name their gateway (the baseline the issue set, and what the daemon wrote before).
+fn ip_batch(nodes: &[HybridNode], nexthops: bool) -> Duration {
     let (gw, _peer) = gateway();
     let mac = Mac::for_gateway(GW_IP.parse().unwrap());
     gw.sh(&format!(
@@ -358,11 +374,22 @@ fn ip_batch(nodes: &[HybridNode]) -> Duration {
             "neigh replace {} lladdr {m} dev hybrid_vxlan0 nud permanent\n",
             n.ip
         ));
-        for c in &n.pod_cidrs {
+        let id = u32::from(n.ip);
+        if nexthops {
             ip_cmds.push_str(&format!(
-                "route replace {c} via {} dev hybrid_vxlan0 onlink proto 158\n",
+                "nexthop replace id {id} via {} dev hybrid_vxlan0 onlink proto 158\n",
                 n.ip
             ));
+        }
+        for c in &n.pod_cidrs {
+            ip_cmds.push_str(&if nexthops {
+                format!("route replace {c} nhid {id} proto 158\n")
+            } else {
+                format!(
+                    "route replace {c} via {} dev hybrid_vxlan0 onlink proto 158\n",
+                    n.ip
+                )
+            });
         }
         fdb_cmds.push_str(&format!(
             "fdb replace {m} dst {} dev hybrid_vxlan0 self permanent\n",
@@ -398,24 +425,28 @@ fn main() {
     let mut cold = Vec::new();
     let mut noop = Vec::new();
     let mut base = Vec::new();
+    let mut base_nh = Vec::new();
     let (mut events, mut watch, mut events_rebuild, mut events_full) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut breakdown = Vec::new();
     for trial in 0..TRIALS {
         // Alternate which runs first so neither profits from a warmer kernel.
-        let (b, o) = if trial % 2 == 0 {
-            let b = ip_batch(&nodes);
-            (b, ours())
+        let (b, bn, o) = if trial % 2 == 0 {
+            let b = ip_batch(&nodes, false);
+            let bn = ip_batch(&nodes, true);
+            (b, bn, ours())
         } else {
             let o = ours();
-            (ip_batch(&nodes), o)
+            let bn = ip_batch(&nodes, true);
+            (ip_batch(&nodes, false), bn, o)
         };
         println!(
-            "trial {trial}: hybrid-gateway cold {:>7.1} ms ({} entries), no-op {:>6.1} ms | ip -batch + bridge -batch {:>7.1} ms | node event p50 {:.2} ms (rebuild {:.2} ms, full pass {:.1} ms)",
+            "trial {trial}: hybrid-gateway cold {:>7.1} ms ({} entries), no-op {:>6.1} ms | ip -batch + bridge -batch {:>7.1} ms (gateway routes), {:>7.1} ms (nexthop objects) | node event p50 {:.2} ms (rebuild {:.2} ms, full pass {:.1} ms)",
             ms(o.cold),
             o.entries,
             ms(o.noop),
             ms(b),
+            ms(bn),
             ms(percentile(&o.events, 0.5)),
             ms(percentile(&o.events_rebuild, 0.5)),
             ms(percentile(&o.events_full, 0.5)),
@@ -423,6 +454,7 @@ fn main() {
         cold.push(o.cold);
         noop.push(o.noop);
         base.push(b);
+        base_nh.push(bn);
         events.extend(o.events);
         watch.extend(o.watch);
         breakdown.extend(o.breakdown);
@@ -432,13 +464,24 @@ fn main() {
     cold.sort();
     noop.sort();
     base.sort();
-    let (c, n, b) = (cold[TRIALS / 2], noop[TRIALS / 2], base[TRIALS / 2]);
+    base_nh.sort();
+    let (c, n, b, bn) = (
+        cold[TRIALS / 2],
+        noop[TRIALS / 2],
+        base[TRIALS / 2],
+        base_nh[TRIALS / 2],
+    );
     println!(
         "median over {TRIALS} trials, {NODES} nodes: cold {:.1} ms, ip-batch baseline {:.1} ms, ratio {:.2}x (target <= 1x); no-op pass {:.1} ms (target <= 100 ms)",
         ms(c),
         ms(b),
         c.as_secs_f64() / b.as_secs_f64(),
         ms(n)
+    );
+    println!(
+        "  against ip -batch writing the same nexthop objects and routes by nhid: {:.1} ms, ratio {:.2}x",
+        ms(bn),
+        c.as_secs_f64() / bn.as_secs_f64()
     );
     for (label, samples) in [
         ("node event (delta, now)", &events),

@@ -371,20 +371,29 @@ fn reconcile_follows_nodes_through_their_lifecycle() {
 fn reconcile_cleans_a_polluted_kernel_and_spares_what_it_does_not_own() {
     let (gw, _peer) = gateway();
     let cfg = config("");
+    let taken_id = format!(
+        "ip nexthop add id {} via 10.99.0.2 dev u0",
+        u32::from(ip("10.99.0.2"))
+    );
     let foreign = [
         "ip route add 10.77.0.0/24 via 10.99.0.2 dev u0 table 100",
         "ip route add 192.168.33.128/25 via 10.99.0.2 dev u0",
         "ip route add unreachable 10.66.0.0/16",
         "ip neigh add 10.99.0.20 lladdr 02:aa:bb:cc:dd:ee dev u0 nud permanent",
+        // Someone else's nexthop objects, one on the id node 10.99.0.2's would have.
+        "ip nexthop add id 5 via 10.99.0.2 dev u0",
+        taken_id.as_str(),
+        "ip route add 10.78.0.0/24 nhid 5",
     ];
     gw.run(|| async { Datapath::setup(&cfg, ip(GW_IP)).await.unwrap() });
-    for cmd in foreign {
+    for cmd in &foreign {
         gw.sh(cmd);
     }
     let before_foreign = (
         gw.sh("ip route show table 100"),
         gw.sh("ip route show dev u0"),
         gw.sh("ip neigh show dev u0 nud permanent"),
+        gw.sh("ip nexthop show"),
     );
     // Stale state as a crashed or older gateway could leave it.
     for cmd in [
@@ -397,6 +406,8 @@ fn reconcile_cleans_a_polluted_kernel_and_spares_what_it_does_not_own() {
         "bridge fdb add 02:00:0a:63:00:09 dst 10.99.0.9 dev hybrid_vxlan0 self permanent",
         "bridge fdb append 02:00:0a:63:00:02 dst 10.99.0.8 dev hybrid_vxlan0 self permanent",
         "bridge fdb add 00:00:00:00:00:00 dst 10.99.0.50 dev hybrid_vxlan0 self permanent",
+        "ip nexthop add id 77 via 10.99.0.9 dev hybrid_vxlan0 onlink",
+        "ip route add 192.168.41.0/24 nhid 77",
     ] {
         gw.sh(cmd);
     }
@@ -422,8 +433,13 @@ fn reconcile_cleans_a_polluted_kernel_and_spares_what_it_does_not_own() {
             0
         );
     });
-    // The foreign unreachable route is listed too: it is not ours and must survive.
-    let mut want = expected(&[("10.99.0.2", &["192.168.32.0/25"])]);
+    // The foreign unreachable route is listed too: it is not ours and must survive. Node
+    // 10.99.0.2's nexthop id is someone else's, so its route names its gateway instead.
+    let mut want: Vec<String> = expected(&[("10.99.0.2", &[])])
+        .into_iter()
+        .filter(|l| !l.starts_with("nexthop "))
+        .collect();
+    want.push("route 192.168.32.0/25 via 10.99.0.2 proto 158 onlink".into());
     want.push("route unreachable 10.66.0.0/16".into());
     want.sort();
     assert_eq!(kernel(&gw), want);
@@ -431,6 +447,7 @@ fn reconcile_cleans_a_polluted_kernel_and_spares_what_it_does_not_own() {
         gw.sh("ip route show table 100"),
         gw.sh("ip route show dev u0"),
         gw.sh("ip neigh show dev u0 nud permanent"),
+        gw.sh("ip nexthop show"),
     );
     assert_eq!(
         before_foreign, after_foreign,
@@ -619,6 +636,103 @@ fn daemon_restart_loses_no_packet() {
         "the device was recreated"
     );
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// What an older version (or the reference) left: routes that name their gateway. The
+/// first pass replaces each in place by a route by nexthop object, and not one packet of
+/// a 10 ms ping is lost. A node whose nexthop id someone else holds keeps a gateway route.
+#[test]
+fn gateway_routes_become_routes_by_nexthop_without_losing_a_packet() {
+    let t = topology();
+    let cfg = config("");
+    let n1_id = u32::from(ip(NODE_IP));
+    let n2_id = u32::from(ip("10.99.0.7"));
+    let n1 = || node("n1", NODE_IP, &["192.168.32.0/25"]);
+    t.gw.run(|| async {
+        let (dp, _) = Datapath::setup(&cfg, ip(GW_IP)).await.unwrap();
+        let r = dp.reconcile(&[n1()], &cfg.gateway.hybrid_pod_cidrs).await;
+        assert!(r.unwrap().report.errors.is_empty());
+    });
+    // Back to how an older version left it: the route replaced in place, the object gone.
+    t.gw.sh(&format!(
+        "ip route replace 192.168.32.0/25 via {NODE_IP} dev hybrid_vxlan0 onlink proto 158 && \
+         ip nexthop del id {n1_id} && \
+         ip nexthop add id {n2_id} via {NODE_IP} dev u0"
+    ));
+    let foreign = t.gw.sh("ip nexthop show dev u0");
+    assert!(t
+        .gw
+        .sh("ip route show dev hybrid_vxlan0")
+        .contains(&format!("192.168.32.0/25 via {NODE_IP} proto 158 onlink")));
+    let ping = t.vpc.spawn(
+        "ping",
+        &["-c", "300", "-i", "0.01", "-W", "1", "192.168.32.10"],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let nodes = [n1(), node("n2", "10.99.0.7", &["192.168.33.0/26"])];
+    t.gw.run(|| async {
+        // A new process: nothing known, everything read from the kernel.
+        let (dp, _) = Datapath::setup(&cfg, ip(GW_IP)).await.unwrap();
+        let r = dp
+            .reconcile(&nodes, &cfg.gateway.hybrid_pod_cidrs)
+            .await
+            .unwrap();
+        assert!(r.report.errors.is_empty(), "{:?}", r.report.errors);
+        assert_eq!(r.report.nexthops_set, 1, "only n1 gets an object");
+        let again = dp.reconcile(&nodes, &cfg.gateway.hybrid_pod_cidrs).await;
+        assert_eq!(again.unwrap().report.changes(), 0);
+    });
+    let out = ping.wait(Duration::from_secs(30));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("300 packets transmitted, 300 received"),
+        "packets were lost while the routes changed form: {text}"
+    );
+    let mut want: Vec<String> = expected(&[(NODE_IP, &["192.168.32.0/25"]), ("10.99.0.7", &[])])
+        .into_iter()
+        .filter(|l| !l.contains(&format!("nexthop id {n2_id} ")))
+        .collect();
+    want.push("route 192.168.33.0/26 via 10.99.0.7 proto 158 onlink".into());
+    want.sort();
+    assert_eq!(kernel(&t.gw), want);
+    assert_eq!(
+        t.gw.sh("ip nexthop show dev u0"),
+        foreign,
+        "someone else's object"
+    );
+}
+
+/// A node's nexthop object pointed elsewhere, or deleted (which takes its routes with
+/// it), is put back by the next full pass.
+#[test]
+fn a_tampered_or_deleted_nexthop_is_repaired_by_the_full_pass() {
+    let (gw, _peer) = gateway();
+    let cfg = config("");
+    let id = u32::from(ip(NODE_IP));
+    let nodes = [node("n1", NODE_IP, &["192.168.32.0/25", "192.168.33.0/25"])];
+    let want = expected(&[(NODE_IP, &["192.168.32.0/25", "192.168.33.0/25"])]);
+    gw.run(|| async {
+        let (dp, _) = Datapath::setup(&cfg, ip(GW_IP)).await.unwrap();
+        let pods = &cfg.gateway.hybrid_pod_cidrs;
+        dp.reconcile(&nodes, pods).await.unwrap();
+        assert_eq!(kernel(&gw), want);
+        gw.sh(&format!(
+            "ip nexthop replace id {id} via 10.99.0.9 dev hybrid_vxlan0 onlink"
+        ));
+        let r = dp.reconcile(&nodes, pods).await.unwrap();
+        assert!(r.report.errors.is_empty(), "{:?}", r.report.errors);
+        assert_eq!(
+            (r.report.nexthops_set, r.report.changes()),
+            (1, 1),
+            "the object is replaced; its routes follow it"
+        );
+        assert_eq!(kernel(&gw), want);
+        gw.sh(&format!("ip nexthop del id {id}"));
+        let r = dp.reconcile(&nodes, pods).await.unwrap();
+        assert!(r.report.errors.is_empty(), "{:?}", r.report.errors);
+        assert_eq!((r.report.nexthops_set, r.report.routes_set), (1, 2));
+        assert_eq!(kernel(&gw), want);
+    });
 }
 
 #[test]
@@ -1555,7 +1669,7 @@ fn node_events_apply_their_delta_and_full_passes_still_repair_drift() {
         let (dp, _) = Datapath::setup(&cfg, ip(GW_IP)).await.unwrap();
         dp.reconcile(std::slice::from_ref(&a), &pods).await.unwrap();
         // Drift no event reports: a's route removed by hand.
-        gw.sh("ip route del 192.168.32.0/26 dev hybrid_vxlan0");
+        gw.sh("ip route del 192.168.32.0/26");
         let r = dp
             .reconcile_scoped(&[a.clone(), b.clone()], &pods, Scope::Changes)
             .await
@@ -1582,7 +1696,11 @@ fn node_events_apply_their_delta_and_full_passes_still_repair_drift() {
             .await
             .unwrap();
         assert!(r.report.errors.is_empty(), "{:?}", r.report.errors);
-        assert_eq!(r.report.changes(), 3);
+        assert_eq!(
+            r.report.changes(),
+            4,
+            "a's route, ARP, FDB entry and nexthop"
+        );
         assert!(!nodes_set().contains("10.99.0.2"), "{}", nodes_set());
         // The filter's node set edited behind its back: removing b's element fails, so
         // the table is rewritten whole instead of the event failing.
@@ -1925,7 +2043,7 @@ fn watched_node_events_hand_conflicts_over_exactly_and_full_passes_repair_drift(
         let r = dp.reconcile_set(&listed, &pods, Scope::Full).await.unwrap();
         assert_eq!(r.nodes, 3, "a, c and d; b loses to a: {:?}", r.rejected);
         // Drift no event reports: d's route removed by hand.
-        gw.sh("ip route del 192.168.33.0/26 dev hybrid_vxlan0");
+        gw.sh("ip route del 192.168.33.0/26");
         let gone = tracker.apply(Event::Delete(a())).unwrap();
         let r = dp
             .reconcile_set(&gone, &pods, Scope::Changes)

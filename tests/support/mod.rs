@@ -235,6 +235,11 @@ pub fn vtep_state(ns: &Netns) -> Vec<String> {
             .into_iter()
             .map(|l| format!("fdb {l}")),
     );
+    all.extend(
+        lines(&ns.sh("ip nexthop show dev hybrid_vxlan0"))
+            .into_iter()
+            .map(|l| format!("nexthop {l}")),
+    );
     all.sort();
     all
 }
@@ -246,8 +251,13 @@ pub fn expected_vtep(nodes: &[(&str, &[&str])]) -> Vec<String> {
         let mac = hybrid_gateway::datapath::Mac::for_node(addr.parse().unwrap());
         v.push(format!("arp {addr} lladdr {mac} PERMANENT"));
         v.push(format!("fdb {mac} dst {addr} self permanent"));
+        // One nexthop object per node (id: its address as a number); routes go by it.
+        let id = u32::from(addr.parse::<std::net::Ipv4Addr>().unwrap());
+        v.push(format!(
+            "nexthop id {id} via {addr} dev hybrid_vxlan0 scope link proto 158 onlink"
+        ));
         for c in *cidrs {
-            v.push(format!("route {c} via {addr} proto 158 onlink"));
+            v.push(format!("route {c} nhid {id} via {addr} proto 158 onlink"));
         }
     }
     v.sort();

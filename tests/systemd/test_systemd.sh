@@ -206,8 +206,9 @@ check "LimitCORE=0 and LimitNOFILE=4096 in force (no core with credentials on a 
 link="$(box ip -d link show "$DEV" 2>&1 || true)"
 check "under the hardening it created the VXLAN device (VNI 2, port 8472, local $GW_IP)" \
   bash -c 'grep -q "vxlan id 2 local '"$GW_IP"' .*dstport 8472" <<<"$1"' _ "$link"
-check "it programmed the route (proto hybrid-gateway), ARP and FDB entry for the node" \
-  bash -c 'box ip route show proto 158 | grep -q "^'"$POD_CIDR"' via '"$NODE_IP"' dev '"$DEV"' .*onlink" &&
+check "it programmed the nexthop object and route by it (proto hybrid-gateway), ARP and FDB entry for the node" \
+  bash -c 'box ip nexthop show dev '"$DEV"' | grep -Eq "^id [0-9]+ via '"$NODE_IP"' dev '"$DEV"' .*onlink" &&
+    box ip route show proto 158 | grep -Eq "^'"$POD_CIDR"' nhid [0-9]+ via '"$NODE_IP"' dev '"$DEV"' .*onlink" &&
     box ip neigh show dev '"$DEV"' | grep -q "^'"$NODE_IP"' lladdr '"$node_mac"' PERMANENT" &&
     box bridge fdb show dev '"$DEV"' | grep -q "^'"$node_mac"' dst '"$NODE_IP"' self permanent"'
 check "it wrote the sysctls (ip_forward 0 -> 1, forwarding on $DEV)" \
