@@ -95,6 +95,9 @@ struct Ours {
     cold: Duration,
     noop: Duration,
     entries: usize,
+    /// The cold pass's and the median no-op pass's steps, for the trial line.
+    cold_steps: String,
+    noop_steps: String,
     /// CiliumNode event → entries in the kernel, as the daemon handles it now.
     events: Vec<Duration>,
     /// The watch's share of `events` (parse, ordered set, publication).
@@ -253,9 +256,9 @@ fn ours() -> Ours {
         for _ in 0..5 {
             let r = dp.reconcile_set(&listed, pods, Scope::Full).await.unwrap();
             assert_eq!(r.report.changes(), 0, "no-op pass changed something");
-            noops.push(r.elapsed);
+            noops.push((r.elapsed, steps(&r)));
         }
-        noops.sort();
+        noops.sort_by_key(|(d, _)| *d);
         // Now: the watch's change, applied to the state the previous pass kept.
         let (mut events, mut watch) = (Vec::with_capacity(EVENTS), Vec::with_capacity(EVENTS));
         let mut breakdown = Vec::with_capacity(EVENTS);
@@ -310,8 +313,10 @@ fn ours() -> Ours {
         }
         Ours {
             cold: cold.elapsed,
-            noop: noops[2],
+            noop: noops[2].0,
             entries: cold.report.changes(),
+            cold_steps: steps(&cold),
+            noop_steps: noops[2].1.clone(),
             events,
             watch,
             breakdown,
@@ -319,6 +324,16 @@ fn ours() -> Ours {
             events_full,
         }
     })
+}
+
+/// A pass's steps (not its requests), for a trial line.
+fn steps(r: &Reconciled) -> String {
+    r.times
+        .steps
+        .iter()
+        .map(|(s, d)| format!("{s} {:.1}", ms(*d)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The previous way of handling the same events: per event, the whole set sorted and
@@ -451,6 +466,8 @@ fn main() {
             ms(percentile(&o.events_rebuild, 0.5)),
             ms(percentile(&o.events_full, 0.5)),
         );
+        println!("  cold pass steps, ms: {}", o.cold_steps);
+        println!("  no-op pass steps, ms: {}", o.noop_steps);
         cold.push(o.cold);
         noop.push(o.noop);
         base.push(b);

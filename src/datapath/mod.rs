@@ -344,22 +344,18 @@ impl Datapath {
         let mut policy = self.policy.clone();
         policy.pod_cidrs = pod_cidrs.to_vec();
         policy.own_addresses.extend(own);
-        // `against_known`: the plan is relative to what this process last applied (not
-        // to a fresh read of the kernel), so its neighbour ops are the node set's change.
-        let (state, plan, against_known) = match input {
+        // `known_plan`: a plan relative to what this process last applied (not to a fresh
+        // read of the kernel), so its neighbour ops are the node set's change. `None`: the
+        // kernel is read and compared.
+        let (state, known_plan) = match input {
             Input::Slice(nodes) => {
                 let (desired, rejected) = Desired::build_with(nodes, &policy);
                 t = times.step("desired state (build)", t);
-                let plan = match &known.vtep {
-                    Some(before) => vtep::diff_known(before, &desired, &self.nl.route_style()),
-                    None => vtep::diff(&desired, &self.nl.read_vtep(device.index).await?),
-                };
-                let against_known = known.vtep.is_some();
-                (
-                    State::Plain(desired, Arc::new(rejected)),
-                    plan,
-                    against_known,
-                )
+                let plan = known
+                    .vtep
+                    .as_ref()
+                    .map(|before| vtep::diff_known(before, &desired, &self.nl.route_style()));
+                (State::Plain(desired, Arc::new(rejected)), plan)
             }
             Input::Set(set) => match known.index {
                 Some((mut index, before)) if index.policy().pod_cidrs == policy.pod_cidrs => {
@@ -368,83 +364,70 @@ impl Datapath {
                     drop(before);
                     t = times.step("previous list dropped", t);
                     let plan = index.update(policy.own_addresses, changes, &self.nl.route_style());
-                    (State::Indexed(index, set.clone()), plan, true)
+                    (State::Indexed(index, set.clone()), Some(plan))
                 }
                 _ => {
                     let index = Box::new(Index::build(set.ranked().cloned(), policy.clone()));
                     t = times.step("desired state (build)", t);
-                    let plan = vtep::diff(index.desired(), &self.nl.read_vtep(device.index).await?);
-                    (State::Indexed(index, set.clone()), plan, false)
+                    (State::Indexed(index, set.clone()), None)
                 }
             },
         };
-        t = times.step(
-            if against_known {
-                "plan (against the known state)"
-            } else {
-                "kernel dump + diff"
-            },
-            t,
-        );
         let desired = state.desired();
         // The filter learns a new node before its routes exist and forgets a removed one
         // before they go: its VXLAN is accepted exactly while the gateway forwards to it.
-        let mut filter_errors = Vec::new();
-        let mut filter_known = None;
-        let mut elements = self.elements.lock().await;
-        let filter = match &self.filter {
-            None => None,
-            Some(base) => {
-                let synced = match known.filter {
-                    // Reading the table back costs an `nft` run and a JSON parse of every
-                    // element: node events only write when the node set changed, and
-                    // only the elements that did.
-                    Some(mut spec)
-                        if scope == Scope::Changes
-                            && against_known
-                            && spec.pod_cidrs == pod_cidrs =>
-                    {
-                        let (added, removed) = node_changes(&plan, &mut spec.nodes);
-                        let r =
-                            write_filter_nodes(&mut elements, &spec, &added, &removed, &mut times)
-                                .await;
-                        (spec, r)
-                    }
-                    before => {
-                        let spec = FilterSpec {
-                            nodes: desired.neighbours.keys().copied().collect(),
-                            pod_cidrs: policy.pod_cidrs.clone(),
-                            ..base.clone()
-                        };
-                        let r = match &before {
-                            Some(before) if scope == Scope::Changes => {
-                                write_filter_if_changed(&mut elements, before, &spec, &mut times)
-                                    .await
-                            }
-                            _ => sync_filter(&spec).await,
-                        };
-                        (spec, r)
-                    }
-                };
-                match synced {
-                    (spec, Ok(r)) => {
-                        filter_known = Some(spec);
-                        Some(r)
-                    }
-                    (_, Err(e)) => {
-                        filter_errors.push(e);
-                        None
-                    }
+        // It runs alongside the kernel dump, and then alongside the new nodes' ARP, FDB and
+        // nexthop entries (`apply_gated`), never alongside a route change.
+        let mut filter_times = PassTimes::default();
+        let (mut report, (filter, filter_known, filter_errors)) = {
+            let filter = self.filter_pass(
+                known.filter,
+                scope,
+                known_plan.as_ref(),
+                desired,
+                pod_cidrs,
+                &mut filter_times,
+            );
+            let mut filter = std::pin::pin!(futures::future::maybe_done(filter));
+            let dumped;
+            let plan = match &known_plan {
+                Some(plan) => {
+                    t = times.step("plan (against the known state)", t);
+                    plan
                 }
-            }
+                None => {
+                    let dump = std::pin::pin!(self.nl.read_vtep(device.index));
+                    let actual = match futures::future::select(dump, filter.as_mut()).await {
+                        futures::future::Either::Left((actual, _)) => actual,
+                        futures::future::Either::Right(((), dump)) => dump.await,
+                    };
+                    // A failed dump ends the pass, but not a filter write half done.
+                    let actual = match actual {
+                        Ok(actual) => actual,
+                        Err(e) => {
+                            filter.as_mut().await;
+                            return Err(e);
+                        }
+                    };
+                    dumped = vtep::diff(desired, &actual);
+                    t = times.step("kernel dump + diff (the filter alongside)", t);
+                    &dumped
+                }
+            };
+            let report = if plan.is_empty() {
+                filter.as_mut().await;
+                ApplyReport::default()
+            } else {
+                self.nl
+                    .apply_gated(device.index, plan, &mut times, filter.as_mut())
+                    .await
+                    .0
+            };
+            // Always done here: awaited above, or the gate `apply_gated` waited for.
+            (report, filter.as_mut().take_output().unwrap_or_default())
         };
-        drop(elements);
-        t = times.step("filter", t);
-        let mut report = if plan.is_empty() {
-            ApplyReport::default()
-        } else {
-            self.nl.apply_timed(device.index, &plan, &mut times).await
-        };
+        times.steps.extend(filter_times.steps);
+        times.requests.extend(filter_times.requests);
         t = times.step("netlink apply", t);
         if let Some(f) = &filter {
             repairs.extend(f.repaired.iter().map(|d| Repair {
@@ -491,6 +474,60 @@ impl Datapath {
             elapsed,
             times,
         })
+    }
+}
+
+impl Datapath {
+    /// The filter's part of a pass: the node set's change as elements when the plan is
+    /// the node set's change (`known_plan`), else the table compared with `desired` and
+    /// rewritten where it differs. Returns what it did, the spec the table now has (None
+    /// after an error) and its errors.
+    async fn filter_pass(
+        &self,
+        known_filter: Option<FilterSpec>,
+        scope: Scope,
+        known_plan: Option<&vtep::Plan>,
+        desired: &Desired,
+        pod_cidrs: &[Ipv4Net],
+        times: &mut PassTimes,
+    ) -> (Option<FilterReport>, Option<FilterSpec>, Vec<DatapathError>) {
+        let Some(base) = &self.filter else {
+            return (None, None, Vec::new());
+        };
+        let started = Instant::now();
+        let mut elements = self.elements.lock().await;
+        let synced = match (known_filter, known_plan) {
+            // Reading the table back costs an `nft` run and a JSON parse of every
+            // element: node events only write when the node set changed, and only the
+            // elements that did.
+            (Some(mut spec), Some(plan))
+                if scope == Scope::Changes && spec.pod_cidrs == pod_cidrs =>
+            {
+                let (added, removed) = node_changes(plan, &mut spec.nodes);
+                let r = write_filter_nodes(&mut elements, &spec, &added, &removed, times).await;
+                (spec, r)
+            }
+            (before, _) => {
+                let spec = FilterSpec {
+                    nodes: desired.neighbours.keys().copied().collect(),
+                    pod_cidrs: pod_cidrs.to_vec(),
+                    ..base.clone()
+                };
+                let r = match &before {
+                    Some(before) if scope == Scope::Changes => {
+                        write_filter_if_changed(&mut elements, before, &spec, times).await
+                    }
+                    _ => sync_filter(&spec).await,
+                };
+                (spec, r)
+            }
+        };
+        drop(elements);
+        times.add("filter", started.elapsed());
+        match synced {
+            (spec, Ok(r)) => (Some(r), Some(spec), Vec::new()),
+            (_, Err(e)) => (None, None, vec![e]),
+        }
     }
 }
 

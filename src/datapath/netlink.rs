@@ -535,79 +535,91 @@ impl Netlink {
 
     /// [`Netlink::apply`], recording each phase's time and each request's round trip.
     pub async fn apply_timed(&self, index: u32, plan: &Plan, times: &mut PassTimes) -> ApplyReport {
+        self.apply_gated(index, plan, times, async {}).await.0
+    }
+
+    /// [`Netlink::apply_timed`] with `before_routes`, which completes before any route is
+    /// deleted or added (the filter, which must know a node before the gateway forwards to
+    /// it and forget it before it stops). When the plan deletes no route, the ARP, FDB and
+    /// nexthop entries of new nodes are written meanwhile: nothing is forwarded by them
+    /// until a route names them, and on a cold start that hides most of `before_routes`.
+    pub async fn apply_gated<T>(
+        &self,
+        index: u32,
+        plan: &Plan,
+        times: &mut PassTimes,
+        before_routes: impl Future<Output = T>,
+    ) -> (ApplyReport, T) {
         let mut report = ApplyReport::default();
         let mut nodes = NodeOutcomes::default();
-        for phase in &plan.phases {
+        let [del_routes, set_l2, set_routes, del_l2] = &plan.phases;
+        let gated = if del_routes.is_empty() {
             let started = Instant::now();
-            let (nexthop_ops, other): (Vec<usize>, Vec<usize>) = (0..phase.len())
-                .partition(|i| matches!(phase[*i], Op::SetNexthop { .. } | Op::DelNexthop { .. }));
-            // Indices, not `&Op`, cross the closure: a closure generic over the borrow's
-            // lifetime would not be `Send` for tokio::spawn.
-            let requests = stream::iter(other)
-                .map(|i| {
-                    let op = &phase[i];
-                    async move {
-                        let sent = Instant::now();
-                        let r = self.apply_op(index, op).await;
-                        (i, r, sent.elapsed())
-                    }
-                })
-                .buffer_unordered(IN_FLIGHT)
-                .collect::<Vec<(usize, Result<()>, Duration)>>();
-            // Nexthop objects go in batches on their own socket, alongside.
-            let batched = async {
-                if nexthop_ops.is_empty() {
-                    return Vec::new();
-                }
-                let sent = Instant::now();
-                let ops: Vec<&Op> = nexthop_ops.iter().map(|i| &phase[*i]).collect();
-                let results = self.apply_nexthops(index, &ops).await;
-                let took = sent.elapsed();
-                nexthop_ops
-                    .iter()
-                    .zip(results)
-                    .map(|(i, r)| (*i, r, took))
-                    .collect()
-            };
-            let (mut results, batched) = futures::join!(requests, batched);
-            results.extend(batched);
-            times.add("netlink phase", started.elapsed());
-            for (i, result, took) in results {
-                times.requests.push((request_kind(&phase[i]), took));
-                let op = &phase[i];
-                let deleting = matches!(
-                    op,
-                    Op::DelRoute(_)
-                        | Op::DelNeighbour { .. }
-                        | Op::DelFdb { .. }
-                        | Op::DelNexthop { .. }
-                );
-                let failed = matches!(&result, Err(e) if !(deleting && e.is_not_found()));
-                nodes.record(op, failed);
-                match result {
-                    Err(e) if !(deleting && e.is_not_found()) => {
-                        if deleting {
-                            report.remove_errors += 1;
-                        } else {
-                            report.add_errors += 1;
-                        }
-                        report.errors.push(e);
-                    }
-                    _ => match op {
-                        Op::SetRoute { .. } | Op::SetUnreachable { .. } => report.routes_set += 1,
-                        Op::DelRoute(_) => report.routes_deleted += 1,
-                        Op::SetNeighbour { .. } => report.neighbours_set += 1,
-                        Op::DelNeighbour { .. } => report.neighbours_deleted += 1,
-                        Op::SetFdb { .. } => report.fdb_set += 1,
-                        Op::DelFdb { .. } => report.fdb_deleted += 1,
-                        Op::SetNexthop { .. } => report.nexthops_set += 1,
-                        Op::DelNexthop { .. } => report.nexthops_deleted += 1,
-                    },
-                }
+            let (gated, results) = futures::join!(before_routes, self.run_phase(index, set_l2));
+            times.add(
+                "netlink phase (new entries, alongside the gate)",
+                started.elapsed(),
+            );
+            record(set_l2, results, times, &mut report, &mut nodes);
+            gated
+        } else {
+            let gated = before_routes.await;
+            for phase in [del_routes, set_l2] {
+                let started = Instant::now();
+                let results = self.run_phase(index, phase).await;
+                times.add("netlink phase", started.elapsed());
+                record(phase, results, times, &mut report, &mut nodes);
             }
+            gated
+        };
+        for phase in [set_routes, del_l2] {
+            let started = Instant::now();
+            let results = self.run_phase(index, phase).await;
+            times.add("netlink phase", started.elapsed());
+            record(phase, results, times, &mut report, &mut nodes);
         }
         nodes.count_into(&mut report);
-        report
+        (report, gated)
+    }
+
+    /// One phase's ops, all in flight together: `(op index, result, round trip)` each.
+    async fn run_phase(&self, index: u32, phase: &[Op]) -> Vec<(usize, Result<()>, Duration)> {
+        if phase.is_empty() {
+            return Vec::new();
+        }
+        let (nexthop_ops, other): (Vec<usize>, Vec<usize>) = (0..phase.len())
+            .partition(|i| matches!(phase[*i], Op::SetNexthop { .. } | Op::DelNexthop { .. }));
+        // Indices, not `&Op`, cross the closure: a closure generic over the borrow's
+        // lifetime would not be `Send` for tokio::spawn.
+        let requests = stream::iter(other)
+            .map(|i| {
+                let op = &phase[i];
+                async move {
+                    let sent = Instant::now();
+                    let r = self.apply_op(index, op).await;
+                    (i, r, sent.elapsed())
+                }
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .collect::<Vec<(usize, Result<()>, Duration)>>();
+        // Nexthop objects go in batches on their own socket, alongside.
+        let batched = async {
+            if nexthop_ops.is_empty() {
+                return Vec::new();
+            }
+            let sent = Instant::now();
+            let ops: Vec<&Op> = nexthop_ops.iter().map(|i| &phase[*i]).collect();
+            let results = self.apply_nexthops(index, &ops).await;
+            let took = sent.elapsed();
+            nexthop_ops
+                .iter()
+                .zip(results)
+                .map(|(i, r)| (*i, r, took))
+                .collect()
+        };
+        let (mut results, batched) = futures::join!(requests, batched);
+        results.extend(batched);
+        results
     }
 
     async fn apply_op(&self, index: u32, op: &Op) -> Result<()> {
@@ -732,6 +744,47 @@ impl Netlink {
                 let mut results = self.apply_nexthops(index, &[op]).await;
                 results.pop().unwrap_or(Ok(()))
             }
+        }
+    }
+}
+
+/// Counts one phase's results into `report` and `nodes`; a delete of what is already gone
+/// succeeded.
+fn record(
+    phase: &[Op],
+    results: Vec<(usize, Result<()>, Duration)>,
+    times: &mut PassTimes,
+    report: &mut ApplyReport,
+    nodes: &mut NodeOutcomes,
+) {
+    for (i, result, took) in results {
+        times.requests.push((request_kind(&phase[i]), took));
+        let op = &phase[i];
+        let deleting = matches!(
+            op,
+            Op::DelRoute(_) | Op::DelNeighbour { .. } | Op::DelFdb { .. } | Op::DelNexthop { .. }
+        );
+        let failed = matches!(&result, Err(e) if !(deleting && e.is_not_found()));
+        nodes.record(op, failed);
+        match result {
+            Err(e) if !(deleting && e.is_not_found()) => {
+                if deleting {
+                    report.remove_errors += 1;
+                } else {
+                    report.add_errors += 1;
+                }
+                report.errors.push(e);
+            }
+            _ => match op {
+                Op::SetRoute { .. } | Op::SetUnreachable { .. } => report.routes_set += 1,
+                Op::DelRoute(_) => report.routes_deleted += 1,
+                Op::SetNeighbour { .. } => report.neighbours_set += 1,
+                Op::DelNeighbour { .. } => report.neighbours_deleted += 1,
+                Op::SetFdb { .. } => report.fdb_set += 1,
+                Op::DelFdb { .. } => report.fdb_deleted += 1,
+                Op::SetNexthop { .. } => report.nexthops_set += 1,
+                Op::DelNexthop { .. } => report.nexthops_deleted += 1,
+            },
         }
     }
 }
