@@ -735,6 +735,54 @@ fn a_tampered_or_deleted_nexthop_is_repaired_by_the_full_pass() {
     });
 }
 
+/// `apply_gated`'s promise, which the filter's ordering rests on: no route is added or
+/// deleted before the gate (the filter write) completes; a new node's ARP, FDB and
+/// nexthop entries may go in meanwhile. The gate here looks at the kernel after 300 ms.
+#[test]
+fn routes_wait_for_the_gate_and_a_new_nodes_other_entries_do_not() {
+    use hybrid_gateway::datapath::{vtep, Desired, PassTimes};
+    let (gw, _peer) = gateway();
+    let cfg = config("[datapath]\nfilter = false\n");
+    let pods = cfg.gateway.hybrid_pod_cidrs.clone();
+    let cidr: ipnet::Ipv4Net = "192.168.32.0/25".parse().unwrap();
+    gw.run(|| async {
+        drop(Datapath::setup(&cfg, ip(GW_IP)).await.unwrap());
+        let nl = Netlink::open().unwrap();
+        let index = nl.link("hybrid_vxlan0").await.unwrap().unwrap().index;
+        let look = || async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            nl.read_vtep(index).await.unwrap()
+        };
+        let (one, _) = Desired::build(&[node("n1", NODE_IP, &["192.168.32.0/25"])], &pods);
+        let plan = vtep::diff(&one, &nl.read_vtep(index).await.unwrap());
+        let (report, seen) = nl
+            .apply_gated(index, &plan, &mut PassTimes::default(), look())
+            .await;
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        assert!(
+            seen.routes.is_empty(),
+            "a route went in before the gate: {seen:?}"
+        );
+        assert_eq!(
+            (seen.neighbours.len(), seen.fdb.len(), seen.nexthops.len()),
+            (1, 1, 1),
+            "the new node's other entries waited for the gate"
+        );
+        let (none, _) = Desired::build(&[], &pods);
+        let plan = vtep::diff(&none, &nl.read_vtep(index).await.unwrap());
+        let (report, seen) = nl
+            .apply_gated(index, &plan, &mut PassTimes::default(), look())
+            .await;
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        assert!(
+            seen.routes.iter().any(|r| r.dst == cidr),
+            "the route went before the gate: {seen:?}"
+        );
+        let after = nl.read_vtep(index).await.unwrap();
+        assert!(after.routes.iter().all(|r| r.dst != cidr) && after.nexthops.is_empty());
+    });
+}
+
 #[test]
 fn unwritable_sysctls_stop_the_daemon_with_a_clear_message() {
     let (gw, _peer) = gateway();
