@@ -735,6 +735,38 @@ fn a_tampered_or_deleted_nexthop_is_repaired_by_the_full_pass() {
     });
 }
 
+/// With `net.ipv4.nexthop_compat_mode = 0` the kernel leaves a route's device and gateway
+/// out of dumps when it goes by a nexthop object: the daemon must still know the route as
+/// its own (by the object's id), find it correct, and delete it when its node goes.
+#[test]
+fn routes_by_nexthop_are_recognised_without_the_compat_dump() {
+    let (gw, _peer) = gateway();
+    let cfg = config("");
+    gw.sh("sysctl -qw net.ipv4.nexthop_compat_mode=0");
+    let pods = cfg.gateway.hybrid_pod_cidrs.clone();
+    let nodes = [node("n1", NODE_IP, &["192.168.32.0/25"])];
+    gw.run(|| async {
+        let (dp, _) = Datapath::setup(&cfg, ip(GW_IP)).await.unwrap();
+        let r = dp.reconcile(&nodes, &pods).await.unwrap();
+        assert!(r.report.errors.is_empty(), "{:?}", r.report.errors);
+        let route = gw.sh("ip route show 192.168.32.0/25");
+        assert!(
+            route.contains("nhid") && !route.contains("via"),
+            "not the compat-less form: {route}"
+        );
+        let r = dp.reconcile(&nodes, &pods).await.unwrap();
+        assert_eq!(r.report.changes(), 0, "the route was not known as ours");
+        let r = dp.reconcile(&[], &pods).await.unwrap();
+        assert!(r.report.errors.is_empty(), "{:?}", r.report.errors);
+    });
+    assert_eq!(
+        gw.sh("ip route show 192.168.32.0/25"),
+        "",
+        "the route outlived its node"
+    );
+    assert_eq!(gw.sh("ip nexthop show"), "");
+}
+
 /// `apply_gated`'s promise, which the filter's ordering rests on: no route is added or
 /// deleted before the gate (the filter write) completes; a new node's ARP, FDB and
 /// nexthop entries may go in meanwhile. The gate here looks at the kernel after 300 ms.

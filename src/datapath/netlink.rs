@@ -204,13 +204,10 @@ impl Netlink {
     /// and the ids of everyone else's; `None` when the kernel has no nexthop objects.
     async fn read_nexthops(&self, index: u32) -> Result<Option<(Vec<KernelNexthop>, Vec<u32>)>> {
         let mut guard = self.nexthops.lock().await;
-        let socket = match guard.as_mut() {
-            Some(s) => s,
-            None => guard.insert(NexthopSocket::open().map_err(|source| DatapathError::Io {
-                context: "opening an rtnetlink socket for nexthop objects".into(),
-                source,
-            })?),
-        };
+        let socket = nexthop_socket(&mut guard).map_err(|source| DatapathError::Io {
+            context: "opening an rtnetlink socket for nexthop objects".into(),
+            source,
+        })?;
         let entries = match socket.dump().await {
             Ok(entries) => entries,
             // Linux < 5.3 has no RTM_GETNEXTHOP: routes keep their gateway.
@@ -262,11 +259,7 @@ impl Netlink {
             .collect();
         debug_assert_eq!(changes.len(), ops.len());
         let mut guard = self.nexthops.lock().await;
-        let opened = match guard.as_mut() {
-            Some(s) => Ok(s),
-            None => NexthopSocket::open().map(|s| guard.insert(s)),
-        };
-        let answered = match opened {
+        let answered = match nexthop_socket(&mut guard) {
             Ok(socket) => socket.apply(&changes).await,
             Err(e) => Err(e),
         };
@@ -745,6 +738,14 @@ impl Netlink {
                 results.pop().unwrap_or(Ok(()))
             }
         }
+    }
+}
+
+/// The nexthop socket, opened again if an error dropped it.
+fn nexthop_socket(slot: &mut Option<NexthopSocket>) -> std::io::Result<&mut NexthopSocket> {
+    match slot {
+        Some(s) => Ok(s),
+        None => Ok(slot.insert(NexthopSocket::open()?)),
     }
 }
 
