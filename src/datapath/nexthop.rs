@@ -19,8 +19,8 @@ use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 
 use super::raw_netlink::{
-    self as raw, answers, attr, attributes, recv, send, NLMSG_DONE, NLM_F_ACK, NLM_F_CREATE,
-    NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST,
+    self as raw, answers, attr, attributes, recv_when_ready, send_when_ready, NLMSG_DONE,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST,
 };
 
 const RTM_NEWNEXTHOP: u16 = 104;
@@ -117,11 +117,11 @@ impl NexthopSocket {
     }
 
     async fn dump_exchange(&self, req: &[u8], seq: u32) -> io::Result<Vec<KernelNexthopEntry>> {
-        self.send(req).await?;
+        send_when_ready(&self.fd, req).await?;
         let mut buf = vec![0u8; 64 * 1024];
         let mut out = Vec::new();
         loop {
-            let n = self.recv(&mut buf).await?;
+            let n = recv_when_ready(&self.fd, &mut buf).await?;
             for a in answers(&buf[..n])? {
                 if a.seq != seq {
                     continue;
@@ -165,12 +165,12 @@ impl NexthopSocket {
 
     /// Sends one datagram of `count` requests numbered from `first`; collects their codes.
     async fn exchange(&self, req: &[u8], first: u32, count: usize) -> io::Result<Vec<i32>> {
-        self.send(req).await?;
+        send_when_ready(&self.fd, req).await?;
         let mut codes: Vec<Option<i32>> = vec![None; count];
         let mut want = count;
         let mut buf = vec![0u8; 64 * 1024];
         while want > 0 {
-            let n = self.recv(&mut buf).await?;
+            let n = recv_when_ready(&self.fd, &mut buf).await?;
             for a in answers(&buf[..n])? {
                 let i = a.seq.wrapping_sub(first) as usize;
                 let (Some(code), Some(slot)) = (a.error_code(), codes.get_mut(i)) else {
@@ -188,24 +188,6 @@ impl NexthopSocket {
         let s = self.seq;
         self.seq = self.seq.wrapping_add(1);
         s
-    }
-
-    async fn send(&self, req: &[u8]) -> io::Result<()> {
-        loop {
-            let mut ready = self.fd.writable().await?;
-            if let Ok(r) = ready.try_io(|fd| send(fd.get_ref().as_raw_fd(), req)) {
-                return r;
-            }
-        }
-    }
-
-    async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            let mut ready = self.fd.readable().await?;
-            if let Ok(r) = ready.try_io(|fd| recv(fd.get_ref().as_raw_fd(), buf)) {
-                return r;
-            }
-        }
     }
 }
 

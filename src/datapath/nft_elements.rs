@@ -13,13 +13,14 @@
 
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
 
 use super::raw_netlink::{
-    self as raw, acknowledgements, attr, nested, recv, send, NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST,
+    self as raw, acknowledgements, attr, nested, recv_when_ready, send_when_ready, NLM_F_ACK,
+    NLM_F_CREATE, NLM_F_REQUEST,
 };
 
 const NETLINK_NETFILTER: libc::c_int = 12;
@@ -88,25 +89,12 @@ impl ElementSocket {
     }
 
     async fn exchange(&self, batch: &[u8], first: u32, acks: usize) -> io::Result<()> {
-        loop {
-            let mut ready = self.fd.writable().await?;
-            match ready.try_io(|fd| send(fd.get_ref().as_raw_fd(), batch)) {
-                Ok(r) => {
-                    r?;
-                    break;
-                }
-                Err(_would_block) => continue,
-            }
-        }
+        send_when_ready(&self.fd, batch).await?;
         let mut buf = vec![0u8; 64 * 1024];
         let mut want = acks;
         let mut failed = None;
         while want > 0 {
-            let mut ready = self.fd.readable().await?;
-            let n = match ready.try_io(|fd| recv(fd.get_ref().as_raw_fd(), &mut buf)) {
-                Ok(r) => r?,
-                Err(_would_block) => continue,
-            };
+            let n = recv_when_ready(&self.fd, &mut buf).await?;
             for (seq, code) in acknowledgements(&buf[..n])? {
                 // Sequence numbers this batch used: `first` (BEGIN) .. the END message.
                 if seq.wrapping_sub(first) >= self.seq.wrapping_sub(first) {

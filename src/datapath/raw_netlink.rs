@@ -3,7 +3,9 @@
 //! [`super::nft_elements`] and [`super::nexthop`]; no policy lives here.
 
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use tokio::io::unix::AsyncFd;
 
 pub const NLM_F_REQUEST: u16 = 0x1;
 pub const NLM_F_ACK: u16 = 0x4;
@@ -78,7 +80,27 @@ pub fn nested(b: &mut Vec<u8>, kind: u16, body: impl FnOnce(&mut Vec<u8>)) {
     b[start..start + 2].copy_from_slice(&len.to_ne_bytes());
 }
 
-pub fn send(fd: libc::c_int, batch: &[u8]) -> io::Result<()> {
+/// Sends one datagram once the socket can take it.
+pub async fn send_when_ready(fd: &AsyncFd<OwnedFd>, datagram: &[u8]) -> io::Result<()> {
+    loop {
+        let mut ready = fd.writable().await?;
+        if let Ok(r) = ready.try_io(|fd| send(fd.get_ref().as_raw_fd(), datagram)) {
+            return r;
+        }
+    }
+}
+
+/// Receives one datagram into `buf` once there is one; returns its length.
+pub async fn recv_when_ready(fd: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        let mut ready = fd.readable().await?;
+        if let Ok(r) = ready.try_io(|fd| recv(fd.get_ref().as_raw_fd(), buf)) {
+            return r;
+        }
+    }
+}
+
+fn send(fd: libc::c_int, batch: &[u8]) -> io::Result<()> {
     // SAFETY: a zeroed sockaddr_nl is valid; the kernel is pid 0.
     let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
@@ -99,7 +121,7 @@ pub fn send(fd: libc::c_int, batch: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-pub fn recv(fd: libc::c_int, buf: &mut [u8]) -> io::Result<usize> {
+fn recv(fd: libc::c_int, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: `buf` is valid for its length.
     let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
     if n < 0 {

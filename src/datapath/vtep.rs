@@ -39,6 +39,7 @@ impl RouteStyle {
     }
 
     /// Nexthop objects, none of them someone else's.
+    #[cfg(test)]
     pub fn nexthops() -> Self {
         RouteStyle {
             nexthops: true,
