@@ -182,10 +182,7 @@ impl Netlink {
             .socket_mut()
             .set_rx_buf_sz(RECV_BUFFER);
         // Opened here, on the caller's thread, so it lives in the same namespace.
-        let nexthops = NexthopSocket::open().map_err(|source| DatapathError::Io {
-            context: "opening an rtnetlink socket for nexthop objects".into(),
-            source,
-        })?;
+        let nexthops = NexthopSocket::open().map_err(nexthop_socket_error)?;
         Ok(Netlink {
             handle,
             connection: tokio::spawn(connection),
@@ -204,10 +201,7 @@ impl Netlink {
     /// and the ids of everyone else's; `None` when the kernel has no nexthop objects.
     async fn read_nexthops(&self, index: u32) -> Result<Option<(Vec<KernelNexthop>, Vec<u32>)>> {
         let mut guard = self.nexthops.lock().await;
-        let socket = nexthop_socket(&mut guard).map_err(|source| DatapathError::Io {
-            context: "opening an rtnetlink socket for nexthop objects".into(),
-            source,
-        })?;
+        let socket = nexthop_socket(&mut guard).map_err(nexthop_socket_error)?;
         let entries = match socket.dump().await {
             Ok(entries) => entries,
             // Linux < 5.3 has no RTM_GETNEXTHOP: routes keep their gateway.
@@ -623,12 +617,7 @@ impl Netlink {
                     .destination_prefix(dst.network(), dst.prefix_len())
                     .protocol(RouteProtocol::from(ROUTE_PROTOCOL));
                 let msg = match nhid {
-                    // The device, gateway and onlink flag are the nexthop object's.
-                    Some(id) => {
-                        let mut msg = b.build();
-                        msg.attributes.push(RouteAttribute::NhId(*id));
-                        msg
-                    }
+                    Some(id) => by_nexthop(b, *id),
                     None => b.gateway(*via).output_interface(index).onlink().build(),
                 };
                 timed(
@@ -660,13 +649,7 @@ impl Netlink {
                     // NOWHERE: match the route whatever scope it was written with.
                     .scope(RouteScope::NoWhere);
                 let msg = match route.kind {
-                    // The kernel matches a route by nexthop on its id alone; naming a
-                    // device or gateway would match nothing.
-                    KernelRouteKind::Device { nhid: Some(id), .. } => {
-                        let mut msg = b.build();
-                        msg.attributes.push(RouteAttribute::NhId(id));
-                        msg
-                    }
+                    KernelRouteKind::Device { nhid: Some(id), .. } => by_nexthop(b, id),
                     KernelRouteKind::Device { gateway, .. } => {
                         let b = b.output_interface(index);
                         match gateway {
@@ -747,6 +730,22 @@ fn nexthop_socket(slot: &mut Option<NexthopSocket>) -> std::io::Result<&mut Next
         Some(s) => Ok(s),
         None => Ok(slot.insert(NexthopSocket::open()?)),
     }
+}
+
+fn nexthop_socket_error(source: std::io::Error) -> DatapathError {
+    DatapathError::Io {
+        context: "opening an rtnetlink socket for nexthop objects".into(),
+        source,
+    }
+}
+
+/// A route that goes by nexthop object `id`: the device, gateway and onlink flag are the
+/// object's, and the kernel matches a route by nexthop on its id alone (naming a device or
+/// gateway in a delete would match nothing).
+fn by_nexthop(b: RouteMessageBuilder<Ipv4Addr>, id: u32) -> RouteMessage {
+    let mut msg = b.build();
+    msg.attributes.push(RouteAttribute::NhId(id));
+    msg
 }
 
 /// Counts one phase's results into `report` and `nodes`; a delete of what is already gone

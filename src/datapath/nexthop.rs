@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 
 use super::raw_netlink::{
-    self as raw, answers, attr, attributes, recv_when_ready, send_when_ready, NLMSG_DONE,
+    self as raw, answers, attr, attributes, recv_when_ready, send_when_ready, within, NLMSG_DONE,
     NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST,
 };
 
@@ -189,19 +189,6 @@ impl NexthopSocket {
         self.seq = self.seq.wrapping_add(1);
         s
     }
-}
-
-async fn within<T>(
-    limit: Duration,
-    what: &str,
-    fut: impl std::future::Future<Output = io::Result<T>>,
-) -> io::Result<T> {
-    tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
-        Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("{what}: no answer from the kernel within {limit:?}"),
-        ))
-    })
 }
 
 /// struct nhmsg: family, scope, protocol, reserved, flags.

@@ -19,8 +19,8 @@ use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 
 use super::raw_netlink::{
-    self as raw, acknowledgements, attr, nested, recv_when_ready, send_when_ready, NLM_F_ACK,
-    NLM_F_CREATE, NLM_F_REQUEST,
+    self as raw, acknowledgements, attr, nested, recv_when_ready, send_when_ready, within,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST,
 };
 
 const NETLINK_NETFILTER: libc::c_int = 12;
@@ -79,13 +79,7 @@ impl ElementSocket {
         if acks == 0 {
             return Ok(());
         }
-        match tokio::time::timeout(TIMEOUT, self.exchange(&batch, first, acks)).await {
-            Ok(r) => r,
-            Err(_) => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("no answer from nf_tables within {TIMEOUT:?}"),
-            )),
-        }
+        within(TIMEOUT, "nf_tables", self.exchange(&batch, first, acks)).await
     }
 
     async fn exchange(&self, batch: &[u8], first: u32, acks: usize) -> io::Result<()> {

@@ -80,6 +80,20 @@ pub fn nested(b: &mut Vec<u8>, kind: u16, body: impl FnOnce(&mut Vec<u8>)) {
     b[start..start + 2].copy_from_slice(&len.to_ne_bytes());
 }
 
+/// `fut` (one exchange with the kernel), or a TimedOut error naming `what` after `limit`.
+pub async fn within<T>(
+    limit: std::time::Duration,
+    what: &str,
+    fut: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("{what}: no answer from the kernel within {limit:?}"),
+        ))
+    })
+}
+
 /// Sends one datagram once the socket can take it.
 pub async fn send_when_ready(fd: &AsyncFd<OwnedFd>, datagram: &[u8]) -> io::Result<()> {
     loop {

@@ -636,11 +636,7 @@ fn diff_routes(desired: &Desired, actual: &Actual, plan: &mut Plan) {
     }
     for (dst, via) in &desired.routes {
         if !seen_routes.contains(dst) {
-            plan.phases[SET_ROUTES].push(Op::SetRoute {
-                dst: *dst,
-                via: *via,
-                nhid: actual.style.nhid(*via),
-            });
+            plan.phases[SET_ROUTES].push(set_node_route(*dst, *via, &actual.style));
         }
     }
     for dst in &desired.unreachable {
@@ -762,6 +758,15 @@ pub(super) fn node_route(dst: Ipv4Net, via: Ipv4Addr, style: &RouteStyle) -> Ker
     }
 }
 
+/// Node `via`'s route to `dst`, naming it as [`RouteStyle`] says.
+pub(super) fn set_node_route(dst: Ipv4Net, via: Ipv4Addr, style: &RouteStyle) -> Op {
+    Op::SetRoute {
+        dst,
+        via,
+        nhid: style.nhid(via),
+    }
+}
+
 /// The ops a node's arrival (`mac: Some`) or departure makes on its ARP entry and, where
 /// its routes go by one, its nexthop object.
 pub(super) fn node_l2_ops(plan: &mut Plan, ip: Ipv4Addr, mac: Option<Mac>, style: &RouteStyle) {
@@ -793,11 +798,7 @@ pub fn diff_known(old: &Desired, new: &Desired, style: &RouteStyle) -> Plan {
         (Some(via), None) => {
             plan.phases[DEL_ROUTES].push(Op::DelRoute(node_route(*dst, *via, style)))
         }
-        (_, Some(via)) => plan.phases[SET_ROUTES].push(Op::SetRoute {
-            dst: *dst,
-            via: *via,
-            nhid: style.nhid(*via),
-        }),
+        (_, Some(via)) => plan.phases[SET_ROUTES].push(set_node_route(*dst, *via, style)),
         (None, None) => {}
     });
     let unit = |set: &BTreeSet<Ipv4Net>| -> BTreeMap<Ipv4Net, ()> {

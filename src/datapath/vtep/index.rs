@@ -20,8 +20,8 @@ use ipnet::Ipv4Net;
 use jiff::Timestamp;
 
 use super::{
-    node_l2_ops, node_route, overlaps, Desired, HybridNode, NodePolicy, Op, Plan, Rejection,
-    RouteStyle, DEL_L2, DEL_ROUTES, SET_L2, SET_ROUTES,
+    node_l2_ops, node_route, overlaps, set_node_route, Desired, HybridNode, NodePolicy, Op, Plan,
+    Rejection, RouteStyle, DEL_L2, DEL_ROUTES, SET_L2, SET_ROUTES,
 };
 use crate::datapath::mac::Mac;
 
@@ -523,11 +523,7 @@ impl Index {
                     plan.phases[DEL_ROUTES].push(Op::DelRoute(node_route(dst, via, style)))
                 }
                 (was, Some(via)) if was != Some(via) => {
-                    plan.phases[SET_ROUTES].push(Op::SetRoute {
-                        dst,
-                        via,
-                        nhid: style.nhid(via),
-                    })
+                    plan.phases[SET_ROUTES].push(set_node_route(dst, via, style))
                 }
                 _ => {}
             }
